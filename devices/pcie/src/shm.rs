@@ -1,0 +1,205 @@
+//! Shared-memory BAR pages: the device side of "no trapped MMIO on the datapath".
+//!
+//! A region is a memfd the transport hands to the driver side (QEMU maps it into the
+//! guest's BAR; a native client mmaps it), so driver register writes are plain memory
+//! stores that a device thread polls.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Memory shared with the driver side through a file descriptor.
+pub struct ShmRegion {
+    fd: OwnedFd,
+    ptr: *mut u8,
+    len: usize,
+}
+
+// SAFETY: all access goes through atomics on the mapping, which lives as long as `self`.
+unsafe impl Send for ShmRegion {}
+// SAFETY: as above.
+unsafe impl Sync for ShmRegion {}
+
+impl std::fmt::Debug for ShmRegion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShmRegion")
+            .field("fd", &self.fd.as_raw_fd())
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl ShmRegion {
+    /// A zeroed region of `len` bytes (rounded up to 4 KiB).
+    pub fn new(name: &str, len: usize) -> std::io::Result<Self> {
+        let len = len.max(1).next_multiple_of(4096);
+        let cname = std::ffi::CString::new(name).unwrap_or_default();
+        // SAFETY: memfd_create with a valid C string; the result is checked.
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is fresh and owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: resizes our own memfd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: maps our own memfd; the result is checked.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(ShmRegion {
+            fd,
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+
+    /// The file descriptor to share.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Size in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Never empty (at least one page).
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    fn atomic32(&self, offset: u64) -> Option<&AtomicU32> {
+        if offset % 4 != 0 || offset.checked_add(4)? > self.len as u64 {
+            return None;
+        }
+        // SAFETY: in bounds and 4-byte aligned (mmap is page aligned); the memory lives as
+        // long as `self` and is only accessed atomically or volatilely.
+        Some(unsafe { &*self.ptr.add(offset as usize).cast::<AtomicU32>() })
+    }
+
+    fn atomic64(&self, offset: u64) -> Option<&AtomicU64> {
+        if offset % 8 != 0 || offset.checked_add(8)? > self.len as u64 {
+            return None;
+        }
+        // SAFETY: as in `atomic32`, with 8-byte alignment.
+        Some(unsafe { &*self.ptr.add(offset as usize).cast::<AtomicU64>() })
+    }
+
+    /// Reads a little-endian u32 (acquire). Out-of-range or misaligned offsets read 0.
+    pub fn read32(&self, offset: u64) -> u32 {
+        self.atomic32(offset)
+            .map_or(0, |a| u32::from_le(a.load(Ordering::Acquire)))
+    }
+
+    /// Writes a little-endian u32 (release). Out-of-range or misaligned offsets are ignored.
+    pub fn write32(&self, offset: u64, value: u32) {
+        if let Some(a) = self.atomic32(offset) {
+            a.store(value.to_le(), Ordering::Release);
+        }
+    }
+
+    /// Reads a little-endian u64 (acquire); 0 when out of range or misaligned.
+    pub fn read64(&self, offset: u64) -> u64 {
+        self.atomic64(offset)
+            .map_or(0, |a| u64::from_le(a.load(Ordering::Acquire)))
+    }
+
+    /// Writes a little-endian u64 (release); ignored when out of range or misaligned.
+    pub fn write64(&self, offset: u64, value: u64) {
+        if let Some(a) = self.atomic64(offset) {
+            a.store(value.to_le(), Ordering::Release);
+        }
+    }
+
+    /// Copies bytes out (for trapped accesses to a shared page). False when out of range.
+    pub fn read_bytes(&self, offset: u64, out: &mut [u8]) -> bool {
+        match offset.checked_add(out.len() as u64) {
+            Some(end) if end <= self.len as u64 => {
+                for (i, b) in out.iter_mut().enumerate() {
+                    // SAFETY: in bounds, checked above.
+                    *b = unsafe { std::ptr::read_volatile(self.ptr.add(offset as usize + i)) };
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Copies bytes in (for trapped accesses to a shared page). False when out of range.
+    pub fn write_bytes(&self, offset: u64, data: &[u8]) -> bool {
+        match offset.checked_add(data.len() as u64) {
+            Some(end) if end <= self.len as u64 => {
+                for (i, b) in data.iter().enumerate() {
+                    // SAFETY: in bounds, checked above.
+                    unsafe { std::ptr::write_volatile(self.ptr.add(offset as usize + i), *b) };
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Zeroes the whole region (device reset).
+    pub fn clear(&self) {
+        for off in (0..self.len as u64).step_by(8) {
+            self.write64(off, 0);
+        }
+    }
+}
+
+impl Drop for ShmRegion {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping made in `new`.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_through_the_fd() {
+        let r = ShmRegion::new("t", 100).unwrap();
+        assert_eq!(r.len(), 4096);
+        r.write32(8, 0xabcd);
+        // A second mapping of the same fd sees the value, as the driver side would.
+        // SAFETY: maps the region's own fd read-only for the check.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                r.fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: offset 8 is inside the fresh 4 KiB mapping.
+        let v = unsafe { std::ptr::read_volatile(p.cast::<u8>().add(8).cast::<u32>()) };
+        assert_eq!(v, 0xabcd);
+        // SAFETY: unmaps the test mapping.
+        unsafe { libc::munmap(p, 4096) };
+        assert_eq!(r.read32(4094), 0, "out of range reads 0");
+        r.write32(4096, 1); // ignored
+        let mut b = [0u8; 2];
+        assert!(r.read_bytes(8, &mut b));
+        assert_eq!(b, [0xcd, 0xab]);
+        assert!(!r.read_bytes(4095, &mut b));
+        r.clear();
+        assert_eq!(r.read32(8), 0);
+    }
+}

@@ -1,0 +1,6 @@
+//! Register maps shared by device models, guest drivers and RTL test benches.
+//!
+//! One module per device. Offsets are byte offsets inside the named BAR. Models and
+//! drivers import these constants; nobody retypes them.
+
+pub mod smoke;

@@ -1,0 +1,3 @@
+mod cache;
+mod steps;
+fn main() {}

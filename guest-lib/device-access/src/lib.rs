@@ -1,0 +1,90 @@
+//! `DeviceAccess`: how a driver reaches its device, whatever carries it.
+//!
+//! Two transports implement it:
+//! - [`vfio::VfioDevice`]: Linux VFIO type1 (in a QEMU guest behind intel-iommu, or on a
+//!   real host with the FPGA);
+//! - [`vfio_user::VfioUserDevice`]: a vfio-user client talking straight to the device
+//!   server's socket, DMA-mapping its own memfd memory (native tests and benchmarks).
+//!
+//! Both hand out the same things: BARs (memory-mapped where the device allows it,
+//! register reads/writes otherwise), DMA memory with IOVAs, and interrupt eventfds.
+
+pub mod bar;
+pub mod irq;
+pub mod mem;
+pub mod vfio;
+pub mod vfio_user;
+
+pub use bar::Bar;
+pub use irq::Interrupt;
+pub use mem::{DmaBuffer, SharedMem};
+
+use std::io;
+
+/// Errors of a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No PCI device with the vendor/device ID was found.
+    #[error("no PCI device {vendor:04x}:{device:04x} found in /sys/bus/pci/devices")]
+    NoDevice { vendor: u16, device: u16 },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Os {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The vfio-user server refused or failed a request.
+    #[error("vfio-user: {0}")]
+    VfioUser(String),
+    /// The device does not have the requested BAR or it is unusable.
+    #[error("BAR {index}: {why}")]
+    Bar { index: u8, why: String },
+    /// A register access outside a BAR.
+    #[error("access at offset {offset:#x} (+{len}) is outside BAR {index} ({size} bytes)")]
+    OutOfBar { index: u8, offset: u64, len: usize, size: u64 },
+    /// The IOVA space of the transport is used up.
+    #[error("out of IOVA space for a {0}-byte mapping")]
+    IovaExhausted(usize),
+}
+
+impl Error {
+    pub(crate) fn os(what: impl Into<String>, source: io::Error) -> Self {
+        Error::Os { what: what.into(), source }
+    }
+
+    pub(crate) fn last_os(what: impl Into<String>) -> Self {
+        Error::os(what, io::Error::last_os_error())
+    }
+}
+
+/// Result of a transport operation.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Options for DMA memory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DmaOptions {
+    /// Back the memory with 2 MiB huge pages when the system has them (falls back to 4 KiB
+    /// pages silently; [`DmaBuffer::huge`] tells which one was used).
+    pub huge: bool,
+    /// Map the memory twice back to back in virtual memory, so data that wraps the end of
+    /// a ring reads contiguously (the Ensō pipe trick). The IOVA mapping covers one copy.
+    pub mirrored: bool,
+}
+
+/// The seam every driver in `guest-lib` uses to reach its device.
+pub trait DeviceAccess: Send {
+    /// Reads `data.len()` bytes of PCI configuration space at `offset`.
+    fn config_read(&mut self, offset: u64, data: &mut [u8]) -> Result<()>;
+    /// Writes PCI configuration space at `offset`.
+    fn config_write(&mut self, offset: u64, data: &[u8]) -> Result<()>;
+    /// Maps BAR `index`: memory-mapped where the transport offers it, else trapped accesses.
+    fn bar(&mut self, index: u8) -> Result<Bar>;
+    /// Allocates `len` bytes of DMA memory (rounded up to the page size) and maps it for
+    /// the device; the buffer's [`DmaBuffer::iova`] is the address to give the device.
+    fn alloc_dma(&mut self, len: usize, opts: DmaOptions) -> Result<DmaBuffer>;
+    /// Enables `count` MSI-X vectors, each signalled through its own eventfd.
+    fn enable_msix(&mut self, count: u32) -> Result<Vec<Interrupt>>;
+    /// A short name of the transport ("vfio" or "vfio-user"), for reports.
+    fn transport(&self) -> &'static str;
+}

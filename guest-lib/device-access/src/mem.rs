@@ -1,0 +1,212 @@
+//! DMA memory: memfd-backed, so the same buffer can be pinned by VFIO in a guest or handed
+//! to a vfio-user server as a file descriptor.
+
+use crate::{DmaOptions, Error, Result};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// 2 MiB: the huge page size and the alignment of huge buffers.
+pub const HUGE_PAGE: usize = 2 << 20;
+/// The base page size.
+pub const PAGE: usize = 4096;
+
+/// Memory backed by a memfd and mapped into this process (once, or twice back to back).
+pub struct SharedMem {
+    fd: OwnedFd,
+    ptr: *mut u8,
+    len: usize,
+    mirrored: bool,
+    huge: bool,
+}
+
+// SAFETY: the memory is plain shared memory; synchronisation with the device is the
+// driver's job (volatile accesses and fences), as with any DMA buffer.
+unsafe impl Send for SharedMem {}
+// SAFETY: as above.
+unsafe impl Sync for SharedMem {}
+
+fn memfd(len: usize, huge: bool) -> Result<OwnedFd> {
+    let name = c"testbed-dma";
+    let flags = libc::MFD_CLOEXEC | if huge { libc::MFD_HUGETLB } else { 0 };
+    // SAFETY: memfd_create with a valid C string; result checked.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(Error::last_os("memfd_create"));
+    }
+    // SAFETY: fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: resizes our own memfd.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+        return Err(Error::last_os(format!("ftruncate memfd to {len} bytes")));
+    }
+    Ok(fd)
+}
+
+impl SharedMem {
+    /// Allocates at least `len` bytes (rounded up to the page size in use).
+    pub fn new(len: usize, opts: DmaOptions) -> Result<Self> {
+        if opts.huge {
+            let hlen = len.max(1).next_multiple_of(HUGE_PAGE);
+            if let Ok(fd) = memfd(hlen, true) {
+                if let Ok(m) = Self::map(fd, hlen, opts.mirrored, true) {
+                    return Ok(m);
+                }
+            }
+        }
+        let len = len.max(1).next_multiple_of(PAGE);
+        Self::map(memfd(len, false)?, len, opts.mirrored, false)
+    }
+
+    fn map(fd: OwnedFd, len: usize, mirrored: bool, huge: bool) -> Result<Self> {
+        let span = if mirrored { 2 * len } else { len };
+        let align = if huge { HUGE_PAGE } else { PAGE };
+        // Reserve address space (aligned), then place the file mapping(s) inside it.
+        // SAFETY: an anonymous PROT_NONE reservation; result checked.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                span + align,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Error::last_os("reserve address space"));
+        }
+        let start = (base as usize).next_multiple_of(align);
+        // Give back the unaligned head and the tail of the reservation.
+        // SAFETY: both ranges lie inside the reservation just made.
+        unsafe {
+            if start > base as usize {
+                libc::munmap(base, start - base as usize);
+            }
+            let tail = start + span;
+            let end = base as usize + span + align;
+            if end > tail {
+                libc::munmap(tail as *mut libc::c_void, end - tail);
+            }
+        }
+        let copies = if mirrored { 2 } else { 1 };
+        for i in 0..copies {
+            let at = start + i * len;
+            // SAFETY: MAP_FIXED over our own reservation; the fd is ours.
+            let p = unsafe {
+                libc::mmap(
+                    at as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_FIXED | libc::MAP_POPULATE,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                let e = Error::last_os("map DMA memory");
+                // SAFETY: releases the whole reservation.
+                unsafe { libc::munmap(start as *mut libc::c_void, span) };
+                return Err(e);
+            }
+        }
+        Ok(SharedMem { fd, ptr: start as *mut u8, len, mirrored, huge })
+    }
+
+    /// The memfd backing the memory.
+    pub fn fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// Start of the (first) mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+
+    /// Length of one copy in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Always false: zero-length memory is rounded up to a page.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Whether huge pages back the memory.
+    pub fn huge(&self) -> bool {
+        self.huge
+    }
+
+    /// Whether the memory is mapped twice back to back.
+    pub fn mirrored(&self) -> bool {
+        self.mirrored
+    }
+
+    /// The memory as a byte slice (the first copy).
+    ///
+    /// The device may write it at any time: callers that race with the device should use
+    /// volatile accesses through [`SharedMem::as_ptr`] instead.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` bytes for the lifetime of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    /// The memory as a mutable byte slice (the first copy).
+    #[allow(clippy::mut_from_ref)]
+    pub fn as_mut_slice(&self) -> &mut [u8] {
+        // SAFETY: as above; the buffer is DMA memory shared with a device by design.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for SharedMem {
+    fn drop(&mut self) {
+        let span = if self.mirrored { 2 * self.len } else { self.len };
+        // SAFETY: unmaps what `map` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), span) };
+    }
+}
+
+/// Undoes a DMA mapping when its buffer is dropped.
+pub trait DmaUnmap: Send + Sync {
+    /// Removes the device mapping of `[iova, iova + len)`.
+    fn unmap(&self, iova: u64, len: usize);
+}
+
+/// DMA memory mapped for a device.
+pub struct DmaBuffer {
+    mem: SharedMem,
+    iova: u64,
+    unmap: Option<std::sync::Arc<dyn DmaUnmap>>,
+}
+
+impl DmaBuffer {
+    /// Wraps memory mapped at `iova`; `unmap` runs on drop.
+    pub fn new(mem: SharedMem, iova: u64, unmap: std::sync::Arc<dyn DmaUnmap>) -> Self {
+        DmaBuffer { mem, iova, unmap: Some(unmap) }
+    }
+
+    /// The address the device uses for the first byte.
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// The memory.
+    pub fn mem(&self) -> &SharedMem {
+        &self.mem
+    }
+}
+
+impl std::ops::Deref for DmaBuffer {
+    type Target = SharedMem;
+    fn deref(&self) -> &SharedMem {
+        &self.mem
+    }
+}
+
+impl Drop for DmaBuffer {
+    fn drop(&mut self) {
+        if let Some(u) = self.unmap.take() {
+            u.unmap(self.iova, self.mem.len());
+        }
+    }
+}

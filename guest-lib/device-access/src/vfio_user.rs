@@ -1,0 +1,1 @@
+//! vfio-user client transport (being written).

@@ -1,0 +1,12 @@
+# Minimal device set for the testbed's QEMU (x86_64): q35 with intel-iommu, the vfio-user
+# client, virtio-net for the peer guest, PCIe root ports and a second ISA serial port for
+# the guest's result channel. Copied into configs/devices/x86_64-softmmu/ before configure.
+CONFIG_Q35=y
+CONFIG_PCI_DEVICES=n
+CONFIG_VFIO_PCI=y
+CONFIG_VFIO_USER=y
+CONFIG_VTD=y
+CONFIG_VIRTIO_PCI=y
+CONFIG_VIRTIO_NET=y
+CONFIG_PCIE_PORT=y
+CONFIG_SERIAL_ISA=y
