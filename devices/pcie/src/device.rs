@@ -33,6 +33,19 @@ pub struct DeviceContext {
     pub irq: Arc<dyn IrqSink>,
 }
 
+impl DeviceContext {
+    /// Raises MSI-X `vector`, counting it as delivered or dropped.
+    pub fn raise_irq(&self, vector: u16) -> bool {
+        let ok = self.irq.raise(vector);
+        if ok {
+            self.dma.counters().irq();
+        } else {
+            self.dma.counters().irq_dropped();
+        }
+        ok
+    }
+}
+
 /// A PCI function model, free of any transport type.
 ///
 /// Register writes arrive through `bar_write` (trapped) or land in shared memory the

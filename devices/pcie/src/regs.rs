@@ -76,7 +76,7 @@ impl RegisterBlock {
     /// A driver write of 4 bytes at a 4-byte-aligned offset (8-byte writes split in two).
     /// Other sizes and undefined offsets are rejected.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> WriteOutcome {
-        if offset % 4 != 0 || !(data.len() == 4 || data.len() == 8) {
+        if !offset.is_multiple_of(4) || !(data.len() == 4 || data.len() == 8) {
             return WriteOutcome::Rejected;
         }
         let mut last = WriteOutcome::Rejected;

@@ -70,6 +70,12 @@ impl ShmRegion {
         self.fd.as_raw_fd()
     }
 
+    /// A duplicate of the file descriptor (to hand to a DMA map, or to send).
+    pub fn dup_fd(&self) -> std::io::Result<OwnedFd> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd().try_clone_to_owned()
+    }
+
     /// Size in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -81,7 +87,7 @@ impl ShmRegion {
     }
 
     fn atomic32(&self, offset: u64) -> Option<&AtomicU32> {
-        if offset % 4 != 0 || offset.checked_add(4)? > self.len as u64 {
+        if !offset.is_multiple_of(4) || offset.checked_add(4)? > self.len as u64 {
             return None;
         }
         // SAFETY: in bounds and 4-byte aligned (mmap is page aligned); the memory lives as
@@ -90,7 +96,7 @@ impl ShmRegion {
     }
 
     fn atomic64(&self, offset: u64) -> Option<&AtomicU64> {
-        if offset % 8 != 0 || offset.checked_add(8)? > self.len as u64 {
+        if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.len as u64 {
             return None;
         }
         // SAFETY: as in `atomic32`, with 8-byte alignment.

@@ -68,7 +68,19 @@ struct Resolved {
     busybox_deb: String,
 }
 
-/// What is recorded next to a built image.
+/// What is recorded next to the kernel part (`kernel/<key>/kernel.json`).
+#[derive(Serialize, Deserialize, Debug)]
+struct KernelMeta {
+    kernel_file: String,
+    kernel_version: String,
+    kernel_is_vmlinux: bool,
+    /// Module names in load order (files `modules/<name>.ko`).
+    modules: Vec<String>,
+    /// Busybox applet paths (e.g. `sbin/poweroff`); empty if busybox could not run here.
+    applets: Vec<String>,
+}
+
+/// What is recorded next to a built image (`image/<key>/image.json`).
 #[derive(Serialize, Deserialize, Debug)]
 struct ImageMeta {
     kernel_file: String,
@@ -76,6 +88,9 @@ struct ImageMeta {
     kernel_is_vmlinux: bool,
     modules: Vec<String>,
 }
+
+/// How many images (one per guest program build) stay in the cache.
+const KEEP_IMAGES: usize = 8;
 
 /// Builds (or finds in the cache) the guest image. `guest_bin` is the statically linked guest
 /// program (installed as /bin/testbed-guest). Prints progress on stderr, never on stdout.
@@ -85,64 +100,132 @@ pub fn ensure_image(guest_bin: &Path) -> Result<Image> {
     let init_path = images_dir.join("init");
     let init = std::fs::read(&init_path)
         .with_context(|| format!("{WHAT}: cannot read {}", init_path.display()))?;
-    let guest = std::fs::read(guest_bin)
-        .with_context(|| format!("{WHAT}: cannot read the guest program {}", guest_bin.display()))?;
+    let guest = std::fs::read(guest_bin).with_context(|| {
+        format!(
+            "{WHAT}: cannot read the guest program {}",
+            guest_bin.display()
+        )
+    })?;
     check_static_elf(&guest).with_context(|| {
         format!(
             "{WHAT}: {} cannot run in the guest image (build it with `-C target-feature=+crt-static`)",
             guest_bin.display()
         )
     })?;
+    let unxz = images_dir.join("unxz.py");
 
     let root = cache::root();
     let debs = root.join("debs");
     let resolved = step(WHAT, "resolve Debian packages", || resolve_packages(&debs))?;
 
+    // The kernel part (vmlinux, modules, busybox) only depends on the packages; it is shared
+    // by the images of every guest program build.
+    let mut kh = KeyHasher::default();
+    kh.add("format", FORMAT_VERSION.as_bytes())
+        .add("kernel", resolved.kernel_package.as_bytes())
+        .add("kernel-version", resolved.kernel_package_version.as_bytes())
+        .add("busybox", resolved.busybox_version.as_bytes())
+        .add("modules", MODULES.join(",").as_bytes());
+    if let Ok(s) = std::fs::read(&unxz) {
+        kh.add("unxz", &s);
+    }
+    let kkey = kh.hex16();
+    let kdir = root.join("kernel").join(&kkey);
+
     let mut h = KeyHasher::default();
     h.add("format", FORMAT_VERSION.as_bytes())
-        .add("kernel", format!("{} {}", resolved.kernel_package, resolved.kernel_package_version).as_bytes())
-        .add("busybox", resolved.busybox_version.as_bytes())
+        .add("kernel-part", kkey.as_bytes())
         .add("init", &init)
-        .add("modules", MODULES.join(",").as_bytes())
         .add("guest", &guest);
-    if let Ok(s) = std::fs::read(images_dir.join("unxz.py")) {
-        h.add("unxz", &s);
-    }
     let key = h.hex16();
     let dir = root.join("image").join(&key);
     if let Some(img) = load_image(&dir) {
+        touch(&dir);
         eprintln!("[testbed] {WHAT}: cached in {}", dir.display());
         return Ok(img);
     }
 
-    let tmp = root.join("image").join(format!(".{key}.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
-    let built = build_image(&tmp, &debs, &resolved, &images_dir, &init, &guest);
-    let meta = match built {
-        Ok(m) => m,
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
+    let kmeta = match load_kernel(&kdir) {
+        Some(m) => m,
+        None => {
+            let m = in_temp_dir(&kdir, |tmp| build_kernel_part(tmp, &debs, &resolved, &unxz))?;
+            prune(&root.join("kernel"), 1, &kdir);
+            m
         }
     };
-    std::fs::write(tmp.join("image.json"), serde_json::to_vec_pretty(&meta)?)?;
-    if let Err(e) = std::fs::rename(&tmp, &dir) {
-        // Someone else finished the same image first: use theirs.
-        let _ = std::fs::remove_dir_all(&tmp);
-        if load_image(&dir).is_none() {
-            return Err(e).with_context(|| format!("{WHAT}: cannot move the image to {}", dir.display()));
-        }
-    }
-    let img = load_image(&dir).ok_or_else(|| anyhow!("{WHAT}: image in {} is incomplete", dir.display()))?;
+    in_temp_dir(&dir, |tmp| {
+        let meta = build_image(tmp, &kdir, &kmeta, &init, &guest)?;
+        std::fs::write(tmp.join("image.json"), serde_json::to_vec_pretty(&meta)?)?;
+        Ok(())
+    })?;
+    prune(&root.join("image"), KEEP_IMAGES, &dir);
+    let img = load_image(&dir)
+        .ok_or_else(|| anyhow!("{WHAT}: image in {} is incomplete", dir.display()))?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     eprintln!(
-        "[testbed] {WHAT}: built in {} (kernel {} MB, initrd {} KB)",
+        "[testbed] {WHAT}: built in {} ({} {} MB, initrd {} KB)",
         dir.display(),
+        kmeta.kernel_file,
         size(&img.kernel) / 1_000_000,
         size(&img.initrd) / 1000
     );
     Ok(img)
+}
+
+/// Runs `build` on a fresh temporary directory next to `dest`, then renames it to `dest`
+/// (so `dest` is either absent or complete). If another process finished `dest` first, its
+/// result is kept.
+fn in_temp_dir<T>(dest: &Path, build: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
+    let name = dest
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    let r = build(&tmp).and_then(|v| {
+        if let Err(e) = std::fs::rename(&tmp, dest) {
+            if !dest.is_dir() {
+                return Err(e)
+                    .with_context(|| format!("{WHAT}: cannot move to {}", dest.display()));
+            }
+        }
+        Ok(v)
+    });
+    let _ = std::fs::remove_dir_all(&tmp);
+    r
+}
+
+/// Marks a cache entry as recently used.
+fn touch(dir: &Path) {
+    let _ = std::fs::File::open(dir).and_then(|f| f.set_modified(SystemTime::now()));
+}
+
+/// Keeps `keep` entries of `parent` (the most recently used, always including `current`),
+/// deleting the others and stale temporary dirs older than a day.
+fn prune(parent: &Path, keep: usize, current: &Path) {
+    let Ok(rd) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let mut entries: Vec<(SystemTime, PathBuf)> = vec![];
+    for e in rd.flatten() {
+        let p = e.path();
+        let mtime = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .unwrap_or(UNIX_EPOCH);
+        if e.file_name().to_string_lossy().starts_with('.') {
+            if mtime.elapsed().is_ok_and(|age| age > DAY) {
+                let _ = std::fs::remove_dir_all(&p);
+            }
+        } else if p != current {
+            entries.push((mtime, p));
+        }
+    }
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
+    for (_, p) in entries.into_iter().skip(keep.saturating_sub(1)) {
+        let _ = std::fs::remove_dir_all(&p);
+    }
 }
 
 /// Builds the static guest program from guest-lib (cargo build --release -p guest-apps --bin
@@ -154,23 +237,43 @@ pub fn build_guest_binary(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args(["build", "--release", "-p", "guest-apps", "--bin", "testbed-guest", "--target", TRIPLE])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "guest-apps",
+            "--bin",
+            "testbed-guest",
+            "--target",
+            TRIPLE,
+        ])
         .arg("--target-dir")
         .arg(&target_dir)
-        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
+        .env(
+            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+            "-C target-feature=+crt-static",
+        )
         // Keep a RUSTFLAGS from the caller's environment from overriding the target flags.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     run_logged("guest program build", cmd, &target_dir.join("build.log"))?;
-    let bin = target_dir.join(TRIPLE).join("release").join("testbed-guest");
-    let bytes = std::fs::read(&bin)
-        .with_context(|| format!("guest program build: {} missing after the build", bin.display()))?;
+    let bin = target_dir
+        .join(TRIPLE)
+        .join("release")
+        .join("testbed-guest");
+    let bytes = std::fs::read(&bin).with_context(|| {
+        format!(
+            "guest program build: {} missing after the build",
+            bin.display()
+        )
+    })?;
     check_static_elf(&bytes).with_context(|| format!("guest program build: {}", bin.display()))?;
     Ok(bin)
 }
 
 fn load_image(dir: &Path) -> Option<Image> {
-    let meta: ImageMeta = serde_json::from_slice(&std::fs::read(dir.join("image.json")).ok()?).ok()?;
+    let meta: ImageMeta =
+        serde_json::from_slice(&std::fs::read(dir.join("image.json")).ok()?).ok()?;
     let kernel = dir.join(&meta.kernel_file);
     let initrd = dir.join("initrd.gz");
     (kernel.is_file() && initrd.is_file()).then_some(Image {
@@ -180,11 +283,20 @@ fn load_image(dir: &Path) -> Option<Image> {
     })
 }
 
+fn load_kernel(kdir: &Path) -> Option<KernelMeta> {
+    let meta: KernelMeta =
+        serde_json::from_slice(&std::fs::read(kdir.join("kernel.json")).ok()?).ok()?;
+    kdir.join(&meta.kernel_file).is_file().then_some(meta)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Debian packages
 
 fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Finds the current kernel and busybox packages and makes sure their .debs are in `debs`.
@@ -204,14 +316,17 @@ fn resolve_packages(debs: &Path) -> Result<Resolved> {
             return Ok(r.clone());
         }
     }
-    match lookup_packages(debs) {
+    match lookup_packages(debs, old.as_ref()) {
         Ok(r) => {
             std::fs::write(&record, serde_json::to_vec_pretty(&r)?)?;
             prune_debs(debs, &r);
             Ok(r)
         }
         Err(e) => match old {
-            Some(r) => {
+            Some(mut r) => {
+                // Try again in an hour rather than on every run.
+                r.resolved_at = now_secs().saturating_sub(DAY.as_secs() - 3600);
+                let _ = std::fs::write(&record, serde_json::to_vec_pretty(&r)?);
                 eprintln!(
                     "[testbed] {WHAT}: warning: cannot refresh the Debian packages ({e:#}); \
                      using the ones resolved before ({}, busybox {})",
@@ -239,11 +354,17 @@ fn apt_command(apt: &Path, program: &str) -> Command {
         .arg(opt("Dir::State::Status", &apt.join("status")))
         .arg("-o")
         .arg(opt("Dir::Cache", &apt.join("cache")))
-        .args(["-o", "APT::Sandbox::User=root", "-o", "APT::Architecture=amd64", "-q"]);
+        .args([
+            "-o",
+            "APT::Sandbox::User=root",
+            "-o",
+            "APT::Architecture=amd64",
+            "-q",
+        ]);
     cmd
 }
 
-fn lookup_packages(debs: &Path) -> Result<Resolved> {
+fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
     let apt = debs.join("apt");
     let log = debs.join("apt.log");
     for d in ["lists/partial", "cache/archives/partial"] {
@@ -266,12 +387,12 @@ fn lookup_packages(debs: &Path) -> Result<Resolved> {
         .is_some_and(|age| age < DAY);
     if !fresh {
         let mut cmd = apt_command(&apt, "apt-get");
-        cmd.arg("update");
+        cmd.args(["update", "--error-on=any"]);
         run_logged("apt-get update (bookworm)", cmd, &log)?;
         std::fs::write(&stamp, "")?;
     }
 
-    let dl = debs.join(".download");
+    let dl = debs.join(format!(".download-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dl);
     std::fs::create_dir_all(&dl)?;
     let download = |pkgs: &[&str]| -> Result<()> {
@@ -285,28 +406,45 @@ fn lookup_packages(debs: &Path) -> Result<Resolved> {
     let kernel_package = kernel_package_from_depends(&depends).ok_or_else(|| {
         anyhow!("{KERNEL_META}'s Depends has no linux-image-*-amd64 package: {depends:?}")
     })?;
-    download(&[&kernel_package])?;
-    let kernel_deb = find_deb(&dl, &kernel_package)?;
     let busybox_deb = find_deb(&dl, BUSYBOX_PKG)?;
+    let busybox_version = deb_field(&busybox_deb, "Version")?;
+    std::fs::rename(&busybox_deb, debs.join(file_name(&busybox_deb)))?;
+    // The kernel .deb is ~70 MB: keep the one we have when the metapackage still wants it.
+    let wanted_version = depends_version(&depends, &kernel_package);
+    let (kernel_deb, kernel_package_version) = match old {
+        Some(o)
+            if o.kernel_package == kernel_package
+                && wanted_version.as_deref() == Some(o.kernel_package_version.as_str())
+                && debs.join(&o.kernel_deb).is_file() =>
+        {
+            (o.kernel_deb.clone(), o.kernel_package_version.clone())
+        }
+        _ => {
+            download(&[&kernel_package])?;
+            let deb = find_deb(&dl, &kernel_package)?;
+            let version = deb_field(&deb, "Version")?;
+            std::fs::rename(&deb, debs.join(file_name(&deb)))?;
+            (file_name(&deb), version)
+        }
+    };
     let r = Resolved {
         resolved_at: now_secs(),
         sources: APT_SOURCES.to_string(),
-        kernel_package_version: deb_field(&kernel_deb, "Version")?,
-        busybox_version: deb_field(&busybox_deb, "Version")?,
+        kernel_package_version,
+        busybox_version,
         kernel_package,
-        kernel_deb: file_name(&kernel_deb),
+        kernel_deb,
         busybox_deb: file_name(&busybox_deb),
     };
-    for deb in [&kernel_deb, &busybox_deb] {
-        std::fs::rename(deb, debs.join(file_name(deb)))?;
-    }
     let _ = std::fs::remove_dir_all(&dl);
     Ok(r)
 }
 
 /// Deletes .debs that the current resolution no longer uses (old kernels are ~70 MB each).
 fn prune_debs(debs: &Path, r: &Resolved) {
-    let Ok(rd) = std::fs::read_dir(debs) else { return };
+    let Ok(rd) = std::fs::read_dir(debs) else {
+        return;
+    };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if name.ends_with(".deb") && name != r.kernel_deb && name != r.busybox_deb {
@@ -316,7 +454,9 @@ fn prune_debs(debs: &Path, r: &Resolved) {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 fn find_deb(dir: &Path, package: &str) -> Result<PathBuf> {
@@ -327,7 +467,10 @@ fn find_deb(dir: &Path, package: &str) -> Result<PathBuf> {
             return Ok(e.path());
         }
     }
-    bail!("apt-get download did not produce {package}_*.deb in {}", dir.display())
+    bail!(
+        "apt-get download did not produce {package}_*.deb in {}",
+        dir.display()
+    )
 }
 
 fn deb_field(deb: &Path, field: &str) -> Result<String> {
@@ -338,7 +481,11 @@ fn deb_field(deb: &Path, field: &str) -> Result<String> {
         .output()
         .context("cannot run dpkg-deb (install dpkg)")?;
     if !out.status.success() {
-        bail!("dpkg-deb -f {} {field}: {}", deb.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "dpkg-deb -f {} {field}: {}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -352,28 +499,38 @@ fn kernel_package_from_depends(depends: &str) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The version in `PACKAGE (= VERSION)` of a Depends field.
+fn depends_version(depends: &str, package: &str) -> Option<String> {
+    depends.split([',', '|']).find_map(|d| {
+        let (name, rest) = d.trim().split_once(' ')?;
+        let v = rest.trim().strip_prefix("(=")?.strip_suffix(')')?;
+        (name == package).then(|| v.trim().to_string())
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // Building the image
 
-fn build_image(
-    tmp: &Path,
-    debs: &Path,
-    r: &Resolved,
-    images_dir: &Path,
-    init: &[u8],
-    guest: &[u8],
-) -> Result<ImageMeta> {
+/// Unpacks the packages into `tmp`: the kernel (`vmlinux`, or `vmlinuz` if the extraction
+/// fails), the modules in `modules/`, and `busybox`.
+fn build_kernel_part(tmp: &Path, debs: &Path, r: &Resolved, unxz: &Path) -> Result<KernelMeta> {
     let kpkg = tmp.join("kernel-pkg");
     let bpkg = tmp.join("busybox-pkg");
-    step(WHAT, &format!("unpack {}", r.kernel_package), || dpkg_extract(&debs.join(&r.kernel_deb), &kpkg))?;
-    step(WHAT, "unpack busybox-static", || dpkg_extract(&debs.join(&r.busybox_deb), &bpkg))?;
-    let release = r.kernel_package.trim_start_matches("linux-image-").to_string();
-    let unxz = images_dir.join("unxz.py");
+    step(WHAT, &format!("unpack {}", r.kernel_package), || {
+        dpkg_extract(&debs.join(&r.kernel_deb), &kpkg)
+    })?;
+    step(WHAT, "unpack busybox-static", || {
+        dpkg_extract(&debs.join(&r.busybox_deb), &bpkg)
+    })?;
+    let release = r
+        .kernel_package
+        .trim_start_matches("linux-image-")
+        .to_string();
 
     let vmlinuz = kpkg.join("boot").join(format!("vmlinuz-{release}"));
     let (kernel_file, is_vmlinux) = step(WHAT, "extract vmlinux", || {
         let bz = std::fs::read(&vmlinuz).with_context(|| format!("read {}", vmlinuz.display()))?;
-        match extract_vmlinux(&bz, &unxz) {
+        match extract_vmlinux(&bz, unxz) {
             Ok(elf) => {
                 std::fs::write(tmp.join("vmlinux"), elf)?;
                 Ok(("vmlinux", true))
@@ -390,63 +547,118 @@ fn build_image(
         }
     })?;
 
-    let mut cpio = Cpio::default();
     let modules = step(WHAT, "collect modules", || {
         let moddir = kpkg.join("lib/modules").join(&release);
         let index = index_modules(&moddir)?;
-        let deps = module_deps(&moddir, &index, &unxz)?;
+        let deps = module_deps(&moddir, &index, unxz)?;
         let order = module_order(MODULES, &deps)?;
-        let mut names = vec![];
+        std::fs::create_dir_all(tmp.join("modules"))?;
         for m in &order {
-            let rel = index.get(m).ok_or_else(|| anyhow!("module {m} is not in {}", moddir.display()))?;
-            let ko = read_module(&moddir.join(rel), &unxz)?;
-            cpio.file(&format!("lib/modules/{m}.ko"), 0o644, ko);
-            names.push(m.clone());
+            let rel = index
+                .get(m)
+                .ok_or_else(|| anyhow!("module {m} is not in {}", moddir.display()))?;
+            let ko = read_module(&moddir.join(rel), unxz)?;
+            std::fs::write(tmp.join("modules").join(format!("{m}.ko")), ko)?;
         }
-        let list: String = names.iter().map(|m| format!("{m}.ko\n")).collect();
-        cpio.file("etc/modules.order", 0o644, list.into_bytes());
-        Ok(names)
+        Ok(order)
     })?;
 
-    step(WHAT, "write initrd", || {
-        for d in ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "tmp", "root", "run", "etc"] {
-            cpio.dir(d, 0o755);
-        }
-        cpio.dir("tmp", 0o1777);
-        cpio.char_dev("dev/console", 0o600, 5, 1);
-        let busybox_path = bpkg.join("bin/busybox");
-        let busybox = std::fs::read(&busybox_path)
-            .with_context(|| format!("busybox-static has no bin/busybox ({})", busybox_path.display()))?;
-        cpio.file("bin/busybox", 0o755, busybox);
-        cpio.symlink("bin/sh", "/bin/busybox");
-        // The applet links; if busybox cannot run here, /init runs `busybox --install -s`.
-        match Command::new(&busybox_path).arg("--list-full").output() {
-            Ok(out) if out.status.success() => {
-                for applet in String::from_utf8_lossy(&out.stdout).lines() {
-                    let applet = applet.trim().trim_start_matches('/');
-                    if !applet.is_empty() && applet != "bin/busybox" && !applet.contains("..") {
-                        cpio.symlink(applet, "/bin/busybox");
-                    }
+    let busybox_path = bpkg.join("bin/busybox");
+    std::fs::copy(&busybox_path, tmp.join("busybox")).with_context(|| {
+        format!(
+            "busybox-static has no bin/busybox ({})",
+            busybox_path.display()
+        )
+    })?;
+    // The applet links; if busybox cannot run here, /init runs `busybox --install -s`.
+    let mut applets = vec![];
+    match Command::new(&busybox_path).arg("--list-full").output() {
+        Ok(out) if out.status.success() => {
+            for applet in String::from_utf8_lossy(&out.stdout).lines() {
+                let applet = applet.trim().trim_start_matches('/');
+                if !applet.is_empty() && applet != "bin/busybox" && !applet.contains("..") {
+                    applets.push(applet.to_string());
                 }
             }
-            _ => eprintln!("[testbed] {WHAT}: note: cannot run busybox here; /init installs the applets"),
         }
-        cpio.file("init", 0o755, init.to_vec());
-        cpio.file("bin/testbed-guest", 0o755, guest.to_vec());
-        let f = std::fs::File::create(tmp.join("initrd.gz"))?;
-        let mut gz = flate2::GzBuilder::new().mtime(0).write(f, flate2::Compression::default());
-        cpio.write_to(&mut gz)?;
-        gz.finish()?.sync_all()?;
-        Ok(())
-    })?;
+        _ => {
+            eprintln!("[testbed] {WHAT}: note: cannot run busybox here; /init installs the applets")
+        }
+    }
 
     std::fs::remove_dir_all(&kpkg)?;
     std::fs::remove_dir_all(&bpkg)?;
-    Ok(ImageMeta {
+    let meta = KernelMeta {
         kernel_file: kernel_file.to_string(),
         kernel_version: release,
         kernel_is_vmlinux: is_vmlinux,
         modules,
+        applets,
+    };
+    std::fs::write(tmp.join("kernel.json"), serde_json::to_vec_pretty(&meta)?)?;
+    Ok(meta)
+}
+
+/// Writes the image into `tmp`: the kernel (a hard link to the shared kernel part) and the
+/// initrd.
+fn build_image(
+    tmp: &Path,
+    kdir: &Path,
+    k: &KernelMeta,
+    init: &[u8],
+    guest: &[u8],
+) -> Result<ImageMeta> {
+    let kernel = kdir.join(&k.kernel_file);
+    if std::fs::hard_link(&kernel, tmp.join(&k.kernel_file)).is_err() {
+        std::fs::copy(&kernel, tmp.join(&k.kernel_file))
+            .with_context(|| format!("copy {}", kernel.display()))?;
+    }
+    step(WHAT, "write initrd", || {
+        let mut cpio = Cpio::default();
+        for d in [
+            "bin",
+            "sbin",
+            "usr/bin",
+            "usr/sbin",
+            "dev",
+            "proc",
+            "sys",
+            "root",
+            "run",
+            "etc",
+            "lib/modules",
+        ] {
+            cpio.dir(d, 0o755);
+        }
+        cpio.dir("tmp", 0o1777);
+        cpio.char_dev("dev/console", 0o600, 5, 1);
+        let read = |p: PathBuf| std::fs::read(&p).with_context(|| format!("read {}", p.display()));
+        cpio.file("bin/busybox", 0o755, read(kdir.join("busybox"))?);
+        cpio.symlink("bin/sh", "/bin/busybox");
+        for applet in &k.applets {
+            cpio.symlink(applet, "/bin/busybox");
+        }
+        for m in &k.modules {
+            let ko = read(kdir.join("modules").join(format!("{m}.ko")))?;
+            cpio.file(&format!("lib/modules/{m}.ko"), 0o644, ko);
+        }
+        let order: String = k.modules.iter().map(|m| format!("{m}.ko\n")).collect();
+        cpio.file("etc/modules.order", 0o644, order.into_bytes());
+        cpio.file("init", 0o755, init.to_vec());
+        cpio.file("bin/testbed-guest", 0o755, guest.to_vec());
+        let f = std::fs::File::create(tmp.join("initrd.gz"))?;
+        let mut gz = flate2::GzBuilder::new()
+            .mtime(0)
+            .write(f, flate2::Compression::default());
+        cpio.write_to(&mut gz)?;
+        gz.finish()?.sync_all()?;
+        Ok(())
+    })?;
+    Ok(ImageMeta {
+        kernel_file: k.kernel_file.clone(),
+        kernel_version: k.kernel_version.clone(),
+        kernel_is_vmlinux: k.kernel_is_vmlinux,
+        modules: k.modules.clone(),
     })
 }
 
@@ -458,7 +670,11 @@ fn dpkg_extract(deb: &Path, dest: &Path) -> Result<()> {
         .output()
         .context("cannot run dpkg (install dpkg)")?;
     if !out.status.success() {
-        bail!("dpkg -x {}: {}", deb.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "dpkg -x {}: {}",
+            deb.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
@@ -480,10 +696,14 @@ fn extract_vmlinux(bz: &[u8], unxz: &Path) -> Result<Vec<u8>> {
         run_unxz(unxz, payload)?
     } else if payload.starts_with(GZIP_MAGIC) {
         let mut out = vec![];
-        std::io::copy(&mut flate2::read::GzDecoder::new(payload), &mut out).context("gunzip the payload")?;
+        std::io::copy(&mut flate2::read::GzDecoder::new(payload), &mut out)
+            .context("gunzip the payload")?;
         out
     } else {
-        bail!("the payload's compression is not XZ or gzip (magic {:02x?})", &payload[..payload.len().min(6)]);
+        bail!(
+            "the payload's compression is not XZ or gzip (magic {:02x?})",
+            &payload[..payload.len().min(6)]
+        );
     };
     if !elf.starts_with(b"\x7fELF") {
         bail!("the decompressed payload is not an ELF file");
@@ -528,7 +748,11 @@ fn run_unxz(script: &Path, data: &[u8]) -> Result<Vec<u8>> {
     let out = child.wait_with_output()?;
     let _ = writer.join();
     if !out.status.success() {
-        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(out.stdout)
 }
@@ -566,7 +790,10 @@ fn index_modules(moddir: &Path) -> Result<BTreeMap<String, String>> {
     let mut index = BTreeMap::new();
     let mut stack = vec![moddir.join("kernel")];
     while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))?.flatten() {
+        for e in std::fs::read_dir(&dir)
+            .with_context(|| format!("read {}", dir.display()))?
+            .flatten()
+        {
             let p = e.path();
             if e.file_type()?.is_dir() {
                 stack.push(p);
@@ -611,7 +838,12 @@ fn module_deps(
 fn parse_modules_dep(text: &str) -> BTreeMap<String, Vec<String>> {
     text.lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (module_name(m.trim()), d.split_whitespace().map(module_name).collect()))
+        .map(|(m, d)| {
+            (
+                module_name(m.trim()),
+                d.split_whitespace().map(module_name).collect(),
+            )
+        })
         .collect()
 }
 
@@ -638,7 +870,8 @@ fn elf_section<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
     }
     let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?) as usize);
     let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?) as usize);
-    let (shoff, shentsize, shnum, shstrndx) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
+    let (shoff, shentsize, shnum, shstrndx) =
+        (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
     let sh = |i: usize| -> Option<(usize, usize, usize)> {
         let b = shoff.checked_add(i.checked_mul(shentsize)?)?;
         let name = u32::from_le_bytes(elf.get(b..b + 4)?.try_into().ok()?) as usize;
@@ -669,7 +902,9 @@ fn module_order(wanted: &[&str], deps: &BTreeMap<String, Vec<String>>) -> Result
         if path.iter().any(|p| p == m) {
             bail!("module dependency cycle: {} -> {m}", path.join(" -> "));
         }
-        let d = deps.get(m).ok_or_else(|| anyhow!("module {m} is not in the kernel package"))?;
+        let d = deps
+            .get(m)
+            .ok_or_else(|| anyhow!("module {m} is not in the kernel package"))?;
         path.push(m.to_string());
         for dep in d {
             visit(dep, deps, done, path, out)?;
@@ -692,8 +927,14 @@ fn check_static_elf(bin: &[u8]) -> Result<()> {
     if !bin.starts_with(b"\x7fELF\x02\x01") || bin.get(0x12..0x14) != Some(&[0x3e, 0][..]) {
         bail!("not an x86-64 ELF executable");
     }
-    let u16_at = |o: usize| bin.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u64_at = |o: usize| bin.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    let u16_at = |o: usize| {
+        bin.get(o..o + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+    };
+    let u64_at = |o: usize| {
+        bin.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+    };
     let (phoff, phentsize, phnum) = (
         u64_at(0x20).unwrap_or(0),
         u16_at(0x36).unwrap_or(0),
@@ -701,7 +942,9 @@ fn check_static_elf(bin: &[u8]) -> Result<()> {
     );
     for i in 0..phnum {
         let b = phoff + i * phentsize;
-        let ty = bin.get(b..b + 4).map(|t| u32::from_le_bytes(t.try_into().unwrap()));
+        let ty = bin
+            .get(b..b + 4)
+            .map(|t| u32::from_le_bytes(t.try_into().unwrap()));
         if ty == Some(3) {
             bail!("dynamically linked (has an ELF interpreter)");
         }
@@ -731,12 +974,20 @@ impl Cpio {
     fn add(&mut self, path: &str, perm: u32, kind: CpioKind) {
         let path = path.trim_matches('/');
         let mut parent = String::new();
-        for comp in path.split('/').collect::<Vec<_>>().split_last().map(|x| x.1).unwrap_or(&[]) {
+        for comp in path
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map(|x| x.1)
+            .unwrap_or(&[])
+        {
             if !parent.is_empty() {
                 parent.push('/');
             }
             parent.push_str(comp);
-            self.entries.entry(parent.clone()).or_insert((0o755, CpioKind::Dir));
+            self.entries
+                .entry(parent.clone())
+                .or_insert((0o755, CpioKind::Dir));
         }
         self.entries.insert(path.to_string(), (perm, kind));
     }
@@ -762,7 +1013,15 @@ impl Cpio {
                 CpioKind::Symlink(t) => (0o120000, t.as_bytes(), (0, 0), 1),
                 CpioKind::CharDev(ma, mi) => (0o020000, &[], (*ma, *mi), 1),
             };
-            off += write_entry(w, ino as u32 + 1, ty | (perm & 0o7777), nlink, path, data, rdev)?;
+            off += write_entry(
+                w,
+                ino as u32 + 1,
+                ty | (perm & 0o7777),
+                nlink,
+                path,
+                data,
+                rdev,
+            )?;
         }
         off += write_entry(w, 0, 0, 1, "TRAILER!!!", &[], (0, 0))?;
         // Pad the archive to a multiple of 512 bytes, as cpio(1) does.
@@ -824,16 +1083,34 @@ mod tests {
             let at = total - b.len();
             assert_eq!(at % 4, 0, "entry not 4-byte aligned");
             assert_eq!(&b[..6], b"070701");
-            let f = |i: usize| u32::from_str_radix(std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap();
-            let (mode, nlink, mtime, size, rdev, namesize) = (f(1), f(4), f(5), f(6) as usize, (f(9), f(10)), f(11) as usize);
+            let f = |i: usize| {
+                u32::from_str_radix(std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
+                    .unwrap()
+            };
+            let (mode, nlink, mtime, size, rdev, namesize) = (
+                f(1),
+                f(4),
+                f(5),
+                f(6) as usize,
+                (f(9), f(10)),
+                f(11) as usize,
+            );
             assert_eq!(mtime, 0);
-            let name = std::str::from_utf8(&b[110..110 + namesize - 1]).unwrap().to_string();
+            let name = std::str::from_utf8(&b[110..110 + namesize - 1])
+                .unwrap()
+                .to_string();
             assert_eq!(b[110 + namesize - 1], 0, "name not NUL-terminated");
             let data_at = (110 + namesize).next_multiple_of(4);
-            assert!(b[110 + namesize..data_at].iter().all(|&x| x == 0), "name padding not zero");
+            assert!(
+                b[110 + namesize..data_at].iter().all(|&x| x == 0),
+                "name padding not zero"
+            );
             let data = b[data_at..data_at + size].to_vec();
             let next = (data_at + size).next_multiple_of(4);
-            assert!(b[data_at + size..next].iter().all(|&x| x == 0), "data padding not zero");
+            assert!(
+                b[data_at + size..next].iter().all(|&x| x == 0),
+                "data padding not zero"
+            );
             b = &b[next..];
             if name == "TRAILER!!!" {
                 assert!(b.iter().all(|&x| x == 0), "garbage after the trailer");
@@ -859,7 +1136,19 @@ mod tests {
         let names: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(
             names,
-            ["bin", "bin/sh", "dev", "dev/console", "etc", "etc/a", "init", "lib", "lib/modules", "lib/modules/vfio.ko", "tmp"]
+            [
+                "bin",
+                "bin/sh",
+                "dev",
+                "dev/console",
+                "etc",
+                "etc/a",
+                "init",
+                "lib",
+                "lib/modules",
+                "lib/modules/vfio.ko",
+                "tmp"
+            ]
         );
         let get = |n: &str| got.iter().find(|e| e.0 == n).unwrap().clone();
         assert_eq!(get("init").1, 0o100755);
@@ -882,7 +1171,9 @@ mod tests {
     #[test]
     fn cpio_matches_system_cpio_if_present() {
         // Cross-check with GNU cpio when it is installed.
-        let Ok(out) = Command::new("cpio").arg("--version").output() else { return };
+        let Ok(out) = Command::new("cpio").arg("--version").output() else {
+            return;
+        };
         if !out.status.success() {
             return;
         }
@@ -903,7 +1194,10 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(out.status.success());
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "a\na/b\na/b/c.txt\na/link\n");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "a\na/b\na/b/c.txt\na/link\n"
+        );
     }
 
     #[test]
@@ -920,7 +1214,12 @@ kernel/net/core/failover.ko:\n";
         let deps = parse_modules_dep(dep);
         assert_eq!(deps["vfio_pci_core"], ["vfio", "vfio_virqfd", "irqbypass"]);
         let order = module_order(&["vfio-pci", "vfio_iommu_type1", "virtio_net"], &deps).unwrap();
-        let pos = |m: &str| order.iter().position(|x| x == m).unwrap_or_else(|| panic!("{m} missing"));
+        let pos = |m: &str| {
+            order
+                .iter()
+                .position(|x| x == m)
+                .unwrap_or_else(|| panic!("{m} missing"))
+        };
         for (m, ds) in &deps {
             if order.contains(m) {
                 for d in ds {
@@ -941,6 +1240,14 @@ kernel/net/core/failover.ko:\n";
             Some("linux-image-6.1.0-28-amd64")
         );
         assert_eq!(kernel_package_from_depends("foo, bar"), None);
+        assert_eq!(
+            depends_version(
+                "linux-image-6.1.0-28-amd64 (= 6.1.119-1)",
+                "linux-image-6.1.0-28-amd64"
+            )
+            .as_deref(),
+            Some("6.1.119-1")
+        );
     }
 
     #[test]

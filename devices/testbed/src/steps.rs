@@ -37,11 +37,17 @@ pub fn run_logged(what: &str, mut cmd: Command, log: &Path) -> Result<()> {
         let _ = writeln!(logf, "{line}");
         if let Some(name) = line.strip_prefix("::step ") {
             if step != "start" {
-                eprintln!("[testbed] {what}: {step} done in {:.0?}", step_start.elapsed());
+                eprintln!(
+                    "[testbed] {what}: {step} done in {:.0?}",
+                    step_start.elapsed()
+                );
             }
             step = name.to_string();
             step_start = Instant::now();
-            eprintln!("[testbed] {what}: {step} ... ({:.0?} so far)", start.elapsed());
+            eprintln!(
+                "[testbed] {what}: {step} ... ({:.0?} so far)",
+                start.elapsed()
+            );
         }
     }
     let status = child.wait()?;

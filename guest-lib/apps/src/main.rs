@@ -1,1 +1,87 @@
-fn main() {}
+//! `testbed-guest`: the program the guest image runs (and that runs natively against a
+//! device server's socket). Its stdout is the result channel: JSON lines only.
+//!
+//! Usage: `testbed-guest SCENARIO [key=value ...]`, e.g.
+//! `testbed-guest smoke scratch=0x1234 seed=7 [socket=/path/to/vfio-user.sock]`.
+
+use device_access::{vfio::VfioDevice, vfio_user::VfioUserDevice, DeviceAccess};
+use guest_apps::{smoke, Report};
+use std::collections::HashMap;
+use std::path::Path;
+
+fn parse_u32(s: &str) -> Option<u32> {
+    match s.strip_prefix("0x") {
+        Some(h) => u32::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn open(
+    args: &HashMap<String, String>,
+    vendor: u16,
+    device: u16,
+) -> Result<Box<dyn DeviceAccess>, String> {
+    match args.get("socket") {
+        Some(s) => VfioUserDevice::connect(Path::new(s))
+            .map(|d| Box::new(d) as _)
+            .map_err(|e| e.to_string()),
+        None => VfioDevice::open_by_id(vendor, device)
+            .map(|d| Box::new(d) as _)
+            .map_err(|e| e.to_string()),
+    }
+}
+
+fn main() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let Some(scenario) = argv.first().cloned() else {
+        eprintln!("usage: testbed-guest SCENARIO [key=value ...]");
+        std::process::exit(2);
+    };
+    let args: HashMap<String, String> = argv[1..]
+        .iter()
+        .filter_map(|a| a.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let report = match scenario.as_str() {
+        "smoke" => {
+            use testbed_regs::smoke::{DEVICE_ID, VENDOR_ID};
+            let params = smoke::SmokeParams {
+                scratch: args
+                    .get("scratch")
+                    .and_then(|s| parse_u32(s))
+                    .unwrap_or(0x5eed_0001),
+                seed: args.get("seed").and_then(|s| parse_u32(s)).unwrap_or(7),
+            };
+            match open(&args, VENDOR_ID, DEVICE_ID) {
+                Ok(mut dev) => smoke::run(dev.as_mut(), params),
+                Err(e) => {
+                    let mut r = Report::new(
+                        "smoke",
+                        if args.contains_key("socket") {
+                            "vfio-user"
+                        } else {
+                            "vfio"
+                        },
+                    );
+                    r.fail("open", e);
+                    r
+                }
+            }
+        }
+        other => {
+            let mut r = Report::new(other, "none");
+            r.fail(
+                "scenario",
+                format!("unknown scenario '{other}' (known: smoke)"),
+            );
+            r
+        }
+    };
+    eprintln!(
+        "testbed-guest: {} {}",
+        report.scenario,
+        if report.pass { "passed" } else { "FAILED" }
+    );
+    println!("{}", report.to_json_line());
+    std::process::exit(if report.pass { 0 } else { 1 });
+}

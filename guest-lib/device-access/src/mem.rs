@@ -108,7 +108,13 @@ impl SharedMem {
                 return Err(e);
             }
         }
-        Ok(SharedMem { fd, ptr: start as *mut u8, len, mirrored, huge })
+        Ok(SharedMem {
+            fd,
+            ptr: start as *mut u8,
+            len,
+            mirrored,
+            huge,
+        })
     }
 
     /// The memfd backing the memory.
@@ -160,7 +166,11 @@ impl SharedMem {
 
 impl Drop for SharedMem {
     fn drop(&mut self) {
-        let span = if self.mirrored { 2 * self.len } else { self.len };
+        let span = if self.mirrored {
+            2 * self.len
+        } else {
+            self.len
+        };
         // SAFETY: unmaps what `map` mapped.
         unsafe { libc::munmap(self.ptr.cast(), span) };
     }
@@ -182,7 +192,11 @@ pub struct DmaBuffer {
 impl DmaBuffer {
     /// Wraps memory mapped at `iova`; `unmap` runs on drop.
     pub fn new(mem: SharedMem, iova: u64, unmap: std::sync::Arc<dyn DmaUnmap>) -> Self {
-        DmaBuffer { mem, iova, unmap: Some(unmap) }
+        DmaBuffer {
+            mem,
+            iova,
+            unmap: Some(unmap),
+        }
     }
 
     /// The address the device uses for the first byte.

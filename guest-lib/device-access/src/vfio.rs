@@ -31,15 +31,14 @@ use std::time::{Duration, Instant};
 use vfio_bindings::bindings::vfio::{
     vfio_device_info, vfio_group_status, vfio_iommu_type1_dma_map, vfio_iommu_type1_dma_unmap,
     vfio_iommu_type1_info, vfio_iommu_type1_info_cap_iova_range, vfio_iova_range, vfio_irq_info,
-    vfio_irq_set, vfio_region_info, vfio_region_info_cap_sparse_mmap,
-    vfio_region_sparse_mmap_area, VFIO_API_VERSION, VFIO_DEVICE_FLAGS_PCI,
-    VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE,
-    VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
-    VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
-    VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR5_REGION_INDEX,
-    VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE,
-    VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU,
+    vfio_irq_set, vfio_region_info, vfio_region_info_cap_sparse_mmap, vfio_region_sparse_mmap_area,
+    VFIO_TYPE1v2_IOMMU, VFIO_API_VERSION, VFIO_DEVICE_FLAGS_PCI, VFIO_DMA_MAP_FLAG_READ,
+    VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE, VFIO_IOMMU_INFO_CAPS,
+    VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_IRQ_INFO_EVENTFD,
+    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
+    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, VFIO_REGION_INFO_CAP_SPARSE_MMAP,
+    VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_TYPE1_IOMMU,
 };
 
 /// The sysfs root.
@@ -177,7 +176,14 @@ fn current_driver(sys_root: &Path, bdf: &str) -> Option<String> {
 
 /// The IOMMU group of a device, if it has one.
 fn iommu_group(sys_root: &Path, bdf: &str) -> Option<u32> {
-    link_name(&sys_root.join("bus/pci/devices").join(bdf).join("iommu_group"))?.parse().ok()
+    link_name(
+        &sys_root
+            .join("bus/pci/devices")
+            .join(bdf)
+            .join("iommu_group"),
+    )?
+    .parse()
+    .ok()
 }
 
 /// The devices of IOMMU group `group` and the driver each one is bound to.
@@ -223,7 +229,10 @@ fn bind_to_vfio(sys_root: &Path, bdf: &str) -> Result<bool> {
     }
     if !sys_root.join("bus/pci/drivers/vfio-pci").exists() && sys_root == Path::new(SYS) {
         eprintln!("vfio: the vfio-pci driver is not loaded; trying `modprobe vfio-pci`");
-        match std::process::Command::new("modprobe").arg("vfio-pci").status() {
+        match std::process::Command::new("modprobe")
+            .arg("vfio-pci")
+            .status()
+        {
             Ok(s) if s.success() => {}
             Ok(s) => eprintln!("vfio: `modprobe vfio-pci` failed ({s})"),
             Err(e) => eprintln!("vfio: cannot run modprobe: {e}"),
@@ -262,8 +271,9 @@ fn wait_ready(sys_root: &Path, dev_vfio: &Path, bdf: &str, timeout: Duration) ->
                     what,
                     format!(
                         "no IOMMU group ({}/bus/pci/devices/{bdf}/iommu_group is missing): boot \
-                         the kernel with intel_iommu=on and give QEMU (-M q35) an intel-iommu \
-                         device (-device intel-iommu); on a host, enable VT-d in the firmware",
+                         the kernel with intel_iommu=on and give QEMU an IOMMU (-M \
+                         q35,kernel-irqchip=split -device intel-iommu,intremap=on); on a host, \
+                         enable VT-d in the firmware",
                         sys_root.display()
                     ),
                 ),
@@ -293,15 +303,21 @@ fn wait_ready(sys_root: &Path, dev_vfio: &Path, bdf: &str, timeout: Duration) ->
 // Capability chains (`struct vfio_info_cap_header`, offsets relative to the info struct)
 
 fn rd_u16(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
+    Some(u16::from_ne_bytes(
+        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
+    ))
 }
 
 fn rd_u32(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
+    Some(u32::from_ne_bytes(
+        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
+    ))
 }
 
 fn rd_u64(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
+    Some(u64::from_ne_bytes(
+        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
+    ))
 }
 
 /// One capability of a chain: its id, version and offset in the info buffer.
@@ -321,12 +337,21 @@ fn cap_chain(buf: &[u8], first: u32) -> Vec<Cap> {
         let (Some(id), Some(version), Some(next)) =
             (rd_u16(buf, off), rd_u16(buf, off + 2), rd_u32(buf, off + 4))
         else {
-            eprintln!("vfio: capability at {off:#x} lies outside the {}-byte info", buf.len());
+            eprintln!(
+                "vfio: capability at {off:#x} lies outside the {}-byte info",
+                buf.len()
+            );
             break;
         };
-        caps.push(Cap { id, version, offset: off });
+        caps.push(Cap {
+            id,
+            version,
+            offset: off,
+        });
         if next != 0 && (next as usize) <= off {
-            eprintln!("vfio: capability chain loops back ({off:#x} -> {next:#x}); ignoring the rest");
+            eprintln!(
+                "vfio: capability chain loops back ({off:#x} -> {next:#x}); ignoring the rest"
+            );
             break;
         }
         off = next as usize;
@@ -347,7 +372,10 @@ fn u64_pairs(buf: &[u8], off: usize, count: u32) -> Option<Vec<(u64, u64)>> {
 /// The areas of a `VFIO_REGION_INFO_CAP_SPARSE_MMAP` capability at `cap`: (offset, size).
 fn parse_sparse_mmap(buf: &[u8], cap: usize) -> Option<Vec<(u64, u64)>> {
     const _: () = assert!(size_of::<vfio_region_sparse_mmap_area>() == 16);
-    let nr = rd_u32(buf, cap + offset_of!(vfio_region_info_cap_sparse_mmap, nr_areas))?;
+    let nr = rd_u32(
+        buf,
+        cap + offset_of!(vfio_region_info_cap_sparse_mmap, nr_areas),
+    )?;
     let areas = cap + offset_of!(vfio_region_info_cap_sparse_mmap, areas);
     u64_pairs(buf, areas, nr)
 }
@@ -356,7 +384,10 @@ fn parse_sparse_mmap(buf: &[u8], cap: usize) -> Option<Vec<(u64, u64)>> {
 /// inclusive).
 fn parse_iova_ranges(buf: &[u8], cap: usize) -> Option<Vec<(u64, u64)>> {
     const _: () = assert!(size_of::<vfio_iova_range>() == 16);
-    let nr = rd_u32(buf, cap + offset_of!(vfio_iommu_type1_info_cap_iova_range, nr_iovas))?;
+    let nr = rd_u32(
+        buf,
+        cap + offset_of!(vfio_iommu_type1_info_cap_iova_range, nr_iovas),
+    )?;
     let ranges = cap + offset_of!(vfio_iommu_type1_info_cap_iova_range, iova_ranges);
     u64_pairs(buf, ranges, nr)
 }
@@ -389,7 +420,10 @@ impl RegionInfo {
                     VFIO_REGION_INFO_CAP_SPARSE_MMAP => {
                         r.sparse = parse_sparse_mmap(buf, cap.offset);
                         if r.sparse.is_none() {
-                            eprintln!("vfio: region {}: truncated sparse-mmap capability", head.index);
+                            eprintln!(
+                                "vfio: region {}: truncated sparse-mmap capability",
+                                head.index
+                            );
                         }
                     }
                     VFIO_REGION_INFO_CAP_MSIX_MAPPABLE => r.msix_mappable = true,
@@ -409,7 +443,9 @@ impl RegionInfo {
             Some(areas) => areas
                 .iter()
                 .copied()
-                .filter(|&(off, len)| len > 0 && off.checked_add(len).is_some_and(|e| e <= self.size))
+                .filter(|&(off, len)| {
+                    len > 0 && off.checked_add(len).is_some_and(|e| e <= self.size)
+                })
                 .collect(),
             None => vec![(0, self.size)],
         }
@@ -432,7 +468,10 @@ impl<T: Copy> InfoBuf<T> {
         #[allow(clippy::let_unit_value)]
         let () = Self::FITS;
         let words = len.max(size_of::<T>()).div_ceil(8);
-        let mut b = InfoBuf { words: vec![0u64; words], _t: std::marker::PhantomData };
+        let mut b = InfoBuf {
+            words: vec![0u64; words],
+            _t: std::marker::PhantomData,
+        };
         // SAFETY: the buffer holds at least size_of::<T>() bytes and is 8-byte aligned,
         // which is enough for T (checked by FITS); T is plain old data.
         unsafe { std::ptr::write(b.words.as_mut_ptr().cast::<T>(), head) };
@@ -484,7 +523,10 @@ fn get_info<T: Copy>(
         }
         len = need;
     }
-    Err(setup_err(what(), "the kernel keeps asking for a bigger buffer"))
+    Err(setup_err(
+        what(),
+        "the kernel keeps asking for a bigger buffer",
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -506,7 +548,11 @@ impl IovaAllocator {
         let mut ranges = ranges.unwrap_or_else(|| vec![(0, u64::MAX)]);
         ranges.retain(|&(s, e)| s <= e);
         ranges.sort_unstable();
-        IovaAllocator { next: base, ranges, min_align: min_align.max(1) }
+        IovaAllocator {
+            next: base,
+            ranges,
+            min_align: min_align.max(1),
+        }
     }
 
     /// `len` bytes aligned to `align` (a power of two), or None if no range has room.
@@ -519,8 +565,12 @@ impl IovaAllocator {
             if end < self.next {
                 continue;
             }
-            let Some(at) = align_up(self.next.max(start)) else { continue };
-            let Some(last) = at.checked_add(len - 1) else { continue };
+            let Some(at) = align_up(self.next.max(start)) else {
+                continue;
+            };
+            let Some(last) = at.checked_add(len - 1) else {
+                continue;
+            };
             if last <= end {
                 self.next = last.saturating_add(1);
                 return Some(at);
@@ -584,9 +634,16 @@ impl DmaUnmap for Iommu {
         // SAFETY: passes a properly sized vfio_iommu_type1_dma_unmap (no bitmap); the
         // kernel writes back the unmapped size into it.
         let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_mut_ref(&self.container, nr::IOMMU_UNMAP_DMA, &mut unmap)
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(
+                &self.container,
+                nr::IOMMU_UNMAP_DMA,
+                &mut unmap,
+            )
         };
-        if check(r, |_| format!("VFIO_IOMMU_UNMAP_DMA of {len:#x} bytes at IOVA {iova:#x}")).is_ok()
+        if check(r, |_| {
+            format!("VFIO_IOMMU_UNMAP_DMA of {len:#x} bytes at IOVA {iova:#x}")
+        })
+        .is_ok()
             && unmap.size != len as u64
         {
             eprintln!(
@@ -615,7 +672,12 @@ impl DeviceIo {
         })?;
         match offset.checked_add(len as u64) {
             Some(end) if end <= size => Ok(base + offset),
-            _ => Err(Error::OutOfBar { index: index as u8, offset, len, size }),
+            _ => Err(Error::OutOfBar {
+                index: index as u8,
+                offset,
+                len,
+                size,
+            }),
         }
     }
 }
@@ -624,14 +686,26 @@ impl RegionIo for DeviceIo {
     fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<()> {
         let at = self.locate(index, offset, data.len())?;
         self.device.read_exact_at(data, at).map_err(|e| {
-            io_err(format!("read {} bytes at {offset:#x} of VFIO region {index}", data.len()), e)
+            io_err(
+                format!(
+                    "read {} bytes at {offset:#x} of VFIO region {index}",
+                    data.len()
+                ),
+                e,
+            )
         })
     }
 
     fn write(&self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
         let at = self.locate(index, offset, data.len())?;
         self.device.write_all_at(data, at).map_err(|e| {
-            io_err(format!("write {} bytes at {offset:#x} of VFIO region {index}", data.len()), e)
+            io_err(
+                format!(
+                    "write {} bytes at {offset:#x} of VFIO region {index}",
+                    data.len()
+                ),
+                e,
+            )
         })
     }
 }
@@ -643,7 +717,7 @@ impl RegionIo for DeviceIo {
 /// struct needs).
 fn irq_set_words(flags: u32, index: u32, start: u32, fds: &[i32]) -> Vec<u32> {
     const HEAD: usize = size_of::<vfio_irq_set>();
-    const _: () = assert!(HEAD % 4 == 0 && std::mem::align_of::<vfio_irq_set>() <= 4);
+    const _: () = assert!(HEAD & 3 == 0 && std::mem::align_of::<vfio_irq_set>() <= 4);
     let head_words = HEAD / 4;
     let mut words = vec![0u32; head_words + fds.len()];
     let set = vfio_irq_set {
@@ -703,21 +777,26 @@ impl VfioDevice {
     }
 
     fn open_group(sys: &Path, bdf: &str, group_id: u32) -> Result<Self> {
-        let rw = |path: &Path, hint: &str| {
-            OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
-                let extra = match e.raw_os_error() {
-                    Some(libc::EACCES) | Some(libc::EPERM) => " (run as root)",
-                    Some(libc::EBUSY) => {
-                        " (another process, e.g. QEMU or an earlier run, holds the group)"
-                    }
-                    _ => "",
-                };
-                io_err(format!("open {}{extra}{hint}", path.display()), e)
-            })
+        let rw = |path: &Path| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| {
+                    let extra = match e.raw_os_error() {
+                        Some(libc::EACCES) | Some(libc::EPERM) => " (run as root)",
+                        Some(libc::EBUSY) => {
+                            " (another process, e.g. QEMU or an earlier run, holds the group)"
+                        }
+                        Some(libc::ENOENT) => " (is the vfio-pci module loaded?)",
+                        _ => "",
+                    };
+                    io_err(format!("open {}{extra}", path.display()), e)
+                })
         };
 
         // The container.
-        let container = rw(Path::new("/dev/vfio/vfio"), " (is the vfio module loaded?)")?;
+        let container = rw(Path::new("/dev/vfio/vfio"))?;
         // SAFETY: an argument-less ioctl on our container fd; the result is checked.
         let api = unsafe { vmm_sys_util::ioctl::ioctl(&container, nr::GET_API_VERSION) };
         let api = check(api, |_| "VFIO_GET_API_VERSION".into())?;
@@ -747,7 +826,7 @@ impl VfioDevice {
 
         // The group.
         let group_path = PathBuf::from(format!("{DEV_VFIO}/{group_id}"));
-        let group = rw(&group_path, "")?;
+        let group = rw(&group_path)?;
         let mut status = vfio_group_status {
             argsz: size_of::<vfio_group_status>() as u32,
             flags: 0,
@@ -777,12 +856,23 @@ impl VfioDevice {
         let r = unsafe {
             vmm_sys_util::ioctl::ioctl_with_ref(&group, nr::GROUP_SET_CONTAINER, &container_fd)
         };
-        check(r, |_| format!("VFIO_GROUP_SET_CONTAINER (group {group_id})"))?;
+        check(r, |_| {
+            format!("VFIO_GROUP_SET_CONTAINER (group {group_id})")
+        })?;
         // SAFETY: VFIO_SET_IOMMU takes the IOMMU type by value; result checked.
         let r = unsafe {
             vmm_sys_util::ioctl::ioctl_with_val(&container, nr::SET_IOMMU, iommu_type.into())
         };
-        check(r, |_| format!("VFIO_SET_IOMMU({iommu_type})"))?;
+        check(r, |e| {
+            let hint = if errno_is(e, libc::EPERM) {
+                " (no interrupt remapping: give QEMU -device intel-iommu,intremap=on with \
+                 -M q35,kernel-irqchip=split, or load vfio_iommu_type1 with \
+                 allow_unsafe_interrupts=1)"
+            } else {
+                ""
+            };
+            format!("VFIO_SET_IOMMU({iommu_type}) for group {group_id}{hint}")
+        })?;
         let iova = Self::iova_allocator(&container);
         let iommu = Arc::new(Iommu { group, container });
 
@@ -791,7 +881,11 @@ impl VfioDevice {
         // SAFETY: VFIO_GROUP_GET_DEVICE_FD reads a NUL-terminated string; it returns a new fd
         // or -1 (checked).
         let fd = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_ptr(&iommu.group, nr::GROUP_GET_DEVICE_FD, name.as_ptr())
+            vmm_sys_util::ioctl::ioctl_with_ptr(
+                &iommu.group,
+                nr::GROUP_GET_DEVICE_FD,
+                name.as_ptr(),
+            )
         };
         let fd = check(fd, |_| format!("VFIO_GROUP_GET_DEVICE_FD({bdf})"))?;
         // SAFETY: `fd` is a fresh fd that nothing else owns.
@@ -807,7 +901,8 @@ impl VfioDevice {
             vmm_sys_util::ioctl::ioctl_with_mut_ref(&*device, nr::DEVICE_GET_INFO, &mut info)
         };
         check(r, |_| format!("VFIO_DEVICE_GET_INFO({bdf})"))?;
-        if info.flags & VFIO_DEVICE_FLAGS_PCI == 0 || info.num_regions <= VFIO_PCI_CONFIG_REGION_INDEX
+        if info.flags & VFIO_DEVICE_FLAGS_PCI == 0
+            || info.num_regions <= VFIO_PCI_CONFIG_REGION_INDEX
         {
             return Err(setup_err(
                 format!("VFIO_DEVICE_GET_INFO({bdf})"),
@@ -818,17 +913,21 @@ impl VfioDevice {
             ));
         }
         let mut regions = Vec::with_capacity(info.num_regions as usize);
-        for index in 0..info.num_regions {
-            let head = vfio_region_info { index, ..Default::default() };
-            let what = || format!("VFIO_DEVICE_GET_REGION_INFO({bdf}, region {index})");
-            let buf = get_info(&device, nr::DEVICE_GET_REGION_INFO, head, |h| &mut h.argsz, &what);
-            // Optional regions (VGA, ROM) may fail with EINVAL: keep them as empty.
-            let r = match buf {
-                Ok(b) => RegionInfo::parse(&b.head(), b.bytes()),
-                Err(_) if index != VFIO_PCI_CONFIG_REGION_INDEX => RegionInfo::default(),
-                Err(e) => return Err(e),
+        // The BARs, the ROM and config space (VGA and device-specific regions are unused).
+        for index in 0..=VFIO_PCI_CONFIG_REGION_INDEX {
+            let head = vfio_region_info {
+                index,
+                ..Default::default()
             };
-            regions.push(r);
+            let what = || format!("VFIO_DEVICE_GET_REGION_INFO({bdf}, region {index})");
+            let buf = get_info(
+                &device,
+                nr::DEVICE_GET_REGION_INFO,
+                head,
+                |h| &mut h.argsz,
+                &what,
+            )?;
+            regions.push(RegionInfo::parse(&buf.head(), buf.bytes()));
         }
         let io = Arc::new(DeviceIo {
             device: device.clone(),
@@ -899,7 +998,11 @@ impl VfioDevice {
             vmm_sys_util::ioctl::ioctl_with_ptr(&*self.device, nr::DEVICE_SET_IRQS, words.as_ptr())
         };
         check(r, |_| {
-            format!("VFIO_DEVICE_SET_IRQS({}, index {index}, {} eventfds)", self.bdf, fds.len())
+            format!(
+                "VFIO_DEVICE_SET_IRQS({}, index {index}, {} eventfds)",
+                self.bdf,
+                fds.len()
+            )
         })?;
         Ok(())
     }
@@ -920,7 +1023,10 @@ impl VfioDevice {
         let mut mapped = Vec::new();
         for (off, len) in region.mmap_areas() {
             match usize::try_from(len)
-                .map_err(|_| Error::Bar { index, why: "area too large".into() })
+                .map_err(|_| Error::Bar {
+                    index,
+                    why: "area too large".into(),
+                })
                 .and_then(|l| Mapping::new(self.device.as_raw_fd(), region.offset + off, l))
             {
                 Ok(m) => mapped.push((off, Arc::new(m))),
@@ -943,18 +1049,26 @@ impl VfioDevice {
 impl DeviceAccess for VfioDevice {
     fn config_read(&mut self, offset: u64, data: &mut [u8]) -> Result<()> {
         let cfg = self.config_region().offset;
-        self.io.read(VFIO_PCI_CONFIG_REGION_INDEX, offset, data).map_err(|e| {
-            eprintln!("vfio: {}: config read at {offset:#x} (fd offset {cfg:#x})", self.bdf);
-            e
-        })
+        self.io
+            .read(VFIO_PCI_CONFIG_REGION_INDEX, offset, data)
+            .inspect_err(|_| {
+                eprintln!(
+                    "vfio: {}: config read at {offset:#x} (fd offset {cfg:#x})",
+                    self.bdf
+                )
+            })
     }
 
     fn config_write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let cfg = self.config_region().offset;
-        self.io.write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data).map_err(|e| {
-            eprintln!("vfio: {}: config write at {offset:#x} (fd offset {cfg:#x})", self.bdf);
-            e
-        })
+        self.io
+            .write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data)
+            .inspect_err(|_| {
+                eprintln!(
+                    "vfio: {}: config write at {offset:#x} (fd offset {cfg:#x})",
+                    self.bdf
+                )
+            })
     }
 
     fn bar(&mut self, index: u8) -> Result<Bar> {
@@ -988,9 +1102,15 @@ impl DeviceAccess for VfioDevice {
         };
         // SAFETY: the kernel fills our properly sized vfio_irq_info; result checked.
         let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_mut_ref(&*self.device, nr::DEVICE_GET_IRQ_INFO, &mut info)
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(
+                &*self.device,
+                nr::DEVICE_GET_IRQ_INFO,
+                &mut info,
+            )
         };
-        check(r, |_| format!("VFIO_DEVICE_GET_IRQ_INFO({}, MSI-X)", self.bdf))?;
+        check(r, |_| {
+            format!("VFIO_DEVICE_GET_IRQ_INFO({}, MSI-X)", self.bdf)
+        })?;
         if count > info.count || info.flags & VFIO_IRQ_INFO_EVENTFD == 0 {
             return Err(setup_err(
                 format!("enable {count} MSI-X vectors on {}", self.bdf),
@@ -1009,7 +1129,9 @@ impl DeviceAccess for VfioDevice {
             )?;
             self.msix = 0;
         }
-        let irqs = (0..count).map(|_| Interrupt::new()).collect::<Result<Vec<_>>>()?;
+        let irqs = (0..count)
+            .map(|_| Interrupt::new().map_err(logged))
+            .collect::<Result<Vec<_>>>()?;
         if count > 0 {
             let fds: Vec<i32> = irqs.iter().map(|i| i.raw_fd()).collect();
             self.set_irqs(
@@ -1069,7 +1191,14 @@ mod tests {
         }
 
         /// A PCI device in the fake sysfs, optionally bound and in an IOMMU group.
-        fn device(&self, bdf: &str, vendor: u16, device: u16, driver: Option<&str>, group: Option<u32>) {
+        fn device(
+            &self,
+            bdf: &str,
+            vendor: u16,
+            device: u16,
+            driver: Option<&str>,
+            group: Option<u32>,
+        ) {
             let d = format!("bus/pci/devices/{bdf}");
             self.file(&format!("{d}/vendor"), &format!("{vendor:#06x}\n"));
             self.file(&format!("{d}/device"), &format!("{device:#06x}\n"));
@@ -1113,7 +1242,10 @@ mod tests {
         assert_eq!(nr::IOMMU_GET_INFO, 0x3b70);
         assert_eq!(nr::IOMMU_MAP_DMA, 0x3b71);
         assert_eq!(nr::IOMMU_UNMAP_DMA, 0x3b72);
-        assert_eq!((VFIO_API_VERSION, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU), (0, 1, 3));
+        assert_eq!(
+            (VFIO_API_VERSION, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU),
+            (0, 1, 3)
+        );
         assert_eq!(VFIO_PCI_CONFIG_REGION_INDEX, 7);
         assert_eq!(VFIO_PCI_MSIX_IRQ_INDEX, 2);
     }
@@ -1128,7 +1260,10 @@ mod tests {
         assert_eq!(find_bdf(&t.0, 0x1b36, 0x0010).unwrap(), "0000:00:03.0");
         assert_eq!(find_bdf(&t.0, 0x8086, 0x29c0).unwrap(), "0000:00:01.0");
         match find_bdf(&t.0, 0x1234, 0x5678) {
-            Err(Error::NoDevice { vendor: 0x1234, device: 0x5678 }) => {}
+            Err(Error::NoDevice {
+                vendor: 0x1234,
+                device: 0x5678,
+            }) => {}
             other => panic!("unexpected {other:?}"),
         }
         assert!(find_bdf(&t.0.join("nope"), 1, 2).is_err());
@@ -1147,7 +1282,10 @@ mod tests {
         t.dir("bus/pci/drivers/vfio-pci");
         t.device("0000:00:03.0", 0x1b36, 0x0010, Some("nvme"), Some(3));
         assert!(bind_to_vfio(&t.0, "0000:00:03.0").unwrap());
-        assert_eq!(t.read("bus/pci/devices/0000:00:03.0/driver_override"), "vfio-pci");
+        assert_eq!(
+            t.read("bus/pci/devices/0000:00:03.0/driver_override"),
+            "vfio-pci"
+        );
         assert_eq!(t.read("bus/pci/drivers/nvme/unbind"), "0000:00:03.0");
         assert_eq!(t.read("bus/pci/drivers_probe"), "0000:00:03.0");
 
@@ -1178,12 +1316,24 @@ mod tests {
         let short = Duration::from_millis(50);
         assert_eq!(wait_ready(&t.0, &dev, "0000:00:03.0", short).unwrap(), 7);
 
-        let msg = wait_ready(&t.0, &dev, "0000:00:04.0", short).unwrap_err().to_string();
-        assert!(msg.contains("no IOMMU group") && msg.contains("intel_iommu=on"), "{msg}");
-        let msg = wait_ready(&t.0, &dev, "0000:00:05.0", short).unwrap_err().to_string();
-        assert!(msg.contains("bound to nvme") && msg.contains("modprobe vfio-pci"), "{msg}");
+        let msg = wait_ready(&t.0, &dev, "0000:00:04.0", short)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("no IOMMU group") && msg.contains("intel_iommu=on"),
+            "{msg}"
+        );
+        let msg = wait_ready(&t.0, &dev, "0000:00:05.0", short)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("bound to nvme") && msg.contains("modprobe vfio-pci"),
+            "{msg}"
+        );
         t.device("0000:00:06.0", 0x1b36, 0x0010, Some("vfio-pci"), Some(8));
-        let msg = wait_ready(&t.0, &dev, "0000:00:06.0", short).unwrap_err().to_string();
+        let msg = wait_ready(&t.0, &dev, "0000:00:06.0", short)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("dev/vfio/8 did not appear"), "{msg}");
 
         // The node shows up while waiting.
@@ -1192,7 +1342,10 @@ mod tests {
             std::thread::sleep(Duration::from_millis(60));
             std::fs::write(node, "").unwrap();
         });
-        assert_eq!(wait_ready(&t.0, &dev, "0000:00:06.0", Duration::from_secs(2)).unwrap(), 8);
+        assert_eq!(
+            wait_ready(&t.0, &dev, "0000:00:06.0", Duration::from_secs(2)).unwrap(),
+            8
+        );
         h.join().unwrap();
     }
 
@@ -1218,7 +1371,10 @@ mod tests {
         let mut a = IovaAllocator::new(IOVA_BASE, None, PAGE as u64);
         assert_eq!(a.alloc(0x1000, PAGE as u64), Some(0x1_0000_0000));
         assert_eq!(a.alloc(0x3000, PAGE as u64), Some(0x1_0000_1000));
-        assert_eq!(a.alloc(HUGE_PAGE as u64, HUGE_PAGE as u64), Some(0x1_0020_0000));
+        assert_eq!(
+            a.alloc(HUGE_PAGE as u64, HUGE_PAGE as u64),
+            Some(0x1_0020_0000)
+        );
         assert_eq!(a.alloc(0x1000, PAGE as u64), Some(0x1_0040_0000));
         // The IOMMU's minimum page size wins over a smaller alignment.
         let mut a = IovaAllocator::new(IOVA_BASE + 0x1000, None, 0x10000);
@@ -1240,7 +1396,10 @@ mod tests {
         assert_eq!(a.alloc(0xf000, PAGE as u64), Some(0x1_0000_1000));
         // Does not fit in what is left of the second range: next range, aligned up.
         assert_eq!(a.alloc(0x1000, PAGE as u64), Some(0x2_0000_1000));
-        assert_eq!(a.alloc(HUGE_PAGE as u64, HUGE_PAGE as u64), Some(0x2_0020_0000));
+        assert_eq!(
+            a.alloc(HUGE_PAGE as u64, HUGE_PAGE as u64),
+            Some(0x2_0020_0000)
+        );
         // Larger than any range: exhausted, and the allocator is unchanged.
         assert_eq!(a.alloc(0x100_0000_0000, PAGE as u64), None);
         assert_eq!(a.alloc(0x1000, PAGE as u64), Some(0x2_0040_0000));
@@ -1297,8 +1456,16 @@ mod tests {
         assert_eq!(
             cap_chain(&b, 32),
             vec![
-                Cap { id: 1, version: 1, offset: 32 },
-                Cap { id: 3, version: 1, offset: 80 }
+                Cap {
+                    id: 1,
+                    version: 1,
+                    offset: 32
+                },
+                Cap {
+                    id: 3,
+                    version: 1,
+                    offset: 80
+                }
             ]
         );
         let r = RegionInfo::parse(&head, &b);
@@ -1308,7 +1475,10 @@ mod tests {
         assert_eq!(r.mmap_areas(), vec![(0, 0x3000), (0x4000, 0xc000)]);
 
         // Without the CAPS flag the chain is not read; the whole region is mapped.
-        let plain = vfio_region_info { flags: VFIO_REGION_INFO_FLAG_MMAP, ..head };
+        let plain = vfio_region_info {
+            flags: VFIO_REGION_INFO_FLAG_MMAP,
+            ..head
+        };
         let r = RegionInfo::parse(&plain, &b);
         assert_eq!((r.sparse.clone(), r.msix_mappable), (None, false));
         assert_eq!(r.mmap_areas(), vec![(0, 0x10000)]);
@@ -1362,7 +1532,12 @@ mod tests {
 
     #[test]
     fn info_buf_round_trips_header() {
-        let head = vfio_region_info { argsz: 32, index: 7, size: 256, ..Default::default() };
+        let head = vfio_region_info {
+            argsz: 32,
+            index: 7,
+            size: 256,
+            ..Default::default()
+        };
         let b = InfoBuf::new(head, 100);
         assert_eq!(b.len(), 104);
         assert_eq!(b.head(), head);
@@ -1379,18 +1554,32 @@ mod tests {
             &[10, 11, -1],
         );
         assert_eq!(w, vec![32, 0x24, 2, 0, 3, 10, 11, u32::MAX]);
-        let w = irq_set_words(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, 2, 0, &[]);
+        let w = irq_set_words(
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+            2,
+            0,
+            &[],
+        );
         assert_eq!(w, vec![20, 0x21, 2, 0, 0]);
     }
 
     #[test]
     fn device_io_checks_bounds() {
         let f = File::open("/dev/zero").unwrap();
-        let io = DeviceIo { device: Arc::new(f), regions: vec![(0, 0x100), (0x1000, 0x10)] };
+        let io = DeviceIo {
+            device: Arc::new(f),
+            regions: vec![(0, 0x100), (0x1000, 0x10)],
+        };
         let mut b = [1u8; 4];
         io.read(1, 0xc, &mut b).unwrap();
         assert_eq!(b, [0; 4]);
-        assert!(matches!(io.read(1, 0xd, &mut b), Err(Error::OutOfBar { index: 1, .. })));
-        assert!(matches!(io.read(5, 0, &mut b), Err(Error::Bar { index: 5, .. })));
+        assert!(matches!(
+            io.read(1, 0xd, &mut b),
+            Err(Error::OutOfBar { index: 1, .. })
+        ));
+        assert!(matches!(
+            io.read(5, 0, &mut b),
+            Err(Error::Bar { index: 5, .. })
+        ));
     }
 }

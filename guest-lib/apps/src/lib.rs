@@ -1,0 +1,9 @@
+//! Applications that run on our drivers, in a guest (VFIO) or natively (vfio-user client).
+//!
+//! Each application reports its outcome as a [`Report`]: the JSON object the guest writes
+//! to its result channel and the host parses.
+
+pub mod report;
+pub mod smoke;
+
+pub use report::{Check, Report};
