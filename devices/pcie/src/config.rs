@@ -215,19 +215,11 @@ impl ConfigSpaceBuilder {
 
         if let Some(m) = self.msix {
             if m.vectors == 0 || m.vectors > 2048 {
-                return Err(ConfigError::Msix(format!(
-                    "{} vectors (1..=2048)",
-                    m.vectors
-                )));
+                return Err(ConfigError::Msix(format!("{} vectors (1..=2048)", m.vectors)));
             }
             for (what, bar, off, len) in [
                 ("table", m.table_bar, m.table_offset, 16 * m.vectors as u64),
-                (
-                    "PBA",
-                    m.pba_bar,
-                    m.pba_offset,
-                    (m.vectors as u64).div_ceil(64) * 8,
-                ),
+                ("PBA", m.pba_bar, m.pba_offset, (m.vectors as u64).div_ceil(64) * 8),
             ] {
                 let spec = cs
                     .bars
@@ -284,9 +276,7 @@ impl ConfigSpace {
     }
 
     fn range(offset: u64, len: usize) -> Result<std::ops::Range<usize>, OutOfRange> {
-        let end = offset
-            .checked_add(len as u64)
-            .filter(|e| *e <= CONFIG_SIZE as u64);
+        let end = offset.checked_add(len as u64).filter(|e| *e <= CONFIG_SIZE as u64);
         match end {
             Some(end) => Ok(offset as usize..end as usize),
             None => Err(OutOfRange { offset, len }),
@@ -395,25 +385,9 @@ mod tests {
     fn sample() -> ConfigSpace {
         ConfigSpaceBuilder::new(0x1172, 0x5301)
             .class(0x02_00_00)
-            .bar(BarSpec {
-                index: 0,
-                size: 4096,
-                kind: BarKind::Mem32,
-                prefetchable: false,
-            })
-            .bar(BarSpec {
-                index: 2,
-                size: 1 << 30,
-                kind: BarKind::Mem64,
-                prefetchable: true,
-            })
-            .msix(MsixSpec {
-                vectors: 4,
-                table_bar: 0,
-                table_offset: 0x800,
-                pba_bar: 0,
-                pba_offset: 0xc00,
-            })
+            .bar(BarSpec { index: 0, size: 4096, kind: BarKind::Mem32, prefetchable: false })
+            .bar(BarSpec { index: 2, size: 1 << 30, kind: BarKind::Mem64, prefetchable: true })
+            .msix(MsixSpec { vectors: 4, table_bar: 0, table_offset: 0x800, pba_bar: 0, pba_offset: 0xc00 })
             .build()
             .unwrap()
     }
@@ -468,25 +442,16 @@ mod tests {
         );
         assert!(cs.bus_master());
         cs.data[offsets::STATUS + 1] = 0x80; // a detected parity error
-        cs.write(offsets::STATUS as u64, &0x8000u16.to_le_bytes())
-            .unwrap();
+        cs.write(offsets::STATUS as u64, &0x8000u16.to_le_bytes()).unwrap();
         assert_eq!(cs.data[offsets::STATUS + 1], 0, "write 1 clears");
-        assert_eq!(
-            cs.data[offsets::STATUS] & 0x10,
-            0x10,
-            "cap list bit is read-only"
-        );
+        assert_eq!(cs.data[offsets::STATUS] & 0x10, 0x10, "cap list bit is read-only");
     }
 
     #[test]
     fn msix_capability() {
         let mut cs = sample();
         assert_eq!(cs.data[offsets::CAP_PTR], 0x40);
-        assert_eq!(
-            r32(&cs, 0x40) & 0x7ff_00ff,
-            0x003_0011,
-            "id and table size - 1"
-        );
+        assert_eq!(r32(&cs, 0x40) & 0x7ff_00ff, 0x003_0011, "id and table size - 1");
         assert!(!cs.msix_enabled());
         cs.write(0x42, &0xffffu16.to_le_bytes()).unwrap();
         assert!(cs.msix_enabled() && cs.msix_masked());
@@ -518,38 +483,16 @@ mod tests {
     fn bad_layouts_are_refused() {
         let b = |index, size, kind| {
             ConfigSpaceBuilder::new(1, 2)
-                .bar(BarSpec {
-                    index,
-                    size,
-                    kind,
-                    prefetchable: false,
-                })
+                .bar(BarSpec { index, size, kind, prefetchable: false })
                 .build()
                 .map(|_| ())
         };
-        assert_eq!(
-            b(0, 3000, BarKind::Mem32),
-            Err(ConfigError::BarSize(0, 3000))
-        );
+        assert_eq!(b(0, 3000, BarKind::Mem32), Err(ConfigError::BarSize(0, 3000)));
         assert_eq!(b(5, 4096, BarKind::Mem64), Err(ConfigError::BarIndex(5)));
-        assert_eq!(
-            b(0, 1 << 32, BarKind::Mem32),
-            Err(ConfigError::BarTooBig(0, 1 << 32))
-        );
+        assert_eq!(b(0, 1 << 32, BarKind::Mem32), Err(ConfigError::BarTooBig(0, 1 << 32)));
         let msix = ConfigSpaceBuilder::new(1, 2)
-            .bar(BarSpec {
-                index: 0,
-                size: 4096,
-                kind: BarKind::Mem32,
-                prefetchable: false,
-            })
-            .msix(MsixSpec {
-                vectors: 300,
-                table_bar: 0,
-                table_offset: 0,
-                pba_bar: 0,
-                pba_offset: 0,
-            })
+            .bar(BarSpec { index: 0, size: 4096, kind: BarKind::Mem32, prefetchable: false })
+            .msix(MsixSpec { vectors: 300, table_bar: 0, table_offset: 0, pba_bar: 0, pba_offset: 0 })
             .build();
         assert!(matches!(msix, Err(ConfigError::Msix(_))));
     }

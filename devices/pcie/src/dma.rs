@@ -128,15 +128,7 @@ impl GuestMemory {
             None => None,
             Some(fd) => Some(inner.file_for(fd, file_offset, len)?),
         };
-        inner.maps.insert(
-            iova,
-            Entry {
-                len,
-                file,
-                file_offset,
-                writable,
-            },
-        );
+        inner.maps.insert(iova, Entry { len, file, file_offset, writable });
         inner.merge_around(iova);
         Ok(())
     }
@@ -146,13 +138,8 @@ impl GuestMemory {
     pub fn unmap(&self, iova: u64, len: u64) -> u64 {
         let end = iova.saturating_add(len);
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let keys: Vec<u64> = inner
-            .maps
-            .range(..end)
-            .rev()
-            .take_while(|(k, e)| **k + e.len > iova)
-            .map(|(k, _)| *k)
-            .collect();
+        let keys: Vec<u64> =
+            inner.maps.range(..end).rev().take_while(|(k, e)| **k + e.len > iova).map(|(k, _)| *k).collect();
         let mut removed = 0;
         for k in keys {
             let Some(e) = inner.maps.remove(&k) else {
@@ -185,21 +172,13 @@ impl GuestMemory {
 
     /// Number of distinct (merged) ranges.
     pub fn ranges(&self) -> usize {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .maps
-            .len()
+        self.inner.read().unwrap_or_else(|e| e.into_inner()).maps.len()
     }
 
     /// Number of distinct files mapped.
     pub fn files(&self) -> usize {
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        inner
-            .files
-            .values()
-            .filter(|w| w.strong_count() > 0)
-            .count()
+        inner.files.values().filter(|w| w.strong_count() > 0).count()
     }
 
     /// Total mapped bytes.
@@ -223,12 +202,10 @@ impl GuestMemory {
         for copy in [false, true] {
             let mut done = 0usize;
             while done < len {
-                let (p, avail) = inner
-                    .resolve(addr + done as u64, write)
-                    .map_err(|e| match e {
-                        Refusal::Unmapped => DmaError::Unmapped { addr, len },
-                        Refusal::ReadOnly => DmaError::ReadOnly { addr, len },
-                    })?;
+                let (p, avail) = inner.resolve(addr + done as u64, write).map_err(|e| match e {
+                    Refusal::Unmapped => DmaError::Unmapped { addr, len },
+                    Refusal::ReadOnly => DmaError::ReadOnly { addr, len },
+                })?;
                 let take = avail.min(len - done);
                 if copy {
                     f(p, done, take);
@@ -284,18 +261,10 @@ impl Inner {
 
     fn overlaps(&self, iova: u64, len: u64) -> bool {
         let end = iova + len;
-        self.maps
-            .range(..end)
-            .next_back()
-            .is_some_and(|(k, e)| k + e.len > iova)
+        self.maps.range(..end).next_back().is_some_and(|(k, e)| k + e.len > iova)
     }
 
-    fn file_for(
-        &mut self,
-        fd: OwnedFd,
-        offset: u64,
-        len: u64,
-    ) -> Result<Arc<MappedFile>, MapError> {
+    fn file_for(&mut self, fd: OwnedFd, offset: u64, len: u64) -> Result<Arc<MappedFile>, MapError> {
         // SAFETY: fstat into a zeroed struct on a valid fd.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: `st` is a valid out pointer.
@@ -324,10 +293,7 @@ impl Inner {
         if ptr == libc::MAP_FAILED {
             return Err(MapError::Mmap(std::io::Error::last_os_error()));
         }
-        let f = Arc::new(MappedFile {
-            ptr: ptr.cast(),
-            len: size as usize,
-        });
+        let f = Arc::new(MappedFile { ptr: ptr.cast(), len: size as usize });
         self.files.insert(key, Arc::downgrade(&f));
         Ok(f)
     }
@@ -371,16 +337,8 @@ pub struct Dma {
 impl Dma {
     /// A handle over `space` that counts into `counters`; DMA is allowed while
     /// `bus_master` is set (the transport mirrors the command register into it).
-    pub fn new(
-        space: Arc<dyn DmaSpace>,
-        counters: Arc<Counters>,
-        bus_master: Arc<AtomicBool>,
-    ) -> Self {
-        Dma {
-            space,
-            counters,
-            bus_master,
-        }
+    pub fn new(space: Arc<dyn DmaSpace>, counters: Arc<Counters>, bus_master: Arc<AtomicBool>) -> Self {
+        Dma { space, counters, bus_master }
     }
 
     fn gate(&self) -> Result<(), DmaError> {
@@ -453,8 +411,7 @@ mod tests {
         let m = GuestMemory::new();
         let f = memfd(64 << 10);
         for i in 0..16u64 {
-            m.map(0x10_0000 + i * 4096, 4096, Some(dup(&f)), i * 4096, true)
-                .unwrap();
+            m.map(0x10_0000 + i * 4096, 4096, Some(dup(&f)), i * 4096, true).unwrap();
         }
         assert_eq!(m.ranges(), 1, "16 adjacent pages merge into one range");
         assert_eq!(m.files(), 1, "one mmap per file");
@@ -471,13 +428,7 @@ mod tests {
         let f = memfd(8192);
         m.map(0x1000, 4096, Some(dup(&f)), 0, true).unwrap();
         let err = m.write(0x1000 + 4000, &[0xaa; 200]).unwrap_err();
-        assert_eq!(
-            err,
-            DmaError::Unmapped {
-                addr: 0x1000 + 4000,
-                len: 200
-            }
-        );
+        assert_eq!(err, DmaError::Unmapped { addr: 0x1000 + 4000, len: 200 });
         let mut b = [0u8; 96];
         m.read(0x1000 + 4000, &mut b).unwrap();
         assert_eq!(b, [0; 96], "nothing written by the refused access");
@@ -498,14 +449,8 @@ mod tests {
         m.read(0x5000, &mut b).unwrap();
         assert!(m.read(0x4000, &mut b).is_err());
         m.map(0x9000, 4096, None, 0, true).unwrap();
-        assert!(
-            m.read(0x9000, &mut b).is_err(),
-            "mapped without memory behind it"
-        );
-        assert!(matches!(
-            m.map(0x9800, 4096, None, 0, true),
-            Err(MapError::Overlap { .. })
-        ));
+        assert!(m.read(0x9000, &mut b).is_err(), "mapped without memory behind it");
+        assert!(matches!(m.map(0x9800, 4096, None, 0, true), Err(MapError::Overlap { .. })));
         m.unmap_all();
         assert_eq!(m.ranges(), 0);
         assert_eq!(m.files(), 0);
@@ -515,10 +460,7 @@ mod tests {
     fn read_only_and_file_bounds() {
         let m = GuestMemory::new();
         let f = memfd(4096);
-        assert!(matches!(
-            m.map(0, 8192, Some(dup(&f)), 0, true),
-            Err(MapError::OutsideFile { .. })
-        ));
+        assert!(matches!(m.map(0, 8192, Some(dup(&f)), 0, true), Err(MapError::OutsideFile { .. })));
         m.map(0, 4096, Some(f), 0, false).unwrap();
         assert!(matches!(m.write(0, &[1]), Err(DmaError::ReadOnly { .. })));
     }
@@ -530,23 +472,12 @@ mod tests {
         let c = Arc::new(Counters::default());
         let bm = Arc::new(AtomicBool::new(false));
         let dma = Dma::new(m, c.clone(), bm.clone());
-        assert_eq!(
-            dma.write(0, &[1; 64], DmaClass::Data),
-            Err(DmaError::BusMasterOff)
-        );
+        assert_eq!(dma.write(0, &[1; 64], DmaClass::Data), Err(DmaError::BusMasterOff));
         bm.store(true, Ordering::Release);
         dma.write(0, &[1; 64], DmaClass::Data).unwrap();
         dma.write(64, &[1; 64], DmaClass::Metadata).unwrap();
         assert!(dma.write(4090, &[1; 64], DmaClass::Data).is_err());
         let s = c.snapshot();
-        assert_eq!(
-            (
-                s.dma_writes,
-                s.dma_write_bytes,
-                s.dma_write_meta_bytes,
-                s.dma_errors
-            ),
-            (2, 128, 64, 2)
-        );
+        assert_eq!((s.dma_writes, s.dma_write_bytes, s.dma_write_meta_bytes, s.dma_errors), (2, 128, 64, 2));
     }
 }

@@ -35,10 +35,7 @@ impl RecordingIrqs {
 
 impl IrqSink for RecordingIrqs {
     fn raise(&self, vector: u16) -> bool {
-        self.raised
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(vector);
+        self.raised.lock().unwrap_or_else(|e| e.into_inner()).push(vector);
         true
     }
 }
@@ -61,10 +58,7 @@ impl MsixTable {
         for e in table.chunks_mut(16) {
             e[12] = 1; // vector control: masked
         }
-        MsixTable {
-            table,
-            pending: vec![0; (vectors as usize).div_ceil(64)],
-        }
+        MsixTable { table, pending: vec![0; (vectors as usize).div_ceil(64)] }
     }
 
     /// Size of the table in bytes.
@@ -97,10 +91,7 @@ impl MsixTable {
     pub fn read_pba(&self, offset: u64, out: &mut [u8]) {
         for (i, b) in out.iter_mut().enumerate() {
             let o = offset as usize + i;
-            *b = self
-                .pending
-                .get(o / 8)
-                .map_or(0, |w| (w >> ((o % 8) * 8)) as u8);
+            *b = self.pending.get(o / 8).map_or(0, |w| (w >> ((o % 8) * 8)) as u8);
         }
     }
 

@@ -23,12 +23,7 @@ impl Backoff {
     /// Spin `spin_rounds` idle rounds, yield for `yield_rounds` more, then sleep, doubling
     /// from 10 µs up to `max_sleep`.
     pub fn new(spin_rounds: u32, yield_rounds: u32, max_sleep: Duration) -> Self {
-        Backoff {
-            idle_rounds: 0,
-            spin_rounds,
-            yield_rounds,
-            max_sleep,
-        }
+        Backoff { idle_rounds: 0, spin_rounds, yield_rounds, max_sleep }
     }
 
     /// Work was found: go back to spinning.

@@ -28,22 +28,14 @@ pub struct RegisterBlock {
 impl RegisterBlock {
     /// A block covering `size` bytes; offsets without a definition read 0 and ignore writes.
     pub fn new(size: usize) -> Self {
-        RegisterBlock {
-            regs: vec![Reg::default(); size / 4],
-        }
+        RegisterBlock { regs: vec![Reg::default(); size / 4] }
     }
 
     /// Defines the register at `offset` with its reset value, read-write mask and
     /// write-1-to-clear mask. Bits in neither mask are read-only.
     pub fn define(&mut self, offset: u64, reset: u32, rw: u32, w1c: u32) -> &mut Self {
         let r = &mut self.regs[offset as usize / 4];
-        *r = Reg {
-            value: reset,
-            reset,
-            rw,
-            w1c,
-            defined: true,
-        };
+        *r = Reg { value: reset, reset, rw, w1c, defined: true };
         self
     }
 
@@ -113,22 +105,12 @@ mod tests {
         b.define(0, 0x1234, 0, 0) // RO
             .define(4, 0, 0xffff_ffff, 0) // RW
             .define(8, 0, 0x0000_00f0, 0x0000_000f); // mixed
-        assert_eq!(
-            b.write(0, &7u32.to_le_bytes()),
-            WriteOutcome::Written {
-                old: 0x1234,
-                new: 0x1234
-            }
-        );
+        assert_eq!(b.write(0, &7u32.to_le_bytes()), WriteOutcome::Written { old: 0x1234, new: 0x1234 });
         b.write(4, &0xdead_beefu32.to_le_bytes());
         assert_eq!(b.get(4), 0xdead_beef);
         b.set_bits(8, 0x5);
         b.write(8, &0x31u32.to_le_bytes());
-        assert_eq!(
-            b.get(8),
-            0x34,
-            "bit 0 cleared by w1c, 0x30 written, bit 2 kept"
-        );
+        assert_eq!(b.get(8), 0x34, "bit 0 cleared by w1c, 0x30 written, bit 2 kept");
         let mut r = [0u8; 2];
         b.read(5, &mut r);
         assert_eq!(r, [0xbe, 0xad]);

@@ -21,10 +21,7 @@ unsafe impl Sync for ShmRegion {}
 
 impl std::fmt::Debug for ShmRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShmRegion")
-            .field("fd", &self.fd.as_raw_fd())
-            .field("len", &self.len)
-            .finish()
+        f.debug_struct("ShmRegion").field("fd", &self.fd.as_raw_fd()).field("len", &self.len).finish()
     }
 }
 
@@ -58,11 +55,7 @@ impl ShmRegion {
         if ptr == libc::MAP_FAILED {
             return Err(std::io::Error::last_os_error());
         }
-        Ok(ShmRegion {
-            fd,
-            ptr: ptr.cast(),
-            len,
-        })
+        Ok(ShmRegion { fd, ptr: ptr.cast(), len })
     }
 
     /// The file descriptor to share.
@@ -105,8 +98,7 @@ impl ShmRegion {
 
     /// Reads a little-endian u32 (acquire). Out-of-range or misaligned offsets read 0.
     pub fn read32(&self, offset: u64) -> u32 {
-        self.atomic32(offset)
-            .map_or(0, |a| u32::from_le(a.load(Ordering::Acquire)))
+        self.atomic32(offset).map_or(0, |a| u32::from_le(a.load(Ordering::Acquire)))
     }
 
     /// Writes a little-endian u32 (release). Out-of-range or misaligned offsets are ignored.
@@ -118,8 +110,7 @@ impl ShmRegion {
 
     /// Reads a little-endian u64 (acquire); 0 when out of range or misaligned.
     pub fn read64(&self, offset: u64) -> u64 {
-        self.atomic64(offset)
-            .map_or(0, |a| u64::from_le(a.load(Ordering::Acquire)))
+        self.atomic64(offset).map_or(0, |a| u64::from_le(a.load(Ordering::Acquire)))
     }
 
     /// Writes a little-endian u64 (release); ignored when out of range or misaligned.
@@ -183,16 +174,8 @@ mod tests {
         r.write32(8, 0xabcd);
         // A second mapping of the same fd sees the value, as the driver side would.
         // SAFETY: maps the region's own fd read-only for the check.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ,
-                libc::MAP_SHARED,
-                r.fd(),
-                0,
-            )
-        };
+        let p =
+            unsafe { libc::mmap(std::ptr::null_mut(), 4096, libc::PROT_READ, libc::MAP_SHARED, r.fd(), 0) };
         assert_ne!(p, libc::MAP_FAILED);
         // SAFETY: offset 8 is inside the fresh 4 KiB mapping.
         let v = unsafe { std::ptr::read_volatile(p.cast::<u8>().add(8).cast::<u32>()) };

@@ -93,14 +93,10 @@ pub const MAX_DMA_LEN: u32 = 1 << 20;
 
 /// Byte `i` of the pattern the device writes for `seed`.
 pub fn pattern_byte(seed: u32, i: usize) -> u8 {
-    (seed as usize)
-        .wrapping_add(i.wrapping_mul(131))
-        .wrapping_add(i >> 8) as u8
+    (seed as usize).wrapping_add(i.wrapping_mul(131)).wrapping_add(i >> 8) as u8
 }
 
 /// FNV-1a, 32 bit: the checksum both sides compute over DMA'd bytes.
 pub fn fnv1a32(data: &[u8]) -> u32 {
-    data.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ b as u32).wrapping_mul(0x0100_0193)
-    })
+    data.iter().fold(0x811c_9dc5u32, |h, &b| (h ^ b as u32).wrapping_mul(0x0100_0193))
 }

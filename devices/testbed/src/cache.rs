@@ -33,10 +33,7 @@ impl KeyHasher {
     /// Adds a file's name and contents.
     pub fn add_file(&mut self, path: &Path) -> std::io::Result<&mut Self> {
         let bytes = std::fs::read(path)?;
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         Ok(self.add(&name, &bytes))
     }
 

@@ -34,15 +34,8 @@ const FORMAT_VERSION: &str = "testbed-image-v1";
 /// The modules the guest loads (their dependencies are added from the kernel package).
 /// virtio_pci is needed for virtio_net to find a virtio-net-pci device (it is a module in
 /// Debian's kernel).
-const MODULES: &[&str] = &[
-    "vfio",
-    "vfio_iommu_type1",
-    "vfio_pci",
-    "uio",
-    "uio_pci_generic",
-    "virtio_pci",
-    "virtio_net",
-];
+const MODULES: &[&str] =
+    &["vfio", "vfio_iommu_type1", "vfio_pci", "uio", "uio_pci_generic", "virtio_pci", "virtio_net"];
 
 const APT_SOURCES: &str = "deb http://deb.debian.org/debian bookworm main\n\
 deb http://deb.debian.org/debian bookworm-updates main\n\
@@ -98,14 +91,10 @@ pub fn ensure_image(guest_bin: &Path) -> Result<Image> {
     let workspace = cache::workspace_root()?;
     let images_dir = workspace.join("images");
     let init_path = images_dir.join("init");
-    let init = std::fs::read(&init_path)
-        .with_context(|| format!("{WHAT}: cannot read {}", init_path.display()))?;
-    let guest = std::fs::read(guest_bin).with_context(|| {
-        format!(
-            "{WHAT}: cannot read the guest program {}",
-            guest_bin.display()
-        )
-    })?;
+    let init =
+        std::fs::read(&init_path).with_context(|| format!("{WHAT}: cannot read {}", init_path.display()))?;
+    let guest = std::fs::read(guest_bin)
+        .with_context(|| format!("{WHAT}: cannot read the guest program {}", guest_bin.display()))?;
     check_static_elf(&guest).with_context(|| {
         format!(
             "{WHAT}: {} cannot run in the guest image (build it with `-C target-feature=+crt-static`)",
@@ -159,8 +148,7 @@ pub fn ensure_image(guest_bin: &Path) -> Result<Image> {
         Ok(())
     })?;
     prune(&root.join("image"), KEEP_IMAGES, &dir);
-    let img = load_image(&dir)
-        .ok_or_else(|| anyhow!("{WHAT}: image in {} is incomplete", dir.display()))?;
+    let img = load_image(&dir).ok_or_else(|| anyhow!("{WHAT}: image in {} is incomplete", dir.display()))?;
     let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "[testbed] {WHAT}: built in {} ({} {} MB, initrd {} KB)",
@@ -176,18 +164,14 @@ pub fn ensure_image(guest_bin: &Path) -> Result<Image> {
 /// (so `dest` is either absent or complete). If another process finished `dest` first, its
 /// result is kept.
 fn in_temp_dir<T>(dest: &Path, build: impl FnOnce(&Path) -> Result<T>) -> Result<T> {
-    let name = dest
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = dest.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dest.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).with_context(|| format!("create {}", tmp.display()))?;
     let r = build(&tmp).and_then(|v| {
         if let Err(e) = std::fs::rename(&tmp, dest) {
             if !dest.is_dir() {
-                return Err(e)
-                    .with_context(|| format!("{WHAT}: cannot move to {}", dest.display()));
+                return Err(e).with_context(|| format!("{WHAT}: cannot move to {}", dest.display()));
             }
         }
         Ok(v)
@@ -210,10 +194,7 @@ fn prune(parent: &Path, keep: usize, current: &Path) {
     let mut entries: Vec<(SystemTime, PathBuf)> = vec![];
     for e in rd.flatten() {
         let p = e.path();
-        let mtime = e
-            .metadata()
-            .and_then(|m| m.modified())
-            .unwrap_or(UNIX_EPOCH);
+        let mtime = e.metadata().and_then(|m| m.modified()).unwrap_or(UNIX_EPOCH);
         if e.file_name().to_string_lossy().starts_with('.') {
             if mtime.elapsed().is_ok_and(|age| age > DAY) {
                 let _ = std::fs::remove_dir_all(&p);
@@ -237,43 +218,23 @@ pub fn build_guest_binary(workspace: &Path) -> Result<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "guest-apps",
-            "--bin",
-            "testbed-guest",
-            "--target",
-            TRIPLE,
-        ])
+        .args(["build", "--release", "-p", "guest-apps", "--bin", "testbed-guest", "--target", TRIPLE])
         .arg("--target-dir")
         .arg(&target_dir)
-        .env(
-            "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
-            "-C target-feature=+crt-static",
-        )
+        .env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS", "-C target-feature=+crt-static")
         // Keep a RUSTFLAGS from the caller's environment from overriding the target flags.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS");
     run_logged("guest program build", cmd, &target_dir.join("build.log"))?;
-    let bin = target_dir
-        .join(TRIPLE)
-        .join("release")
-        .join("testbed-guest");
-    let bytes = std::fs::read(&bin).with_context(|| {
-        format!(
-            "guest program build: {} missing after the build",
-            bin.display()
-        )
-    })?;
+    let bin = target_dir.join(TRIPLE).join("release").join("testbed-guest");
+    let bytes = std::fs::read(&bin)
+        .with_context(|| format!("guest program build: {} missing after the build", bin.display()))?;
     check_static_elf(&bytes).with_context(|| format!("guest program build: {}", bin.display()))?;
     Ok(bin)
 }
 
 fn load_image(dir: &Path) -> Option<Image> {
-    let meta: ImageMeta =
-        serde_json::from_slice(&std::fs::read(dir.join("image.json")).ok()?).ok()?;
+    let meta: ImageMeta = serde_json::from_slice(&std::fs::read(dir.join("image.json")).ok()?).ok()?;
     let kernel = dir.join(&meta.kernel_file);
     let initrd = dir.join("initrd.gz");
     (kernel.is_file() && initrd.is_file()).then_some(Image {
@@ -284,8 +245,7 @@ fn load_image(dir: &Path) -> Option<Image> {
 }
 
 fn load_kernel(kdir: &Path) -> Option<KernelMeta> {
-    let meta: KernelMeta =
-        serde_json::from_slice(&std::fs::read(kdir.join("kernel.json")).ok()?).ok()?;
+    let meta: KernelMeta = serde_json::from_slice(&std::fs::read(kdir.join("kernel.json")).ok()?).ok()?;
     kdir.join(&meta.kernel_file).is_file().then_some(meta)
 }
 
@@ -293,20 +253,15 @@ fn load_kernel(kdir: &Path) -> Option<KernelMeta> {
 // Debian packages
 
 fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Finds the current kernel and busybox packages and makes sure their .debs are in `debs`.
 /// Uses the recorded result without touching the network when it is less than a day old.
 fn resolve_packages(debs: &Path) -> Result<Resolved> {
     let record = debs.join("resolved.json");
-    let old: Option<Resolved> = std::fs::read(&record)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .filter(|r: &Resolved| {
+    let old: Option<Resolved> =
+        std::fs::read(&record).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|r: &Resolved| {
             r.sources == APT_SOURCES
                 && debs.join(&r.kernel_deb).is_file()
                 && debs.join(&r.busybox_deb).is_file()
@@ -316,7 +271,9 @@ fn resolve_packages(debs: &Path) -> Result<Resolved> {
             return Ok(r.clone());
         }
     }
-    match lookup_packages(debs, old.as_ref()) {
+    let looked_up = lookup_packages(debs, old.as_ref());
+    let _ = std::fs::remove_dir_all(debs.join(format!(".download-{}", std::process::id())));
+    match looked_up {
         Ok(r) => {
             std::fs::write(&record, serde_json::to_vec_pretty(&r)?)?;
             prune_debs(debs, &r);
@@ -354,13 +311,7 @@ fn apt_command(apt: &Path, program: &str) -> Command {
         .arg(opt("Dir::State::Status", &apt.join("status")))
         .arg("-o")
         .arg(opt("Dir::Cache", &apt.join("cache")))
-        .args([
-            "-o",
-            "APT::Sandbox::User=root",
-            "-o",
-            "APT::Architecture=amd64",
-            "-q",
-        ]);
+        .args(["-o", "APT::Sandbox::User=root", "-o", "APT::Architecture=amd64", "-q"]);
     cmd
 }
 
@@ -403,9 +354,8 @@ fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
     download(&[KERNEL_META, BUSYBOX_PKG])?;
     let meta_deb = find_deb(&dl, KERNEL_META)?;
     let depends = deb_field(&meta_deb, "Depends")?;
-    let kernel_package = kernel_package_from_depends(&depends).ok_or_else(|| {
-        anyhow!("{KERNEL_META}'s Depends has no linux-image-*-amd64 package: {depends:?}")
-    })?;
+    let kernel_package = kernel_package_from_depends(&depends)
+        .ok_or_else(|| anyhow!("{KERNEL_META}'s Depends has no linux-image-*-amd64 package: {depends:?}"))?;
     let busybox_deb = find_deb(&dl, BUSYBOX_PKG)?;
     let busybox_version = deb_field(&busybox_deb, "Version")?;
     std::fs::rename(&busybox_deb, debs.join(file_name(&busybox_deb)))?;
@@ -454,9 +404,7 @@ fn prune_debs(debs: &Path, r: &Resolved) {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn find_deb(dir: &Path, package: &str) -> Result<PathBuf> {
@@ -467,10 +415,7 @@ fn find_deb(dir: &Path, package: &str) -> Result<PathBuf> {
             return Ok(e.path());
         }
     }
-    bail!(
-        "apt-get download did not produce {package}_*.deb in {}",
-        dir.display()
-    )
+    bail!("apt-get download did not produce {package}_*.deb in {}", dir.display())
 }
 
 fn deb_field(deb: &Path, field: &str) -> Result<String> {
@@ -481,11 +426,7 @@ fn deb_field(deb: &Path, field: &str) -> Result<String> {
         .output()
         .context("cannot run dpkg-deb (install dpkg)")?;
     if !out.status.success() {
-        bail!(
-            "dpkg-deb -f {} {field}: {}",
-            deb.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("dpkg-deb -f {} {field}: {}", deb.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -516,16 +457,9 @@ fn depends_version(depends: &str, package: &str) -> Option<String> {
 fn build_kernel_part(tmp: &Path, debs: &Path, r: &Resolved, unxz: &Path) -> Result<KernelMeta> {
     let kpkg = tmp.join("kernel-pkg");
     let bpkg = tmp.join("busybox-pkg");
-    step(WHAT, &format!("unpack {}", r.kernel_package), || {
-        dpkg_extract(&debs.join(&r.kernel_deb), &kpkg)
-    })?;
-    step(WHAT, "unpack busybox-static", || {
-        dpkg_extract(&debs.join(&r.busybox_deb), &bpkg)
-    })?;
-    let release = r
-        .kernel_package
-        .trim_start_matches("linux-image-")
-        .to_string();
+    step(WHAT, &format!("unpack {}", r.kernel_package), || dpkg_extract(&debs.join(&r.kernel_deb), &kpkg))?;
+    step(WHAT, "unpack busybox-static", || dpkg_extract(&debs.join(&r.busybox_deb), &bpkg))?;
+    let release = r.kernel_package.trim_start_matches("linux-image-").to_string();
 
     let vmlinuz = kpkg.join("boot").join(format!("vmlinuz-{release}"));
     let (kernel_file, is_vmlinux) = step(WHAT, "extract vmlinux", || {
@@ -554,9 +488,7 @@ fn build_kernel_part(tmp: &Path, debs: &Path, r: &Resolved, unxz: &Path) -> Resu
         let order = module_order(MODULES, &deps)?;
         std::fs::create_dir_all(tmp.join("modules"))?;
         for m in &order {
-            let rel = index
-                .get(m)
-                .ok_or_else(|| anyhow!("module {m} is not in {}", moddir.display()))?;
+            let rel = index.get(m).ok_or_else(|| anyhow!("module {m} is not in {}", moddir.display()))?;
             let ko = read_module(&moddir.join(rel), unxz)?;
             std::fs::write(tmp.join("modules").join(format!("{m}.ko")), ko)?;
         }
@@ -564,12 +496,8 @@ fn build_kernel_part(tmp: &Path, debs: &Path, r: &Resolved, unxz: &Path) -> Resu
     })?;
 
     let busybox_path = bpkg.join("bin/busybox");
-    std::fs::copy(&busybox_path, tmp.join("busybox")).with_context(|| {
-        format!(
-            "busybox-static has no bin/busybox ({})",
-            busybox_path.display()
-        )
-    })?;
+    std::fs::copy(&busybox_path, tmp.join("busybox"))
+        .with_context(|| format!("busybox-static has no bin/busybox ({})", busybox_path.display()))?;
     // The applet links; if busybox cannot run here, /init runs `busybox --install -s`.
     let mut applets = vec![];
     match Command::new(&busybox_path).arg("--list-full").output() {
@@ -601,13 +529,7 @@ fn build_kernel_part(tmp: &Path, debs: &Path, r: &Resolved, unxz: &Path) -> Resu
 
 /// Writes the image into `tmp`: the kernel (a hard link to the shared kernel part) and the
 /// initrd.
-fn build_image(
-    tmp: &Path,
-    kdir: &Path,
-    k: &KernelMeta,
-    init: &[u8],
-    guest: &[u8],
-) -> Result<ImageMeta> {
+fn build_image(tmp: &Path, kdir: &Path, k: &KernelMeta, init: &[u8], guest: &[u8]) -> Result<ImageMeta> {
     let kernel = kdir.join(&k.kernel_file);
     if std::fs::hard_link(&kernel, tmp.join(&k.kernel_file)).is_err() {
         std::fs::copy(&kernel, tmp.join(&k.kernel_file))
@@ -615,19 +537,9 @@ fn build_image(
     }
     step(WHAT, "write initrd", || {
         let mut cpio = Cpio::default();
-        for d in [
-            "bin",
-            "sbin",
-            "usr/bin",
-            "usr/sbin",
-            "dev",
-            "proc",
-            "sys",
-            "root",
-            "run",
-            "etc",
-            "lib/modules",
-        ] {
+        for d in
+            ["bin", "sbin", "usr/bin", "usr/sbin", "dev", "proc", "sys", "root", "run", "etc", "lib/modules"]
+        {
             cpio.dir(d, 0o755);
         }
         cpio.dir("tmp", 0o1777);
@@ -647,9 +559,7 @@ fn build_image(
         cpio.file("init", 0o755, init.to_vec());
         cpio.file("bin/testbed-guest", 0o755, guest.to_vec());
         let f = std::fs::File::create(tmp.join("initrd.gz"))?;
-        let mut gz = flate2::GzBuilder::new()
-            .mtime(0)
-            .write(f, flate2::Compression::default());
+        let mut gz = flate2::GzBuilder::new().mtime(0).write(f, flate2::Compression::default());
         cpio.write_to(&mut gz)?;
         gz.finish()?.sync_all()?;
         Ok(())
@@ -670,11 +580,7 @@ fn dpkg_extract(deb: &Path, dest: &Path) -> Result<()> {
         .output()
         .context("cannot run dpkg (install dpkg)")?;
     if !out.status.success() {
-        bail!(
-            "dpkg -x {}: {}",
-            deb.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("dpkg -x {}: {}", deb.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -696,8 +602,7 @@ fn extract_vmlinux(bz: &[u8], unxz: &Path) -> Result<Vec<u8>> {
         run_unxz(unxz, payload)?
     } else if payload.starts_with(GZIP_MAGIC) {
         let mut out = vec![];
-        std::io::copy(&mut flate2::read::GzDecoder::new(payload), &mut out)
-            .context("gunzip the payload")?;
+        std::io::copy(&mut flate2::read::GzDecoder::new(payload), &mut out).context("gunzip the payload")?;
         out
     } else {
         bail!(
@@ -748,11 +653,7 @@ fn run_unxz(script: &Path, data: &[u8]) -> Result<Vec<u8>> {
     let out = child.wait_with_output()?;
     let _ = writer.join();
     if !out.status.success() {
-        bail!(
-            "{} failed: {}",
-            script.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{} failed: {}", script.display(), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out.stdout)
 }
@@ -790,10 +691,7 @@ fn index_modules(moddir: &Path) -> Result<BTreeMap<String, String>> {
     let mut index = BTreeMap::new();
     let mut stack = vec![moddir.join("kernel")];
     while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir)
-            .with_context(|| format!("read {}", dir.display()))?
-            .flatten()
-        {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))?.flatten() {
             let p = e.path();
             if e.file_type()?.is_dir() {
                 stack.push(p);
@@ -838,12 +736,7 @@ fn module_deps(
 fn parse_modules_dep(text: &str) -> BTreeMap<String, Vec<String>> {
     text.lines()
         .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| {
-            (
-                module_name(m.trim()),
-                d.split_whitespace().map(module_name).collect(),
-            )
-        })
+        .map(|(m, d)| (module_name(m.trim()), d.split_whitespace().map(module_name).collect()))
         .collect()
 }
 
@@ -853,13 +746,7 @@ fn modinfo_depends(ko: &[u8]) -> Result<Vec<String>> {
     Ok(info
         .split(|&b| b == 0)
         .find_map(|s| s.strip_prefix(b"depends="))
-        .map(|d| {
-            String::from_utf8_lossy(d)
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(module_name)
-                .collect()
-        })
+        .map(|d| String::from_utf8_lossy(d).split(',').filter(|s| !s.is_empty()).map(module_name).collect())
         .unwrap_or_default())
 }
 
@@ -870,8 +757,7 @@ fn elf_section<'a>(elf: &'a [u8], name: &str) -> Option<&'a [u8]> {
     }
     let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?) as usize);
     let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?) as usize);
-    let (shoff, shentsize, shnum, shstrndx) =
-        (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
+    let (shoff, shentsize, shnum, shstrndx) = (u64_at(0x28)?, u16_at(0x3a)?, u16_at(0x3c)?, u16_at(0x3e)?);
     let sh = |i: usize| -> Option<(usize, usize, usize)> {
         let b = shoff.checked_add(i.checked_mul(shentsize)?)?;
         let name = u32::from_le_bytes(elf.get(b..b + 4)?.try_into().ok()?) as usize;
@@ -902,9 +788,7 @@ fn module_order(wanted: &[&str], deps: &BTreeMap<String, Vec<String>>) -> Result
         if path.iter().any(|p| p == m) {
             bail!("module dependency cycle: {} -> {m}", path.join(" -> "));
         }
-        let d = deps
-            .get(m)
-            .ok_or_else(|| anyhow!("module {m} is not in the kernel package"))?;
+        let d = deps.get(m).ok_or_else(|| anyhow!("module {m} is not in the kernel package"))?;
         path.push(m.to_string());
         for dep in d {
             visit(dep, deps, done, path, out)?;
@@ -927,24 +811,13 @@ fn check_static_elf(bin: &[u8]) -> Result<()> {
     if !bin.starts_with(b"\x7fELF\x02\x01") || bin.get(0x12..0x14) != Some(&[0x3e, 0][..]) {
         bail!("not an x86-64 ELF executable");
     }
-    let u16_at = |o: usize| {
-        bin.get(o..o + 2)
-            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
-    };
-    let u64_at = |o: usize| {
-        bin.get(o..o + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
-    };
-    let (phoff, phentsize, phnum) = (
-        u64_at(0x20).unwrap_or(0),
-        u16_at(0x36).unwrap_or(0),
-        u16_at(0x38).unwrap_or(0),
-    );
+    let u16_at = |o: usize| bin.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let u64_at = |o: usize| bin.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    let (phoff, phentsize, phnum) =
+        (u64_at(0x20).unwrap_or(0), u16_at(0x36).unwrap_or(0), u16_at(0x38).unwrap_or(0));
     for i in 0..phnum {
         let b = phoff + i * phentsize;
-        let ty = bin
-            .get(b..b + 4)
-            .map(|t| u32::from_le_bytes(t.try_into().unwrap()));
+        let ty = bin.get(b..b + 4).map(|t| u32::from_le_bytes(t.try_into().unwrap()));
         if ty == Some(3) {
             bail!("dynamically linked (has an ELF interpreter)");
         }
@@ -974,20 +847,12 @@ impl Cpio {
     fn add(&mut self, path: &str, perm: u32, kind: CpioKind) {
         let path = path.trim_matches('/');
         let mut parent = String::new();
-        for comp in path
-            .split('/')
-            .collect::<Vec<_>>()
-            .split_last()
-            .map(|x| x.1)
-            .unwrap_or(&[])
-        {
+        for comp in path.split('/').collect::<Vec<_>>().split_last().map(|x| x.1).unwrap_or(&[]) {
             if !parent.is_empty() {
                 parent.push('/');
             }
             parent.push_str(comp);
-            self.entries
-                .entry(parent.clone())
-                .or_insert((0o755, CpioKind::Dir));
+            self.entries.entry(parent.clone()).or_insert((0o755, CpioKind::Dir));
         }
         self.entries.insert(path.to_string(), (perm, kind));
     }
@@ -1013,15 +878,7 @@ impl Cpio {
                 CpioKind::Symlink(t) => (0o120000, t.as_bytes(), (0, 0), 1),
                 CpioKind::CharDev(ma, mi) => (0o020000, &[], (*ma, *mi), 1),
             };
-            off += write_entry(
-                w,
-                ino as u32 + 1,
-                ty | (perm & 0o7777),
-                nlink,
-                path,
-                data,
-                rdev,
-            )?;
+            off += write_entry(w, ino as u32 + 1, ty | (perm & 0o7777), nlink, path, data, rdev)?;
         }
         off += write_entry(w, 0, 0, 1, "TRAILER!!!", &[], (0, 0))?;
         // Pad the archive to a multiple of 512 bytes, as cpio(1) does.
@@ -1084,33 +941,18 @@ mod tests {
             assert_eq!(at % 4, 0, "entry not 4-byte aligned");
             assert_eq!(&b[..6], b"070701");
             let f = |i: usize| {
-                u32::from_str_radix(std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
-                    .unwrap()
+                u32::from_str_radix(std::str::from_utf8(&b[6 + 8 * i..14 + 8 * i]).unwrap(), 16).unwrap()
             };
-            let (mode, nlink, mtime, size, rdev, namesize) = (
-                f(1),
-                f(4),
-                f(5),
-                f(6) as usize,
-                (f(9), f(10)),
-                f(11) as usize,
-            );
+            let (mode, nlink, mtime, size, rdev, namesize) =
+                (f(1), f(4), f(5), f(6) as usize, (f(9), f(10)), f(11) as usize);
             assert_eq!(mtime, 0);
-            let name = std::str::from_utf8(&b[110..110 + namesize - 1])
-                .unwrap()
-                .to_string();
+            let name = std::str::from_utf8(&b[110..110 + namesize - 1]).unwrap().to_string();
             assert_eq!(b[110 + namesize - 1], 0, "name not NUL-terminated");
             let data_at = (110 + namesize).next_multiple_of(4);
-            assert!(
-                b[110 + namesize..data_at].iter().all(|&x| x == 0),
-                "name padding not zero"
-            );
+            assert!(b[110 + namesize..data_at].iter().all(|&x| x == 0), "name padding not zero");
             let data = b[data_at..data_at + size].to_vec();
             let next = (data_at + size).next_multiple_of(4);
-            assert!(
-                b[data_at + size..next].iter().all(|&x| x == 0),
-                "data padding not zero"
-            );
+            assert!(b[data_at + size..next].iter().all(|&x| x == 0), "data padding not zero");
             b = &b[next..];
             if name == "TRAILER!!!" {
                 assert!(b.iter().all(|&x| x == 0), "garbage after the trailer");
@@ -1194,10 +1036,7 @@ mod tests {
         let out = child.wait_with_output().unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert!(out.status.success());
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            "a\na/b\na/b/c.txt\na/link\n"
-        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "a\na/b\na/b/c.txt\na/link\n");
     }
 
     #[test]
@@ -1214,12 +1053,7 @@ kernel/net/core/failover.ko:\n";
         let deps = parse_modules_dep(dep);
         assert_eq!(deps["vfio_pci_core"], ["vfio", "vfio_virqfd", "irqbypass"]);
         let order = module_order(&["vfio-pci", "vfio_iommu_type1", "virtio_net"], &deps).unwrap();
-        let pos = |m: &str| {
-            order
-                .iter()
-                .position(|x| x == m)
-                .unwrap_or_else(|| panic!("{m} missing"))
-        };
+        let pos = |m: &str| order.iter().position(|x| x == m).unwrap_or_else(|| panic!("{m} missing"));
         for (m, ds) in &deps {
             if order.contains(m) {
                 for d in ds {
@@ -1241,11 +1075,8 @@ kernel/net/core/failover.ko:\n";
         );
         assert_eq!(kernel_package_from_depends("foo, bar"), None);
         assert_eq!(
-            depends_version(
-                "linux-image-6.1.0-28-amd64 (= 6.1.119-1)",
-                "linux-image-6.1.0-28-amd64"
-            )
-            .as_deref(),
+            depends_version("linux-image-6.1.0-28-amd64 (= 6.1.119-1)", "linux-image-6.1.0-28-amd64")
+                .as_deref(),
             Some("6.1.119-1")
         );
     }

@@ -1,3 +1,204 @@
+//! `testbed`: provisions QEMU and the guest image, serves emulated devices over vfio-user,
+//! boots guests that run our drivers, and reports what both sides saw.
+
+mod accel;
 mod cache;
+mod image;
+mod qemu;
+mod run;
 mod steps;
-fn main() {}
+mod vm;
+
+use accel::AccelChoice;
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "testbed", version, about = "Emulated testbed for streaming intra-host communication")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct VmArgs {
+    /// Accelerator: auto probes KVM once and falls back to TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelChoice,
+    /// Time limit for one guest run, in seconds (boot included).
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+    /// Keep the run folder (console log, result channel, QEMU log) even on success.
+    #[arg(long)]
+    keep: bool,
+    /// Print the guest console after the run.
+    #[arg(long)]
+    console: bool,
+}
+
+impl VmArgs {
+    fn options(&self) -> run::RunOptions {
+        run::RunOptions { timeout: Duration::from_secs(self.timeout), keep: self.keep, console: self.console }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Find or build QEMU (>= 10.1 with vfio-user-pci); prints the binary's path.
+    Qemu,
+    /// Build the guest program and image (cached); prints the kernel and initrd paths.
+    Image,
+    /// Print the accelerator guests will use (probing KVM if needed).
+    Accel {
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
+    },
+    /// Run a scenario in a guest; exits 0 only if every assertion held.
+    Run {
+        #[command(subcommand)]
+        scenario: Scenario,
+    },
+    /// The demo: boots a guest with the emulated devices, runs the driver, prints a report.
+    Demo {
+        #[command(flatten)]
+        vm: VmArgs,
+    },
+    /// Serve an emulated device on a vfio-user socket until interrupted (for your own QEMU
+    /// or the native transport).
+    Serve {
+        /// Device model to serve.
+        #[arg(value_parser = ["smoke"])]
+        device: String,
+        /// Socket path to listen on.
+        #[arg(long)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// The smoke device: ID, scratch, DMA both ways, MSI-X, a refused DMA.
+    Smoke {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Print one JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+        /// First boot a guest and kill it mid-run, then run the scenario against the same
+        /// server (checks that the server survives a vanished client).
+        #[arg(long)]
+        kill_first_guest: bool,
+    },
+}
+
+fn finish(report: Result<run::RunReport>, json: bool, scenario: &str) -> i32 {
+    match report {
+        Ok(r) => {
+            if json {
+                println!("{}", run::json_line(&r));
+            } else {
+                print!("{}", run::render(&r));
+            }
+            if r.pass {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            if json {
+                let v = serde_json::json!({"scenario": scenario, "pass": false, "error": format!("{e:#}")});
+                println!("{v}");
+            }
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.cmd {
+        Cmd::Qemu => match cache::workspace_root().and_then(|r| qemu::ensure_qemu(&r)) {
+            Ok(q) => {
+                println!("{}", q.bin.display());
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        },
+        Cmd::Image => {
+            let r = cache::workspace_root()
+                .and_then(|root| image::build_guest_binary(&root))
+                .and_then(|g| image::ensure_image(&g));
+            match r {
+                Ok(img) => {
+                    println!("{}\n{}", img.kernel.display(), img.initrd.display());
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
+        Cmd::Accel { accel } => match run::Env::provision(accel) {
+            Ok(env) => {
+                println!("{}", env.accel.name());
+                0
+            }
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        },
+        Cmd::Run { scenario: Scenario::Smoke { vm, json, kill_first_guest } } => {
+            let r = run::Env::provision(vm.accel)
+                .and_then(|env| run::smoke(&env, &vm.options(), kill_first_guest));
+            finish(r, json, "smoke")
+        }
+        Cmd::Demo { vm } => {
+            eprintln!(
+                "[testbed] demo: the smoke device served over vfio-user to a QEMU guest running our driver"
+            );
+            let r = run::Env::provision(vm.accel).and_then(|env| run::smoke(&env, &vm.options(), false));
+            finish(r, false, "smoke")
+        }
+        Cmd::Serve { device, socket } => serve(&device, &socket),
+    };
+    std::process::exit(code);
+}
+
+fn serve(device: &str, socket: &std::path::Path) -> i32 {
+    let dev = match device {
+        "smoke" => match testdev::SmokeDevice::new() {
+            Ok(d) => Arc::new(Mutex::new(d)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return 1;
+            }
+        },
+        other => {
+            eprintln!("error: unknown device {other}");
+            return 2;
+        }
+    };
+    match vfio_server::Server::bind(socket, dev) {
+        Ok(s) => {
+            let _h = s.spawn();
+            eprintln!("[testbed] serving {device} on {} (Ctrl-C to stop)", socket.display());
+            loop {
+                std::thread::park();
+            }
+        }
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", socket.display());
+            1
+        }
+    }
+}

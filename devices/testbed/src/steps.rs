@@ -37,25 +37,16 @@ pub fn run_logged(what: &str, mut cmd: Command, log: &Path) -> Result<()> {
         let _ = writeln!(logf, "{line}");
         if let Some(name) = line.strip_prefix("::step ") {
             if step != "start" {
-                eprintln!(
-                    "[testbed] {what}: {step} done in {:.0?}",
-                    step_start.elapsed()
-                );
+                eprintln!("[testbed] {what}: {step} done in {:.0?}", step_start.elapsed());
             }
             step = name.to_string();
             step_start = Instant::now();
-            eprintln!(
-                "[testbed] {what}: {step} ... ({:.0?} so far)",
-                start.elapsed()
-            );
+            eprintln!("[testbed] {what}: {step} ... ({:.0?} so far)", start.elapsed());
         }
     }
     let status = child.wait()?;
     if !status.success() {
-        bail!(
-            "{what} failed in step '{step}' ({status}); see the log: {}",
-            log.display()
-        );
+        bail!("{what} failed in step '{step}' ({status}); see the log: {}", log.display());
     }
     eprintln!("[testbed] {what}: finished in {:.0?}", start.elapsed());
     Ok(())

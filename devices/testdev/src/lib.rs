@@ -15,7 +15,7 @@ use pcie_model::irq::MsixTable;
 use pcie_model::poll::Backoff;
 use pcie_model::regs::{RegisterBlock, WriteOutcome};
 use pcie_model::shm::ShmRegion;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use testbed_regs::smoke::*;
@@ -26,6 +26,8 @@ struct Shared {
     msix: Mutex<MsixTable>,
     doorbell: Arc<ShmRegion>,
     counters: Arc<Counters>,
+    /// Checksum of the last buffer read by DMA (kept for the host's cross-check).
+    last_checksum: AtomicU32,
 }
 
 impl Shared {
@@ -63,12 +65,7 @@ impl SmokeDevice {
     pub fn new() -> std::io::Result<Self> {
         let config = ConfigSpaceBuilder::new(VENDOR_ID, DEVICE_ID)
             .class(CLASS_CODE)
-            .bar(BarSpec {
-                index: REG_BAR,
-                size: REG_BAR_SIZE,
-                kind: BarKind::Mem32,
-                prefetchable: false,
-            })
+            .bar(BarSpec { index: REG_BAR, size: REG_BAR_SIZE, kind: BarKind::Mem32, prefetchable: false })
             .bar(BarSpec {
                 index: DOORBELL_BAR,
                 size: DOORBELL_BAR_SIZE,
@@ -89,11 +86,9 @@ impl SmokeDevice {
             shared: Arc::new(Shared {
                 regs: Mutex::new(registers()),
                 msix: Mutex::new(MsixTable::new(MSIX_VECTORS)),
-                doorbell: Arc::new(ShmRegion::new(
-                    "smoke-doorbell",
-                    DOORBELL_BAR_SIZE as usize,
-                )?),
+                doorbell: Arc::new(ShmRegion::new("smoke-doorbell", DOORBELL_BAR_SIZE as usize)?),
                 counters: Arc::new(Counters::default()),
+                last_checksum: AtomicU32::new(0),
             }),
             worker: None,
         })
@@ -109,9 +104,9 @@ impl SmokeDevice {
         self.shared.regs().get(REG_COMMANDS)
     }
 
-    /// Checksum of the last buffer read by DMA (the completion's result field).
-    pub fn last_result(&self) -> u32 {
-        self.shared.doorbell.read32(DB_DONE_RESULT)
+    /// Checksum of the last buffer the device read by DMA.
+    pub fn last_checksum(&self) -> u32 {
+        self.shared.last_checksum.load(Ordering::Acquire)
     }
 
     fn stop_worker(&mut self) {
@@ -137,14 +132,14 @@ fn execute(shared: &Shared, ctx: &DeviceContext) -> (u32, u32) {
     }
     let mut buf = vec![0u8; len as usize];
     let outcome = if opcode == OP_WRITE_PATTERN {
-        buf.iter_mut()
-            .enumerate()
-            .for_each(|(i, b)| *b = pattern_byte(seed, i));
+        buf.iter_mut().enumerate().for_each(|(i, b)| *b = pattern_byte(seed, i));
         ctx.dma.write(addr, &buf, DmaClass::Data).map(|_| 0)
     } else {
-        ctx.dma
-            .read(addr, &mut buf, DmaClass::Data)
-            .map(|_| fnv1a32(&buf))
+        ctx.dma.read(addr, &mut buf, DmaClass::Data).map(|_| {
+            let sum = fnv1a32(&buf);
+            shared.last_checksum.store(sum, Ordering::Release);
+            sum
+        })
     };
     match outcome {
         Ok(result) => (CMD_OK, result),
@@ -183,11 +178,7 @@ fn device_loop(shared: Arc<Shared>, ctx: DeviceContext, stop: Arc<AtomicBool>) {
             let v = vector.min(u16::MAX as u32) as u16;
             let delivered = v < MSIX_VECTORS && ctx.raise_irq(v);
             if !delivered {
-                shared
-                    .msix
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .set_pending(v, true);
+                shared.msix.lock().unwrap_or_else(|e| e.into_inner()).set_pending(v, true);
             }
         }
     }
@@ -208,10 +199,7 @@ impl PciDevice for SmokeDevice {
 
     fn bar_backing(&self, index: u8) -> BarBacking {
         if index == DOORBELL_BAR {
-            BarBacking::Shared {
-                shm: self.shared.doorbell.clone(),
-                areas: vec![(0, DOORBELL_BAR_SIZE)],
-            }
+            BarBacking::Shared { shm: self.shared.doorbell.clone(), areas: vec![(0, DOORBELL_BAR_SIZE)] }
         } else {
             BarBacking::Trapped
         }
@@ -241,11 +229,7 @@ impl PciDevice for SmokeDevice {
         let rejected = match index {
             REG_BAR if offset >= p => true, // the PBA is read-only
             REG_BAR if offset >= t => {
-                self.shared
-                    .msix
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .write_table(offset - t, data);
+                self.shared.msix.lock().unwrap_or_else(|e| e.into_inner()).write_table(offset - t, data);
                 false
             }
             REG_BAR => self.shared.regs().write(offset, data) == WriteOutcome::Rejected,
@@ -274,12 +258,9 @@ impl PciDevice for SmokeDevice {
 
     fn reset(&mut self) {
         self.shared.regs().reset();
-        self.shared
-            .msix
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .reset();
+        self.shared.msix.lock().unwrap_or_else(|e| e.into_inner()).reset();
         self.shared.doorbell.clear();
+        self.shared.last_checksum.store(0, Ordering::Release);
     }
 
     fn counters(&self) -> Arc<Counters> {
@@ -312,24 +293,12 @@ mod tests {
         let mut dev = SmokeDevice::new().unwrap();
         let mem = Arc::new(GuestMemory::new());
         let ram = ShmRegion::new("ram", 1 << 20).unwrap();
-        mem.map(0x10_0000, 1 << 20, Some(ram.dup_fd().unwrap()), 0, true)
-            .unwrap();
+        mem.map(0x10_0000, 1 << 20, Some(ram.dup_fd().unwrap()), 0, true).unwrap();
         let irqs = Arc::new(RecordingIrqs::default());
         let dma = Dma::new(mem.clone(), dev.counters(), Arc::new(AtomicBool::new(true)));
-        dev.attach(DeviceContext {
-            dma,
-            irq: irqs.clone(),
-        });
-        let BarBacking::Shared { shm, .. } = dev.bar_backing(DOORBELL_BAR) else {
-            panic!()
-        };
-        Rig {
-            dev,
-            mem,
-            irqs,
-            db: shm,
-            seq: 0,
-        }
+        dev.attach(DeviceContext { dma, irq: irqs.clone() });
+        let BarBacking::Shared { shm, .. } = dev.bar_backing(DOORBELL_BAR) else { panic!() };
+        Rig { dev, mem, irqs, db: shm, seq: 0 }
     }
 
     impl Rig {
@@ -344,16 +313,10 @@ mod tests {
             self.db.write32(DB_SEQ, self.seq);
             let t = Instant::now();
             while self.db.read32(DB_DONE_SEQ) != self.seq {
-                assert!(
-                    t.elapsed() < Duration::from_secs(10),
-                    "device did not complete"
-                );
+                assert!(t.elapsed() < Duration::from_secs(10), "device did not complete");
                 std::thread::yield_now();
             }
-            (
-                self.db.read32(DB_DONE_STATUS),
-                self.db.read32(DB_DONE_RESULT),
-            )
+            (self.db.read32(DB_DONE_STATUS), self.db.read32(DB_DONE_RESULT))
         }
 
         fn reg(&mut self, off: u64) -> u32 {
@@ -369,8 +332,7 @@ mod tests {
         assert_eq!(r.reg(REG_ID), ID_VALUE);
         r.dev.bar_write(REG_BAR, REG_ID, &0u32.to_le_bytes());
         assert_eq!(r.reg(REG_ID), ID_VALUE, "read-only");
-        r.dev
-            .bar_write(REG_BAR, REG_SCRATCH, &0x1234_5678u32.to_le_bytes());
+        r.dev.bar_write(REG_BAR, REG_SCRATCH, &0x1234_5678u32.to_le_bytes());
         assert_eq!(r.reg(REG_SCRATCH), 0x1234_5678);
         r.dev.bar_write(REG_BAR, 0x7fc, &1u32.to_le_bytes());
         r.dev.bar_write(REG_BAR, REG_SCRATCH, &[1, 2]);
@@ -384,10 +346,7 @@ mod tests {
         assert_eq!(st, CMD_OK);
         let mut buf = vec![0u8; 9000];
         pcie_model::DmaSpace::read(&*r.mem, 0x10_0000 + 4000, &mut buf).unwrap();
-        assert!(buf
-            .iter()
-            .enumerate()
-            .all(|(i, b)| *b == pattern_byte(7, i)));
+        assert!(buf.iter().enumerate().all(|(i, b)| *b == pattern_byte(7, i)));
         assert_eq!(r.irqs.take(), vec![1]);
         let data: Vec<u8> = (0..5000).map(|i| (i * 3) as u8).collect();
         pcie_model::DmaSpace::write(&*r.mem, 0x18_0000, &data).unwrap();
@@ -396,33 +355,19 @@ mod tests {
         assert!(r.irqs.take().is_empty());
         assert_eq!(r.reg(REG_COMMANDS), 2);
         assert_eq!(r.reg(REG_STATUS) & STATUS_DONE, STATUS_DONE);
-        r.dev
-            .bar_write(REG_BAR, REG_STATUS, &STATUS_DONE.to_le_bytes());
+        r.dev.bar_write(REG_BAR, REG_STATUS, &STATUS_DONE.to_le_bytes());
         assert_eq!(r.reg(REG_STATUS), 0, "write 1 to clear");
         let c = r.dev.counters().snapshot();
-        assert_eq!(
-            (c.dma_writes, c.dma_write_bytes, c.dma_reads, c.irqs),
-            (1, 9000, 1, 1)
-        );
+        assert_eq!((c.dma_writes, c.dma_write_bytes, c.dma_reads, c.irqs), (1, 9000, 1, 1));
     }
 
     #[test]
     fn bad_commands_are_counted_and_the_device_keeps_serving() {
         let mut r = rig();
-        assert_eq!(
-            r.run(OP_WRITE_PATTERN, 0xdead_0000_0000, 64, 0, 0).0,
-            CMD_DMA_ERROR
-        );
+        assert_eq!(r.run(OP_WRITE_PATTERN, 0xdead_0000_0000, 64, 0, 0).0, CMD_DMA_ERROR);
         assert_eq!(r.run(99, 0x10_0000, 64, 0, 0).0, CMD_BAD);
-        assert_eq!(
-            r.run(OP_READ_CHECKSUM, 0x10_0000, MAX_DMA_LEN + 1, 0, 0).0,
-            CMD_BAD
-        );
-        assert_eq!(
-            r.run(OP_WRITE_PATTERN, 0x10_0000, 64, 0, 77).0,
-            CMD_OK,
-            "bad vector still completes"
-        );
+        assert_eq!(r.run(OP_READ_CHECKSUM, 0x10_0000, MAX_DMA_LEN + 1, 0, 0).0, CMD_BAD);
+        assert_eq!(r.run(OP_WRITE_PATTERN, 0x10_0000, 64, 0, 77).0, CMD_OK, "bad vector still completes");
         assert_eq!(r.reg(REG_DMA_ERRORS), 1);
         assert_eq!(r.reg(REG_BAD_COMMANDS), 2);
         assert_ne!(r.reg(REG_STATUS) & STATUS_DMA_ERROR, 0);
@@ -439,19 +384,9 @@ mod tests {
         r.dev.reset();
         assert_eq!(r.reg(REG_COMMANDS), 0);
         assert_eq!(r.db.read32(DB_DONE_SEQ), 0);
-        let dma = Dma::new(
-            r.mem.clone(),
-            r.dev.counters(),
-            Arc::new(AtomicBool::new(true)),
-        );
-        r.dev.attach(DeviceContext {
-            dma,
-            irq: r.irqs.clone(),
-        });
+        let dma = Dma::new(r.mem.clone(), r.dev.counters(), Arc::new(AtomicBool::new(true)));
+        r.dev.attach(DeviceContext { dma, irq: r.irqs.clone() });
         r.seq = 0;
-        assert_eq!(
-            r.run(OP_WRITE_PATTERN, 0x10_0000, 64, 1, NO_VECTOR).0,
-            CMD_OK
-        );
+        assert_eq!(r.run(OP_WRITE_PATTERN, 0x10_0000, 64, 1, NO_VECTOR).0, CMD_OK);
     }
 }

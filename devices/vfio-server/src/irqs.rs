@@ -14,9 +14,7 @@ pub struct EventFdIrqs {
 impl EventFdIrqs {
     /// `vectors` empty slots.
     pub fn new(vectors: usize) -> Self {
-        EventFdIrqs {
-            fds: RwLock::new((0..vectors).map(|_| None).collect()),
-        }
+        EventFdIrqs { fds: RwLock::new((0..vectors).map(|_| None).collect()) }
     }
 
     /// Number of vectors.
@@ -45,12 +43,7 @@ impl EventFdIrqs {
 
     /// How many vectors have an eventfd.
     pub fn connected(&self) -> usize {
-        self.fds
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .flatten()
-            .count()
+        self.fds.read().unwrap_or_else(|e| e.into_inner()).iter().flatten().count()
     }
 }
 

@@ -129,13 +129,7 @@ impl Server {
         }
         let listener = UnixListener::bind(path)?;
         listener.set_nonblocking(true)?;
-        Ok(Server {
-            path: path.to_path_buf(),
-            listener,
-            device,
-            stats: Arc::default(),
-            stop: Arc::default(),
-        })
+        Ok(Server { path: path.to_path_buf(), listener, device, stats: Arc::default(), stop: Arc::default() })
     }
 
     /// Serves clients one after another on a new thread until the handle is stopped.
@@ -148,12 +142,7 @@ impl Server {
             .name(name)
             .spawn(move || self.run())
             .expect("spawn the vfio-user server thread");
-        ServerHandle {
-            path,
-            stats,
-            stop: handle_stop,
-            thread: Some(thread),
-        }
+        ServerHandle { path, stats, stop: handle_stop, thread: Some(thread) }
     }
 
     fn run(self) {
@@ -199,54 +188,39 @@ type Reply = Result<(Vec<u8>, Option<i32>), u32>;
 impl Connection {
     fn new(stream: UnixStream, device: SharedDevice, stats: Arc<ServerStats>) -> Self {
         let mem = Arc::new(GuestMemory::new());
-        let (vectors, bus_master, counters) = {
+        let (vectors, counters) = {
             let d = lock(&device);
-            let v = d.config().msix().map_or(0, |m| m.vectors as u32);
-            (
-                v,
-                Arc::new(AtomicBool::new(d.config().bus_master())),
-                d.counters(),
-            )
+            (d.config().msix().map_or(0, |m| m.vectors as u32), d.counters())
         };
+        let bus_master = Arc::new(AtomicBool::new(false));
         let irqs = Arc::new(EventFdIrqs::new(vectors as usize));
         let dma = Dma::new(mem.clone(), counters, bus_master.clone());
-        let ctx = DeviceContext {
-            dma,
-            irq: irqs.clone(),
-        };
-        lock(&device).attach(ctx.clone());
-        Connection {
-            stream,
-            device,
-            stats,
-            mem,
-            irqs,
-            bus_master,
-            ctx,
-            vectors,
+        let ctx = DeviceContext { dma, irq: irqs.clone() };
+        {
+            // A new client finds the device in its power-on state. (The previous client's
+            // state stays readable until then, as a card's registers do.)
+            let mut d = lock(&device);
+            d.reset();
+            d.config_mut().reset();
+            d.attach(ctx.clone());
         }
+        Connection { stream, device, stats, mem, irqs, bus_master, ctx, vectors }
     }
 
-    /// Stops the device from touching the client's memory and returns it to power-on
-    /// state, ready for the next client.
+    /// Stops the device from touching the client's memory (its mappings are gone after
+    /// this) and from signalling its eventfds; the next client resets it.
     fn teardown(&mut self) {
         let mut d = lock(&self.device);
         d.detach();
         self.mem.unmap_all();
         self.irqs.clear();
-        d.reset();
-        d.config_mut().reset();
         self.bus_master.store(false, Ordering::Release);
     }
 
     fn serve(&mut self, stop: &AtomicBool) -> Result<(), ProtocolError> {
         loop {
             // Wait for data in short slices so a stop request is noticed.
-            let mut pfd = libc::pollfd {
-                fd: self.stream.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut pfd = libc::pollfd { fd: self.stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: polls one valid pollfd.
             let r = unsafe { libc::poll(&mut pfd, 1, 100) };
             if stop.load(Ordering::Acquire) {
@@ -258,11 +232,7 @@ impl Connection {
             let msg = wire::read_message(&mut self.stream)?;
             self.stats.messages.fetch_add(1, Relaxed);
             let no_reply = msg.header.flags & FLAG_NO_REPLY != 0;
-            let reply = if msg.oversized {
-                Err(E2BIG)
-            } else {
-                self.handle(&msg)
-            };
+            let reply = if msg.oversized { Err(E2BIG) } else { self.handle(&msg) };
             let (body, fd, errno) = match reply {
                 Ok((b, fd)) => (b, fd, 0),
                 Err(e) => {
@@ -285,10 +255,7 @@ impl Connection {
             Command::DmaUnmap => self.dma_unmap(&mut b).map_err(short)?,
             Command::DeviceGetInfo => {
                 let mut o = Out::default();
-                o.u32(16)
-                    .u32(VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET)
-                    .u32(NUM_REGIONS)
-                    .u32(NUM_IRQS);
+                o.u32(16).u32(VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET).u32(NUM_REGIONS).u32(NUM_IRQS);
                 Ok((o.0, None))
             }
             Command::DeviceGetRegionInfo => self.region_info(&mut b).map_err(short)?,
@@ -334,10 +301,7 @@ impl Connection {
             }
         });
         let mut o = Out::default();
-        o.u16(0)
-            .u16(0)
-            .bytes(caps.to_string().as_bytes())
-            .bytes(&[0]);
+        o.u16(0).u16(0).bytes(caps.to_string().as_bytes()).bytes(&[0]);
         Ok(Ok((o.0, None)))
     }
 
@@ -409,23 +373,14 @@ impl Connection {
         } else {
             BarBacking::Trapped
         };
-        let mut flags = if size > 0 {
-            VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
-        } else {
-            0
-        };
+        let mut flags = if size > 0 { VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE } else { 0 };
         let mut caps = Out::default();
         let mut fd = None;
         if let BarBacking::Shared { shm, areas } = &backing {
-            let areas: Vec<_> = areas
-                .iter()
-                .filter(|(o, l)| o + l <= shm.len() as u64)
-                .collect();
+            let areas: Vec<_> = areas.iter().filter(|(o, l)| o + l <= shm.len() as u64).collect();
             if !areas.is_empty() {
                 flags |= VFIO_REGION_INFO_FLAG_MMAP | VFIO_REGION_INFO_FLAG_CAPS;
-                caps.u16(VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16)
-                    .u16(1)
-                    .u32(0);
+                caps.u16(VFIO_REGION_INFO_CAP_SPARSE_MMAP as u16).u16(1).u32(0);
                 caps.u32(areas.len() as u32).u32(0);
                 for (o, l) in areas {
                     caps.u64(*o).u64(*l);
@@ -436,18 +391,14 @@ impl Connection {
         let needed = (SIZEOF_REGION_INFO + caps.0.len()) as u32;
         let fits = argsz >= needed;
         let mut o = Out::default();
-        let cap_offset = if fits && !caps.0.is_empty() {
-            SIZEOF_REGION_INFO as u32
-        } else {
-            0
-        };
+        let cap_offset = if fits && !caps.0.is_empty() { SIZEOF_REGION_INFO as u32 } else { 0 };
+        if !fits {
+            // Only the needed size: QEMU refuses a CAPS flag without a valid cap_offset,
+            // and asks again with the larger argsz.
+            flags &= !VFIO_REGION_INFO_FLAG_CAPS;
+        }
         // The mmap offset within the fd is 0: each shared BAR has its own memfd.
-        o.u32(needed)
-            .u32(flags)
-            .u32(index)
-            .u32(cap_offset)
-            .u64(size)
-            .u64(0);
+        o.u32(needed).u32(flags).u32(index).u32(cap_offset).u64(size).u64(0);
         if fits {
             o.bytes(&caps.0);
         }
@@ -490,10 +441,7 @@ impl Connection {
                 Err(EINVAL)
             });
         }
-        if start
-            .checked_add(count)
-            .is_none_or(|end| end > self.vectors)
-        {
+        if start.checked_add(count).is_none_or(|end| end > self.vectors) {
             return Ok(Err(EINVAL));
         }
         if action != VFIO_IRQ_SET_ACTION_TRIGGER {
@@ -503,8 +451,7 @@ impl Connection {
         match data {
             VFIO_IRQ_SET_DATA_EVENTFD => {
                 if fds.is_empty() {
-                    self.irqs
-                        .set(start as usize, (0..count).map(|_| None).collect());
+                    self.irqs.set(start as usize, (0..count).map(|_| None).collect());
                 } else if fds.len() == count as usize {
                     let mut v = Vec::with_capacity(fds.len());
                     for f in fds {
@@ -532,9 +479,7 @@ impl Connection {
     fn check_range(&self, region: u32, offset: u64, count: usize) -> bool {
         count <= wire::MAX_DATA_XFER
             && region < NUM_REGIONS
-            && offset
-                .checked_add(count as u64)
-                .is_some_and(|e| e <= self.region_size(region))
+            && offset.checked_add(count as u64).is_some_and(|e| e <= self.region_size(region))
     }
 
     fn access(&mut self, region: u32, offset: u64, data: &mut [u8], write: bool) {
@@ -542,8 +487,7 @@ impl Connection {
         if region == CONFIG_REGION {
             if write {
                 let _ = d.config_mut().write(offset, data);
-                self.bus_master
-                    .store(d.config().bus_master(), Ordering::Release);
+                self.bus_master.store(d.config().bus_master(), Ordering::Release);
             } else {
                 let _ = d.config().read(offset, data);
             }
@@ -556,11 +500,7 @@ impl Connection {
             counters.mmio_read(data.len());
         }
         if let BarBacking::Shared { shm, .. } = d.bar_backing(region as u8) {
-            let done = if write {
-                shm.write_bytes(offset, data)
-            } else {
-                shm.read_bytes(offset, data)
-            };
+            let done = if write { shm.write_bytes(offset, data) } else { shm.read_bytes(offset, data) };
             if done {
                 return;
             }

@@ -135,21 +135,15 @@ impl<'a> Body<'a> {
     }
 
     pub fn u16(&mut self) -> Result<u16, Short> {
-        Ok(u16::from_le_bytes(
-            self.bytes(2)?.try_into().map_err(|_| Short)?,
-        ))
+        Ok(u16::from_le_bytes(self.bytes(2)?.try_into().map_err(|_| Short)?))
     }
 
     pub fn u32(&mut self) -> Result<u32, Short> {
-        Ok(u32::from_le_bytes(
-            self.bytes(4)?.try_into().map_err(|_| Short)?,
-        ))
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().map_err(|_| Short)?))
     }
 
     pub fn u64(&mut self) -> Result<u64, Short> {
-        Ok(u64::from_le_bytes(
-            self.bytes(8)?.try_into().map_err(|_| Short)?,
-        ))
+        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().map_err(|_| Short)?))
     }
 
     pub fn rest(&mut self) -> &'a [u8] {
@@ -186,10 +180,7 @@ impl Out {
 fn recv_some(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<usize> {
     const CMSG_SPACE: usize = 256; // room for MAX_FDS ints plus the cmsg header
     let mut cbuf = [0u64; CMSG_SPACE / 8];
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     // SAFETY: zeroed msghdr, then pointed at our iovec and control buffer.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
@@ -268,12 +259,7 @@ pub fn read_message(stream: &mut UnixStream) -> Result<Message, ProtocolError> {
             stream.read_exact(&mut sink[..n]).map_err(eof_is_closed)?;
             left -= n;
         }
-        return Ok(Message {
-            header,
-            body: vec![],
-            fds,
-            oversized: true,
-        });
+        return Ok(Message { header, body: vec![], fds, oversized: true });
     }
     let mut body = vec![0u8; body_len];
     let mut got = 0;
@@ -285,12 +271,7 @@ pub fn read_message(stream: &mut UnixStream) -> Result<Message, ProtocolError> {
         }
         got += n;
     }
-    Ok(Message {
-        header,
-        body,
-        fds,
-        oversized: false,
-    })
+    Ok(Message { header, body, fds, oversized: false })
 }
 
 fn eof_is_closed(e: io::Error) -> ProtocolError {
@@ -325,10 +306,7 @@ pub fn send_reply(
         None => stream.write_all(&msg),
         Some(fd) => {
             let mut cbuf = [0u64; 4];
-            let mut iov = libc::iovec {
-                iov_base: msg.as_mut_ptr().cast(),
-                iov_len: msg.len(),
-            };
+            let mut iov = libc::iovec { iov_base: msg.as_mut_ptr().cast(), iov_len: msg.len() };
             // SAFETY: zeroed msghdr pointed at our iovec and control buffer.
             let mut m: libc::msghdr = unsafe { std::mem::zeroed() };
             m.msg_iov = &mut iov;

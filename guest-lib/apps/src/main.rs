@@ -16,18 +16,10 @@ fn parse_u32(s: &str) -> Option<u32> {
     }
 }
 
-fn open(
-    args: &HashMap<String, String>,
-    vendor: u16,
-    device: u16,
-) -> Result<Box<dyn DeviceAccess>, String> {
+fn open(args: &HashMap<String, String>, vendor: u16, device: u16) -> Result<Box<dyn DeviceAccess>, String> {
     match args.get("socket") {
-        Some(s) => VfioUserDevice::connect(Path::new(s))
-            .map(|d| Box::new(d) as _)
-            .map_err(|e| e.to_string()),
-        None => VfioDevice::open_by_id(vendor, device)
-            .map(|d| Box::new(d) as _)
-            .map_err(|e| e.to_string()),
+        Some(s) => VfioUserDevice::connect(Path::new(s)).map(|d| Box::new(d) as _).map_err(|e| e.to_string()),
+        None => VfioDevice::open_by_id(vendor, device).map(|d| Box::new(d) as _).map_err(|e| e.to_string()),
     }
 }
 
@@ -46,23 +38,14 @@ fn main() {
         "smoke" => {
             use testbed_regs::smoke::{DEVICE_ID, VENDOR_ID};
             let params = smoke::SmokeParams {
-                scratch: args
-                    .get("scratch")
-                    .and_then(|s| parse_u32(s))
-                    .unwrap_or(0x5eed_0001),
+                scratch: args.get("scratch").and_then(|s| parse_u32(s)).unwrap_or(0x5eed_0001),
                 seed: args.get("seed").and_then(|s| parse_u32(s)).unwrap_or(7),
             };
             match open(&args, VENDOR_ID, DEVICE_ID) {
                 Ok(mut dev) => smoke::run(dev.as_mut(), params),
                 Err(e) => {
-                    let mut r = Report::new(
-                        "smoke",
-                        if args.contains_key("socket") {
-                            "vfio-user"
-                        } else {
-                            "vfio"
-                        },
-                    );
+                    let mut r =
+                        Report::new("smoke", if args.contains_key("socket") { "vfio-user" } else { "vfio" });
                     r.fail("open", e);
                     r
                 }
@@ -70,18 +53,11 @@ fn main() {
         }
         other => {
             let mut r = Report::new(other, "none");
-            r.fail(
-                "scenario",
-                format!("unknown scenario '{other}' (known: smoke)"),
-            );
+            r.fail("scenario", format!("unknown scenario '{other}' (known: smoke)"));
             r
         }
     };
-    eprintln!(
-        "testbed-guest: {} {}",
-        report.scenario,
-        if report.pass { "passed" } else { "FAILED" }
-    );
+    eprintln!("testbed-guest: {} {}", report.scenario, if report.pass { "passed" } else { "FAILED" });
     println!("{}", report.to_json_line());
     std::process::exit(if report.pass { 0 } else { 1 });
 }

@@ -47,11 +47,7 @@ impl Report {
     /// Records a check.
     pub fn check(&mut self, name: &str, pass: bool, detail: impl Into<String>) -> bool {
         self.pass &= pass;
-        self.checks.push(Check {
-            name: name.into(),
-            pass,
-            detail: detail.into(),
-        });
+        self.checks.push(Check { name: name.into(), pass, detail: detail.into() });
         pass
     }
 
@@ -67,8 +63,7 @@ impl Report {
 
     /// The report as one JSON line.
     pub fn to_json_line(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|e| {
-            format!("{{\"event\":\"result\",\"pass\":false,\"error\":\"{e}\"}}")
-        })
+        serde_json::to_string(self)
+            .unwrap_or_else(|e| format!("{{\"event\":\"result\",\"pass\":false,\"error\":\"{e}\"}}"))
     }
 }

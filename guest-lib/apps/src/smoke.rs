@@ -26,14 +26,7 @@ struct Doorbell {
 
 impl Doorbell {
     /// Posts a command and waits for its completion; returns (status, result).
-    fn run(
-        &mut self,
-        op: u32,
-        addr: u64,
-        len: u32,
-        seed: u32,
-        vector: u32,
-    ) -> Result<(u32, u32), String> {
+    fn run(&mut self, op: u32, addr: u64, len: u32, seed: u32, vector: u32) -> Result<(u32, u32), String> {
         let w = |off, v| self.bar.write32(off, v).map_err(|e| e.to_string());
         w(DB_OPCODE, op)?;
         w(DB_ADDR_LO, addr as u32)?;
@@ -80,82 +73,43 @@ fn steps(dev: &mut dyn DeviceAccess, p: SmokeParams, r: &mut Report) -> Result<(
     r.check("id", id == ID_VALUE, format!("{id:#010x}"));
     r.value("id", id);
 
-    regs.write32(REG_SCRATCH, p.scratch)
-        .map_err(|e| e.to_string())?;
+    regs.write32(REG_SCRATCH, p.scratch).map_err(|e| e.to_string())?;
     let back = regs.read32(REG_SCRATCH).map_err(|e| e.to_string())?;
-    r.check(
-        "scratch",
-        back == p.scratch,
-        format!("wrote {:#x}, read {back:#x}", p.scratch),
-    );
+    r.check("scratch", back == p.scratch, format!("wrote {:#x}, read {back:#x}", p.scratch));
     r.value("scratch", back);
 
     let db_bar = dev.bar(DOORBELL_BAR).map_err(|e| e.to_string())?;
-    r.check(
-        "doorbell_mapped",
-        db_bar.is_mapped(0, 4096),
-        "BAR2 is memory-mapped shared memory",
-    );
-    let mut db = Doorbell {
-        seq: db_bar.read32(DB_DONE_SEQ).map_err(|e| e.to_string())?,
-        bar: db_bar,
-    };
+    r.check("doorbell_mapped", db_bar.is_mapped(0, 4096), "BAR2 is memory-mapped shared memory");
+    let mut db = Doorbell { seq: db_bar.read32(DB_DONE_SEQ).map_err(|e| e.to_string())?, bar: db_bar };
 
-    let irqs = dev
-        .enable_msix(MSIX_VECTORS as u32)
-        .map_err(|e| e.to_string())?;
-    let buf = dev
-        .alloc_dma(64 << 10, DmaOptions::default())
-        .map_err(|e| e.to_string())?;
+    let irqs = dev.enable_msix(MSIX_VECTORS as u32).map_err(|e| e.to_string())?;
+    let buf = dev.alloc_dma(64 << 10, DmaOptions::default()).map_err(|e| e.to_string())?;
     r.value("dma_iova", buf.iova());
 
     // Device → memory.
     let (off, len) = (100usize, 12345usize);
     buf.as_mut_slice().fill(0);
-    let (st, _) = db.run(
-        OP_WRITE_PATTERN,
-        buf.iova() + off as u64,
-        len as u32,
-        p.seed,
-        VECTOR,
-    )?;
+    let (st, _) = db.run(OP_WRITE_PATTERN, buf.iova() + off as u64, len as u32, p.seed, VECTOR)?;
     let got = &buf.as_slice()[off..off + len];
-    let bad = got
-        .iter()
-        .enumerate()
-        .filter(|(i, b)| **b != pattern_byte(p.seed, *i))
-        .count();
-    let untouched = buf.as_slice()[..off].iter().all(|b| *b == 0)
-        && buf.as_slice()[off + len..].iter().all(|b| *b == 0);
+    let bad = got.iter().enumerate().filter(|(i, b)| **b != pattern_byte(p.seed, *i)).count();
+    let untouched =
+        buf.as_slice()[..off].iter().all(|b| *b == 0) && buf.as_slice()[off + len..].iter().all(|b| *b == 0);
     r.check(
         "dma_to_memory",
         st == CMD_OK && bad == 0 && untouched,
         format!("status {st}, {bad} wrong bytes of {len}, outside untouched: {untouched}"),
     );
 
-    let fired = irqs[VECTOR as usize]
-        .wait(TIMEOUT)
-        .map_err(|e| e.to_string())?;
-    r.check(
-        "msix",
-        fired >= 1,
-        format!("vector {VECTOR} fired {fired} time(s)"),
-    );
+    let fired = irqs[VECTOR as usize].wait(TIMEOUT).map_err(|e| e.to_string())?;
+    r.check("msix", fired >= 1, format!("vector {VECTOR} fired {fired} time(s)"));
     r.value("msix_count", fired);
 
     // Memory → device.
-    let data: Vec<u8> = (0..40_000u32)
-        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ p.seed as u8)
-        .collect();
+    let data: Vec<u8> =
+        (0..40_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ p.seed as u8).collect();
     buf.as_mut_slice()[..data.len()].copy_from_slice(&data);
     fence(Ordering::Release);
-    let (st, sum) = db.run(
-        OP_READ_CHECKSUM,
-        buf.iova(),
-        data.len() as u32,
-        0,
-        NO_VECTOR,
-    )?;
+    let (st, sum) = db.run(OP_READ_CHECKSUM, buf.iova(), data.len() as u32, 0, NO_VECTOR)?;
     let want = fnv1a32(&data);
     r.check(
         "dma_from_memory",

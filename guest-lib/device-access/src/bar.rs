@@ -42,10 +42,7 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(Error::last_os("mmap BAR"));
         }
-        Ok(Mapping {
-            ptr: ptr.cast(),
-            len,
-        })
+        Ok(Mapping { ptr: ptr.cast(), len })
     }
 }
 
@@ -76,13 +73,7 @@ impl Bar {
         mapped: Vec<(u64, Arc<Mapping>)>,
         io: Arc<dyn RegionIo>,
     ) -> Self {
-        Bar {
-            index,
-            region,
-            size,
-            mapped: Arc::new(mapped),
-            io,
-        }
+        Bar { index, region, size, mapped: Arc::new(mapped), io }
     }
 
     /// The BAR's size in bytes.
@@ -108,12 +99,7 @@ impl Bar {
     fn check(&self, offset: u64, len: usize) -> Result<()> {
         match offset.checked_add(len as u64) {
             Some(end) if end <= self.size => Ok(()),
-            _ => Err(Error::OutOfBar {
-                index: self.index,
-                offset,
-                len,
-                size: self.size,
-            }),
+            _ => Err(Error::OutOfBar { index: self.index, offset, len, size: self.size }),
         }
     }
 
@@ -122,9 +108,7 @@ impl Bar {
         self.check(offset, 4)?;
         if let Some(p) = self.mapped_ptr(offset, 4) {
             // SAFETY: `p` points at 4 mapped bytes; registers are naturally aligned.
-            return Ok(u32::from_le(unsafe {
-                std::ptr::read_volatile(p.cast::<u32>())
-            }));
+            return Ok(u32::from_le(unsafe { std::ptr::read_volatile(p.cast::<u32>()) }));
         }
         let mut b = [0u8; 4];
         self.io.read(self.region, offset, &mut b)?;
@@ -147,9 +131,7 @@ impl Bar {
         self.check(offset, 8)?;
         if let Some(p) = self.mapped_ptr(offset, 8) {
             // SAFETY: `p` points at 8 mapped bytes, naturally aligned.
-            return Ok(u64::from_le(unsafe {
-                std::ptr::read_volatile(p.cast::<u64>())
-            }));
+            return Ok(u64::from_le(unsafe { std::ptr::read_volatile(p.cast::<u64>()) }));
         }
         let mut b = [0u8; 8];
         self.io.read(self.region, offset, &mut b)?;

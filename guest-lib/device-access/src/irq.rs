@@ -42,11 +42,7 @@ impl Interrupt {
 
     /// Waits up to `timeout` for the vector to fire; returns the count (0 on timeout).
     pub fn wait(&self, timeout: Duration) -> Result<u64> {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
         // SAFETY: polls one valid pollfd.
         let r = unsafe { libc::poll(&mut pfd, 1, ms) };

@@ -42,12 +42,7 @@ pub enum Error {
     Bar { index: u8, why: String },
     /// A register access outside a BAR.
     #[error("access at offset {offset:#x} (+{len}) is outside BAR {index} ({size} bytes)")]
-    OutOfBar {
-        index: u8,
-        offset: u64,
-        len: usize,
-        size: u64,
-    },
+    OutOfBar { index: u8, offset: u64, len: usize, size: u64 },
     /// The IOVA space of the transport is used up.
     #[error("out of IOVA space for a {0}-byte mapping")]
     IovaExhausted(usize),
@@ -55,10 +50,7 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn os(what: impl Into<String>, source: io::Error) -> Self {
-        Error::Os {
-            what: what.into(),
-            source,
-        }
+        Error::Os { what: what.into(), source }
     }
 
     pub(crate) fn last_os(what: impl Into<String>) -> Self {

@@ -108,13 +108,7 @@ impl SharedMem {
                 return Err(e);
             }
         }
-        Ok(SharedMem {
-            fd,
-            ptr: start as *mut u8,
-            len,
-            mirrored,
-            huge,
-        })
+        Ok(SharedMem { fd, ptr: start as *mut u8, len, mirrored, huge })
     }
 
     /// The memfd backing the memory.
@@ -166,11 +160,7 @@ impl SharedMem {
 
 impl Drop for SharedMem {
     fn drop(&mut self) {
-        let span = if self.mirrored {
-            2 * self.len
-        } else {
-            self.len
-        };
+        let span = if self.mirrored { 2 * self.len } else { self.len };
         // SAFETY: unmaps what `map` mapped.
         unsafe { libc::munmap(self.ptr.cast(), span) };
     }
@@ -192,11 +182,7 @@ pub struct DmaBuffer {
 impl DmaBuffer {
     /// Wraps memory mapped at `iova`; `unmap` runs on drop.
     pub fn new(mem: SharedMem, iova: u64, unmap: std::sync::Arc<dyn DmaUnmap>) -> Self {
-        DmaBuffer {
-            mem,
-            iova,
-            unmap: Some(unmap),
-        }
+        DmaBuffer { mem, iova, unmap: Some(unmap) }
     }
 
     /// The address the device uses for the first byte.

@@ -33,12 +33,12 @@ use vfio_bindings::bindings::vfio::{
     vfio_iommu_type1_info, vfio_iommu_type1_info_cap_iova_range, vfio_iova_range, vfio_irq_info,
     vfio_irq_set, vfio_region_info, vfio_region_info_cap_sparse_mmap, vfio_region_sparse_mmap_area,
     VFIO_TYPE1v2_IOMMU, VFIO_API_VERSION, VFIO_DEVICE_FLAGS_PCI, VFIO_DMA_MAP_FLAG_READ,
-    VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE, VFIO_IOMMU_INFO_CAPS,
-    VFIO_IOMMU_INFO_PGSIZES, VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_IRQ_INFO_EVENTFD,
-    VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE,
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
-    VFIO_PCI_MSIX_IRQ_INDEX, VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, VFIO_REGION_INFO_CAP_SPARSE_MMAP,
-    VFIO_REGION_INFO_FLAG_CAPS, VFIO_REGION_INFO_FLAG_MMAP, VFIO_TYPE1_IOMMU,
+    VFIO_DMA_MAP_FLAG_WRITE, VFIO_GROUP_FLAGS_VIABLE, VFIO_IOMMU_INFO_CAPS, VFIO_IOMMU_INFO_PGSIZES,
+    VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE, VFIO_IRQ_INFO_EVENTFD, VFIO_IRQ_SET_ACTION_TRIGGER,
+    VFIO_IRQ_SET_DATA_EVENTFD, VFIO_IRQ_SET_DATA_NONE, VFIO_PCI_BAR0_REGION_INDEX,
+    VFIO_PCI_BAR5_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_PCI_MSIX_IRQ_INDEX,
+    VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, VFIO_REGION_INFO_CAP_SPARSE_MMAP, VFIO_REGION_INFO_FLAG_CAPS,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_TYPE1_IOMMU,
 };
 
 /// The sysfs root.
@@ -132,8 +132,7 @@ fn find_bdf(sys_root: &Path, vendor: u16, device: u16) -> Result<String> {
         .filter_map(|e| e.ok())
         .filter(|e| {
             let p = e.path();
-            read_hex_id(&p.join("vendor")) == Some(vendor)
-                && read_hex_id(&p.join("device")) == Some(device)
+            read_hex_id(&p.join("vendor")) == Some(vendor) && read_hex_id(&p.join("device")) == Some(device)
         })
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
@@ -176,14 +175,7 @@ fn current_driver(sys_root: &Path, bdf: &str) -> Option<String> {
 
 /// The IOMMU group of a device, if it has one.
 fn iommu_group(sys_root: &Path, bdf: &str) -> Option<u32> {
-    link_name(
-        &sys_root
-            .join("bus/pci/devices")
-            .join(bdf)
-            .join("iommu_group"),
-    )?
-    .parse()
-    .ok()
+    link_name(&sys_root.join("bus/pci/devices").join(bdf).join("iommu_group"))?.parse().ok()
 }
 
 /// The devices of IOMMU group `group` and the driver each one is bound to.
@@ -205,11 +197,7 @@ fn group_members(sys_root: &Path, group: u32) -> Vec<(String, Option<String>)> {
 
 fn sysfs_write(path: &Path, value: &str) -> Result<()> {
     std::fs::write(path, value).map_err(|e| {
-        let hint = if e.kind() == io::ErrorKind::PermissionDenied {
-            " (run as root)"
-        } else {
-            ""
-        };
+        let hint = if e.kind() == io::ErrorKind::PermissionDenied { " (run as root)" } else { "" };
         io_err(format!("write {value:?} to {}{hint}", path.display()), e)
     })
 }
@@ -229,19 +217,13 @@ fn bind_to_vfio(sys_root: &Path, bdf: &str) -> Result<bool> {
     }
     if !sys_root.join("bus/pci/drivers/vfio-pci").exists() && sys_root == Path::new(SYS) {
         eprintln!("vfio: the vfio-pci driver is not loaded; trying `modprobe vfio-pci`");
-        match std::process::Command::new("modprobe")
-            .arg("vfio-pci")
-            .status()
-        {
+        match std::process::Command::new("modprobe").arg("vfio-pci").status() {
             Ok(s) if s.success() => {}
             Ok(s) => eprintln!("vfio: `modprobe vfio-pci` failed ({s})"),
             Err(e) => eprintln!("vfio: cannot run modprobe: {e}"),
         }
     }
-    eprintln!(
-        "vfio: binding {bdf} to vfio-pci (was {})",
-        driver.as_deref().unwrap_or("unbound")
-    );
+    eprintln!("vfio: binding {bdf} to vfio-pci (was {})", driver.as_deref().unwrap_or("unbound"));
     sysfs_write(&dev.join("driver_override"), "vfio-pci")?;
     if driver.is_some() {
         sysfs_write(&dev.join("driver/unbind"), bdf)?;
@@ -303,21 +285,15 @@ fn wait_ready(sys_root: &Path, dev_vfio: &Path, bdf: &str, timeout: Duration) ->
 // Capability chains (`struct vfio_info_cap_header`, offsets relative to the info struct)
 
 fn rd_u16(b: &[u8], off: usize) -> Option<u16> {
-    Some(u16::from_ne_bytes(
-        b.get(off..off.checked_add(2)?)?.try_into().ok()?,
-    ))
+    Some(u16::from_ne_bytes(b.get(off..off.checked_add(2)?)?.try_into().ok()?))
 }
 
 fn rd_u32(b: &[u8], off: usize) -> Option<u32> {
-    Some(u32::from_ne_bytes(
-        b.get(off..off.checked_add(4)?)?.try_into().ok()?,
-    ))
+    Some(u32::from_ne_bytes(b.get(off..off.checked_add(4)?)?.try_into().ok()?))
 }
 
 fn rd_u64(b: &[u8], off: usize) -> Option<u64> {
-    Some(u64::from_ne_bytes(
-        b.get(off..off.checked_add(8)?)?.try_into().ok()?,
-    ))
+    Some(u64::from_ne_bytes(b.get(off..off.checked_add(8)?)?.try_into().ok()?))
 }
 
 /// One capability of a chain: its id, version and offset in the info buffer.
@@ -337,21 +313,12 @@ fn cap_chain(buf: &[u8], first: u32) -> Vec<Cap> {
         let (Some(id), Some(version), Some(next)) =
             (rd_u16(buf, off), rd_u16(buf, off + 2), rd_u32(buf, off + 4))
         else {
-            eprintln!(
-                "vfio: capability at {off:#x} lies outside the {}-byte info",
-                buf.len()
-            );
+            eprintln!("vfio: capability at {off:#x} lies outside the {}-byte info", buf.len());
             break;
         };
-        caps.push(Cap {
-            id,
-            version,
-            offset: off,
-        });
+        caps.push(Cap { id, version, offset: off });
         if next != 0 && (next as usize) <= off {
-            eprintln!(
-                "vfio: capability chain loops back ({off:#x} -> {next:#x}); ignoring the rest"
-            );
+            eprintln!("vfio: capability chain loops back ({off:#x} -> {next:#x}); ignoring the rest");
             break;
         }
         off = next as usize;
@@ -372,10 +339,7 @@ fn u64_pairs(buf: &[u8], off: usize, count: u32) -> Option<Vec<(u64, u64)>> {
 /// The areas of a `VFIO_REGION_INFO_CAP_SPARSE_MMAP` capability at `cap`: (offset, size).
 fn parse_sparse_mmap(buf: &[u8], cap: usize) -> Option<Vec<(u64, u64)>> {
     const _: () = assert!(size_of::<vfio_region_sparse_mmap_area>() == 16);
-    let nr = rd_u32(
-        buf,
-        cap + offset_of!(vfio_region_info_cap_sparse_mmap, nr_areas),
-    )?;
+    let nr = rd_u32(buf, cap + offset_of!(vfio_region_info_cap_sparse_mmap, nr_areas))?;
     let areas = cap + offset_of!(vfio_region_info_cap_sparse_mmap, areas);
     u64_pairs(buf, areas, nr)
 }
@@ -384,10 +348,7 @@ fn parse_sparse_mmap(buf: &[u8], cap: usize) -> Option<Vec<(u64, u64)>> {
 /// inclusive).
 fn parse_iova_ranges(buf: &[u8], cap: usize) -> Option<Vec<(u64, u64)>> {
     const _: () = assert!(size_of::<vfio_iova_range>() == 16);
-    let nr = rd_u32(
-        buf,
-        cap + offset_of!(vfio_iommu_type1_info_cap_iova_range, nr_iovas),
-    )?;
+    let nr = rd_u32(buf, cap + offset_of!(vfio_iommu_type1_info_cap_iova_range, nr_iovas))?;
     let ranges = cap + offset_of!(vfio_iommu_type1_info_cap_iova_range, iova_ranges);
     u64_pairs(buf, ranges, nr)
 }
@@ -408,22 +369,15 @@ struct RegionInfo {
 impl RegionInfo {
     /// From the header and the whole info buffer (header + capability chain).
     fn parse(head: &vfio_region_info, buf: &[u8]) -> Self {
-        let mut r = RegionInfo {
-            flags: head.flags,
-            size: head.size,
-            offset: head.offset,
-            ..Default::default()
-        };
+        let mut r =
+            RegionInfo { flags: head.flags, size: head.size, offset: head.offset, ..Default::default() };
         if head.flags & VFIO_REGION_INFO_FLAG_CAPS != 0 {
             for cap in cap_chain(buf, head.cap_offset) {
                 match u32::from(cap.id) {
                     VFIO_REGION_INFO_CAP_SPARSE_MMAP => {
                         r.sparse = parse_sparse_mmap(buf, cap.offset);
                         if r.sparse.is_none() {
-                            eprintln!(
-                                "vfio: region {}: truncated sparse-mmap capability",
-                                head.index
-                            );
+                            eprintln!("vfio: region {}: truncated sparse-mmap capability", head.index);
                         }
                     }
                     VFIO_REGION_INFO_CAP_MSIX_MAPPABLE => r.msix_mappable = true,
@@ -443,9 +397,7 @@ impl RegionInfo {
             Some(areas) => areas
                 .iter()
                 .copied()
-                .filter(|&(off, len)| {
-                    len > 0 && off.checked_add(len).is_some_and(|e| e <= self.size)
-                })
+                .filter(|&(off, len)| len > 0 && off.checked_add(len).is_some_and(|e| e <= self.size))
                 .collect(),
             None => vec![(0, self.size)],
         }
@@ -468,10 +420,7 @@ impl<T: Copy> InfoBuf<T> {
         #[allow(clippy::let_unit_value)]
         let () = Self::FITS;
         let words = len.max(size_of::<T>()).div_ceil(8);
-        let mut b = InfoBuf {
-            words: vec![0u64; words],
-            _t: std::marker::PhantomData,
-        };
+        let mut b = InfoBuf { words: vec![0u64; words], _t: std::marker::PhantomData };
         // SAFETY: the buffer holds at least size_of::<T>() bytes and is 8-byte aligned,
         // which is enough for T (checked by FITS); T is plain old data.
         unsafe { std::ptr::write(b.words.as_mut_ptr().cast::<T>(), head) };
@@ -523,10 +472,7 @@ fn get_info<T: Copy>(
         }
         len = need;
     }
-    Err(setup_err(
-        what(),
-        "the kernel keeps asking for a bigger buffer",
-    ))
+    Err(setup_err(what(), "the kernel keeps asking for a bigger buffer"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -548,11 +494,7 @@ impl IovaAllocator {
         let mut ranges = ranges.unwrap_or_else(|| vec![(0, u64::MAX)]);
         ranges.retain(|&(s, e)| s <= e);
         ranges.sort_unstable();
-        IovaAllocator {
-            next: base,
-            ranges,
-            min_align: min_align.max(1),
-        }
+        IovaAllocator { next: base, ranges, min_align: min_align.max(1) }
     }
 
     /// `len` bytes aligned to `align` (a power of two), or None if no range has room.
@@ -603,9 +545,7 @@ impl Iommu {
         };
         // SAFETY: passes a properly sized vfio_iommu_type1_dma_map the kernel only reads;
         // `vaddr..vaddr+size` is memory the caller keeps mapped until it unmaps the IOVA.
-        let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_ref(&self.container, nr::IOMMU_MAP_DMA, &map)
-        };
+        let r = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.container, nr::IOMMU_MAP_DMA, &map) };
         check(r, |e| {
             let hint = if errno_is(e, libc::ENOMEM) {
                 " (locked-memory limit too low? run as root or raise `ulimit -l`)"
@@ -634,16 +574,9 @@ impl DmaUnmap for Iommu {
         // SAFETY: passes a properly sized vfio_iommu_type1_dma_unmap (no bitmap); the
         // kernel writes back the unmapped size into it.
         let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_mut_ref(
-                &self.container,
-                nr::IOMMU_UNMAP_DMA,
-                &mut unmap,
-            )
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(&self.container, nr::IOMMU_UNMAP_DMA, &mut unmap)
         };
-        if check(r, |_| {
-            format!("VFIO_IOMMU_UNMAP_DMA of {len:#x} bytes at IOVA {iova:#x}")
-        })
-        .is_ok()
+        if check(r, |_| format!("VFIO_IOMMU_UNMAP_DMA of {len:#x} bytes at IOVA {iova:#x}")).is_ok()
             && unmap.size != len as u64
         {
             eprintln!(
@@ -666,18 +599,13 @@ struct DeviceIo {
 
 impl DeviceIo {
     fn locate(&self, index: u32, offset: u64, len: usize) -> Result<u64> {
-        let &(base, size) = self.regions.get(index as usize).ok_or_else(|| Error::Bar {
-            index: index as u8,
-            why: "no such VFIO region".into(),
-        })?;
+        let &(base, size) = self
+            .regions
+            .get(index as usize)
+            .ok_or_else(|| Error::Bar { index: index as u8, why: "no such VFIO region".into() })?;
         match offset.checked_add(len as u64) {
             Some(end) if end <= size => Ok(base + offset),
-            _ => Err(Error::OutOfBar {
-                index: index as u8,
-                offset,
-                len,
-                size,
-            }),
+            _ => Err(Error::OutOfBar { index: index as u8, offset, len, size }),
         }
     }
 }
@@ -686,26 +614,14 @@ impl RegionIo for DeviceIo {
     fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<()> {
         let at = self.locate(index, offset, data.len())?;
         self.device.read_exact_at(data, at).map_err(|e| {
-            io_err(
-                format!(
-                    "read {} bytes at {offset:#x} of VFIO region {index}",
-                    data.len()
-                ),
-                e,
-            )
+            io_err(format!("read {} bytes at {offset:#x} of VFIO region {index}", data.len()), e)
         })
     }
 
     fn write(&self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
         let at = self.locate(index, offset, data.len())?;
         self.device.write_all_at(data, at).map_err(|e| {
-            io_err(
-                format!(
-                    "write {} bytes at {offset:#x} of VFIO region {index}",
-                    data.len()
-                ),
-                e,
-            )
+            io_err(format!("write {} bytes at {offset:#x} of VFIO region {index}", data.len()), e)
         })
     }
 }
@@ -778,21 +694,15 @@ impl VfioDevice {
 
     fn open_group(sys: &Path, bdf: &str, group_id: u32) -> Result<Self> {
         let rw = |path: &Path| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(|e| {
-                    let extra = match e.raw_os_error() {
-                        Some(libc::EACCES) | Some(libc::EPERM) => " (run as root)",
-                        Some(libc::EBUSY) => {
-                            " (another process, e.g. QEMU or an earlier run, holds the group)"
-                        }
-                        Some(libc::ENOENT) => " (is the vfio-pci module loaded?)",
-                        _ => "",
-                    };
-                    io_err(format!("open {}{extra}", path.display()), e)
-                })
+            OpenOptions::new().read(true).write(true).open(path).map_err(|e| {
+                let extra = match e.raw_os_error() {
+                    Some(libc::EACCES) | Some(libc::EPERM) => " (run as root)",
+                    Some(libc::EBUSY) => " (another process, e.g. QEMU or an earlier run, holds the group)",
+                    Some(libc::ENOENT) => " (is the vfio-pci module loaded?)",
+                    _ => "",
+                };
+                io_err(format!("open {}{extra}", path.display()), e)
+            })
         };
 
         // The container.
@@ -809,9 +719,7 @@ impl VfioDevice {
         let mut iommu_type = None;
         for t in [VFIO_TYPE1v2_IOMMU, VFIO_TYPE1_IOMMU] {
             // SAFETY: VFIO_CHECK_EXTENSION takes the extension by value; result checked.
-            let r = unsafe {
-                vmm_sys_util::ioctl::ioctl_with_val(&container, nr::CHECK_EXTENSION, t.into())
-            };
+            let r = unsafe { vmm_sys_util::ioctl::ioctl_with_val(&container, nr::CHECK_EXTENSION, t.into()) };
             if check(r, |_| format!("VFIO_CHECK_EXTENSION({t})"))? > 0 {
                 iommu_type = Some(t);
                 break;
@@ -827,14 +735,9 @@ impl VfioDevice {
         // The group.
         let group_path = PathBuf::from(format!("{DEV_VFIO}/{group_id}"));
         let group = rw(&group_path)?;
-        let mut status = vfio_group_status {
-            argsz: size_of::<vfio_group_status>() as u32,
-            flags: 0,
-        };
+        let mut status = vfio_group_status { argsz: size_of::<vfio_group_status>() as u32, flags: 0 };
         // SAFETY: the kernel fills our properly sized vfio_group_status; result checked.
-        let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_mut_ref(&group, nr::GROUP_GET_STATUS, &mut status)
-        };
+        let r = unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(&group, nr::GROUP_GET_STATUS, &mut status) };
         check(r, |_| format!("VFIO_GROUP_GET_STATUS of group {group_id}"))?;
         if status.flags & VFIO_GROUP_FLAGS_VIABLE == 0 {
             let members = group_members(sys, group_id)
@@ -853,16 +756,11 @@ impl VfioDevice {
         let container_fd: c_int = container.as_raw_fd();
         // SAFETY: VFIO_GROUP_SET_CONTAINER reads an int (the container fd) through the
         // pointer; both fds are ours; result checked.
-        let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_ref(&group, nr::GROUP_SET_CONTAINER, &container_fd)
-        };
-        check(r, |_| {
-            format!("VFIO_GROUP_SET_CONTAINER (group {group_id})")
-        })?;
+        let r =
+            unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&group, nr::GROUP_SET_CONTAINER, &container_fd) };
+        check(r, |_| format!("VFIO_GROUP_SET_CONTAINER (group {group_id})"))?;
         // SAFETY: VFIO_SET_IOMMU takes the IOMMU type by value; result checked.
-        let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_val(&container, nr::SET_IOMMU, iommu_type.into())
-        };
+        let r = unsafe { vmm_sys_util::ioctl::ioctl_with_val(&container, nr::SET_IOMMU, iommu_type.into()) };
         check(r, |e| {
             let hint = if errno_is(e, libc::EPERM) {
                 " (no interrupt remapping: give QEMU -device intel-iommu,intremap=on with \
@@ -881,52 +779,29 @@ impl VfioDevice {
         // SAFETY: VFIO_GROUP_GET_DEVICE_FD reads a NUL-terminated string; it returns a new fd
         // or -1 (checked).
         let fd = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_ptr(
-                &iommu.group,
-                nr::GROUP_GET_DEVICE_FD,
-                name.as_ptr(),
-            )
+            vmm_sys_util::ioctl::ioctl_with_ptr(&iommu.group, nr::GROUP_GET_DEVICE_FD, name.as_ptr())
         };
         let fd = check(fd, |_| format!("VFIO_GROUP_GET_DEVICE_FD({bdf})"))?;
         // SAFETY: `fd` is a fresh fd that nothing else owns.
         let device = Arc::new(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
 
-        let mut info = vfio_device_info {
-            argsz: size_of::<vfio_device_info>() as u32,
-            ..Default::default()
-        };
+        let mut info = vfio_device_info { argsz: size_of::<vfio_device_info>() as u32, ..Default::default() };
         // SAFETY: the kernel fills our vfio_device_info (argsz says its size, so no caps are
         // written past it); result checked.
-        let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_mut_ref(&*device, nr::DEVICE_GET_INFO, &mut info)
-        };
+        let r = unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(&*device, nr::DEVICE_GET_INFO, &mut info) };
         check(r, |_| format!("VFIO_DEVICE_GET_INFO({bdf})"))?;
-        if info.flags & VFIO_DEVICE_FLAGS_PCI == 0
-            || info.num_regions <= VFIO_PCI_CONFIG_REGION_INDEX
-        {
+        if info.flags & VFIO_DEVICE_FLAGS_PCI == 0 || info.num_regions <= VFIO_PCI_CONFIG_REGION_INDEX {
             return Err(setup_err(
                 format!("VFIO_DEVICE_GET_INFO({bdf})"),
-                format!(
-                    "not a vfio-pci device (flags {:#x}, {} regions)",
-                    info.flags, info.num_regions
-                ),
+                format!("not a vfio-pci device (flags {:#x}, {} regions)", info.flags, info.num_regions),
             ));
         }
         let mut regions = Vec::with_capacity(info.num_regions as usize);
         // The BARs, the ROM and config space (VGA and device-specific regions are unused).
         for index in 0..=VFIO_PCI_CONFIG_REGION_INDEX {
-            let head = vfio_region_info {
-                index,
-                ..Default::default()
-            };
+            let head = vfio_region_info { index, ..Default::default() };
             let what = || format!("VFIO_DEVICE_GET_REGION_INFO({bdf}, region {index})");
-            let buf = get_info(
-                &device,
-                nr::DEVICE_GET_REGION_INFO,
-                head,
-                |h| &mut h.argsz,
-                &what,
-            )?;
+            let buf = get_info(&device, nr::DEVICE_GET_REGION_INFO, head, |h| &mut h.argsz, &what)?;
             regions.push(RegionInfo::parse(&buf.head(), buf.bytes()));
         }
         let io = Arc::new(DeviceIo {
@@ -997,13 +872,7 @@ impl VfioDevice {
         let r = unsafe {
             vmm_sys_util::ioctl::ioctl_with_ptr(&*self.device, nr::DEVICE_SET_IRQS, words.as_ptr())
         };
-        check(r, |_| {
-            format!(
-                "VFIO_DEVICE_SET_IRQS({}, index {index}, {} eventfds)",
-                self.bdf,
-                fds.len()
-            )
-        })?;
+        check(r, |_| format!("VFIO_DEVICE_SET_IRQS({}, index {index}, {} eventfds)", self.bdf, fds.len()))?;
         Ok(())
     }
 
@@ -1023,10 +892,7 @@ impl VfioDevice {
         let mut mapped = Vec::new();
         for (off, len) in region.mmap_areas() {
             match usize::try_from(len)
-                .map_err(|_| Error::Bar {
-                    index,
-                    why: "area too large".into(),
-                })
+                .map_err(|_| Error::Bar { index, why: "area too large".into() })
                 .and_then(|l| Mapping::new(self.device.as_raw_fd(), region.offset + off, l))
             {
                 Ok(m) => mapped.push((off, Arc::new(m))),
@@ -1036,13 +902,7 @@ impl VfioDevice {
                 ),
             }
         }
-        Ok(Bar::new(
-            index,
-            VFIO_PCI_BAR0_REGION_INDEX + index as u32,
-            region.size,
-            mapped,
-            self.io.clone(),
-        ))
+        Ok(Bar::new(index, VFIO_PCI_BAR0_REGION_INDEX + index as u32, region.size, mapped, self.io.clone()))
     }
 }
 
@@ -1051,24 +911,14 @@ impl DeviceAccess for VfioDevice {
         let cfg = self.config_region().offset;
         self.io
             .read(VFIO_PCI_CONFIG_REGION_INDEX, offset, data)
-            .inspect_err(|_| {
-                eprintln!(
-                    "vfio: {}: config read at {offset:#x} (fd offset {cfg:#x})",
-                    self.bdf
-                )
-            })
+            .inspect_err(|_| eprintln!("vfio: {}: config read at {offset:#x} (fd offset {cfg:#x})", self.bdf))
     }
 
     fn config_write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         let cfg = self.config_region().offset;
-        self.io
-            .write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data)
-            .inspect_err(|_| {
-                eprintln!(
-                    "vfio: {}: config write at {offset:#x} (fd offset {cfg:#x})",
-                    self.bdf
-                )
-            })
+        self.io.write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data).inspect_err(|_| {
+            eprintln!("vfio: {}: config write at {offset:#x} (fd offset {cfg:#x})", self.bdf)
+        })
     }
 
     fn bar(&mut self, index: u8) -> Result<Bar> {
@@ -1081,15 +931,11 @@ impl DeviceAccess for VfioDevice {
     }
 
     fn alloc_dma(&mut self, len: usize, opts: DmaOptions) -> Result<DmaBuffer> {
-        let mem = SharedMem::new(len, opts).inspect_err(|e| {
-            eprintln!("vfio: allocating {len} bytes of DMA memory ({opts:?}): {e}")
-        })?;
+        let mem = SharedMem::new(len, opts)
+            .inspect_err(|e| eprintln!("vfio: allocating {len} bytes of DMA memory ({opts:?}): {e}"))?;
         let align = if mem.huge() { HUGE_PAGE } else { PAGE } as u64;
         let size = mem.len() as u64;
-        let iova = self
-            .iova
-            .alloc(size, align)
-            .ok_or_else(|| logged(Error::IovaExhausted(mem.len())))?;
+        let iova = self.iova.alloc(size, align).ok_or_else(|| logged(Error::IovaExhausted(mem.len())))?;
         self.iommu.map_dma(mem.as_ptr() as u64, iova, size)?;
         Ok(DmaBuffer::new(mem, iova, self.iommu.clone()))
     }
@@ -1102,22 +948,13 @@ impl DeviceAccess for VfioDevice {
         };
         // SAFETY: the kernel fills our properly sized vfio_irq_info; result checked.
         let r = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_mut_ref(
-                &*self.device,
-                nr::DEVICE_GET_IRQ_INFO,
-                &mut info,
-            )
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(&*self.device, nr::DEVICE_GET_IRQ_INFO, &mut info)
         };
-        check(r, |_| {
-            format!("VFIO_DEVICE_GET_IRQ_INFO({}, MSI-X)", self.bdf)
-        })?;
+        check(r, |_| format!("VFIO_DEVICE_GET_IRQ_INFO({}, MSI-X)", self.bdf))?;
         if count > info.count || info.flags & VFIO_IRQ_INFO_EVENTFD == 0 {
             return Err(setup_err(
                 format!("enable {count} MSI-X vectors on {}", self.bdf),
-                format!(
-                    "the device offers {} MSI-X vectors (flags {:#x})",
-                    info.count, info.flags
-                ),
+                format!("the device offers {} MSI-X vectors (flags {:#x})", info.count, info.flags),
             ));
         }
         // vfio-pci cannot grow an enabled MSI-X block: switch it off first.
@@ -1129,9 +966,7 @@ impl DeviceAccess for VfioDevice {
             )?;
             self.msix = 0;
         }
-        let irqs = (0..count)
-            .map(|_| Interrupt::new().map_err(logged))
-            .collect::<Result<Vec<_>>>()?;
+        let irqs = (0..count).map(|_| Interrupt::new().map_err(logged)).collect::<Result<Vec<_>>>()?;
         if count > 0 {
             let fds: Vec<i32> = irqs.iter().map(|i| i.raw_fd()).collect();
             self.set_irqs(
@@ -1191,14 +1026,7 @@ mod tests {
         }
 
         /// A PCI device in the fake sysfs, optionally bound and in an IOMMU group.
-        fn device(
-            &self,
-            bdf: &str,
-            vendor: u16,
-            device: u16,
-            driver: Option<&str>,
-            group: Option<u32>,
-        ) {
+        fn device(&self, bdf: &str, vendor: u16, device: u16, driver: Option<&str>, group: Option<u32>) {
             let d = format!("bus/pci/devices/{bdf}");
             self.file(&format!("{d}/vendor"), &format!("{vendor:#06x}\n"));
             self.file(&format!("{d}/device"), &format!("{device:#06x}\n"));
@@ -1212,10 +1040,7 @@ mod tests {
                 let target = self.0.join(format!("kernel/iommu_groups/{g}"));
                 self.link(&format!("{d}/iommu_group"), target.to_str().unwrap());
                 let target = self.0.join(&d);
-                self.link(
-                    &format!("kernel/iommu_groups/{g}/devices/{bdf}"),
-                    target.to_str().unwrap(),
-                );
+                self.link(&format!("kernel/iommu_groups/{g}/devices/{bdf}"), target.to_str().unwrap());
             }
         }
     }
@@ -1242,10 +1067,7 @@ mod tests {
         assert_eq!(nr::IOMMU_GET_INFO, 0x3b70);
         assert_eq!(nr::IOMMU_MAP_DMA, 0x3b71);
         assert_eq!(nr::IOMMU_UNMAP_DMA, 0x3b72);
-        assert_eq!(
-            (VFIO_API_VERSION, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU),
-            (0, 1, 3)
-        );
+        assert_eq!((VFIO_API_VERSION, VFIO_TYPE1_IOMMU, VFIO_TYPE1v2_IOMMU), (0, 1, 3));
         assert_eq!(VFIO_PCI_CONFIG_REGION_INDEX, 7);
         assert_eq!(VFIO_PCI_MSIX_IRQ_INDEX, 2);
     }
@@ -1260,10 +1082,7 @@ mod tests {
         assert_eq!(find_bdf(&t.0, 0x1b36, 0x0010).unwrap(), "0000:00:03.0");
         assert_eq!(find_bdf(&t.0, 0x8086, 0x29c0).unwrap(), "0000:00:01.0");
         match find_bdf(&t.0, 0x1234, 0x5678) {
-            Err(Error::NoDevice {
-                vendor: 0x1234,
-                device: 0x5678,
-            }) => {}
+            Err(Error::NoDevice { vendor: 0x1234, device: 0x5678 }) => {}
             other => panic!("unexpected {other:?}"),
         }
         assert!(find_bdf(&t.0.join("nope"), 1, 2).is_err());
@@ -1282,10 +1101,7 @@ mod tests {
         t.dir("bus/pci/drivers/vfio-pci");
         t.device("0000:00:03.0", 0x1b36, 0x0010, Some("nvme"), Some(3));
         assert!(bind_to_vfio(&t.0, "0000:00:03.0").unwrap());
-        assert_eq!(
-            t.read("bus/pci/devices/0000:00:03.0/driver_override"),
-            "vfio-pci"
-        );
+        assert_eq!(t.read("bus/pci/devices/0000:00:03.0/driver_override"), "vfio-pci");
         assert_eq!(t.read("bus/pci/drivers/nvme/unbind"), "0000:00:03.0");
         assert_eq!(t.read("bus/pci/drivers_probe"), "0000:00:03.0");
 
@@ -1316,24 +1132,12 @@ mod tests {
         let short = Duration::from_millis(50);
         assert_eq!(wait_ready(&t.0, &dev, "0000:00:03.0", short).unwrap(), 7);
 
-        let msg = wait_ready(&t.0, &dev, "0000:00:04.0", short)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("no IOMMU group") && msg.contains("intel_iommu=on"),
-            "{msg}"
-        );
-        let msg = wait_ready(&t.0, &dev, "0000:00:05.0", short)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            msg.contains("bound to nvme") && msg.contains("modprobe vfio-pci"),
-            "{msg}"
-        );
+        let msg = wait_ready(&t.0, &dev, "0000:00:04.0", short).unwrap_err().to_string();
+        assert!(msg.contains("no IOMMU group") && msg.contains("intel_iommu=on"), "{msg}");
+        let msg = wait_ready(&t.0, &dev, "0000:00:05.0", short).unwrap_err().to_string();
+        assert!(msg.contains("bound to nvme") && msg.contains("modprobe vfio-pci"), "{msg}");
         t.device("0000:00:06.0", 0x1b36, 0x0010, Some("vfio-pci"), Some(8));
-        let msg = wait_ready(&t.0, &dev, "0000:00:06.0", short)
-            .unwrap_err()
-            .to_string();
+        let msg = wait_ready(&t.0, &dev, "0000:00:06.0", short).unwrap_err().to_string();
         assert!(msg.contains("dev/vfio/8 did not appear"), "{msg}");
 
         // The node shows up while waiting.
@@ -1342,10 +1146,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(60));
             std::fs::write(node, "").unwrap();
         });
-        assert_eq!(
-            wait_ready(&t.0, &dev, "0000:00:06.0", Duration::from_secs(2)).unwrap(),
-            8
-        );
+        assert_eq!(wait_ready(&t.0, &dev, "0000:00:06.0", Duration::from_secs(2)).unwrap(), 8);
         h.join().unwrap();
     }
 
@@ -1371,10 +1172,7 @@ mod tests {
         let mut a = IovaAllocator::new(IOVA_BASE, None, PAGE as u64);
         assert_eq!(a.alloc(0x1000, PAGE as u64), Some(0x1_0000_0000));
         assert_eq!(a.alloc(0x3000, PAGE as u64), Some(0x1_0000_1000));
-        assert_eq!(
-            a.alloc(HUGE_PAGE as u64, HUGE_PAGE as u64),
-            Some(0x1_0020_0000)
-        );
+        assert_eq!(a.alloc(HUGE_PAGE as u64, HUGE_PAGE as u64), Some(0x1_0020_0000));
         assert_eq!(a.alloc(0x1000, PAGE as u64), Some(0x1_0040_0000));
         // The IOMMU's minimum page size wins over a smaller alignment.
         let mut a = IovaAllocator::new(IOVA_BASE + 0x1000, None, 0x10000);
@@ -1386,20 +1184,13 @@ mod tests {
     fn iova_allocator_skips_reserved_holes() {
         // As the kernel reports for x86: a hole for the MSI window, and (made up) a hole
         // just above the base.
-        let ranges = vec![
-            (0x2_0000_1000, 0x7f_ffff_ffff),
-            (0, 0xfedf_ffff),
-            (0xfef0_0000, 0x1_0000_ffff),
-        ];
+        let ranges = vec![(0x2_0000_1000, 0x7f_ffff_ffff), (0, 0xfedf_ffff), (0xfef0_0000, 0x1_0000_ffff)];
         let mut a = IovaAllocator::new(IOVA_BASE, Some(ranges), PAGE as u64);
         assert_eq!(a.alloc(0x1000, PAGE as u64), Some(0x1_0000_0000));
         assert_eq!(a.alloc(0xf000, PAGE as u64), Some(0x1_0000_1000));
         // Does not fit in what is left of the second range: next range, aligned up.
         assert_eq!(a.alloc(0x1000, PAGE as u64), Some(0x2_0000_1000));
-        assert_eq!(
-            a.alloc(HUGE_PAGE as u64, HUGE_PAGE as u64),
-            Some(0x2_0020_0000)
-        );
+        assert_eq!(a.alloc(HUGE_PAGE as u64, HUGE_PAGE as u64), Some(0x2_0020_0000));
         // Larger than any range: exhausted, and the allocator is unchanged.
         assert_eq!(a.alloc(0x100_0000_0000, PAGE as u64), None);
         assert_eq!(a.alloc(0x1000, PAGE as u64), Some(0x2_0040_0000));
@@ -1455,18 +1246,7 @@ mod tests {
         let (head, b) = region_buf();
         assert_eq!(
             cap_chain(&b, 32),
-            vec![
-                Cap {
-                    id: 1,
-                    version: 1,
-                    offset: 32
-                },
-                Cap {
-                    id: 3,
-                    version: 1,
-                    offset: 80
-                }
-            ]
+            vec![Cap { id: 1, version: 1, offset: 32 }, Cap { id: 3, version: 1, offset: 80 }]
         );
         let r = RegionInfo::parse(&head, &b);
         assert_eq!(r.sparse, Some(vec![(0, 0x3000), (0x4000, 0xc000)]));
@@ -1475,10 +1255,7 @@ mod tests {
         assert_eq!(r.mmap_areas(), vec![(0, 0x3000), (0x4000, 0xc000)]);
 
         // Without the CAPS flag the chain is not read; the whole region is mapped.
-        let plain = vfio_region_info {
-            flags: VFIO_REGION_INFO_FLAG_MMAP,
-            ..head
-        };
+        let plain = vfio_region_info { flags: VFIO_REGION_INFO_FLAG_MMAP, ..head };
         let r = RegionInfo::parse(&plain, &b);
         assert_eq!((r.sparse.clone(), r.msix_mappable), (None, false));
         assert_eq!(r.mmap_areas(), vec![(0, 0x10000)]);
@@ -1519,10 +1296,7 @@ mod tests {
         put_u64(&mut b, 88, 0xfef0_0000);
         put_u64(&mut b, 96, 0x7f_ffff_ffff);
         let caps = cap_chain(&b, 24);
-        let cap = caps
-            .iter()
-            .find(|c| u32::from(c.id) == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE)
-            .unwrap();
+        let cap = caps.iter().find(|c| u32::from(c.id) == VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE).unwrap();
         assert_eq!(
             parse_iova_ranges(&b, cap.offset),
             Some(vec![(0, 0xfedf_ffff), (0xfef0_0000, 0x7f_ffff_ffff)])
@@ -1532,12 +1306,7 @@ mod tests {
 
     #[test]
     fn info_buf_round_trips_header() {
-        let head = vfio_region_info {
-            argsz: 32,
-            index: 7,
-            size: 256,
-            ..Default::default()
-        };
+        let head = vfio_region_info { argsz: 32, index: 7, size: 256, ..Default::default() };
         let b = InfoBuf::new(head, 100);
         assert_eq!(b.len(), 104);
         assert_eq!(b.head(), head);
@@ -1554,32 +1323,18 @@ mod tests {
             &[10, 11, -1],
         );
         assert_eq!(w, vec![32, 0x24, 2, 0, 3, 10, 11, u32::MAX]);
-        let w = irq_set_words(
-            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
-            2,
-            0,
-            &[],
-        );
+        let w = irq_set_words(VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER, 2, 0, &[]);
         assert_eq!(w, vec![20, 0x21, 2, 0, 0]);
     }
 
     #[test]
     fn device_io_checks_bounds() {
         let f = File::open("/dev/zero").unwrap();
-        let io = DeviceIo {
-            device: Arc::new(f),
-            regions: vec![(0, 0x100), (0x1000, 0x10)],
-        };
+        let io = DeviceIo { device: Arc::new(f), regions: vec![(0, 0x100), (0x1000, 0x10)] };
         let mut b = [1u8; 4];
         io.read(1, 0xc, &mut b).unwrap();
         assert_eq!(b, [0; 4]);
-        assert!(matches!(
-            io.read(1, 0xd, &mut b),
-            Err(Error::OutOfBar { index: 1, .. })
-        ));
-        assert!(matches!(
-            io.read(5, 0, &mut b),
-            Err(Error::Bar { index: 5, .. })
-        ));
+        assert!(matches!(io.read(1, 0xd, &mut b), Err(Error::OutOfBar { index: 1, .. })));
+        assert!(matches!(io.read(5, 0, &mut b), Err(Error::Bar { index: 5, .. })));
     }
 }

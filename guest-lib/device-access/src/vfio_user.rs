@@ -25,15 +25,11 @@ impl Shared {
 
 impl RegionIo for Shared {
     fn read(&self, index: u32, offset: u64, data: &mut [u8]) -> Result<()> {
-        self.client()
-            .region_read(index, offset, data)
-            .map_err(|e| Error::VfioUser(e.to_string()))
+        self.client().region_read(index, offset, data).map_err(|e| Error::VfioUser(e.to_string()))
     }
 
     fn write(&self, index: u32, offset: u64, data: &[u8]) -> Result<()> {
-        self.client()
-            .region_write(index, offset, data)
-            .map_err(|e| Error::VfioUser(e.to_string()))
+        self.client().region_write(index, offset, data).map_err(|e| Error::VfioUser(e.to_string()))
     }
 }
 
@@ -57,9 +53,7 @@ impl VfioUserDevice {
         let client = vfio_user::Client::new(socket)
             .map_err(|e| Error::VfioUser(format!("connect to {}: {e}", socket.display())))?;
         let mut dev = VfioUserDevice {
-            shared: Arc::new(Shared {
-                client: Mutex::new(client),
-            }),
+            shared: Arc::new(Shared { client: Mutex::new(client) }),
             bars: vec![None; 6],
             next_iova: IOVA_BASE,
         };
@@ -77,8 +71,7 @@ impl DeviceAccess for VfioUserDevice {
     }
 
     fn config_write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
-        self.shared
-            .write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data)
+        self.shared.write(VFIO_PCI_CONFIG_REGION_INDEX, offset, data)
     }
 
     fn bar(&mut self, index: u8) -> Result<Bar> {
@@ -90,19 +83,12 @@ impl DeviceAccess for VfioUserDevice {
             let region = client
                 .region(index as u32)
                 .filter(|r| r.size > 0)
-                .ok_or_else(|| Error::Bar {
-                    index,
-                    why: "the device has no such BAR".into(),
-                })?;
+                .ok_or_else(|| Error::Bar { index, why: "the device has no such BAR".into() })?;
             let mut mapped = vec![];
             if region.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 {
                 if let Some(fo) = &region.file_offset {
                     for a in &region.sparse_areas {
-                        let m = Mapping::new(
-                            fo.file().as_raw_fd(),
-                            fo.start() + a.offset,
-                            a.size as usize,
-                        )?;
+                        let m = Mapping::new(fo.file().as_raw_fd(), fo.start() + a.offset, a.size as usize)?;
                         mapped.push((a.offset, Arc::new(m)));
                     }
                 }
@@ -120,9 +106,7 @@ impl DeviceAccess for VfioUserDevice {
         let mem = SharedMem::new(len, opts)?;
         let align = if mem.huge() { HUGE_PAGE } else { PAGE } as u64;
         let iova = self.next_iova.next_multiple_of(align);
-        let end = iova
-            .checked_add(mem.len() as u64)
-            .ok_or(Error::IovaExhausted(mem.len()))?;
+        let end = iova.checked_add(mem.len() as u64).ok_or(Error::IovaExhausted(mem.len()))?;
         self.shared
             .client()
             .dma_map(0, iova, mem.len() as u64, mem.fd())
@@ -132,9 +116,7 @@ impl DeviceAccess for VfioUserDevice {
     }
 
     fn enable_msix(&mut self, count: u32) -> Result<Vec<Interrupt>> {
-        let irqs: Vec<Interrupt> = (0..count)
-            .map(|_| Interrupt::new())
-            .collect::<Result<_>>()?;
+        let irqs: Vec<Interrupt> = (0..count).map(|_| Interrupt::new()).collect::<Result<_>>()?;
         let fds: Vec<i32> = irqs.iter().map(|i| i.raw_fd()).collect();
         let info = self
             .shared
@@ -142,10 +124,7 @@ impl DeviceAccess for VfioUserDevice {
             .get_irq_info(VFIO_PCI_MSIX_IRQ_INDEX)
             .map_err(|e| Error::VfioUser(e.to_string()))?;
         if count > info.count {
-            return Err(Error::VfioUser(format!(
-                "{count} MSI-X vectors asked, device has {}",
-                info.count
-            )));
+            return Err(Error::VfioUser(format!("{count} MSI-X vectors asked, device has {}", info.count)));
         }
         self.shared
             .client()

@@ -1,0 +1,334 @@
+//! The scenario runner: device servers in this process, a guest in QEMU, assertions from
+//! both sides, and one report.
+
+use crate::accel::{self, AccelChoice};
+use crate::image::{self, Image};
+use crate::qemu::{self, Qemu};
+use crate::vm::{self, Accel, Vm, VmOutcome, VmSpec};
+use anyhow::{Context, Result};
+use pcie_model::{CountersSnapshot, PciDevice};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Options shared by every VM scenario.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Limit for one guest run (boot included).
+    pub timeout: Duration,
+    /// Keep the run folder (logs) even when the run passed.
+    pub keep: bool,
+    /// Copy the guest console to stderr after the run.
+    pub console: bool,
+}
+
+/// One assertion of a scenario.
+#[derive(Clone, Debug, Serialize)]
+pub struct Assertion {
+    pub name: String,
+    pub pass: bool,
+    pub detail: String,
+}
+
+/// The outcome of `testbed run`, printed as JSON with `--json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    pub scenario: String,
+    pub pass: bool,
+    pub accel: String,
+    /// Seconds from QEMU start to the guest's init report (last boot).
+    pub boot_s: Option<f64>,
+    /// Seconds for the whole scenario (provisioning excluded).
+    pub duration_s: f64,
+    pub assertions: Vec<Assertion>,
+    /// Device counters by device name.
+    pub devices: serde_json::Map<String, Value>,
+    /// vfio-user server statistics by device name.
+    pub servers: serde_json::Map<String, Value>,
+    /// What the guest program reported.
+    pub guest: Value,
+    /// Guests killed on purpose and booted again (`--kill-first-guest`).
+    pub restarts: u32,
+    pub qemu: String,
+    pub kernel: String,
+    /// Where the logs are (kept on failure or with --keep).
+    pub logs: String,
+}
+
+impl RunReport {
+    fn check(&mut self, name: &str, pass: bool, detail: impl Into<String>) {
+        self.pass &= pass;
+        self.assertions.push(Assertion { name: name.into(), pass, detail: detail.into() });
+    }
+}
+
+/// Everything a VM scenario needs, provisioned once.
+pub struct Env {
+    pub qemu: Qemu,
+    pub image: Image,
+    pub accel: Accel,
+}
+
+impl Env {
+    /// Finds or builds QEMU, the guest program and the image; picks the accelerator.
+    pub fn provision(choice: AccelChoice) -> Result<Env> {
+        let root = crate::cache::workspace_root()?;
+        let qemu = qemu::ensure_qemu(&root)?;
+        let guest = image::build_guest_binary(&root)?;
+        let image = image::ensure_image(&guest)?;
+        let accel = accel::resolve(choice, &qemu, &image)?;
+        Ok(Env { qemu, image, accel })
+    }
+}
+
+/// A private (0700) folder for sockets and logs.
+pub fn private_dir(tag: &str) -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis();
+    let dir = base.join(format!("testbed-{tag}-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
+/// Holds the machine-wide VM lock: guests run one at a time (2 cores, TCG).
+pub struct VmLock(#[allow(dead_code)] std::fs::File);
+
+impl VmLock {
+    pub fn acquire() -> Result<VmLock> {
+        use std::os::fd::AsRawFd;
+        let path = crate::cache::root().join("vm.lock");
+        std::fs::create_dir_all(crate::cache::root())?;
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+        // SAFETY: flock on a file we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            eprintln!("[testbed] waiting for another guest run to finish ({})", path.display());
+            // SAFETY: as above, blocking.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("lock the VM slot");
+            }
+        }
+        Ok(VmLock(f))
+    }
+}
+
+fn nonce() -> u32 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (t.subsec_nanos() ^ (t.as_secs() as u32).rotate_left(13) ^ std::process::id()) | 1
+}
+
+fn result_event(out: &VmOutcome) -> Option<&Value> {
+    out.events.iter().rev().find(|e| e["event"] == "result")
+}
+
+fn finish_guest_checks(report: &mut RunReport, out: &VmOutcome, console: &Path, qemu_log: &Path) {
+    report.boot_s = out.boot_s;
+    let init = out.events.iter().find(|e| e["event"] == "init");
+    report.check(
+        "guest_booted",
+        init.is_some(),
+        match init {
+            Some(i) => format!("kernel {} in {:.1}s", i["kernel"], out.boot_s.unwrap_or(0.0)),
+            None => format!(
+                "no init report; QEMU said:\n{}\nconsole tail:\n{}",
+                vm::tail(qemu_log, 5),
+                vm::tail(console, 15)
+            ),
+        },
+    );
+    if let Some(i) = init {
+        let failed = i["modules_failed"].as_array().map_or(0, |a| a.len());
+        report.check("guest_modules", failed == 0, format!("modules failed: {}", i["modules_failed"]));
+    }
+    report.check(
+        "guest_powered_off",
+        out.exited,
+        if out.exited { "QEMU exited" } else { "killed at the time limit" },
+    );
+    report.check(
+        "result_channel_clean",
+        out.garbage_lines == 0,
+        format!("{} non-JSON lines", out.garbage_lines),
+    );
+    match result_event(out) {
+        Some(r) => {
+            report.guest = r.clone();
+            for c in r["checks"].as_array().into_iter().flatten() {
+                let name = format!("guest:{}", c["name"].as_str().unwrap_or("?"));
+                report.check(&name, c["pass"] == true, c["detail"].as_str().unwrap_or("").to_string());
+            }
+            report.check("guest_result", r["pass"] == true, format!("transport {}", r["transport"]));
+        }
+        None => report.check("guest_result", false, "the guest program reported no result"),
+    }
+}
+
+/// `testbed run smoke`: the smoke device, the guest's smoke driver over VFIO.
+pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<RunReport> {
+    let started = Instant::now();
+    let _lock = VmLock::acquire()?;
+    let dir = private_dir("smoke")?;
+    let dev = Arc::new(Mutex::new(testdev::SmokeDevice::new()?));
+    let sock = dir.join("smoke.sock");
+    let server = vfio_server::Server::bind(&sock, dev.clone())?.spawn();
+    let scratch = nonce();
+    let seed = nonce().rotate_left(7) & 0xffff;
+    let spec = |name: &str| VmSpec {
+        name: name.into(),
+        accel: env.accel,
+        memory_mb: 512,
+        vfio_user: vec![sock.clone()],
+        scenario: "smoke".into(),
+        args: vec![format!("scratch={scratch:#x}"), format!("seed={seed}")],
+        dir: dir.clone(),
+    };
+    let mut report = RunReport {
+        scenario: "smoke".into(),
+        pass: true,
+        accel: env.accel.name().into(),
+        boot_s: None,
+        duration_s: 0.0,
+        assertions: vec![],
+        devices: Default::default(),
+        servers: Default::default(),
+        guest: Value::Null,
+        restarts: 0,
+        qemu: format!("{} ({})", env.qemu.bin.display(), env.qemu.version),
+        kernel: env.image.kernel_version.clone(),
+        logs: dir.display().to_string(),
+    };
+
+    if kill_first_guest {
+        // Boot a guest, let it get into the device (DMA maps, commands), then kill it
+        // outright; the next guest must find a working server.
+        let mut vm = Vm::start(&spec("killed"), &env.qemu, &env.image)?;
+        let d2 = dev.clone();
+        let reached = vm.wait_for(opts.timeout, |_| d2.lock().map(|d| d.commands() >= 1).unwrap_or(false));
+        let at = vm.elapsed();
+        vm.kill();
+        report.check(
+            "killed_guest_was_mid_run",
+            reached,
+            format!(
+                "killed {at:.1}s after start, device had completed {} command(s)",
+                dev.lock().unwrap().commands()
+            ),
+        );
+        report.restarts = 1;
+    }
+
+    let before = dev.lock().unwrap().counters().snapshot();
+    let vm = Vm::start(&spec("guest"), &env.qemu, &env.image)?;
+    let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
+    let out = vm.wait(opts.timeout);
+    finish_guest_checks(&mut report, &out, &console, &qemu_log);
+
+    // The device side of each check.
+    let d = dev.lock().unwrap();
+    let c: CountersSnapshot = d.counters().snapshot().since(&before);
+    report.check(
+        "device:scratch",
+        d.scratch() == scratch,
+        format!("device holds {:#x}, host chose {scratch:#x}", d.scratch()),
+    );
+    let guest_sum = report.guest["values"]["checksum"].as_u64();
+    report.check(
+        "device:checksum",
+        guest_sum == Some(d.last_checksum() as u64),
+        format!("device computed {:#x}, guest expected {:?}", d.last_checksum(), guest_sum),
+    );
+    let guest_cmds = report.guest["values"]["commands"].as_u64();
+    report.check(
+        "device:commands",
+        guest_cmds == Some(d.commands() as u64) && d.commands() >= 4,
+        format!("device completed {}, guest saw {:?}", d.commands(), guest_cmds),
+    );
+    report.check("device:id_read_trapped", c.mmio_reads >= 1, format!("{} trapped MMIO reads", c.mmio_reads));
+    report.check(
+        "device:dma_write",
+        c.dma_writes >= 2,
+        format!("{} DMA writes, {} bytes", c.dma_writes, c.dma_write_bytes),
+    );
+    report.check(
+        "device:dma_read",
+        c.dma_reads >= 1,
+        format!("{} DMA reads, {} bytes", c.dma_reads, c.dma_read_bytes),
+    );
+    report.check(
+        "device:msix",
+        c.irqs >= 1 && c.irqs_dropped == 0,
+        format!("{} delivered, {} dropped", c.irqs, c.irqs_dropped),
+    );
+    report.check(
+        "device:dma_error_counted",
+        c.dma_errors >= 1,
+        format!("{} refused DMA accesses", c.dma_errors),
+    );
+    drop(d);
+    let stats = server.stats();
+    let want_conn = 1 + kill_first_guest as u64;
+    report.check(
+        "server:connections",
+        stats.connections == want_conn && stats.dropped_connections == 0,
+        format!(
+            "{} connection(s), {} dropped by protocol errors",
+            stats.connections, stats.dropped_connections
+        ),
+    );
+    report.devices.insert("smoke".into(), serde_json::to_value(c)?);
+    report.servers.insert("smoke".into(), serde_json::to_value(stats)?);
+    server.stop();
+    report.duration_s = started.elapsed().as_secs_f64();
+    if opts.console {
+        eprintln!("----- guest console -----\n{}", std::fs::read_to_string(&console).unwrap_or_default());
+    }
+    if report.pass && !opts.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+        report.logs = "(removed; pass --keep to keep them)".into();
+    }
+    Ok(report)
+}
+
+/// A human-readable rendering of a report.
+pub fn render(r: &RunReport) -> String {
+    let mut s = String::new();
+    let verdict = if r.pass { "PASS" } else { "FAIL" };
+    s += &format!("scenario {}: {verdict}\n", r.scenario);
+    s += &format!(
+        "  accelerator {}, guest booted in {}, scenario took {:.1}s\n",
+        r.accel,
+        r.boot_s.map_or("-".into(), |b| format!("{b:.1}s")),
+        r.duration_s
+    );
+    s += &format!("  kernel {}, QEMU {}\n", r.kernel, r.qemu);
+    if r.restarts > 0 {
+        s += &format!("  guests killed and restarted: {}\n", r.restarts);
+    }
+    s += "  checks:\n";
+    for a in &r.assertions {
+        s += &format!(
+            "    [{}] {:<28} {}\n",
+            if a.pass { " ok " } else { "FAIL" },
+            a.name,
+            a.detail.replace('\n', "\n         ")
+        );
+    }
+    for (name, c) in &r.devices {
+        s += &format!("  device {name} counters:\n");
+        if let Some(m) = c.as_object() {
+            for (k, v) in m {
+                s += &format!("    {k:<22} {v}\n");
+            }
+        }
+    }
+    s += &format!("  logs: {}\n", r.logs);
+    s
+}
+
+/// The report as one JSON line.
+pub fn json_line(r: &RunReport) -> String {
+    serde_json::to_string(r).unwrap_or_else(|e| json!({"pass": false, "error": e.to_string()}).to_string())
+}
