@@ -176,13 +176,13 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
     let server = vfio_server::Server::bind(&sock, dev.clone())?.spawn();
     let scratch = nonce();
     let seed = nonce().rotate_left(7) & 0xffff;
-    let spec = |name: &str| VmSpec {
+    let spec = |name: &str, hold_ms: u32| VmSpec {
         name: name.into(),
         accel: env.accel,
         memory_mb: 512,
         vfio_user: vec![sock.clone()],
         scenario: "smoke".into(),
-        args: vec![format!("scratch={scratch:#x}"), format!("seed={seed}")],
+        args: vec![format!("scratch={scratch:#x}"), format!("seed={seed}"), format!("hold_ms={hold_ms}")],
         dir: dir.clone(),
     };
     let mut report = RunReport {
@@ -202,16 +202,17 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
     };
 
     if kill_first_guest {
-        // Boot a guest, let it get into the device (DMA maps, commands), then kill it
-        // outright; the next guest must find a working server.
-        let mut vm = Vm::start(&spec("killed"), &env.qemu, &env.image)?;
+        // Boot a guest that pauses after its first DMA, holding DMA mappings and MSI-X
+        // vectors; kill it there outright. The next guest must find a working server.
+        let mut vm = Vm::start(&spec("killed", 600_000), &env.qemu, &env.image)?;
         let d2 = dev.clone();
         let reached = vm.wait_for(opts.timeout, |_| d2.lock().map(|d| d.commands() >= 1).unwrap_or(false));
+        let mid_run = reached && dev.lock().map(|d| d.commands() == 1).unwrap_or(false);
         let at = vm.elapsed();
         vm.kill();
         report.check(
             "killed_guest_was_mid_run",
-            reached,
+            mid_run,
             format!(
                 "killed {at:.1}s after start, device had completed {} command(s)",
                 dev.lock().unwrap().commands()
@@ -221,7 +222,7 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
     }
 
     let before = dev.lock().unwrap().counters().snapshot();
-    let vm = Vm::start(&spec("guest"), &env.qemu, &env.image)?;
+    let vm = Vm::start(&spec("guest", 0), &env.qemu, &env.image)?;
     let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
     let out = vm.wait(opts.timeout);
     finish_guest_checks(&mut report, &out, &console, &qemu_log);

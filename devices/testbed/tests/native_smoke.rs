@@ -25,7 +25,7 @@ fn smoke_over_vfio_user_both_sides_and_reconnect() {
     let server = Server::bind(&sock, dev.clone()).unwrap().spawn();
 
     for round in 0..2u32 {
-        let params = SmokeParams { scratch: 0xabc0_0000 + round, seed: 11 + round };
+        let params = SmokeParams { scratch: 0xabc0_0000 + round, seed: 11 + round, hold_ms: 0 };
         let report = {
             let mut client = VfioUserDevice::connect(&sock).unwrap();
             let r = smoke::run(&mut client, params);

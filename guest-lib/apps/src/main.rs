@@ -40,6 +40,7 @@ fn main() {
             let params = smoke::SmokeParams {
                 scratch: args.get("scratch").and_then(|s| parse_u32(s)).unwrap_or(0x5eed_0001),
                 seed: args.get("seed").and_then(|s| parse_u32(s)).unwrap_or(7),
+                hold_ms: args.get("hold_ms").and_then(|s| parse_u32(s)).unwrap_or(0),
             };
             match open(&args, VENDOR_ID, DEVICE_ID) {
                 Ok(mut dev) => smoke::run(dev.as_mut(), params),

@@ -14,6 +14,9 @@ pub struct SmokeParams {
     pub scratch: u32,
     /// Seed of the pattern the device writes.
     pub seed: u32,
+    /// Pause after the first DMA, in milliseconds (lets a test kill the guest while it
+    /// holds DMA mappings and interrupts).
+    pub hold_ms: u32,
 }
 
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -100,6 +103,10 @@ fn steps(dev: &mut dyn DeviceAccess, p: SmokeParams, r: &mut Report) -> Result<(
         format!("status {st}, {bad} wrong bytes of {len}, outside untouched: {untouched}"),
     );
 
+    if p.hold_ms > 0 {
+        eprintln!("smoke: holding for {} ms", p.hold_ms);
+        std::thread::sleep(Duration::from_millis(p.hold_ms as u64));
+    }
     let fired = irqs[VECTOR as usize].wait(TIMEOUT).map_err(|e| e.to_string())?;
     r.check("msix", fired >= 1, format!("vector {VECTOR} fired {fired} time(s)"));
     r.value("msix_count", fired);

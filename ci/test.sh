@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The test command (README): provisions QEMU and the guest image (cached outside the clone,
+# built on first use with visible progress), then runs every test, VM tests included.
+# VM tests boot real guests: under KVM when it works here, otherwise under TCG.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -q -- -D warnings
+
+echo "== provisioning (QEMU, guest image, accelerator)"
+cargo build -q -p testbed
+./target/debug/testbed qemu
+./target/debug/testbed image
+./target/debug/testbed accel
+
+echo "== tests"
+cargo test --workspace 2>&1 | tee target/test.log
+echo "== all tests passed in $(( $(date +%s) - start ))s"

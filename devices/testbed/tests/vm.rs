@@ -1,0 +1,63 @@
+//! VM tests: boot a real guest (KVM when it works here, TCG otherwise — never skipped) and
+//! check the scenario's JSON report. Guests run one at a time (the testbed holds a
+//! machine-wide lock), so these can share a test binary with other tests.
+
+use serde_json::Value;
+use std::process::Command;
+
+fn run(args: &[&str]) -> Value {
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_testbed")).args(args).output().expect("run the testbed binary");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("no JSON report ({e}); stdout: {stdout}\nstderr: {stderr}"));
+    assert_eq!(out.status.success(), v["pass"] == true, "exit status must match pass: {v}");
+    assert!(
+        v["pass"] == true,
+        "scenario failed:\n{}\nstderr:\n{stderr}",
+        serde_json::to_string_pretty(&v).unwrap()
+    );
+    v
+}
+
+fn assertion<'a>(v: &'a Value, name: &str) -> &'a Value {
+    v["assertions"]
+        .as_array()
+        .and_then(|a| a.iter().find(|x| x["name"] == name))
+        .unwrap_or_else(|| panic!("assertion {name} missing from {v}"))
+}
+
+#[test]
+fn smoke_in_a_guest_checks_both_sides() {
+    let v = run(&["run", "smoke", "--json"]);
+    assert_eq!(v["scenario"], "smoke");
+    assert!(v["accel"] == "kvm" || v["accel"] == "tcg");
+    assert!(v["boot_s"].as_f64().is_some_and(|b| b > 0.0));
+    for name in [
+        "guest:id",
+        "guest:scratch",
+        "guest:doorbell_mapped",
+        "guest:dma_to_memory",
+        "guest:dma_from_memory",
+        "guest:msix",
+        "guest:dma_refused",
+        "device:scratch",
+        "device:checksum",
+        "device:msix",
+        "device:dma_error_counted",
+    ] {
+        assert_eq!(assertion(&v, name)["pass"], true, "{name}");
+    }
+    assert_eq!(v["guest"]["transport"], "vfio", "the guest driver went through VFIO");
+    assert!(v["devices"]["smoke"]["irqs"].as_u64() >= Some(1));
+}
+
+#[test]
+fn server_survives_a_guest_killed_mid_run() {
+    let v = run(&["run", "smoke", "--kill-first-guest", "--json"]);
+    assert_eq!(v["restarts"], 1);
+    assert_eq!(assertion(&v, "killed_guest_was_mid_run")["pass"], true);
+    assert_eq!(v["servers"]["smoke"]["connections"], 2);
+    assert_eq!(v["servers"]["smoke"]["dropped_connections"], 0);
+}
