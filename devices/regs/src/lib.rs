@@ -3,4 +3,5 @@
 //! One module per device. Offsets are byte offsets inside the named BAR. Models and
 //! drivers import these constants; nobody retypes them.
 
+pub mod enso;
 pub mod smoke;

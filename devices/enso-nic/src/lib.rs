@@ -1,0 +1,1 @@
+//! The Ensō NIC model (being written).

@@ -1,0 +1,1 @@
+//! The Ensō driver (being written).
