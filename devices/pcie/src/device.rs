@@ -12,10 +12,10 @@ use std::sync::Arc;
 pub enum BarBacking {
     /// Every access traps to [`PciDevice::bar_read`] / [`PciDevice::bar_write`].
     Trapped,
-    /// The BAR (from offset 0) is backed by shared memory the driver side maps; `areas`
-    /// (offset, length) are the page-aligned parts offered for mmap. Accesses that still
-    /// arrive as messages inside the shared memory read/write it directly; accesses
-    /// beyond it trap.
+    /// Parts of the BAR are backed by shared memory the driver side maps: `areas`
+    /// (offset, length; page aligned) of the BAR are the same offsets of `shm`. Accesses
+    /// that still arrive as messages inside an area read/write `shm` directly; accesses
+    /// outside every area trap to `bar_read`/`bar_write`.
     Shared {
         /// The memory.
         shm: Arc<ShmRegion>,

@@ -499,9 +499,15 @@ impl Connection {
         } else {
             counters.mmio_read(data.len());
         }
-        if let BarBacking::Shared { shm, .. } = d.bar_backing(region as u8) {
-            let done = if write { shm.write_bytes(offset, data) } else { shm.read_bytes(offset, data) };
-            if done {
+        if let BarBacking::Shared { shm, areas } = d.bar_backing(region as u8) {
+            let end = offset + data.len() as u64;
+            if areas.iter().any(|(o, l)| offset >= *o && end <= o + l) {
+                // A message-borne access to a shared page (a client that did not mmap it).
+                if write {
+                    shm.write_bytes(offset, data);
+                } else {
+                    shm.read_bytes(offset, data);
+                }
                 return;
             }
         }
