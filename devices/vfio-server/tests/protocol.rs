@@ -184,3 +184,64 @@ fn dma_map_overlap_and_unmap_all() {
     assert_eq!(c.call(3, &u).error, libc::ENOTSUP as u32);
     server.stop();
 }
+
+#[test]
+fn region_info_bar_sizing_and_config_through_the_glue() {
+    let path = sock_path("regions");
+    let dev = Arc::new(Mutex::new(SmokeDevice::new().unwrap()));
+    let server = Server::bind(&path, dev).unwrap().spawn();
+    let mut c = Raw::connect(&path);
+    c.version();
+    let mut lines = vec![];
+    for index in 0..9u32 {
+        let mut b = 32u32.to_le_bytes().to_vec();
+        b.extend_from_slice(&0u32.to_le_bytes());
+        b.extend_from_slice(&index.to_le_bytes());
+        b.extend_from_slice(&[0; 20]);
+        let r = c.call(5, &b);
+        let u32_at = |o: usize| u32::from_le_bytes(r.body[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(r.body[o..o + 8].try_into().unwrap());
+        let mut line =
+            format!("region {index}: argsz {} flags {:#x} size {:#x}", u32_at(0), u32_at(4), u64_at(16));
+        if u32_at(0) > 32 {
+            // Ask again with room for the capabilities.
+            let mut b2 = u32_at(0).to_le_bytes().to_vec();
+            b2.extend_from_slice(&b[4..]);
+            let r2 = c.call(5, &b2);
+            let cap_off = u32::from_le_bytes(r2.body[12..16].try_into().unwrap()) as usize;
+            let caps = &r2.body[cap_off..];
+            let n = u32::from_le_bytes(caps[8..12].try_into().unwrap());
+            let area = |i: usize| {
+                let o = 16 + 16 * i;
+                (
+                    u64::from_le_bytes(caps[o..o + 8].try_into().unwrap()),
+                    u64::from_le_bytes(caps[o + 8..o + 16].try_into().unwrap()),
+                )
+            };
+            line += &format!(
+                " | cap id {} areas {:?}",
+                u16::from_le_bytes([caps[0], caps[1]]),
+                (0..n as usize).map(area).collect::<Vec<_>>()
+            );
+        }
+        lines.push(line);
+    }
+    insta::assert_snapshot!(lines.join("\n"));
+
+    // BAR sizing through config-space messages, as QEMU and the guest kernel do it.
+    let cfg = |off: u64, v: Option<u32>, c: &mut Raw| -> u32 {
+        if let Some(v) = v {
+            let mut w = off.to_le_bytes().to_vec();
+            w.extend_from_slice(&7u32.to_le_bytes());
+            w.extend_from_slice(&4u32.to_le_bytes());
+            w.extend_from_slice(&v.to_le_bytes());
+            assert_eq!(c.call(10, &w).error, 0);
+        }
+        let r = c.call(9, &region_read(off, 7, 4));
+        u32::from_le_bytes(r.body[16..20].try_into().unwrap())
+    };
+    assert_eq!(cfg(0x10, Some(0xffff_ffff), &mut c), 0xffff_f000, "BAR0: 4 KiB");
+    assert_eq!(cfg(0x18, Some(0xffff_ffff), &mut c), 0xffff_f00c, "BAR2: 4 KiB, 64-bit, prefetchable");
+    assert_eq!(cfg(0x0, None, &mut c), 0x5301_1172);
+    server.stop();
+}
