@@ -1,15 +1,8 @@
 //! `testbed`: provisions QEMU and the guest image, serves emulated devices over vfio-user,
 //! boots guests that run our drivers, and reports what both sides saw.
 
-mod accel;
-mod cache;
-mod image;
-mod qemu;
-mod run;
-mod steps;
-mod vm;
-
-use accel::AccelChoice;
+use testbed::accel::AccelChoice;
+use testbed::{cache, image, qemu, run};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

@@ -1,0 +1,11 @@
+//! The testbed: provisioning (QEMU, guest image, accelerator), guests, scenarios and
+//! benchmarks. The `testbed` binary is a thin CLI over this library; integration tests
+//! and benchmarks use it directly.
+
+pub mod accel;
+pub mod cache;
+pub mod image;
+pub mod qemu;
+pub mod run;
+pub mod steps;
+pub mod vm;
