@@ -1,1 +1,439 @@
-//! The Ensō NIC model (being written).
+//! The Ensō NIC device model.
+//!
+//! Follows the upstream Ensō hardware/software interface (shared/design/ENSO-INTERFACE.md)
+//! with our extensions in BAR0 (`testbed_regs::enso`): BAR2 holds one shared-memory 4 KiB
+//! page per pipe and per notification-buffer pair, which a device thread polls; BAR0 page
+//! 0 is trapped (identity, configuration, counters), pages 1–3 are shared (prefetch
+//! doorbells, queue-state acknowledgements).
+//!
+//! Layout of the crate, one concern per module:
+//! - [`engine`]: the [`engine::QueueEngine`] seam (pipes, notification buffers, reactive
+//!   notifications, TX fetch/split/complete) and its behavioural Rust implementation;
+//! - [`flow`]: flow table and fallback steering; [`packet`]: header parsing;
+//! - [`mac`]: device clock, timestamps, rate limiter; [`stats`]: the NIC counters;
+//! - `worker`: the polling device thread.
+//!
+//! Choices where the interface leaves room (keep docs/enso-emulation.md in step):
+//! - An RX notification is two DMA writes, body (queue ID, tail) then the signal word, so
+//!   software never sees a valid signal with stale fields (2 TLPs, 64 metadata bytes).
+//! - A notification dropped because the ring is full (or its pair is disabled: counted
+//!   as DMA_ERRORS) leaves the pipe's outstanding bit clear, so the next packet or head
+//!   write retries instead of wedging the pipe (upstream's FIXME).
+//! - Non-IPv4 frames skip the flow table and go to the fallback queues.
+//! - TX: at most `engine::behavioral::TX_BATCH` notifications per pair per round, so
+//!   `tx_head` may advance in steps; ARP frames are sent as 60 bytes when the transfer
+//!   holds the padding, else 42.
+//! - Refused register values are counted as BAD_REGISTER_WRITES: a pipe enable naming a
+//!   pair beyond NUM_NB_PAIRS (the pipe stays disabled, no state bit), a prefetch for a
+//!   disabled pipe, NOTIF_MODE ∉ {0, 1}, COUNTERS_CLEAR > 1, any other page-0 write.
+//!   Flow entries naming a pipe beyond NUM_PIPES and fallback counts above it are BAD_CONFIG.
+//! - Reading the low half of a 64-bit register (a counter, TIMESTAMP_LO) latches the
+//!   high half, so low-then-high reads are consistent.
+//! - [`EnsoNic::counters`] is the NIC's own counter array; the PCIe accounting is
+//!   [`PciDevice::counters`] (call it as `PciDevice::counters(&nic)`).
+//!
+//! The wire backend can be swapped between runs with [`EnsoNic::replace_port`] (or taken
+//! out with [`EnsoNic::take_port`]); the device thread is stopped and restarted around the
+//! swap, and queue state is kept.
+
+pub mod engine;
+pub mod flow;
+pub mod mac;
+pub mod packet;
+pub mod stats;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+use engine::{BehavioralEngine, QueueEngine};
+use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
+use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
+use stats::NicCounters;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use testbed_regs::enso::{self as regs, ext, MAX_NB_PAIRS, MAX_PIPES, NOTIF_RING_ENTRIES, PIPE_FLITS};
+use wire::EthPort;
+pub use worker::Disconnected;
+
+/// Number of NIC counters (indices of `regs::enso::ext::counter`).
+pub const COUNT: usize = stats::N;
+
+/// Device configuration (set over JTAG on the real card; read-only in BAR0 page 0 here).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EnsoConfig {
+    /// Pipes served (1..=8192).
+    pub num_pipes: u32,
+    /// Notification-buffer pairs served (1..=1024).
+    pub num_nb_pairs: u32,
+    /// Pipe ring size in flits (2..=32768; one 2 MiB page at most).
+    pub pipe_flits: u32,
+    /// Entries per notification ring (2..=16384; one ring fits 1 MiB).
+    pub notif_entries: u32,
+}
+
+impl Default for EnsoConfig {
+    fn default() -> Self {
+        EnsoConfig {
+            num_pipes: 64,
+            num_nb_pairs: 16,
+            pipe_flits: PIPE_FLITS,
+            notif_entries: NOTIF_RING_ENTRIES,
+        }
+    }
+}
+
+impl EnsoConfig {
+    fn check(&self) -> std::io::Result<()> {
+        let bad = |what: &str| Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, what.to_string()));
+        if !(1..=MAX_PIPES).contains(&self.num_pipes) {
+            return bad("num_pipes must be 1..=8192");
+        }
+        if !(1..=MAX_NB_PAIRS).contains(&self.num_nb_pairs) {
+            return bad("num_nb_pairs must be 1..=1024");
+        }
+        if !(2..=PIPE_FLITS).contains(&self.pipe_flits) {
+            return bad("pipe_flits must be 2..=32768");
+        }
+        if !(2..=NOTIF_RING_ENTRIES).contains(&self.notif_entries) {
+            return bad("notif_entries must be 2..=16384");
+        }
+        Ok(())
+    }
+}
+
+/// State shared by the trapped-register side and the device thread (atomics only).
+pub(crate) struct Shared {
+    pub cfg: EnsoConfig,
+    pub bar0: Arc<ShmRegion>,
+    pub bar2: Arc<ShmRegion>,
+    pub counters: NicCounters,
+    pub pcie: Arc<Counters>,
+    pub notif_mode: AtomicU32,
+    pub clock: mac::Clock,
+}
+
+struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<worker::DeviceState>,
+}
+
+/// The Ensō NIC.
+pub struct EnsoNic {
+    config: ConfigSpace,
+    shared: Arc<Shared>,
+    /// The device thread's state while it is not running.
+    idle: Option<worker::DeviceState>,
+    worker: Option<Worker>,
+    ctx: Option<DeviceContext>,
+    /// Latched high half of the last 64-bit register whose low half was read.
+    latch: (u64, u32),
+}
+
+/// BAR0 shared-memory size (pages 0–3; page 0 is trapped, the others mmap'd).
+const BAR0_SHM: usize = regs::EXT_SHARED_END as usize;
+
+impl EnsoNic {
+    /// A NIC in its power-on state, its Ethernet port connected to `port`.
+    pub fn new(cfg: EnsoConfig, port: Box<dyn EthPort>) -> std::io::Result<EnsoNic> {
+        cfg.check()?;
+        let config = ConfigSpaceBuilder::new(regs::VENDOR_ID, regs::DEVICE_ID)
+            .class(regs::CLASS_CODE)
+            .bar(BarSpec {
+                index: regs::EXT_BAR,
+                size: regs::EXT_BAR_SIZE,
+                kind: BarKind::Mem32,
+                prefetchable: false,
+            })
+            .bar(BarSpec {
+                index: regs::QUEUE_BAR,
+                size: regs::QUEUE_BAR_SIZE,
+                kind: BarKind::Mem64,
+                prefetchable: true,
+            })
+            .build()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let bar2_len = regs::nb_page(cfg.num_nb_pairs) as usize;
+        let shared = Arc::new(Shared {
+            cfg,
+            bar0: Arc::new(ShmRegion::new("enso-bar0", BAR0_SHM)?),
+            bar2: Arc::new(ShmRegion::new("enso-bar2", bar2_len)?),
+            counters: NicCounters::default(),
+            pcie: Arc::new(Counters::default()),
+            notif_mode: AtomicU32::new(ext::MODE_REACTIVE),
+            clock: mac::Clock::default(),
+        });
+        let idle = Some(worker::DeviceState::new(&shared, Self::new_engine(&cfg), port));
+        Ok(EnsoNic { config, shared, idle, worker: None, ctx: None, latch: (u64::MAX, 0) })
+    }
+
+    fn new_engine(cfg: &EnsoConfig) -> Box<dyn QueueEngine> {
+        Box::new(BehavioralEngine::new(cfg.num_pipes, cfg.num_nb_pairs, cfg.pipe_flits, cfg.notif_entries))
+    }
+
+    /// The device configuration.
+    pub fn enso_config(&self) -> EnsoConfig {
+        self.shared.cfg
+    }
+
+    /// A snapshot of the NIC counters, by index of `regs::enso::ext::counter`.
+    pub fn counters(&self) -> [u64; COUNT] {
+        self.shared.counters.snapshot()
+    }
+
+    /// One NIC counter (0 for an unknown index).
+    pub fn counter(&self, idx: u32) -> u64 {
+        self.shared.counters.get(idx)
+    }
+
+    /// Device time in 5 ns ticks (what TIMESTAMP_LO/HI read).
+    pub fn ticks(&self) -> u64 {
+        self.shared.clock.ticks()
+    }
+
+    /// Connects the Ethernet port to `port` and returns the previous backend. The device
+    /// thread (if running) is stopped around the swap; queues, flow table and counters
+    /// are kept. Frames queued in the old port stay there.
+    pub fn replace_port(&mut self, port: Box<dyn EthPort>) -> Box<dyn EthPort> {
+        let running = self.stop_worker();
+        let st = self.idle.get_or_insert_with(|| {
+            worker::DeviceState::new(&self.shared, Self::new_engine(&self.shared.cfg), Box::new(Disconnected))
+        });
+        let old = std::mem::replace(&mut st.port, port);
+        if running {
+            self.start_worker();
+        }
+        old
+    }
+
+    /// Takes the port out, leaving the NIC unplugged ([`Disconnected`]: nothing received,
+    /// every transmitted frame counted as TX_DROP_WIRE).
+    pub fn take_port(&mut self) -> Box<dyn EthPort> {
+        self.replace_port(Box::new(Disconnected))
+    }
+
+    /// Stops the device thread; true when it was running.
+    fn stop_worker(&mut self) -> bool {
+        let Some(w) = self.worker.take() else {
+            return false;
+        };
+        w.stop.store(true, Ordering::Release);
+        match w.thread.join() {
+            Ok(st) => self.idle = Some(st),
+            // The model does not panic on driver input; should it anyway, come back
+            // unplugged rather than take the process down.
+            Err(_) => {
+                self.idle = Some(worker::DeviceState::new(
+                    &self.shared,
+                    Self::new_engine(&self.shared.cfg),
+                    Box::new(Disconnected),
+                ))
+            }
+        }
+        true
+    }
+
+    fn start_worker(&mut self) {
+        let (Some(ctx), Some(st)) = (self.ctx.clone(), self.idle.take()) else {
+            return;
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, s2) = (self.shared.clone(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("enso-nic".into())
+            .spawn(move || worker::run(st, shared, ctx.dma, s2))
+            .expect("spawn the enso-nic device thread");
+        self.worker = Some(Worker { stop, thread });
+    }
+
+    /// Zeroes the shared pages (a hole punch keeps the sparse BAR2 file sparse).
+    fn clear_shared(&self) {
+        self.shared.bar0.clear();
+        let bar2 = &self.shared.bar2;
+        // SAFETY: fallocate on our own memfd; the result is checked and the mapping stays
+        // valid (punched ranges read back as zeros).
+        let punched = unsafe {
+            libc::fallocate(
+                bar2.fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                0,
+                bar2.len() as libc::off_t,
+            )
+        } == 0;
+        if !punched {
+            bar2.clear();
+        }
+    }
+
+    fn bad_write(&self) {
+        self.shared.counters.add(ext::counter::BAD_REGISTER_WRITES, 1);
+        self.shared.pcie.bad_register_write();
+    }
+
+    /// BAR0 page 0 register `off` (4-byte aligned).
+    fn ext_read32(&mut self, off: u64) -> u32 {
+        let s = &self.shared;
+        let c = &s.cfg;
+        let wide = |v: u64, off: u64, latch: &mut (u64, u32)| {
+            *latch = (off + 4, (v >> 32) as u32);
+            v as u32
+        };
+        match off {
+            ext::ID => ext::ID_VALUE,
+            ext::VERSION => ext::VERSION_VALUE,
+            ext::NUM_PIPES => c.num_pipes,
+            ext::NUM_NB_PAIRS => c.num_nb_pairs,
+            ext::PIPE_FLITS => c.pipe_flits,
+            ext::NOTIF_ENTRIES => c.notif_entries,
+            ext::NOTIF_MODE => s.notif_mode.load(Ordering::Relaxed),
+            ext::ERROR_STATUS => s.counters.error_status(),
+            ext::TIMESTAMP_LO => wide(s.clock.ticks(), off, &mut self.latch),
+            o if o == self.latch.0 => self.latch.1,
+            ext::TIMESTAMP_HI => (s.clock.ticks() >> 32) as u32,
+            o if (ext::COUNTERS..ext::COUNTERS + 8 * COUNT as u64).contains(&o) => {
+                let v = s.counters.get(((o - ext::COUNTERS) / 8) as u32);
+                if o.is_multiple_of(8) {
+                    wide(v, off, &mut self.latch)
+                } else {
+                    (v >> 32) as u32
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    fn ext_write32(&mut self, off: u64, v: u32) -> bool {
+        match off {
+            ext::NOTIF_MODE if v == ext::MODE_REACTIVE || v == ext::MODE_PER_PACKET => {
+                self.shared.notif_mode.store(v, Ordering::Relaxed);
+                true
+            }
+            ext::COUNTERS_CLEAR if v <= 1 => {
+                if v == 1 {
+                    self.shared.counters.clear();
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn shared_area(&self, index: u8, offset: u64, len: usize) -> Option<&ShmRegion> {
+        let end = offset.checked_add(len as u64)?;
+        let BarBacking::Shared { areas, .. } = self.bar_backing(index) else {
+            return None;
+        };
+        let inside = areas.iter().any(|&(a, l)| offset >= a && end <= a + l);
+        match index {
+            regs::EXT_BAR if inside => Some(&self.shared.bar0),
+            regs::QUEUE_BAR if inside => Some(&self.shared.bar2),
+            _ => None,
+        }
+    }
+}
+
+impl PciDevice for EnsoNic {
+    fn name(&self) -> &str {
+        "enso-nic"
+    }
+
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+
+    fn bar_backing(&self, index: u8) -> BarBacking {
+        let c = &self.shared.cfg;
+        match index {
+            regs::EXT_BAR => BarBacking::Shared {
+                shm: self.shared.bar0.clone(),
+                areas: vec![(regs::EXT_SHARED_START, regs::EXT_SHARED_END - regs::EXT_SHARED_START)],
+            },
+            regs::QUEUE_BAR => BarBacking::Shared {
+                shm: self.shared.bar2.clone(),
+                areas: vec![
+                    (regs::pipe_page(0), c.num_pipes as u64 * regs::QUEUE_PAGE),
+                    (regs::nb_page(0), c.num_nb_pairs as u64 * regs::QUEUE_PAGE),
+                ],
+            },
+            _ => BarBacking::Trapped,
+        }
+    }
+
+    fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let Some(shm) = self.shared_area(index, offset, data.len()) {
+            shm.read_bytes(offset, data);
+            return;
+        }
+        if index != regs::EXT_BAR || offset >= regs::EXT_SHARED_START || data.len() > 8 {
+            return;
+        }
+        let Some(end) = offset.checked_add(data.len() as u64) else {
+            return;
+        };
+        let mut word = offset & !3;
+        while word < end {
+            let v = self.ext_read32(word).to_le_bytes();
+            for (i, b) in v.iter().enumerate() {
+                let a = word + i as u64;
+                if a >= offset && a < end {
+                    data[(a - offset) as usize] = *b;
+                }
+            }
+            word += 4;
+        }
+    }
+
+    fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {
+        if let Some(shm) = self.shared_area(index, offset, data.len()) {
+            shm.write_bytes(offset, data);
+            return;
+        }
+        let ok = index == regs::EXT_BAR
+            && data.len() == 4
+            && offset.is_multiple_of(4)
+            && self.ext_write32(offset, u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+        if !ok {
+            self.bad_write();
+        }
+    }
+
+    fn attach(&mut self, ctx: DeviceContext) {
+        self.stop_worker();
+        self.ctx = Some(ctx);
+        self.start_worker();
+    }
+
+    fn detach(&mut self) {
+        self.stop_worker();
+        self.ctx = None;
+    }
+
+    fn reset(&mut self) {
+        let running = self.stop_worker();
+        let port = self.idle.take().map_or_else(|| Box::new(Disconnected) as Box<dyn EthPort>, |st| st.port);
+        self.clear_shared();
+        self.shared.counters.clear();
+        self.shared.notif_mode.store(ext::MODE_REACTIVE, Ordering::Relaxed);
+        self.latch = (u64::MAX, 0);
+        self.idle = Some(worker::DeviceState::new(&self.shared, Self::new_engine(&self.shared.cfg), port));
+        if running {
+            self.start_worker();
+        }
+    }
+
+    fn counters(&self) -> Arc<Counters> {
+        self.shared.pcie.clone()
+    }
+}
+
+impl Drop for EnsoNic {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}

@@ -1,13 +1,13 @@
 //! `testbed`: provisions QEMU and the guest image, serves emulated devices over vfio-user,
 //! boots guests that run our drivers, and reports what both sides saw.
 
-use testbed::accel::AccelChoice;
-use testbed::{cache, image, qemu, run};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use testbed::accel::AccelChoice;
+use testbed::{cache, image, qemu, run};
 
 #[derive(Parser)]
 #[command(name = "testbed", version, about = "Emulated testbed for streaming intra-host communication")]

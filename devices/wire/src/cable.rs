@@ -2,10 +2,10 @@
 //! end reads.
 
 use crate::{EthPort, Frame};
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 
 /// Frames per batch before an automatic flush.
-const BATCH: usize = 64;
+pub const BATCH: usize = 64;
 
 /// One end of a cable.
 pub struct CableEnd {
@@ -14,6 +14,7 @@ pub struct CableEnd {
     pending_out: Vec<Frame>,
     pending_in: std::collections::VecDeque<Frame>,
     dropped: u64,
+    peer_gone: bool,
 }
 
 /// A cable holding up to `batches` in-flight batches per direction.
@@ -26,6 +27,7 @@ pub fn cable(batches: usize) -> (CableEnd, CableEnd) {
         pending_out: Vec::with_capacity(BATCH),
         pending_in: Default::default(),
         dropped: 0,
+        peer_gone: false,
     };
     (end(atx, arx), end(btx, brx))
 }
@@ -39,11 +41,28 @@ impl CableEnd {
     /// Blocks up to `timeout` for at least one frame; returns how many were moved to `out`.
     pub fn recv_timeout(&mut self, out: &mut Vec<Frame>, max: usize, timeout: std::time::Duration) -> usize {
         if self.pending_in.is_empty() {
-            if let Ok(b) = self.rx.recv_timeout(timeout) {
-                self.pending_in.extend(b);
+            match self.rx.recv_timeout(timeout) {
+                Ok(b) => self.pending_in.extend(b),
+                Err(RecvTimeoutError::Disconnected) => self.peer_gone = true,
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
         self.recv(out, max)
+    }
+
+    /// True once a send (its frames then count as dropped) or a blocking receive found the
+    /// other end dropped.
+    pub fn peer_gone(&self) -> bool {
+        self.peer_gone
+    }
+
+    /// Frames queued by `send` and not yet handed to the channel.
+    pub fn pending_out(&self) -> usize {
+        self.pending_out.len()
+    }
+
+    fn channel_has_room(&self) -> bool {
+        self.tx.capacity().is_none_or(|c| self.tx.len() < c)
     }
 }
 
@@ -75,7 +94,37 @@ impl EthPort for CableEnd {
         let batch = std::mem::replace(&mut self.pending_out, Vec::with_capacity(BATCH));
         match self.tx.try_send(batch) {
             Ok(()) => {}
-            Err(TrySendError::Full(b)) | Err(TrySendError::Disconnected(b)) => self.dropped += b.len() as u64,
+            Err(TrySendError::Full(b)) => self.dropped += b.len() as u64,
+            Err(TrySendError::Disconnected(b)) => {
+                self.peer_gone = true;
+                self.dropped += b.len() as u64
+            }
+        }
+    }
+
+    fn send_room(&self) -> usize {
+        // Only this end fills its channel, so a free slot seen now stays free until used:
+        // with one, a full batch can go; without, `send` may fill the batch but not flush it.
+        let batch = if self.channel_has_room() { BATCH } else { BATCH - 1 };
+        batch.saturating_sub(self.pending_out.len())
+    }
+
+    fn try_flush(&mut self) -> bool {
+        if self.pending_out.is_empty() {
+            return true;
+        }
+        let batch = std::mem::replace(&mut self.pending_out, Vec::with_capacity(BATCH));
+        match self.tx.try_send(batch) {
+            Ok(()) => true,
+            Err(TrySendError::Full(b)) => {
+                self.pending_out = b;
+                false
+            }
+            Err(TrySendError::Disconnected(b)) => {
+                self.peer_gone = true;
+                self.dropped += b.len() as u64;
+                true
+            }
         }
     }
 }
@@ -99,5 +148,30 @@ mod tests {
             a.flush();
         }
         assert_eq!(a.dropped(), 1, "third batch did not fit a 2-batch cable");
+    }
+
+    #[test]
+    fn try_flush_keeps_frames_when_full_and_send_room_tracks_it() {
+        let (mut a, mut b) = cable(1);
+        assert_eq!(a.send_room(), BATCH);
+        a.send(vec![1; 60]);
+        assert!(a.try_flush());
+        assert_eq!(a.send_room(), BATCH - 1, "channel full: a full batch would be dropped");
+        for _ in 0..BATCH - 1 {
+            a.send(vec![2; 60]);
+        }
+        assert_eq!(a.send_room(), 0);
+        assert!(!a.try_flush(), "full: frames stay queued");
+        assert_eq!(a.pending_out(), BATCH - 1);
+        assert_eq!(a.dropped(), 0);
+        let mut got = vec![];
+        assert_eq!(b.recv(&mut got, 100), 1);
+        assert!(a.try_flush());
+        assert_eq!(b.recv(&mut got, 100), BATCH - 1);
+        drop(b);
+        a.send(vec![3; 60]);
+        assert!(a.try_flush());
+        assert!(a.peer_gone());
+        assert_eq!(a.dropped(), 1);
     }
 }

@@ -5,9 +5,23 @@
 //! crate. Frames travel in batches over bounded channels, so a port costs one channel
 //! operation per batch, not per frame.
 
+//!
+//! Backends: [`generator`] (closed-loop traffic generator and byte-exact checker),
+//! [`pcap`] (replay a capture into a port, capture a port into a file), [`loopback`] (a port
+//! cabled to itself, and a null port), and [`ring`] (the raw two-thread shared-memory ring
+//! that bounds what any two-thread emulation can reach on this machine).
+
 pub mod cable;
+pub mod generator;
+pub mod loopback;
+pub mod pcap;
+pub mod ring;
 
 pub use cable::{cable, CableEnd};
+pub use generator::{GenConfig, GenReport, Generator};
+pub use loopback::{Loopback, Null};
+pub use pcap::{CaptureReport, PcapCapture, PcapReplay, ReplayReport};
+pub use ring::ring_ceiling;
 
 /// One Ethernet frame (destination MAC first, no FCS).
 pub type Frame = Vec<u8>;
@@ -21,4 +35,18 @@ pub trait EthPort: Send {
     fn send(&mut self, frame: Frame) -> bool;
     /// Pushes queued frames out (the NIC calls this at the end of each polling round).
     fn flush(&mut self);
+
+    /// How many more frames `send` can take right now without any being dropped for lack
+    /// of room (backends that pace themselves use it; a NIC model need not). Unbounded by
+    /// default.
+    fn send_room(&self) -> usize {
+        usize::MAX
+    }
+
+    /// Like [`flush`](EthPort::flush), but keeps the queued frames when the link is
+    /// momentarily full instead of dropping them; true when nothing is left queued.
+    fn try_flush(&mut self) -> bool {
+        self.flush();
+        true
+    }
 }

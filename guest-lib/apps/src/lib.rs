@@ -3,6 +3,8 @@
 //! Each application reports its outcome as a [`Report`]: the JSON object the guest writes
 //! to its result channel and the host parses.
 
+pub mod capture;
+pub mod echo;
 pub mod report;
 pub mod smoke;
 

@@ -5,15 +5,34 @@
 //! `testbed-guest smoke scratch=0x1234 seed=7 [socket=/path/to/vfio-user.sock]`.
 
 use device_access::{vfio::VfioDevice, vfio_user::VfioUserDevice, DeviceAccess};
-use guest_apps::{smoke, Report};
+use guest_apps::{capture, echo, smoke, Report};
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 fn parse_u32(s: &str) -> Option<u32> {
     match s.strip_prefix("0x") {
         Some(h) => u32::from_str_radix(h, 16).ok(),
         None => s.parse().ok(),
     }
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// `key=N` as milliseconds; `0` means "no limit".
+fn millis(args: &HashMap<String, String>, key: &str, default: Option<u64>) -> Option<Duration> {
+    args.get(key).and_then(|s| parse_u64(s)).or(default).filter(|&ms| ms > 0).map(Duration::from_millis)
+}
+
+fn open_failed(scenario: &str, args: &HashMap<String, String>, e: String) -> Report {
+    let mut r = Report::new(scenario, if args.contains_key("socket") { "vfio-user" } else { "vfio" });
+    r.fail("open", e);
+    r
 }
 
 fn open(args: &HashMap<String, String>, vendor: u16, device: u16) -> Result<Box<dyn DeviceAccess>, String> {
@@ -52,9 +71,36 @@ fn main() {
                 }
             }
         }
+        "echo" => {
+            use testbed_regs::enso::{DEVICE_ID, VENDOR_ID};
+            let params = echo::EchoParams {
+                pipes: args.get("pipes").and_then(|s| parse_u32(s)).unwrap_or(4),
+                packets: args.get("packets").and_then(|s| parse_u64(s)),
+                idle: millis(&args, "idle_ms", Some(3000)),
+                start_timeout: millis(&args, "timeout_ms", None),
+            };
+            match open(&args, VENDOR_ID, DEVICE_ID) {
+                Ok(dev) => echo::run(dev, params),
+                Err(e) => open_failed("echo", &args, e),
+            }
+        }
+        "capture" => {
+            use testbed_regs::enso::{DEVICE_ID, VENDOR_ID};
+            let params = capture::CaptureParams {
+                path: args.get("path").map(Into::into).unwrap_or_else(|| "capture.pcap".into()),
+                pipes: args.get("pipes").and_then(|s| parse_u32(s)).unwrap_or(1),
+                packets: args.get("packets").and_then(|s| parse_u64(s)),
+                idle: millis(&args, "idle_ms", Some(3000)),
+                start_timeout: millis(&args, "timeout_ms", None),
+            };
+            match open(&args, VENDOR_ID, DEVICE_ID) {
+                Ok(dev) => capture::run(dev, params),
+                Err(e) => open_failed("capture", &args, e),
+            }
+        }
         other => {
             let mut r = Report::new(other, "none");
-            r.fail("scenario", format!("unknown scenario '{other}' (known: smoke)"));
+            r.fail("scenario", format!("unknown scenario '{other}' (known: smoke, echo, capture)"));
             r
         }
     };

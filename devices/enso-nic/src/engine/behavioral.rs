@@ -1,0 +1,281 @@
+//! The behavioural Rust queue engine: pipes, notification-buffer pairs, the reactive
+//! notification rule (upstream's pkt_queue_manager.sv) and the TX fetch/split/complete path.
+
+use super::{EngineIo, NbSetup, PipeSetup, Published, QueueEngine, RxOutcome};
+use crate::packet::tx_frame_len;
+use pcie_model::DmaClass;
+use testbed_regs::enso::ext::counter as c;
+use testbed_regs::enso::{notif, FLIT, MAX_TX_TRANSFER, NOTIFICATION_SIZE, TX_BOUNDARY};
+
+/// TX notifications handled per call, so one busy pair cannot starve RX for long.
+pub const TX_BATCH: u32 = 256;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Pipe {
+    enabled: bool,
+    base: u64,
+    nb: u32,
+    head: u32,
+    tail: u32,
+    /// Upstream's "notification outstanding" bit.
+    outstanding: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Nb {
+    enabled: bool,
+    rx_ring: u64,
+    tx_ring: u64,
+    rx_tail: u32,
+    /// Last `rx_head` seen from software (refreshed when the ring looks full).
+    rx_head: u32,
+    tx_head: u32,
+}
+
+/// The behavioural engine.
+#[derive(Debug)]
+pub struct BehavioralEngine {
+    pipes: Vec<Pipe>,
+    nbs: Vec<Nb>,
+    pipe_flits: u32,
+    entries: u32,
+    per_packet: bool,
+    /// Reused buffers: fetched TX notifications and TX transfer data.
+    fetch: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl BehavioralEngine {
+    /// An engine for `pipes` pipes of `pipe_flits` flits and `nbs` pairs of rings with
+    /// `entries` notifications each.
+    pub fn new(pipes: u32, nbs: u32, pipe_flits: u32, entries: u32) -> Self {
+        BehavioralEngine {
+            pipes: vec![Pipe::default(); pipes as usize],
+            nbs: vec![Nb::default(); nbs as usize],
+            pipe_flits: pipe_flits.max(2),
+            entries: entries.max(2),
+            per_packet: false,
+            fetch: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+
+    /// Writes an RX notification for `pipe` with `tail`; true when it was written.
+    fn notify(&mut self, pipe: u32, tail: u32, io: &mut dyn EngineIo) -> bool {
+        let nb_id = self.pipes[pipe as usize].nb;
+        let entries = self.entries;
+        let Some(nb) = self.nbs.get_mut(nb_id as usize).filter(|n| n.enabled) else {
+            // Nowhere to write it: the pair is disabled.
+            io.count(c::DMA_ERRORS, 1);
+            return false;
+        };
+        let next = (nb.rx_tail + 1) % entries;
+        if next == nb.rx_head {
+            nb.rx_head = io.nb_rx_head(nb_id);
+            if next == nb.rx_head {
+                io.count(c::RX_NOTIF_DROP_RING_FULL, 1);
+                return false;
+            }
+        }
+        let addr = nb.rx_ring.wrapping_add(nb.rx_tail as u64 * NOTIFICATION_SIZE as u64);
+        // Body first, then the signal word, so software never sees a valid signal with a
+        // stale queue ID or tail.
+        let mut body = [0u8; NOTIFICATION_SIZE - 8];
+        body[notif::RX_QUEUE_ID - 8..][..8].copy_from_slice(&(pipe as u64).to_le_bytes());
+        body[notif::RX_TAIL - 8..][..8].copy_from_slice(&(tail as u64).to_le_bytes());
+        if !io.dma_write(addr.wrapping_add(8), &body, DmaClass::Metadata)
+            || !io.dma_write(addr, &1u64.to_le_bytes(), DmaClass::Metadata)
+        {
+            io.count(c::DMA_ERRORS, 1);
+            return false;
+        }
+        nb.rx_tail = next;
+        io.publish(Published::NbRxTail(nb_id), next);
+        io.count(c::RX_NOTIFICATIONS, 1);
+        true
+    }
+
+    /// A head event (head write or prefetch): notify with the tail if there is data
+    /// left, else clear the outstanding bit.
+    fn head_event(&mut self, pipe: u32, io: &mut dyn EngineIo) {
+        let p = self.pipes[pipe as usize];
+        if p.head != p.tail {
+            let sent = self.notify(pipe, p.tail, io);
+            self.pipes[pipe as usize].outstanding = sent;
+        } else {
+            self.pipes[pipe as usize].outstanding = false;
+        }
+    }
+
+    /// Handles one TX send request; the data is DMA-read and split into frames.
+    fn send(&mut self, addr: u64, len: u64, io: &mut dyn EngineIo) {
+        if len == 0 || len > MAX_TX_TRANSFER || (addr % TX_BOUNDARY) + len > TX_BOUNDARY {
+            io.count(c::TX_BAD_NOTIFICATION, 1);
+            return;
+        }
+        self.data.resize(len as usize, 0);
+        if !io.dma_read(addr, &mut self.data, DmaClass::Data) {
+            io.count(c::TX_DROP_DMA, 1);
+            return;
+        }
+        let mut off = 0;
+        while off < self.data.len() {
+            let Some(flen) = tx_frame_len(&self.data[off..]) else {
+                io.count(c::TX_DROP_BAD_FRAME, 1);
+                return;
+            };
+            io.transmit(&self.data[off..off + flen]);
+            off += flen.next_multiple_of(FLIT);
+        }
+    }
+}
+
+impl QueueEngine for BehavioralEngine {
+    fn enable_pipe(&mut self, pipe: u32, s: PipeSetup) {
+        let size = self.pipe_flits;
+        if let Some(p) = self.pipes.get_mut(pipe as usize) {
+            *p = Pipe {
+                enabled: true,
+                base: s.base,
+                nb: s.nb,
+                head: if s.head < size { s.head } else { 0 },
+                tail: if s.tail < size { s.tail } else { 0 },
+                outstanding: false,
+            };
+        }
+    }
+
+    fn disable_pipe(&mut self, pipe: u32) {
+        if let Some(p) = self.pipes.get_mut(pipe as usize) {
+            *p = Pipe::default();
+        }
+    }
+
+    fn enable_nb(&mut self, nb: u32, s: NbSetup) {
+        let n = self.entries;
+        if let Some(b) = self.nbs.get_mut(nb as usize) {
+            *b = Nb {
+                enabled: true,
+                rx_ring: s.rx_ring,
+                tx_ring: s.tx_ring,
+                rx_tail: s.rx_tail % n,
+                rx_head: s.rx_head,
+                tx_head: s.tx_head % n,
+            };
+        }
+    }
+
+    fn disable_nb(&mut self, nb: u32) {
+        if let Some(b) = self.nbs.get_mut(nb as usize) {
+            *b = Nb::default();
+        }
+    }
+
+    fn set_per_packet(&mut self, per_packet: bool) {
+        self.per_packet = per_packet;
+    }
+
+    fn rx_packet(&mut self, pipe: u32, frame: &[u8], io: &mut dyn EngineIo) -> RxOutcome {
+        let size = self.pipe_flits;
+        let Some(p) = self.pipes.get(pipe as usize).copied().filter(|p| p.enabled) else {
+            io.count(c::RX_DROP_PIPE_DISABLED, 1);
+            return RxOutcome::PipeDisabled;
+        };
+        let flits = frame.len().div_ceil(FLIT) as u64;
+        let used = (p.tail + size - p.head) % size;
+        if flits > (size - used - 1) as u64 {
+            io.count(c::RX_DROP_PIPE_FULL, 1);
+            return RxOutcome::PipeFull;
+        }
+        let room = (size - p.tail) as usize * FLIT;
+        let first = frame.len().min(room);
+        let at = p.base.wrapping_add(p.tail as u64 * FLIT as u64);
+        let ok = io.dma_write(at, &frame[..first], DmaClass::Data)
+            && (first == frame.len() || io.dma_write(p.base, &frame[first..], DmaClass::Data));
+        if !ok {
+            io.count(c::RX_DROP_DMA, 1);
+            return RxOutcome::DmaFailed;
+        }
+        let tail = ((p.tail as u64 + flits) % size as u64) as u32;
+        self.pipes[pipe as usize].tail = tail;
+        io.publish(Published::PipeRxTail(pipe), tail);
+        if self.per_packet || !p.outstanding {
+            let sent = self.notify(pipe, tail, io);
+            self.pipes[pipe as usize].outstanding = sent;
+        }
+        RxOutcome::Delivered
+    }
+
+    fn rx_head(&mut self, pipe: u32, head: u32, io: &mut dyn EngineIo) {
+        let size = self.pipe_flits;
+        let Some(p) = self.pipes.get(pipe as usize).copied().filter(|p| p.enabled) else {
+            return;
+        };
+        io.count(c::HEAD_UPDATES, 1);
+        let advance = (head.wrapping_add(size).wrapping_sub(p.head)) % size;
+        let pending = (p.tail + size - p.head) % size;
+        if head >= size || advance > pending {
+            io.count(c::BAD_HEAD, 1);
+            return;
+        }
+        self.pipes[pipe as usize].head = head;
+        self.head_event(pipe, io);
+    }
+
+    fn prefetch(&mut self, pipe: u32, io: &mut dyn EngineIo) {
+        if self.pipes.get(pipe as usize).is_some_and(|p| p.enabled) {
+            self.head_event(pipe, io);
+        }
+    }
+
+    fn tx_tail(&mut self, nb_id: u32, tail: u32, io: &mut dyn EngineIo) -> bool {
+        let entries = self.entries;
+        let Some(nb) = self.nbs.get(nb_id as usize).copied().filter(|n| n.enabled) else {
+            return true;
+        };
+        if tail >= entries {
+            io.count(c::BAD_TAIL, 1);
+            return true;
+        }
+        let n = ((tail + entries - nb.tx_head) % entries).min(TX_BATCH);
+        if n == 0 {
+            return true;
+        }
+        // Fetch the entries (one read, two when the ring wraps).
+        let first = n.min(entries - nb.tx_head);
+        self.fetch.resize(n as usize * NOTIFICATION_SIZE, 0);
+        let slot =
+            |i: u32| nb.tx_ring.wrapping_add(((nb.tx_head + i) % entries) as u64 * NOTIFICATION_SIZE as u64);
+        let (a, b) = self.fetch.split_at_mut(first as usize * NOTIFICATION_SIZE);
+        let fetched = io.dma_read(slot(0), a, DmaClass::Metadata)
+            && (b.is_empty() || io.dma_read(slot(first), b, DmaClass::Metadata));
+        if fetched {
+            for i in 0..n {
+                let mut e = [0u8; NOTIFICATION_SIZE];
+                e.copy_from_slice(&self.fetch[i as usize * NOTIFICATION_SIZE..][..NOTIFICATION_SIZE]);
+                let word = |at: usize| u64::from_le_bytes(e[at..at + 8].try_into().unwrap_or_default());
+                match word(notif::SIGNAL) {
+                    notif::SIGNAL_SEND => self.send(word(notif::TX_PHYS_ADDR), word(notif::TX_LENGTH), io),
+                    notif::SIGNAL_CONFIG => {
+                        io.configure(&e);
+                    }
+                    _ => io.count(c::TX_BAD_NOTIFICATION, 1),
+                }
+                // Completion: the signal word back to 0, in order.
+                if io.dma_write(slot(i), &0u64.to_le_bytes(), DmaClass::Metadata) {
+                    io.count(c::TX_COMPLETIONS, 1);
+                } else {
+                    io.count(c::DMA_ERRORS, 1);
+                }
+            }
+        } else {
+            // Nothing to act on; consume the entries so a bad ring address cannot wedge
+            // the pair.
+            io.count(c::DMA_ERRORS, 1);
+        }
+        let head = (nb.tx_head + n) % entries;
+        self.nbs[nb_id as usize].tx_head = head;
+        io.publish(Published::NbTxHead(nb_id), head);
+        head == tail
+    }
+}

@@ -1,0 +1,904 @@
+//! Device-level tests: the model driven as a driver would, through its BAR shared pages,
+//! over fake guest RAM (a memfd behind `GuestMemory`) and a cable as the wire.
+
+use super::*;
+use crate::packet::build::{ipv4, udp};
+use pcie_model::dma::{DmaError, DmaSpace, GuestMemory};
+use pcie_model::{Dma, NoIrqs};
+use regs::ext::counter as c;
+use regs::{config, nb_page, notif, pipe_page, prefetch, queue, state};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use wire::{cable, CableEnd};
+
+const RAM: u64 = 0x4000_0000;
+const RAM_LEN: u64 = 32 << 20;
+const MIB: u64 = 1 << 20;
+/// TX data buffers live here (2 MiB aligned).
+const TXBUF: u64 = RAM + 24 * MIB;
+/// An address nothing maps.
+const NOWHERE: u64 = 0x7_0000_0000;
+
+fn cfg() -> EnsoConfig {
+    EnsoConfig { num_pipes: 8, num_nb_pairs: 2, pipe_flits: 64, notif_entries: 8 }
+}
+fn pipe_base(p: u32) -> u64 {
+    RAM + p as u64 * 2 * MIB
+}
+fn rx_ring(j: u32) -> u64 {
+    RAM + 16 * MIB + j as u64 * 2 * MIB
+}
+fn tx_ring(j: u32) -> u64 {
+    rx_ring(j) + MIB
+}
+
+/// One logged DMA access: (write, address, bytes written or zeros for a read).
+type Access = (bool, u64, Vec<u8>);
+
+/// Guest memory that can log every DMA access, for the trace snapshot.
+struct Traced {
+    mem: GuestMemory,
+    log: Mutex<Option<Vec<Access>>>,
+}
+
+impl DmaSpace for Traced {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
+        let r = self.mem.read(addr, buf);
+        if let Some(l) = self.log.lock().unwrap().as_mut() {
+            l.push((false, addr, vec![0; buf.len()]));
+        }
+        r
+    }
+    fn write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
+        if let Some(l) = self.log.lock().unwrap().as_mut() {
+            l.push((true, addr, data.to_vec()));
+        }
+        self.mem.write(addr, data)
+    }
+}
+
+struct Rig {
+    nic: EnsoNic,
+    space: Arc<Traced>,
+    ram: ShmRegion,
+    bar0: Arc<ShmRegion>,
+    bar2: Arc<ShmRegion>,
+    wire: CableEnd,
+    tx_tail: [u32; 2],
+    seq: u32,
+}
+
+fn rig_with(cfg: EnsoConfig) -> Rig {
+    let (nic_end, wire) = cable(64);
+    let mut nic = EnsoNic::new(cfg, Box::new(nic_end)).unwrap();
+    let ram = ShmRegion::new("ram", RAM_LEN as usize).unwrap();
+    let mem = GuestMemory::new();
+    mem.map(RAM, RAM_LEN, Some(ram.dup_fd().unwrap()), 0, true).unwrap();
+    let space = Arc::new(Traced { mem, log: Mutex::new(None) });
+    let dma = Dma::new(space.clone(), PciDevice::counters(&nic), Arc::new(AtomicBool::new(true)));
+    nic.attach(DeviceContext { dma, irq: Arc::new(NoIrqs) });
+    let BarBacking::Shared { shm: bar0, .. } = nic.bar_backing(0) else { panic!() };
+    let BarBacking::Shared { shm: bar2, .. } = nic.bar_backing(2) else { panic!() };
+    Rig { nic, space, ram, bar0, bar2, wire, tx_tail: [0; 2], seq: 0 }
+}
+
+fn rig() -> Rig {
+    rig_with(cfg())
+}
+
+fn wait(what: &str, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+/// Waits long enough for the device to have run several rounds.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(30));
+}
+
+fn send_notif(addr: u64, len: u64) -> [u8; 64] {
+    let mut n = [0u8; 64];
+    n[notif::SIGNAL..][..8].copy_from_slice(&notif::SIGNAL_SEND.to_le_bytes());
+    n[notif::TX_PHYS_ADDR..][..8].copy_from_slice(&addr.to_le_bytes());
+    n[notif::TX_LENGTH..][..8].copy_from_slice(&len.to_le_bytes());
+    n
+}
+
+fn config_notif(id: u64, fields: &[(usize, &[u8])]) -> [u8; 64] {
+    let mut n = [0u8; 64];
+    n[notif::SIGNAL..][..8].copy_from_slice(&notif::SIGNAL_CONFIG.to_le_bytes());
+    n[notif::CONFIG_ID..][..8].copy_from_slice(&id.to_le_bytes());
+    for (at, b) in fields {
+        n[*at..*at + b.len()].copy_from_slice(b);
+    }
+    n
+}
+
+fn flow_entry(dst_ip: u32, dport: u16, src_ip: u32, sport: u16, pipe: u32) -> [u8; 64] {
+    config_notif(
+        config::FLOW_TABLE,
+        &[
+            (config::FT_DST_PORT, &dport.to_le_bytes()),
+            (config::FT_SRC_PORT, &sport.to_le_bytes()),
+            (config::FT_DST_IP, &dst_ip.to_le_bytes()),
+            (config::FT_SRC_IP, &src_ip.to_le_bytes()),
+            (config::FT_PIPE_ID, &pipe.to_le_bytes()),
+        ],
+    )
+}
+
+fn fallback(n: u32, mask: u32, rr: bool) -> [u8; 64] {
+    config_notif(
+        config::FALLBACK_QUEUES,
+        &[
+            (config::FB_COUNT, &n.to_le_bytes()),
+            (config::FB_MASK, &mask.to_le_bytes()),
+            (config::FB_ENABLE_RR, &(rr as u64).to_le_bytes()),
+        ],
+    )
+}
+
+impl Rig {
+    fn ram_write(&self, addr: u64, data: &[u8]) {
+        assert!(self.ram.write_bytes(addr - RAM, data));
+    }
+    fn ram_read(&self, addr: u64, len: usize) -> Vec<u8> {
+        let mut b = vec![0; len];
+        assert!(self.ram.read_bytes(addr - RAM, &mut b));
+        b
+    }
+    fn ram64(&self, addr: u64) -> u64 {
+        self.ram.read64(addr - RAM)
+    }
+
+    fn ext(&mut self, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.nic.bar_read(0, off, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn set_ext(&mut self, off: u64, v: u32) {
+        self.nic.bar_write(0, off, &v.to_le_bytes());
+    }
+
+    fn enable_nb_at(&self, j: u32, rx: u64, tx: u64) {
+        let p = nb_page(j);
+        for r in [queue::RX_HEAD, queue::RX_TAIL, queue::TX_HEAD, queue::TX_TAIL] {
+            self.bar2.write32(p + r, 0);
+        }
+        self.bar2.write32(p + queue::TX_MEM_HIGH, (tx >> 32) as u32);
+        self.bar2.write32(p + queue::TX_MEM_LOW, tx as u32);
+        self.bar2.write32(p + queue::RX_MEM_HIGH, (rx >> 32) as u32);
+        self.bar2.write32(p + queue::RX_MEM_LOW, rx as u32 | queue::ENABLE);
+        let (off, bit) = state::nb_bit(j);
+        wait("NB enable ack", || self.bar0.read32(off) & bit != 0);
+    }
+    fn enable_nb(&self, j: u32) {
+        self.enable_nb_at(j, rx_ring(j), tx_ring(j));
+    }
+
+    fn enable_pipe_at(&self, p: u32, base: u64, nb: u32) {
+        let pg = pipe_page(p);
+        self.bar2.write32(pg + queue::RX_HEAD, 0);
+        self.bar2.write32(pg + queue::RX_TAIL, 0);
+        self.bar2.write32(pg + queue::RX_MEM_HIGH, (base >> 32) as u32);
+        self.bar2.write32(pg + queue::RX_MEM_LOW, base as u32 | queue::ENABLE | nb);
+        let (off, bit) = state::pipe_bit(p);
+        wait("pipe enable ack", || self.bar0.read32(off) & bit != 0);
+    }
+    fn enable_pipe(&self, p: u32, nb: u32) {
+        self.enable_pipe_at(p, pipe_base(p), nb);
+    }
+
+    fn disable_pipe(&self, p: u32) {
+        let pg = pipe_page(p);
+        let low = self.bar2.read32(pg + queue::RX_MEM_LOW);
+        self.bar2.write32(pg + queue::RX_MEM_LOW, low & !queue::ENABLE);
+        let (off, bit) = state::pipe_bit(p);
+        wait("pipe disable ack", || self.bar0.read32(off) & bit == 0);
+    }
+
+    /// Posts TX notifications on pair `j` and waits until the device has taken them.
+    fn post(&mut self, j: u32, entries: &[[u8; 64]]) {
+        let n = self.nic.enso_config().notif_entries;
+        for e in entries {
+            let t = self.tx_tail[j as usize];
+            self.ram_write(tx_ring(j) + 64 * t as u64, e);
+            self.tx_tail[j as usize] = (t + 1) % n;
+        }
+        let tail = self.tx_tail[j as usize];
+        self.bar2.write32(nb_page(j) + queue::TX_TAIL, tail);
+        wait("tx_head", || self.bar2.read32(nb_page(j) + queue::TX_HEAD) == tail);
+    }
+
+    fn pipe_tail(&self, p: u32) -> u32 {
+        self.bar2.read32(pipe_page(p) + queue::RX_TAIL)
+    }
+    fn nb_rx_tail(&self, j: u32) -> u32 {
+        self.bar2.read32(nb_page(j) + queue::RX_TAIL)
+    }
+    fn set_head(&self, p: u32, h: u32) {
+        self.bar2.write32(pipe_page(p) + queue::RX_HEAD, h);
+    }
+    /// RX notification `i` of pair `j`: (signal, queue id, tail).
+    fn rx_notif(&self, j: u32, i: u32) -> (u64, u64, u64) {
+        let a = rx_ring(j) + 64 * i as u64;
+        (self.ram64(a), self.ram64(a + 8), self.ram64(a + 16))
+    }
+    /// Consumes RX notification `i` as software does (clear the signal, advance rx_head).
+    fn consume(&self, j: u32, i: u32) {
+        self.ram.write64(rx_ring(j) + 64 * i as u64 - RAM, 0);
+        let n = self.nic.enso_config().notif_entries;
+        self.bar2.write32(nb_page(j) + queue::RX_HEAD, (i + 1) % n);
+    }
+
+    fn inject(&mut self, frames: &[Vec<u8>]) {
+        for f in frames {
+            self.wire.send(f.clone());
+        }
+        self.wire.flush();
+    }
+
+    fn prefetch(&mut self, j: u32, pipe: u32) {
+        self.seq += 1;
+        self.bar0.write32(prefetch::slot(j) + prefetch::PIPE_ID, pipe);
+        self.bar0.write32(prefetch::slot(j) + prefetch::SEQ, self.seq);
+    }
+
+    fn wait_counter(&self, idx: u32, v: u64) {
+        wait(regs::ext::counter::NAMES[idx as usize], || self.nic.counter(idx) >= v);
+        assert_eq!(self.nic.counter(idx), v, "{}", regs::ext::counter::NAMES[idx as usize]);
+    }
+
+    fn received(&mut self, n: usize) -> Vec<Vec<u8>> {
+        let mut out = vec![];
+        let t = Instant::now();
+        while out.len() < n && t.elapsed() < Duration::from_secs(10) {
+            let want = n - out.len();
+            self.wire.recv_timeout(&mut out, want, Duration::from_millis(10));
+        }
+        out
+    }
+
+    /// Pair 0 + pipe 0, every frame to pipe 0 through a single fallback queue.
+    fn basic(&mut self) {
+        self.enable_nb(0);
+        self.enable_pipe(0, 0);
+        self.post(0, &[fallback(1, 0, false)]);
+    }
+}
+
+#[test]
+fn identity_config_space_and_page0() {
+    let mut r = rig();
+    let cs = r.nic.config();
+    assert_eq!((cs.vendor_id(), cs.device_id()), (0x1172, 0x0000));
+    assert_eq!(&cs.bytes()[0x09..0x0c], &[0x00, 0x00, 0x02]);
+    assert!(cs.msix().is_none(), "the card polls only");
+    let b0 = cs.bar(0).unwrap();
+    let b2 = cs.bar(2).unwrap();
+    assert_eq!((b0.size, b0.kind, b0.prefetchable), (64 << 10, BarKind::Mem32, false));
+    assert_eq!((b2.size, b2.kind, b2.prefetchable), (1 << 30, BarKind::Mem64, true));
+    assert_eq!(r.ext(ext::ID), ext::ID_VALUE);
+    assert_eq!(r.ext(ext::VERSION), ext::VERSION_VALUE);
+    assert_eq!([r.ext(ext::NUM_PIPES), r.ext(ext::NUM_NB_PAIRS)], [8, 2]);
+    assert_eq!([r.ext(ext::PIPE_FLITS), r.ext(ext::NOTIF_ENTRIES)], [64, 8]);
+    r.set_ext(ext::NOTIF_MODE, 1);
+    assert_eq!(r.ext(ext::NOTIF_MODE), 1);
+    r.set_ext(ext::NOTIF_MODE, 7);
+    assert_eq!(r.ext(ext::NOTIF_MODE), 1, "bad mode ignored");
+    r.set_ext(ext::ID, 0);
+    r.set_ext(0x0ffc, 1);
+    r.nic.bar_write(0, ext::NOTIF_MODE, &[0, 0]);
+    r.nic.bar_write(2, 0x3000_0000, &[1, 2, 3, 4]);
+    assert_eq!(r.nic.counter(c::BAD_REGISTER_WRITES), 5, "mode 7, ID, unknown, short, BAR2 hole");
+    assert_eq!(r.nic.counters()[c::BAD_REGISTER_WRITES as usize], 5);
+    assert_eq!(PciDevice::counters(&r.nic).snapshot().bad_register_writes, 5);
+    let lo = ext::COUNTERS + 8 * c::BAD_REGISTER_WRITES as u64;
+    assert_eq!((r.ext(lo), r.ext(lo + 4)), (5, 0));
+    let mut b = [0u8; 8];
+    r.nic.bar_read(0, lo, &mut b);
+    assert_eq!(u64::from_le_bytes(b), 5);
+    assert_eq!(r.ext(ext::ERROR_STATUS), 1 << c::BAD_REGISTER_WRITES);
+    let t0 = r.ext(ext::TIMESTAMP_LO) as u64 | (r.ext(ext::TIMESTAMP_HI) as u64) << 32;
+    std::thread::sleep(Duration::from_millis(1));
+    assert!(r.nic.ticks() >= t0 + 200_000, "200 MHz clock");
+    r.set_ext(ext::COUNTERS_CLEAR, 1);
+    assert_eq!(r.nic.counters(), [0; COUNT]);
+    assert_eq!(r.ext(ext::ERROR_STATUS), 0);
+    // Shared pages read through the trap path too.
+    r.bar0.write32(prefetch::slot(1), 0x55);
+    assert_eq!(r.ext(prefetch::slot(1)), 0x55);
+}
+
+#[test]
+fn reactive_notifications() {
+    let mut r = rig();
+    r.basic();
+    r.inject(&[udp(64, 1, 1), udp(64, 1, 1), udp(64, 1, 1)]);
+    wait("3 packets", || r.pipe_tail(0) == 3);
+    r.wait_counter(c::RX_PACKETS, 3);
+    assert_eq!(r.nb_rx_tail(0), 1, "one notification for the burst");
+    assert_eq!(r.rx_notif(0, 0), (1, 0, 1));
+    r.consume(0, 0);
+    r.set_head(0, 1);
+    wait("notification after head update", || r.nb_rx_tail(0) == 2);
+    assert_eq!(r.rx_notif(0, 1), (1, 0, 3), "current tail");
+    r.consume(0, 1);
+    r.set_head(0, 3);
+    r.wait_counter(c::HEAD_UPDATES, 2);
+    settle();
+    assert_eq!(r.nb_rx_tail(0), 2, "head == tail: bit cleared, no notification");
+    r.inject(&[udp(100, 1, 1)]);
+    wait("next notification", || r.nb_rx_tail(0) == 3);
+    assert_eq!(r.rx_notif(0, 2), (1, 0, 5), "100 B = 2 flits");
+    assert_eq!(r.nic.counter(c::RX_NOTIFICATIONS), 3);
+    let pcie = PciDevice::counters(&r.nic).snapshot();
+    assert!(
+        pcie.dma_write_meta_bytes >= 3 * 64
+            && pcie.dma_write_bytes - pcie.dma_write_meta_bytes >= 3 * 64 + 100
+    );
+}
+
+#[test]
+fn per_packet_mode() {
+    let mut r = rig();
+    r.basic();
+    r.set_ext(ext::NOTIF_MODE, ext::MODE_PER_PACKET);
+    settle();
+    r.inject(&[udp(64, 1, 1), udp(64, 1, 1), udp(64, 1, 1)]);
+    wait("3 notifications", || r.nb_rx_tail(0) == 3);
+    let tails: Vec<u64> = (0..3).map(|i| r.rx_notif(0, i).2).collect();
+    assert_eq!(tails, [1, 2, 3]);
+}
+
+#[test]
+fn ring_wraps_and_never_overwrites() {
+    let mut r = rig();
+    r.basic();
+    let f = |len: usize, tag: u8| {
+        let mut v = udp(len, 1, 1);
+        v[len - 1] = tag;
+        v
+    };
+    r.inject(&[f(1000, 1), f(1000, 2)]);
+    wait("32 flits", || r.pipe_tail(0) == 32);
+    r.set_head(0, 32);
+    r.inject(&[f(1500, 3)]);
+    wait("56 flits", || r.pipe_tail(0) == 56);
+    let wrapped = f(1000, 4);
+    r.inject(std::slice::from_ref(&wrapped));
+    wait("wrapped to 8", || r.pipe_tail(0) == 8);
+    let mut got = r.ram_read(pipe_base(0) + 56 * 64, 512);
+    got.extend(r.ram_read(pipe_base(0), 1000 - 512));
+    assert_eq!(got, wrapped, "split across the end of the ring");
+    r.set_head(0, 56);
+    r.inject(&[f(1000, 5), f(1000, 6), f(1000, 7)]);
+    r.wait_counter(c::RX_DROP_PIPE_FULL, 1);
+    assert_eq!(r.pipe_tail(0), 40);
+    assert_eq!(r.ram_read(pipe_base(0) + 56 * 64, 1), vec![wrapped[0]], "unread data intact");
+    // Free everything and keep going.
+    r.set_head(0, 40);
+    r.inject(&[f(1000, 8)]);
+    wait("after drop", || r.pipe_tail(0) == 56);
+}
+
+#[test]
+fn prefetch_doorbell() {
+    let mut r = rig();
+    r.enable_nb(0);
+    r.enable_pipe(0, 0);
+    r.enable_pipe(1, 0);
+    r.post(0, &[flow_entry(9, 80, 0, 0, 0), flow_entry(9, 81, 0, 0, 1)]);
+    r.inject(&[udp(64, 9, 80), udp(64, 9, 81)]);
+    wait("two notifications", || r.nb_rx_tail(0) == 2);
+    r.inject(&[udp(64, 9, 81)]);
+    wait("pipe 1 tail", || r.pipe_tail(1) == 2);
+    settle();
+    assert_eq!(r.nb_rx_tail(0), 2, "pipe 1's bit is set");
+    r.prefetch(0, 1);
+    wait("prefetched notification", || r.nb_rx_tail(0) == 3);
+    assert_eq!(r.rx_notif(0, 2), (1, 1, 2));
+    assert_eq!(r.nic.counter(c::PREFETCHES), 1);
+    r.prefetch(0, 7); // pipe 7 is not enabled
+    r.wait_counter(c::BAD_REGISTER_WRITES, 1);
+}
+
+/// Keys (dst IPs of UDP flows) that, inserted in order, fill all four candidate slots of
+/// `target`: each filler lands in its sub-table because its lower slots are taken first.
+fn colliding_keys(target: u32) -> Vec<u32> {
+    use regs::{flow_hash, FLOW_ENTRIES, FLOW_SUBTABLES};
+    use std::collections::HashSet;
+    let slot = |t: u32, ip: u32| flow_hash(t, 0, ip, 0, 80) % FLOW_ENTRIES;
+    fn place(
+        t: u32,
+        s: u32,
+        taken: &mut HashSet<(u32, u32)>,
+        next: &mut u32,
+        out: &mut Vec<u32>,
+        slot: &dyn Fn(u32, u32) -> u32,
+    ) {
+        let ip = loop {
+            *next += 1;
+            if slot(t, *next) == s {
+                break *next;
+            }
+        };
+        for u in 0..t {
+            let su = slot(u, ip);
+            if !taken.contains(&(u, su)) {
+                place(u, su, taken, next, out, slot);
+            }
+        }
+        taken.insert((t, s));
+        out.push(ip);
+    }
+    let mut taken = HashSet::new();
+    let mut next = 1_000_000;
+    let mut out = vec![];
+    for t in 0..FLOW_SUBTABLES {
+        let s = slot(t, target);
+        if !taken.contains(&(t, s)) {
+            place(t, s, &mut taken, &mut next, &mut out, &slot);
+        }
+    }
+    out
+}
+
+#[test]
+fn flow_table_and_fallback() {
+    let mut r = rig();
+    r.enable_nb(0);
+    for p in 0..4 {
+        r.enable_pipe(p, 0);
+    }
+    // Miss without fallback queues.
+    r.inject(&[udp(64, 5, 5)]);
+    r.wait_counter(c::RX_DROP_NO_FLOW, 1);
+    // Exact match: UDP keys have src = 0; TCP uses the full key except on SYN.
+    r.post(0, &[flow_entry(5, 5, 0, 0, 3), flow_entry(6, 80, 7, 1000, 2), flow_entry(6, 80, 0, 0, 1)]);
+    r.inject(&[udp(64, 5, 5), ipv4(64, 6, 7, 6, 1000, 80, 0x10), ipv4(64, 6, 7, 6, 1000, 80, 0x02)]);
+    wait("hits", || r.pipe_tail(3) == 1 && r.pipe_tail(2) == 1 && r.pipe_tail(1) == 1);
+    // Fallback by hash: two queues, mask 1.
+    r.post(0, &[fallback(2, 1, false)]);
+    let h0 = regs::flow_hash(0, 0, 77, 0, 7);
+    r.inject(&[udp(64, 77, 7)]);
+    let p = h0 & 1;
+    wait("hash fallback", || r.pipe_tail(p) == 1 + (p == 1) as u32);
+    // Round robin over 0..n−1.
+    r.post(0, &[fallback(4, 3, true)]);
+    let before: Vec<u32> = (0..4).map(|p| r.pipe_tail(p)).collect();
+    r.inject(&[udp(64, 77, 7), udp(64, 77, 7), udp(64, 77, 7), udp(64, 77, 7)]);
+    wait("round robin", || (0..4).all(|p| r.pipe_tail(p) == before[p as usize] + 1));
+    // Table full: the four candidate slots of a key taken, no eviction.
+    let target = 4242;
+    let fillers = colliding_keys(target);
+    let mut local = crate::flow::FlowTable::default();
+    for ip in &fillers {
+        local.insert(crate::packet::FlowKey { dst_ip: *ip, dst_port: 80, ..Default::default() }, 0).unwrap();
+    }
+    assert!(local
+        .insert(crate::packet::FlowKey { dst_ip: target, dst_port: 80, ..Default::default() }, 0)
+        .is_err());
+    for chunk in fillers.chunks(6) {
+        let entries: Vec<[u8; 64]> = chunk.iter().map(|ip| flow_entry(*ip, 80, 0, 0, 0)).collect();
+        r.post(0, &entries);
+    }
+    r.post(0, &[flow_entry(target, 80, 0, 0, 1)]);
+    r.wait_counter(c::FLOW_TABLE_FULL, 1);
+    assert_eq!(r.nic.counter(c::BAD_CONFIG), 0);
+}
+
+#[test]
+fn tx_splits_frames_and_completes_in_order() {
+    let mut r = rig();
+    r.basic();
+    let frames = [udp(60, 1, 1), udp(100, 2, 2), udp(1500, 3, 3)];
+    let mut off = 0u64;
+    for f in &frames {
+        r.ram_write(TXBUF + off, f);
+        off += (f.len() as u64).next_multiple_of(64);
+    }
+    assert_eq!(off, 192 + 1536);
+    let len = 192 + 1500; // frames at 0, 64 and 192; the last one unpadded
+    let single = udp(200, 4, 4);
+    r.ram_write(TXBUF + 4096, &single);
+    r.ram_write(TXBUF + 2 * MIB - 64, &udp(128, 1, 1));
+    let before = r.nic.counter(c::TX_COMPLETIONS);
+    r.post(
+        0,
+        &[send_notif(TXBUF, len), send_notif(TXBUF + 2 * MIB - 64, 128), send_notif(TXBUF + 4096, 200)],
+    );
+    let got = r.received(4);
+    assert_eq!(got.len(), 4);
+    assert_eq!(&got[..3], &frames);
+    assert_eq!(got[3], single);
+    r.wait_counter(c::TX_BAD_NOTIFICATION, 1);
+    r.wait_counter(c::TX_COMPLETIONS, before + 3);
+    r.wait_counter(c::TX_PACKETS, 4);
+    assert_eq!(r.nic.counter(c::TX_BYTES), 60 + 100 + 1500 + 200);
+    for i in 1..4 {
+        assert_eq!(r.ram64(tx_ring(0) + 64 * i), 0, "completion {i}: signal 0");
+    }
+    assert_eq!(r.bar2.read32(nb_page(0) + queue::TX_HEAD), 4);
+    let pcie = PciDevice::counters(&r.nic).snapshot();
+    assert!(pcie.dma_read_meta_bytes >= 4 * 64);
+}
+
+#[test]
+fn timestamps_and_rate_limit() {
+    let mut r = rig();
+    r.basic();
+    r.post(0, &[config_notif(config::TIMESTAMP, &[(config::TS_ENABLE, &1u64.to_le_bytes())])]);
+    // TX: the device clock, big-endian at byte 18.
+    r.ram_write(TXBUF, &udp(64, 1, 1));
+    let t0 = r.nic.ticks() as u32;
+    r.post(0, &[send_notif(TXBUF, 64)]);
+    let t1 = r.nic.ticks() as u32;
+    let got = r.received(1);
+    let stamp = u32::from_be_bytes(got[0][18..22].try_into().unwrap());
+    assert!(t0 <= stamp && stamp <= t1, "{t0} <= {stamp} <= {t1}");
+    // RX: now − stamp.
+    let mut f = udp(64, 1, 1);
+    let sent = (r.nic.ticks() as u32).wrapping_sub(1000);
+    f[18..22].copy_from_slice(&sent.to_be_bytes());
+    r.inject(&[f]);
+    wait("rx", || r.pipe_tail(0) == 1);
+    let rtt = u32::from_be_bytes(r.ram_read(pipe_base(0) + 18, 4).try_into().unwrap());
+    assert!((1000..1000 + 200_000_000).contains(&rtt), "rtt {rtt}");
+    // Rate limit: 1 flit per 2000 cycles (10 µs) → 20 one-flit frames take ≥ ~200 µs.
+    r.post(
+        0,
+        &[config_notif(
+            config::RATE_LIMIT,
+            &[
+                (config::RL_DENOMINATOR, &2000u16.to_le_bytes()),
+                (config::RL_NUMERATOR, &1u16.to_le_bytes()),
+                (config::RL_ENABLE, &1u32.to_le_bytes()),
+            ],
+        )],
+    );
+    let sends: Vec<[u8; 64]> = (0..5).map(|_| send_notif(TXBUF, 64)).collect();
+    let t = Instant::now();
+    for _ in 0..4 {
+        r.post(0, &sends);
+    }
+    assert!(t.elapsed() >= Duration::from_micros(180), "{:?}", t.elapsed());
+    assert_eq!(r.received(20).len(), 20);
+    r.post(0, &[config_notif(config::RATE_LIMIT, &[(config::RL_ENABLE, &1u32.to_le_bytes())])]);
+    r.wait_counter(c::BAD_CONFIG, 1);
+}
+
+#[test]
+fn every_error_is_counted_and_the_device_keeps_serving() {
+    let mut r = rig();
+    r.basic();
+    r.enable_pipe_at(3, NOWHERE, 0); // data DMA will fail
+    r.enable_nb_at(1, NOWHERE, NOWHERE);
+    r.enable_pipe(4, 1); // notifications to an unmapped ring
+    r.post(0, &[flow_entry(3, 3, 0, 0, 3), flow_entry(4, 4, 0, 0, 4), flow_entry(6, 6, 0, 0, 6)]);
+
+    r.inject(&[vec![0u8; 10]]);
+    r.wait_counter(c::RX_DROP_MALFORMED, 1);
+    r.inject(&[udp(64, 6, 6)]);
+    r.wait_counter(c::RX_DROP_PIPE_DISABLED, 1);
+    r.inject(&[udp(64, 3, 3)]);
+    r.wait_counter(c::RX_DROP_DMA, 1);
+    r.inject(&[udp(64, 4, 4)]);
+    r.wait_counter(c::DMA_ERRORS, 1);
+    assert_eq!(r.pipe_tail(4), 1, "data delivered, notification lost");
+
+    // Bad head: beyond the tail.
+    r.inject(&[udp(64, 1, 1)]);
+    wait("rx", || r.pipe_tail(0) == 1);
+    r.set_head(0, 5);
+    r.wait_counter(c::BAD_HEAD, 1);
+    r.set_head(0, 1000);
+    r.wait_counter(c::BAD_HEAD, 2);
+
+    // Notification ring full (8 entries: 7 usable), per-packet mode, nothing consumed.
+    r.set_ext(ext::NOTIF_MODE, ext::MODE_PER_PACKET);
+    settle();
+    r.inject(&vec![udp(64, 1, 1); 8]);
+    r.wait_counter(c::RX_NOTIF_DROP_RING_FULL, 2);
+    assert_eq!(r.nb_rx_tail(0), 7);
+    assert_eq!(r.pipe_tail(0), 9, "data still delivered");
+
+    // TX: unknown signal, zero length, oversized, unmapped data, garbage frame, bad config.
+    r.ram_write(TXBUF, &[0xee; 256]);
+    let mut odd = [0u8; 64];
+    odd[0] = 7;
+    r.post(
+        0,
+        &[
+            odd,
+            send_notif(TXBUF, 0),
+            send_notif(TXBUF, regs::MAX_TX_TRANSFER + 64),
+            send_notif(NOWHERE, 64),
+            send_notif(TXBUF, 256),
+            config_notif(99, &[]),
+        ],
+    );
+    r.wait_counter(c::TX_BAD_NOTIFICATION, 3);
+    r.wait_counter(c::TX_DROP_DMA, 1);
+    r.wait_counter(c::TX_DROP_BAD_FRAME, 1);
+    r.wait_counter(c::BAD_CONFIG, 1);
+    // Bad tail.
+    r.bar2.write32(nb_page(0) + queue::TX_TAIL, 100);
+    r.wait_counter(c::BAD_TAIL, 1);
+    r.bar2.write32(nb_page(0) + queue::TX_TAIL, r.tx_tail[0]);
+    // Bad register writes.
+    r.set_ext(ext::VERSION, 3);
+    r.wait_counter(c::BAD_REGISTER_WRITES, 1);
+    // Unplugged wire.
+    let port = r.nic.take_port();
+    r.ram_write(TXBUF, &udp(64, 1, 1));
+    r.post(0, &[send_notif(TXBUF, 64)]);
+    r.wait_counter(c::TX_DROP_WIRE, 1);
+    r.nic.replace_port(port);
+
+    // Still serving: TX and RX.
+    r.post(0, &[send_notif(TXBUF, 64)]);
+    assert_eq!(r.received(1).len(), 1);
+    r.set_ext(ext::NOTIF_MODE, ext::MODE_REACTIVE);
+    for i in 0..7 {
+        r.consume(0, i);
+    }
+    r.set_head(0, 9);
+    r.inject(&[udp(64, 1, 1)]);
+    wait("rx after errors", || r.pipe_tail(0) == 10);
+    for idx in c::RX_DROP_PIPE_FULL..regs::ext::counter::COUNT {
+        if idx != c::RX_DROP_PIPE_FULL && idx != c::FLOW_TABLE_FULL && idx != c::RX_DROP_NO_FLOW {
+            assert_ne!(r.nic.counter(idx), 0, "{}", regs::ext::counter::NAMES[idx as usize]);
+        }
+    }
+    assert_ne!(r.ext(ext::ERROR_STATUS), 0);
+}
+
+/// A deterministic generator for garbage.
+fn garbage(seed: &mut u64) -> u32 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed as u32
+}
+
+#[test]
+fn garbage_everywhere_then_reset() {
+    let mut r = rig();
+    r.basic();
+    r.post(0, &[flow_entry(5, 5, 0, 0, 0)]);
+    r.inject(&[udp(64, 1, 1)]);
+    wait("rx", || r.pipe_tail(0) == 1);
+    let mut seed = 0x1234_5678_9abc_def1;
+    // Garbage in every register, doorbell and TX ring entry, with frames flowing.
+    for round in 0..20 {
+        for p in 0..8 {
+            for off in (0..queue::SIZE).step_by(4) {
+                r.bar2.write32(pipe_page(p) + off, garbage(&mut seed));
+            }
+        }
+        for j in 0..2 {
+            for off in (0..queue::SIZE).step_by(4) {
+                r.bar2.write32(nb_page(j) + off, garbage(&mut seed) & if round % 2 == 0 { !0 } else { 0xff });
+            }
+        }
+        for off in (0x1000..0x4000).step_by(4) {
+            r.bar0.write32(off, garbage(&mut seed));
+        }
+        for off in (0..64 * 8).step_by(4) {
+            r.ram.write32(tx_ring(0) - RAM + off, garbage(&mut seed));
+        }
+        for _ in 0..8 {
+            let off = (garbage(&mut seed) as u64 % 0x1000) & !3;
+            let v = garbage(&mut seed);
+            r.nic.bar_write(0, off, &v.to_le_bytes());
+        }
+        let frames: Vec<Vec<u8>> = (0..8)
+            .map(|_| (0..(garbage(&mut seed) % 1600) as usize).map(|_| garbage(&mut seed) as u8).collect())
+            .collect();
+        r.inject(&frames);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    settle();
+    // Reset: power-on state, then serve again.
+    r.nic.reset();
+    assert_eq!(r.nic.counters(), [0; COUNT]);
+    assert_eq!(r.bar0.read32(state::PIPES), 0);
+    assert_eq!(r.bar2.read32(pipe_page(0) + queue::RX_MEM_LOW), 0);
+    assert_eq!(r.ext(ext::NOTIF_MODE), 0);
+    r.ram.clear();
+    r.tx_tail = [0; 2];
+    r.enable_nb(0);
+    r.enable_pipe(0, 0);
+    let mut drain = vec![];
+    r.wire.recv(&mut drain, 10_000);
+    r.inject(&[udp(64, 5, 5)]);
+    r.wait_counter(c::RX_DROP_NO_FLOW, 1); // flow table and fallback are gone
+    r.post(0, &[fallback(1, 0, false)]);
+    r.inject(&[udp(64, 5, 5)]);
+    wait("rx after reset", || r.pipe_tail(0) == 1);
+    assert_eq!(r.rx_notif(0, 0), (1, 0, 1));
+    // Detach/attach keeps queue state.
+    r.nic.detach();
+    let dma = Dma::new(r.space.clone(), PciDevice::counters(&r.nic), Arc::new(AtomicBool::new(true)));
+    r.nic.attach(DeviceContext { dma, irq: Arc::new(NoIrqs) });
+    r.inject(&[udp(64, 5, 5)]);
+    wait("rx after reattach", || r.pipe_tail(0) == 2);
+    r.disable_pipe(0);
+    r.inject(&[udp(64, 5, 5)]);
+    r.wait_counter(c::RX_DROP_PIPE_DISABLED, 1);
+}
+
+#[test]
+fn register_map_snapshot() {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let r = rig();
+    let cs = r.nic.config();
+    writeln!(
+        s,
+        "vendor {:#06x} device {:#06x} class {:#08x}",
+        cs.vendor_id(),
+        cs.device_id(),
+        regs::CLASS_CODE
+    )
+    .unwrap();
+    for b in cs.bars() {
+        writeln!(s, "BAR{} {:#x} {:?} prefetchable={}", b.index, b.size, b.kind, b.prefetchable).unwrap();
+    }
+    for i in [0u8, 2] {
+        if let BarBacking::Shared { areas, .. } = r.nic.bar_backing(i) {
+            writeln!(s, "BAR{i} shared areas (8 pipes, 2 pairs): {areas:x?}").unwrap();
+        }
+    }
+    writeln!(
+        s,
+        "BAR2 pipe_page(i) = i * {:#x}; nb_page(j) = {:#x} + j * {:#x}",
+        regs::QUEUE_PAGE,
+        nb_page(0),
+        regs::QUEUE_PAGE
+    )
+    .unwrap();
+    for (n, o) in [
+        ("rx_tail", queue::RX_TAIL),
+        ("rx_head", queue::RX_HEAD),
+        ("rx_mem_low", queue::RX_MEM_LOW),
+        ("rx_mem_high", queue::RX_MEM_HIGH),
+        ("tx_tail", queue::TX_TAIL),
+        ("tx_head", queue::TX_HEAD),
+        ("tx_mem_low", queue::TX_MEM_LOW),
+        ("tx_mem_high", queue::TX_MEM_HIGH),
+    ] {
+        writeln!(s, "  queue +{o:#04x} {n}").unwrap();
+    }
+    writeln!(
+        s,
+        "  rx_mem_low: ENABLE {:#x} NB_ID_MASK {:#x} PIPE_ADDR_MASK {:#x} NB_ADDR_MASK {:#x}",
+        queue::ENABLE,
+        queue::NB_ID_MASK,
+        queue::PIPE_ADDR_MASK,
+        queue::NB_ADDR_MASK
+    )
+    .unwrap();
+    writeln!(s, "BAR0 page 0 (trapped):").unwrap();
+    for (n, o) in [
+        ("ID", ext::ID),
+        ("VERSION", ext::VERSION),
+        ("NUM_PIPES", ext::NUM_PIPES),
+        ("NUM_NB_PAIRS", ext::NUM_NB_PAIRS),
+        ("PIPE_FLITS", ext::PIPE_FLITS),
+        ("NOTIF_ENTRIES", ext::NOTIF_ENTRIES),
+        ("NOTIF_MODE", ext::NOTIF_MODE),
+        ("ERROR_STATUS", ext::ERROR_STATUS),
+        ("COUNTERS_CLEAR", ext::COUNTERS_CLEAR),
+        ("TIMESTAMP_LO", ext::TIMESTAMP_LO),
+        ("TIMESTAMP_HI", ext::TIMESTAMP_HI),
+    ] {
+        writeln!(s, "  {o:#05x} {n}").unwrap();
+    }
+    for (i, n) in regs::ext::counter::NAMES.iter().enumerate() {
+        writeln!(s, "  {:#05x} counter {i:2} {n}", ext::COUNTERS + 8 * i as u64).unwrap();
+    }
+    writeln!(
+        s,
+        "BAR0 page 1-2 (shared): prefetch slot(j) = {:#x} + 8j {{pipe_id u32, seq u32}}",
+        prefetch::PAGE
+    )
+    .unwrap();
+    writeln!(
+        s,
+        "BAR0 page 3 (shared): pipe state bits @ {:#x}, pair state bits @ {:#x}",
+        state::PIPES,
+        state::NB_PAIRS
+    )
+    .unwrap();
+    insta::assert_snapshot!("register_map", s);
+}
+
+#[test]
+fn notification_trace_snapshot() {
+    let mut r = rig();
+    r.basic();
+    *r.space.log.lock().unwrap() = Some(vec![]);
+    // Scenario: a burst of two frames, software catches up in two head writes, then a TX
+    // transfer of two frames.
+    r.inject(&[udp(64, 1, 1), udp(100, 1, 1)]);
+    wait("burst", || r.nb_rx_tail(0) == 1 && r.pipe_tail(0) == 3);
+    r.consume(0, 0);
+    r.set_head(0, 1);
+    wait("catch-up notification", || r.nb_rx_tail(0) == 2);
+    r.consume(0, 1);
+    r.set_head(0, 3);
+    r.wait_counter(c::HEAD_UPDATES, 2);
+    r.ram_write(TXBUF, &udp(64, 2, 2));
+    r.ram_write(TXBUF + 64, &udp(64, 3, 3));
+    r.post(0, &[send_notif(TXBUF, 128)]);
+    assert_eq!(r.received(2).len(), 2);
+    settle();
+    let log = r.space.log.lock().unwrap().take().unwrap();
+    let name = |a: u64| {
+        if a >= TXBUF {
+            format!("txbuf+{:#x}", a - TXBUF)
+        } else if a >= tx_ring(0) {
+            format!("nb0.tx[{}]+{}", (a - tx_ring(0)) / 64, (a - tx_ring(0)) % 64)
+        } else if a >= rx_ring(0) {
+            format!("nb0.rx[{}]+{}", (a - rx_ring(0)) / 64, (a - rx_ring(0)) % 64)
+        } else {
+            format!("pipe0+{:#x}", a - pipe_base(0))
+        }
+    };
+    let mut s = String::new();
+    for (write, addr, data) in log {
+        let words: Vec<u64> = data
+            .chunks(8)
+            .take(2)
+            .filter(|w| w.len() == 8)
+            .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+            .collect();
+        let what = if !write {
+            format!("DMA read  {:<16} {:>4} B", name(addr), data.len())
+        } else if addr < rx_ring(0) {
+            format!("DMA write {:<16} {:>4} B data", name(addr), data.len())
+        } else {
+            format!("DMA write {:<16} {:>4} B {:?}", name(addr), data.len(), words)
+        };
+        s.push_str(&what);
+        s.push('\n');
+    }
+    insta::assert_snapshot!("notification_trace", s);
+}
+
+/// RX throughput of the model alone (64 B frames, one pipe, software keeping up).
+/// `cargo test -p enso-nic --release -- --ignored rx_throughput --nocapture`
+#[test]
+#[ignore]
+fn rx_throughput() {
+    let mut r = rig_with(EnsoConfig { pipe_flits: 32768, notif_entries: 16384, ..cfg() });
+    r.basic();
+    let n = 2_000_000u64;
+    let frame = udp(64, 1, 1);
+    let batches: Vec<Vec<Vec<u8>>> = (0..n / 64).map(|_| vec![frame.clone(); 64]).collect();
+    let t = Instant::now();
+    let mut batches = batches.into_iter();
+    let mut sent = 0;
+    while r.nic.counter(c::RX_PACKETS) < n - r.wire.dropped() {
+        if sent - r.nic.counter(c::RX_PACKETS) < 4096 {
+            if let Some(b) = batches.next() {
+                for f in b {
+                    r.wire.send(f);
+                }
+                r.wire.flush();
+                sent += 64;
+            }
+        }
+        r.set_head(0, r.pipe_tail(0));
+        let rx_head = r.nb_rx_tail(0);
+        r.bar2.write32(nb_page(0) + queue::RX_HEAD, rx_head);
+        assert!(t.elapsed() < Duration::from_secs(60));
+    }
+    let s = t.elapsed().as_secs_f64();
+    eprintln!("{} frames in {s:.3} s: {:.2} Mpps (wire drops {})", n, n as f64 / s / 1e6, r.wire.dropped());
+}

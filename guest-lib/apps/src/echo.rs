@@ -1,0 +1,208 @@
+//! The Ensō echo: every packet received on N pipes (fallback queues, by hash so a flow
+//! stays on one pipe) is sent back from the RX buffer itself (zero copy, `RxTxPipe`),
+//! with the first UDP payload byte (frame offset 42) incremented so the sender can tell an
+//! echo from a reflection.
+
+use crate::report::Report;
+use device_access::DeviceAccess;
+use enso::{Counters, Device, PacketIterMut, RxTxPipe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Frame offset of the byte the echo increments (first UDP payload byte).
+pub const MARK_OFFSET: usize = 42;
+
+/// What the echo is asked to do.
+#[derive(Clone, Debug)]
+pub struct EchoParams {
+    /// Pipes (fallback queues) on notification-buffer pair 0.
+    pub pipes: u32,
+    /// Stop after this many packets (None: no limit).
+    pub packets: Option<u64>,
+    /// Stop when idle this long after at least one packet (None: never).
+    pub idle: Option<Duration>,
+    /// Give up when no packet at all arrives for this long (None: wait forever).
+    pub start_timeout: Option<Duration>,
+}
+
+impl Default for EchoParams {
+    fn default() -> Self {
+        EchoParams { pipes: 4, packets: None, idle: Some(Duration::from_millis(3000)), start_timeout: None }
+    }
+}
+
+/// What the echo did.
+#[derive(Clone, Debug, Default)]
+pub struct EchoStats {
+    /// Packets echoed.
+    pub packets: u64,
+    /// Bytes of those packets (frame lengths).
+    pub bytes: u64,
+    /// Batches (recv + send) handled.
+    pub batches: u64,
+    /// RX notifications consumed.
+    pub notifications: u64,
+    /// TX requests posted.
+    pub tx_requests: u64,
+    /// From setup done to the last packet.
+    pub active: Duration,
+    /// From setup done to the end of the loop.
+    pub elapsed: Duration,
+    /// Device counters at the end (if readable).
+    pub counters: Option<Counters>,
+}
+
+impl EchoStats {
+    /// Packets per second over the active period.
+    pub fn pps(&self) -> f64 {
+        rate(self.packets, self.active)
+    }
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    if d.is_zero() {
+        0.0
+    } else {
+        n as f64 / d.as_secs_f64()
+    }
+}
+
+/// Why the loop stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The packet target was reached.
+    Packets,
+    /// Idle after traffic.
+    Idle,
+    /// No traffic at all.
+    NoTraffic,
+    /// The stop flag was raised.
+    Flag,
+}
+
+/// Sets up the device and echoes until `params` or `stop` say so. Usable from a native
+/// benchmark: raise `stop` from another thread to end it.
+pub fn run_for(
+    access: Box<dyn DeviceAccess>,
+    params: &EchoParams,
+    stop: &AtomicBool,
+) -> Result<(EchoStats, StopReason), enso::Error> {
+    let mut dev = Device::new(access, 0)?;
+    let n = params.pipes.max(1);
+    let mut pipes: Vec<RxTxPipe> = (0..n).map(|_| dev.alloc_rx_tx_pipe()).collect::<Result<_, _>>()?;
+    // Fallback pipes are IDs 0..n-1; map IDs to our vector anyway.
+    let mut index = vec![usize::MAX; dev.info().num_pipes as usize];
+    for (i, p) in pipes.iter().enumerate() {
+        index[p.id() as usize] = i;
+    }
+    dev.configure_fallback_queues(n, false)?;
+    let (stats, reason) = echo_loop(&mut dev, &mut pipes, &index, params, stop)?;
+    Ok((stats, reason))
+}
+
+fn echo_loop(
+    dev: &mut Device,
+    pipes: &mut [RxTxPipe],
+    index: &[usize],
+    params: &EchoParams,
+    stop: &AtomicBool,
+) -> Result<(EchoStats, StopReason), enso::Error> {
+    let mut s = EchoStats::default();
+    let start = Instant::now();
+    let mut last_packet = start;
+    let mut empty_polls = 0u32;
+    let limit = params.packets.unwrap_or(u64::MAX);
+    let reason = loop {
+        if s.packets >= limit {
+            break StopReason::Packets;
+        }
+        let Some(id) = dev.next_rx_pipe_to_recv() else {
+            empty_polls += 1;
+            if empty_polls & 255 == 0 {
+                if stop.load(Ordering::Relaxed) {
+                    break StopReason::Flag;
+                }
+                let now = Instant::now();
+                if s.packets > 0 {
+                    if params.idle.is_some_and(|idle| now - last_packet >= idle) {
+                        break StopReason::Idle;
+                    }
+                } else if params.start_timeout.is_some_and(|t| now - start >= t) {
+                    break StopReason::NoTraffic;
+                }
+            }
+            if empty_polls & 15 == 0 {
+                // Natively the model, the peer and this loop may share two cores.
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+            continue;
+        };
+        let Some(pipe) = index.get(id as usize).and_then(|&i| pipes.get_mut(i)) else { continue };
+        let buf = pipe.recv_mut(usize::MAX);
+        let len = buf.len();
+        if len == 0 {
+            continue;
+        }
+        for pkt in PacketIterMut::new(buf) {
+            if let Some(b) = pkt.get_mut(MARK_OFFSET) {
+                *b = b.wrapping_add(1);
+            }
+            s.packets += 1;
+            s.bytes += pkt.len() as u64;
+        }
+        // Everything received goes back out (a malformed tail is the device's to drop).
+        pipe.send_and_free(dev, len)?;
+        s.batches += 1;
+        last_packet = Instant::now();
+        empty_polls = 0;
+    };
+    let _ = dev.wait_tx_idle(Duration::from_secs(2));
+    s.active = last_packet - start;
+    s.elapsed = start.elapsed();
+    let ds = dev.stats();
+    s.notifications = ds.rx_notifications;
+    s.tx_requests = ds.tx_requests;
+    s.counters = dev.counters().ok();
+    Ok((s, reason))
+}
+
+/// Runs the echo and reports (one JSON result line from `main`).
+pub fn run(access: Box<dyn DeviceAccess>, params: EchoParams) -> Report {
+    let mut r = Report::new("echo", access.transport());
+    r.value("pipes", params.pipes);
+    let stop = AtomicBool::new(false);
+    match run_for(access, &params, &stop) {
+        Ok((s, reason)) => {
+            r.check("setup", true, format!("{} pipes", params.pipes));
+            let ok = match params.packets {
+                Some(n) => s.packets >= n,
+                None => s.packets > 0,
+            };
+            r.check("echoed", ok, format!("{} packets ({reason:?})", s.packets));
+            fill_values(&mut r, &s);
+            r.value("stop", format!("{reason:?}"));
+        }
+        Err(e) => r.fail("setup", e),
+    }
+    r
+}
+
+/// Adds the echo's numbers (and the device counters, prefixed `dev_`) to a report.
+pub fn fill_values(r: &mut Report, s: &EchoStats) {
+    r.value("packets", s.packets);
+    r.value("bytes", s.bytes);
+    r.value("batches", s.batches);
+    r.value("notifications", s.notifications);
+    r.value("tx_requests", s.tx_requests);
+    r.value("active_s", s.active.as_secs_f64());
+    r.value("elapsed_s", s.elapsed.as_secs_f64());
+    r.value("pps", s.pps());
+    r.value("bps", rate(s.bytes * 8, s.active));
+    r.value("packets_per_batch", if s.batches == 0 { 0.0 } else { s.packets as f64 / s.batches as f64 });
+    if let Some(c) = &s.counters {
+        for (name, v) in c.iter() {
+            r.value(&format!("dev_{name}"), v);
+        }
+    }
+}

@@ -1,0 +1,493 @@
+//! Pipes: [`RxPipe`] (bytes the device wrote into a 2 MiB ring), [`TxPipe`] (a buffer the
+//! application fills and the device sends), [`RxTxPipe`] (zero-copy echo: RX data sent
+//! straight back out of the RX ring, freed when the send completes).
+
+use crate::device::{Completion, Device};
+use crate::packet::{PacketIter, PacketIterMut};
+use crate::regs::{wait_state, RegWindow};
+use crate::ring::{bytes_to_flits, Ring, TxChunks};
+use crate::{Error, Result};
+use device_access::{Bar, DmaBuffer};
+use std::sync::atomic::{fence, AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use testbed_regs::enso::{prefetch, queue, state, FLIT};
+
+/// Which pipe IDs this process uses.
+#[derive(Debug)]
+pub(crate) struct PipeIds {
+    used: Vec<bool>,
+}
+
+impl PipeIds {
+    pub(crate) fn new(n: u32) -> Self {
+        PipeIds { used: vec![false; n as usize] }
+    }
+
+    pub(crate) fn take(&mut self, id: u32) -> Result<()> {
+        let available = self.used.len() as u32;
+        let slot = self.used.get_mut(id as usize).ok_or(Error::BadPipeId { id, available })?;
+        if *slot {
+            return Err(Error::PipeInUse(id));
+        }
+        *slot = true;
+        Ok(())
+    }
+
+    pub(crate) fn take_lowest(&mut self) -> Result<u32> {
+        let i = self.used.iter().position(|u| !u).ok_or(Error::NoFreePipe(self.used.len() as u32))?;
+        self.used[i] = true;
+        Ok(i as u32)
+    }
+
+    pub(crate) fn free(&mut self, id: u32) {
+        if let Some(u) = self.used.get_mut(id as usize) {
+            *u = false;
+        }
+    }
+}
+
+/// The state of one RX pipe that the [`Device`] also reaches: the tail it learns from
+/// notifications, the head it advances on TX completions (RX/TX pipes), and the buffer,
+/// kept alive while the device may still read it for a send.
+pub(crate) struct RxShared {
+    id: u32,
+    ring: Ring,
+    /// Flits freed to the device (the `rx_head` register value).
+    head: AtomicU32,
+    /// Flits the device announced (last notified tail).
+    tail: AtomicU32,
+    alive: AtomicBool,
+    regs: RegWindow,
+    prefetch: RegWindow,
+    buf: DmaBuffer,
+    ext: Bar,
+    ids: Arc<Mutex<PipeIds>>,
+    ack_timeout: Duration,
+}
+
+impl RxShared {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: u32,
+        ring: Ring,
+        regs: RegWindow,
+        prefetch: RegWindow,
+        buf: DmaBuffer,
+        ext: Bar,
+        ids: Arc<Mutex<PipeIds>>,
+        ack_timeout: Duration,
+    ) -> Self {
+        RxShared {
+            id,
+            ring,
+            head: AtomicU32::new(0),
+            tail: AtomicU32::new(0),
+            alive: AtomicBool::new(true),
+            regs,
+            prefetch,
+            buf,
+            ext,
+            ids,
+            ack_timeout,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub(crate) fn set_tail(&self, tail: u32) {
+        self.tail.store(tail & (self.ring.size() - 1), Ordering::Release);
+    }
+
+    #[inline]
+    fn tail(&self) -> u32 {
+        self.tail.load(Ordering::Acquire)
+    }
+
+    #[inline]
+    fn head(&self) -> u32 {
+        self.head.load(Ordering::Relaxed)
+    }
+
+    /// Moves the head to `head` and tells the device (one register write).
+    #[inline]
+    fn write_head(&self, head: u32) {
+        self.head.store(head, Ordering::Relaxed);
+        if self.is_alive() {
+            fence(Ordering::Release);
+            self.regs.write(queue::RX_HEAD, head);
+        }
+    }
+
+    /// Frees `flits` more (an RX/TX send completed).
+    #[inline]
+    pub(crate) fn free_flits(&self, flits: u32) {
+        self.write_head(self.ring.add(self.head(), flits));
+    }
+
+    /// Disables the pipe and waits until the device stopped writing to it; frees its ID.
+    pub(crate) fn disable(&self) {
+        if self.alive.swap(false, Ordering::AcqRel) {
+            self.regs.disable_queue();
+            let _ = wait_state(&self.ext, state::pipe_bit(self.id), false, self.ack_timeout, "pipe", self.id);
+            self.ids.lock().unwrap_or_else(|e| e.into_inner()).free(self.id);
+        }
+    }
+}
+
+/// The receive side shared by [`RxPipe`] and [`RxTxPipe`].
+struct RxCore {
+    shared: Arc<RxShared>,
+    /// Flits handed to the application by `recv`.
+    read: u32,
+}
+
+impl RxCore {
+    fn ring_bytes(&self) -> usize {
+        self.shared.ring.size() as usize * FLIT
+    }
+
+    /// Bytes announced and not yet received.
+    #[inline]
+    fn available(&self) -> usize {
+        self.shared.ring.distance(self.read, self.shared.tail()) as usize * FLIT
+    }
+
+    /// (pointer, length) of up to `max` bytes (rounded down to flits) at the read cursor;
+    /// advances the cursor when `advance`.
+    #[inline]
+    fn take(&mut self, max: usize, advance: bool) -> (*mut u8, usize) {
+        let len = self.available().min(max / FLIT * FLIT);
+        // SAFETY: `read` < ring size, and the buffer is mapped twice back to back, so
+        // `read * 64 + len` <= 2 * ring bytes stays inside the mapping.
+        let ptr = unsafe { self.shared.buf.as_ptr().add(self.read as usize * FLIT) };
+        if advance {
+            self.read = self.shared.ring.add(self.read, (len / FLIT) as u32);
+        }
+        (ptr, len)
+    }
+
+    fn prefetch(&self) {
+        let slot = &self.shared.prefetch;
+        let seq = slot.read(prefetch::SEQ).wrapping_add(1);
+        slot.write(prefetch::PIPE_ID, self.shared.id);
+        fence(Ordering::Release);
+        slot.write(prefetch::SEQ, seq);
+    }
+}
+
+impl Drop for RxCore {
+    fn drop(&mut self) {
+        self.shared.disable();
+    }
+}
+
+/// A receive pipe: the device writes packets for its flows back to back into a 2 MiB
+/// ring; the application receives contiguous slices (the ring is mapped twice) and frees
+/// them with [`RxPipe::confirm_bytes`].
+pub struct RxPipe {
+    core: RxCore,
+}
+
+// Slices returned by recv/peek borrow `self`; they stay valid because the device never
+// writes between the head and the announced tail.
+impl RxPipe {
+    pub(crate) fn new(shared: Arc<RxShared>) -> Self {
+        RxPipe { core: RxCore { shared, read: 0 } }
+    }
+
+    /// The pipe ID (the queue the device steers to).
+    pub fn id(&self) -> u32 {
+        self.core.shared.id
+    }
+
+    /// Steers the flow {dst_port, src_port, dst_ip, src_ip} (host byte order) here.
+    pub fn bind(
+        &self,
+        dev: &mut Device,
+        dst_port: u16,
+        src_port: u16,
+        dst_ip: u32,
+        src_ip: u32,
+        protocol: u32,
+    ) -> Result<()> {
+        dev.insert_flow_entry(dst_port, src_port, dst_ip, src_ip, protocol, self.id())
+    }
+
+    /// Bytes announced by the device and not yet received.
+    pub fn available(&self) -> usize {
+        self.core.available()
+    }
+
+    /// Receives up to `max` bytes (rounded down to whole flits): a contiguous slice of
+    /// whole packets, each on a 64-byte boundary. Empty when nothing new was announced.
+    pub fn recv(&mut self, max: usize) -> &[u8] {
+        let (p, len) = self.core.take(max, true);
+        // SAFETY: `p..p+len` lies in the (mirrored) pipe mapping owned by `shared`, holds
+        // data the device announced (Acquire on the tail) and will not rewrite before
+        // the application frees it.
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+
+    /// As [`RxPipe::recv`], mutable (e.g. to edit packets before forwarding them).
+    pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
+        let (p, len) = self.core.take(max, true);
+        // SAFETY: as in `recv`; `&mut self` makes the slice unique on our side.
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
+
+    /// As [`RxPipe::recv`] without consuming: the next recv returns the same bytes.
+    pub fn peek(&self, max: usize) -> &[u8] {
+        let len = self.core.available().min(max / FLIT * FLIT);
+        // SAFETY: as in `recv` (same range `take` would return).
+        unsafe {
+            std::slice::from_raw_parts(self.core.shared.buf.as_ptr().add(self.core.read as usize * FLIT), len)
+        }
+    }
+
+    /// Receives up to `max` bytes and iterates over their packets.
+    pub fn recv_packets(&mut self, max: usize) -> PacketIter<'_> {
+        PacketIter::new(self.recv(max))
+    }
+
+    /// Bytes received and not yet confirmed.
+    pub fn unconfirmed(&self) -> usize {
+        self.core.shared.ring.distance(self.core.shared.head(), self.core.read) as usize * FLIT
+    }
+
+    /// Frees the oldest `n` received bytes (rounded up to whole flits) back to the device:
+    /// one `rx_head` write.
+    pub fn confirm_bytes(&mut self, n: usize) -> Result<()> {
+        let received = self.unconfirmed();
+        let flits = bytes_to_flits(n);
+        if flits * FLIT > received {
+            return Err(Error::ConfirmTooMany { requested: n, received });
+        }
+        if flits > 0 {
+            let s = &self.core.shared;
+            s.write_head(s.ring.add(s.head(), flits as u32));
+        }
+        Ok(())
+    }
+
+    /// Drops everything received or announced: frees up to the last announced tail.
+    pub fn clear(&mut self) {
+        let tail = self.core.shared.tail();
+        self.core.read = tail;
+        self.core.shared.write_head(tail);
+    }
+
+    /// Asks the device for this pipe's notification now (prefetch doorbell).
+    pub fn prefetch(&self) {
+        self.core.prefetch();
+    }
+
+    /// Size of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        self.core.ring_bytes()
+    }
+}
+
+/// A pipe that sends received data straight back out of its RX ring (zero-copy echo). RX
+/// space is freed only when the device reports the send complete.
+pub struct RxTxPipe {
+    core: RxCore,
+    /// Flits sent (or queued to send); between the head and the read cursor.
+    sent: u32,
+}
+
+impl RxTxPipe {
+    pub(crate) fn new(shared: Arc<RxShared>) -> Self {
+        RxTxPipe { core: RxCore { shared, read: 0 }, sent: 0 }
+    }
+
+    /// The pipe ID.
+    pub fn id(&self) -> u32 {
+        self.core.shared.id
+    }
+
+    /// As [`RxPipe::bind`].
+    pub fn bind(
+        &self,
+        dev: &mut Device,
+        dst_port: u16,
+        src_port: u16,
+        dst_ip: u32,
+        src_ip: u32,
+        protocol: u32,
+    ) -> Result<()> {
+        dev.insert_flow_entry(dst_port, src_port, dst_ip, src_ip, protocol, self.id())
+    }
+
+    /// Bytes announced and not yet received.
+    pub fn available(&self) -> usize {
+        self.core.available()
+    }
+
+    /// As [`RxPipe::recv`].
+    pub fn recv(&mut self, max: usize) -> &[u8] {
+        let (p, len) = self.core.take(max, true);
+        // SAFETY: as in `RxPipe::recv`.
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+
+    /// As [`RxPipe::recv_mut`]: edit packets in place, then send them back.
+    pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
+        let (p, len) = self.core.take(max, true);
+        // SAFETY: as in `RxPipe::recv`; `&mut self` makes the slice unique on our side.
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
+
+    /// Receives up to `max` bytes and iterates mutably over their packets.
+    pub fn recv_packets_mut(&mut self, max: usize) -> PacketIterMut<'_> {
+        PacketIterMut::new(self.recv_mut(max))
+    }
+
+    /// As [`RxPipe::peek`].
+    pub fn peek(&self, max: usize) -> &[u8] {
+        let len = self.core.available().min(max / FLIT * FLIT);
+        // SAFETY: as in `RxPipe::peek`.
+        unsafe {
+            std::slice::from_raw_parts(self.core.shared.buf.as_ptr().add(self.core.read as usize * FLIT), len)
+        }
+    }
+
+    /// Bytes received and not yet sent.
+    pub fn unsent(&self) -> usize {
+        self.core.shared.ring.distance(self.sent, self.core.read) as usize * FLIT
+    }
+
+    /// Sends the oldest `n` received-and-unsent bytes back out (split at 128 KiB and at the
+    /// ring's end, one `tx_tail` write); their RX space is freed when the send completes.
+    pub fn send_and_free(&mut self, dev: &mut Device, n: usize) -> Result<()> {
+        let received = self.unsent();
+        let flits = bytes_to_flits(n);
+        if flits * FLIT > received {
+            return Err(Error::SendExceedsReceived { requested: n, received });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let chunks =
+            TxChunks::new(self.core.shared.buf.iova(), self.core.ring_bytes(), self.sent as usize * FLIT, n);
+        dev.post_send(chunks, Completion::Rx(self.core.shared.clone(), flits as u32))?;
+        self.sent = self.core.shared.ring.add(self.sent, flits as u32);
+        Ok(())
+    }
+
+    /// As [`RxPipe::prefetch`].
+    pub fn prefetch(&self) {
+        self.core.prefetch();
+    }
+
+    /// Size of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        self.core.ring_bytes()
+    }
+}
+
+/// A TX pipe's buffer, kept alive (by the device's completion records) until every send
+/// from it completed.
+pub(crate) struct TxShared {
+    buf: DmaBuffer,
+    /// Bytes whose sends completed.
+    completed: AtomicU64,
+}
+
+impl TxShared {
+    pub(crate) fn new(buf: DmaBuffer) -> Self {
+        TxShared { buf, completed: AtomicU64::new(0) }
+    }
+
+    #[inline]
+    pub(crate) fn complete(&self, bytes: u64) {
+        self.completed.fetch_add(bytes, Ordering::Release);
+    }
+}
+
+/// A transmit buffer: [`TxPipe::allocate_buf`] hands out contiguous space (the 2 MiB ring
+/// is mapped twice), [`TxPipe::send_and_free`] posts it; the space returns when the
+/// device completes the send.
+pub struct TxPipe {
+    shared: Arc<TxShared>,
+    /// Ring offset of the next allocation (flit-aligned).
+    begin: usize,
+    /// Bytes posted so far (flit-rounded per send).
+    sent: u64,
+    /// Bytes handed out by the last `allocate_buf` and not yet sent.
+    allocated: usize,
+}
+
+impl TxPipe {
+    /// Ring size in bytes.
+    pub const BYTES: usize = 2 << 20;
+
+    pub(crate) fn new(shared: Arc<TxShared>) -> Self {
+        TxPipe { shared, begin: 0, sent: 0, allocated: 0 }
+    }
+
+    /// Free bytes (without processing completions).
+    pub fn free(&self) -> usize {
+        let in_flight = self.sent - self.shared.completed.load(Ordering::Acquire);
+        Self::BYTES - in_flight as usize
+    }
+
+    /// Contiguous space for `len` bytes at the ring's current position; processes the
+    /// device's completions once if the space is not free yet.
+    pub fn allocate_buf(&mut self, dev: &mut Device, len: usize) -> Result<&mut [u8]> {
+        if len > Self::BYTES {
+            return Err(Error::TxBufferFull { requested: len, free: Self::BYTES });
+        }
+        if self.free() < len {
+            dev.process_completions();
+            if self.free() < len {
+                return Err(Error::TxBufferFull { requested: len, free: self.free() });
+            }
+        }
+        self.allocated = len;
+        // SAFETY: `begin` < BYTES and `len` <= BYTES: inside the mirrored mapping; the
+        // bytes are free (their earlier sends completed), so the device does not read them.
+        Ok(unsafe { std::slice::from_raw_parts_mut(self.shared.buf.as_ptr().add(self.begin), len) })
+    }
+
+    /// Sends the first `len` bytes of the allocated space; the space is reused after the
+    /// device completes the send. Frames must start on 64-byte boundaries.
+    pub fn send_and_free(&mut self, dev: &mut Device, len: usize) -> Result<()> {
+        if len > self.allocated {
+            return Err(Error::SendExceedsAllocation { requested: len, allocated: self.allocated });
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let step = bytes_to_flits(len) * FLIT;
+        let chunks = TxChunks::new(self.shared.buf.iova(), Self::BYTES, self.begin, len);
+        dev.post_send(chunks, Completion::Tx(self.shared.clone(), step as u64))?;
+        self.begin = (self.begin + step) % Self::BYTES;
+        self.sent += step as u64;
+        self.allocated = self.allocated.saturating_sub(step);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipe_id_allocation() {
+        let mut ids = PipeIds::new(4);
+        assert_eq!(ids.take_lowest().unwrap(), 0);
+        ids.take(2).unwrap();
+        assert!(matches!(ids.take(2), Err(Error::PipeInUse(2))));
+        assert!(matches!(ids.take(9), Err(Error::BadPipeId { id: 9, available: 4 })));
+        assert_eq!(ids.take_lowest().unwrap(), 1);
+        assert_eq!(ids.take_lowest().unwrap(), 3);
+        assert!(matches!(ids.take_lowest(), Err(Error::NoFreePipe(4))));
+        ids.free(1);
+        assert_eq!(ids.take_lowest().unwrap(), 1);
+    }
+}
