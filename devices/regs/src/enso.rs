@@ -85,7 +85,9 @@ pub mod queue {
     /// Address bits of `rx_mem_low` for a pipe (2 MiB aligned).
     pub const PIPE_ADDR_MASK: u32 = !((2 << 20) - 1);
     /// Address bits of a notification ring's `*_mem_low` (the RX ring is 2 MiB aligned,
-    /// the TX ring sits 1 MiB above it).
+    /// the TX ring sits 1 MiB above it). For the RX ring's `rx_mem_low`, bit 20 is the
+    /// ENABLE bit, not an address bit: mask it out (`& NB_ADDR_MASK & !ENABLE`); for
+    /// `tx_mem_low` it is an address bit.
     pub const NB_ADDR_MASK: u32 = !((1 << 20) - 1);
 }
 

@@ -70,6 +70,17 @@ pub struct DmaOptions {
     /// Map the memory twice back to back in virtual memory, so data that wraps the end of
     /// a ring reads contiguously (the Ensō pipe trick). The IOVA mapping covers one copy.
     pub mirrored: bool,
+    /// Alignment of the IOVA (a power of two; 0 = the page size in use). Devices that
+    /// keep flags in the low bits of a buffer address need more than 4 KiB even when no
+    /// huge pages are configured.
+    pub iova_align: u64,
+}
+
+impl DmaOptions {
+    /// The IOVA alignment to use for memory of `page` bytes per page.
+    pub fn alignment(&self, page: u64) -> u64 {
+        self.iova_align.max(page).next_power_of_two()
+    }
 }
 
 /// The seam every driver in `guest-lib` uses to reach its device.
@@ -87,4 +98,18 @@ pub trait DeviceAccess: Send {
     fn enable_msix(&mut self, count: u32) -> Result<Vec<Interrupt>>;
     /// A short name of the transport ("vfio" or "vfio-user"), for reports.
     fn transport(&self) -> &'static str;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iova_alignment() {
+        let o = DmaOptions::default();
+        assert_eq!(o.alignment(4096), 4096);
+        let o = DmaOptions { iova_align: 2 << 20, ..o };
+        assert_eq!(o.alignment(4096), 2 << 20, "more than the page when asked");
+        assert_eq!(DmaOptions { iova_align: 100, ..o }.alignment(4096), 4096);
+    }
 }

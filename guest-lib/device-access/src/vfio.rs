@@ -933,7 +933,7 @@ impl DeviceAccess for VfioDevice {
     fn alloc_dma(&mut self, len: usize, opts: DmaOptions) -> Result<DmaBuffer> {
         let mem = SharedMem::new(len, opts)
             .inspect_err(|e| eprintln!("vfio: allocating {len} bytes of DMA memory ({opts:?}): {e}"))?;
-        let align = if mem.huge() { HUGE_PAGE } else { PAGE } as u64;
+        let align = opts.alignment(if mem.huge() { HUGE_PAGE } else { PAGE } as u64);
         let size = mem.len() as u64;
         let iova = self.iova.alloc(size, align).ok_or_else(|| logged(Error::IovaExhausted(mem.len())))?;
         self.iommu.map_dma(mem.as_ptr() as u64, iova, size)?;

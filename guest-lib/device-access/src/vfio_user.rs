@@ -104,7 +104,7 @@ impl DeviceAccess for VfioUserDevice {
 
     fn alloc_dma(&mut self, len: usize, opts: DmaOptions) -> Result<DmaBuffer> {
         let mem = SharedMem::new(len, opts)?;
-        let align = if mem.huge() { HUGE_PAGE } else { PAGE } as u64;
+        let align = opts.alignment(if mem.huge() { HUGE_PAGE } else { PAGE } as u64);
         let iova = self.next_iova.next_multiple_of(align);
         let end = iova.checked_add(mem.len() as u64).ok_or(Error::IovaExhausted(mem.len()))?;
         self.shared

@@ -189,8 +189,11 @@ impl Device {
         let notif_ring = Ring::new(info.notif_entries).expect("checked by check_geometry");
 
         // Both rings in one 2 MiB region: RX ring at 0, TX ring 1 MiB above.
-        let nb_buf =
-            alloc_aligned(access.as_mut(), 2 * NOTIF_RING_BYTES, DmaOptions { huge: true, mirrored: false })?;
+        let nb_buf = alloc_aligned(
+            access.as_mut(),
+            2 * NOTIF_RING_BYTES,
+            DmaOptions { huge: true, mirrored: false, iova_align: 0 },
+        )?;
         nb_buf.as_mut_slice().fill(0);
         let nb_regs = RegWindow::queue(&queues, nb_page(opts.nb_id), opts.allow_trapped_datapath)?;
         let bit = state::nb_bit(opts.nb_id);
@@ -280,8 +283,11 @@ impl Device {
 
     /// A new TX pipe (a 2 MiB buffer, mapped twice so allocations never wrap).
     pub fn alloc_tx_pipe(&mut self) -> Result<TxPipe> {
-        let buf =
-            alloc_aligned(self.access.as_mut(), TxPipe::BYTES, DmaOptions { huge: true, mirrored: true })?;
+        let buf = alloc_aligned(
+            self.access.as_mut(),
+            TxPipe::BYTES,
+            DmaOptions { huge: true, mirrored: true, iova_align: 0 },
+        )?;
         if buf.len() != TxPipe::BYTES || !buf.mirrored() {
             return Err(Error::Geometry(format!(
                 "TX buffer of {} bytes, mirrored {}",
@@ -311,7 +317,11 @@ impl Device {
     fn make_rx_inner(&mut self, id: u32) -> Result<Arc<RxShared>> {
         let ring_bytes = self.info.pipe_flits as usize * FLIT;
         let huge = ring_bytes == 2 << 20;
-        let buf = alloc_aligned(self.access.as_mut(), ring_bytes, DmaOptions { huge, mirrored: true })?;
+        let buf = alloc_aligned(
+            self.access.as_mut(),
+            ring_bytes,
+            DmaOptions { huge, mirrored: true, iova_align: 0 },
+        )?;
         if buf.len() != ring_bytes || !buf.mirrored() {
             return Err(Error::Geometry(format!(
                 "pipe buffer of {} bytes (ring {ring_bytes}), mirrored {}",

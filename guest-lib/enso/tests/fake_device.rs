@@ -134,10 +134,11 @@ impl DeviceAccess for FakeAccess {
         })
     }
     fn alloc_dma(&mut self, len: usize, opts: DmaOptions) -> device_access::Result<DmaBuffer> {
-        // 4 KiB pages only and a misaligned start: the driver must align by itself.
+        // 4 KiB pages only, from a start that is not 2 MiB aligned: the requested IOVA
+        // alignment is what gives the driver aligned rings.
         let mem = SharedMem::new(len, DmaOptions { huge: false, ..opts })?;
-        let iova = self.next_iova;
-        self.next_iova += mem.len() as u64;
+        let iova = self.next_iova.next_multiple_of(opts.alignment(4096));
+        self.next_iova = iova + mem.len() as u64;
         self.mem.dma.lock().unwrap().push((iova, mem.as_ptr() as usize, mem.len()));
         Ok(DmaBuffer::new(mem, iova, self.mem.clone()))
     }
