@@ -71,8 +71,49 @@ enum Cmd {
     },
 }
 
+#[derive(clap::Args, Clone)]
+struct EchoArgs {
+    /// Packets the host generator sends (every reply is checked).
+    #[arg(long, default_value_t = 20_000)]
+    packets: u64,
+    /// Frame size in bytes (60..=9000).
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    /// Distinct flows.
+    #[arg(long, default_value_t = 16)]
+    flows: u32,
+    /// Pipes the guest's echo uses.
+    #[arg(long, default_value_t = 4)]
+    pipes: u32,
+    /// Packets in flight at most (closed loop).
+    #[arg(long, default_value_t = 256)]
+    window: usize,
+}
+
+impl EchoArgs {
+    fn options(&self) -> run::EchoOptions {
+        run::EchoOptions {
+            packets: self.packets,
+            size: self.size,
+            flows: self.flows,
+            pipes: self.pipes,
+            window: self.window,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Scenario {
+    /// The Ensō NIC: the guest's echo app answers every packet of the host generator.
+    Echo {
+        #[command(flatten)]
+        vm: VmArgs,
+        #[command(flatten)]
+        echo: EchoArgs,
+        /// Print one JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
     /// The smoke device: ID, scratch, DMA both ways, MSI-X, a refused DMA.
     Smoke {
         #[command(flatten)]
@@ -155,16 +196,36 @@ fn main() {
                 .and_then(|env| run::smoke(&env, &vm.options(), kill_first_guest));
             finish(r, json, "smoke")
         }
-        Cmd::Demo { vm } => {
-            eprintln!(
-                "[testbed] demo: the smoke device served over vfio-user to a QEMU guest running our driver"
-            );
-            let r = run::Env::provision(vm.accel).and_then(|env| run::smoke(&env, &vm.options(), false));
-            finish(r, false, "smoke")
+        Cmd::Run { scenario: Scenario::Echo { vm, echo, json } } => {
+            let r =
+                run::Env::provision(vm.accel).and_then(|env| run::echo(&env, &vm.options(), echo.options()));
+            finish(r, json, "echo")
         }
+        Cmd::Demo { vm } => demo(&vm),
         Cmd::Serve { device, socket } => serve(&device, &socket),
     };
     std::process::exit(code);
+}
+
+/// The demo: the smoke device (every testbed path), then the Ensō NIC echoing traffic
+/// from the host generator through the guest's driver.
+fn demo(vm: &VmArgs) -> i32 {
+    let env = match run::Env::provision(vm.accel) {
+        Ok(env) => env,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    eprintln!(
+        "[testbed] demo 1/2: the smoke device, served over vfio-user to a QEMU guest running our driver"
+    );
+    let smoke = finish(run::smoke(&env, &vm.options(), false), false, "smoke");
+    println!();
+    eprintln!("[testbed] demo 2/2: the Ensō NIC; the guest's echo app answers 20000 packets from the host generator");
+    let echo = EchoArgs { packets: 20_000, size: 64, flows: 16, pipes: 4, window: 256 };
+    let echo = finish(run::echo(&env, &vm.options(), echo.options()), false, "echo");
+    smoke.max(echo)
 }
 
 fn serve(device: &str, socket: &std::path::Path) -> i32 {

@@ -56,9 +56,44 @@ pub struct RunReport {
     pub kernel: String,
     /// Where the logs are (kept on failure or with --keep).
     pub logs: String,
+    /// Traffic scenarios: what the generator sent and got back, drops by reason.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub traffic: Value,
+    /// Traffic scenarios: what the datapath cost (notifications, trapped MMIO, DMA).
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub datapath: Value,
 }
 
 impl RunReport {
+    fn new(scenario: &str, env: &Env, dir: &Path) -> Self {
+        RunReport {
+            scenario: scenario.into(),
+            pass: true,
+            accel: env.accel.name().into(),
+            boot_s: None,
+            duration_s: 0.0,
+            assertions: vec![],
+            devices: Default::default(),
+            servers: Default::default(),
+            guest: Value::Null,
+            restarts: 0,
+            qemu: format!("{} ({})", env.qemu.bin.display(), env.qemu.version),
+            kernel: env.image.kernel_version.clone(),
+            logs: dir.display().to_string(),
+            traffic: Value::Null,
+            datapath: Value::Null,
+        }
+    }
+
+    /// Removes the run folder when the run passed (unless asked to keep it).
+    fn finish(&mut self, dir: &Path, keep: bool, started: Instant) {
+        self.duration_s = started.elapsed().as_secs_f64();
+        if self.pass && !keep {
+            let _ = std::fs::remove_dir_all(dir);
+            self.logs = "(removed; pass --keep to keep them)".into();
+        }
+    }
+
     fn check(&mut self, name: &str, pass: bool, detail: impl Into<String>) {
         self.pass &= pass;
         self.assertions.push(Assertion { name: name.into(), pass, detail: detail.into() });
@@ -185,21 +220,7 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
         args: vec![format!("scratch={scratch:#x}"), format!("seed={seed}"), format!("hold_ms={hold_ms}")],
         dir: dir.clone(),
     };
-    let mut report = RunReport {
-        scenario: "smoke".into(),
-        pass: true,
-        accel: env.accel.name().into(),
-        boot_s: None,
-        duration_s: 0.0,
-        assertions: vec![],
-        devices: Default::default(),
-        servers: Default::default(),
-        guest: Value::Null,
-        restarts: 0,
-        qemu: format!("{} ({})", env.qemu.bin.display(), env.qemu.version),
-        kernel: env.image.kernel_version.clone(),
-        logs: dir.display().to_string(),
-    };
+    let mut report = RunReport::new("smoke", env, &dir);
 
     if kill_first_guest {
         // Boot a guest that pauses after its first DMA, holding DMA mappings and MSI-X
@@ -282,14 +303,152 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
     report.devices.insert("smoke".into(), serde_json::to_value(c)?);
     report.servers.insert("smoke".into(), serde_json::to_value(stats)?);
     server.stop();
-    report.duration_s = started.elapsed().as_secs_f64();
     if opts.console {
         eprintln!("----- guest console -----\n{}", std::fs::read_to_string(&console).unwrap_or_default());
     }
-    if report.pass && !opts.keep {
-        let _ = std::fs::remove_dir_all(&dir);
-        report.logs = "(removed; pass --keep to keep them)".into();
+    report.finish(&dir, opts.keep, started);
+    Ok(report)
+}
+
+/// Parameters of `testbed run echo`.
+#[derive(Clone, Copy, Debug)]
+pub struct EchoOptions {
+    /// Packets the host generator sends.
+    pub packets: u64,
+    /// Frame size in bytes.
+    pub size: usize,
+    /// Flows (distinct 5-tuples).
+    pub flows: u32,
+    /// Pipes the guest's echo uses (fallback queues).
+    pub pipes: u32,
+    /// Packets in flight at most (the closed loop's window).
+    pub window: usize,
+}
+
+/// `testbed run echo`: the Ensō NIC served to a guest running the `echo` app; the host
+/// generator sends every packet through the NIC's Ethernet port and checks every reply.
+pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
+    use testbed_regs::enso::ext::counter;
+    let started = Instant::now();
+    let _lock = VmLock::acquire()?;
+    let dir = private_dir("echo")?;
+    let (nic_end, mut gen_end) = wire::cable(1024);
+    let nic =
+        Arc::new(Mutex::new(enso_nic::EnsoNic::new(enso_nic::EnsoConfig::default(), Box::new(nic_end))?));
+    let sock = dir.join("enso.sock");
+    let server = vfio_server::Server::bind(&sock, nic.clone())?.spawn();
+    let mut report = RunReport::new("echo", env, &dir);
+    let spec = VmSpec {
+        name: "guest".into(),
+        accel: env.accel,
+        memory_mb: 512,
+        vfio_user: vec![sock.clone()],
+        scenario: "echo".into(),
+        args: vec![format!("pipes={}", p.pipes), format!("packets={}", p.packets), "idle_ms=3000".into()],
+        dir: dir.clone(),
+    };
+    let mut vm = Vm::start(&spec, &env.qemu, &env.image)?;
+    let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
+    let ready =
+        vm.wait_for(opts.timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
+    let pcie = |n: &Arc<Mutex<enso_nic::EnsoNic>>| PciDevice::counters(&*n.lock().unwrap()).snapshot();
+    let before = pcie(&nic);
+    let nic_before = nic.lock().unwrap().counters();
+    let mut gen = wire::generator::Generator::new(wire::generator::GenConfig {
+        packets: p.packets,
+        size: p.size,
+        flows: p.flows,
+        window: p.window,
+        rate_pps: None,
+        timestamp_offset: None,
+    });
+    let traffic = if ready && vm.events().0.iter().any(|e| e["event"] == "ready") {
+        let deadline = Instant::now() + opts.timeout;
+        Some(gen.run(&mut gen_end, deadline))
+    } else {
+        None
+    };
+    let after = pcie(&nic);
+    let nic_after = nic.lock().unwrap().counters();
+    let out = vm.wait(opts.timeout);
+    finish_guest_checks(&mut report, &out, &console, &qemu_log);
+    report.check("guest_ready", ready, "the guest's echo set up its pipes");
+
+    let delta = |i: u32| nic_after[i as usize] - nic_before[i as usize];
+    let mut dropped = serde_json::Map::new();
+    for (i, name) in counter::NAMES.iter().enumerate() {
+        if name.contains("drop") {
+            dropped.insert((*name).into(), json!(delta(i as u32)));
+        }
     }
+    let pc = after.since(&before);
+    let trapped = pc.mmio_reads + pc.mmio_writes;
+    match traffic {
+        Some(t) => {
+            dropped.insert("lost".into(), json!(t.lost));
+            dropped.insert("refused_by_cable".into(), json!(t.refused));
+            let nic_drops: u64 =
+                dropped.iter().filter(|(k, _)| k.contains("drop")).filter_map(|(_, v)| v.as_u64()).sum();
+            report.check(
+                "traffic:all_matched",
+                t.matched == t.sent && t.sent == p.packets,
+                format!("sent {}, received {}, matched {}", t.sent, t.received, t.matched),
+            );
+            report.check(
+                "traffic:intact",
+                t.corrupted == 0 && t.reordered == 0 && t.duplicated == 0 && t.late == 0,
+                format!(
+                    "corrupted {}, reordered {}, duplicated {}, late {}",
+                    t.corrupted, t.reordered, t.duplicated, t.late
+                ),
+            );
+            report.check(
+                "traffic:no_drops",
+                nic_drops == 0 && t.lost == 0,
+                format!("NIC drops {nic_drops}, lost {}", t.lost),
+            );
+            report.check(
+                "datapath:trapped_mmio",
+                trapped * 1000 <= t.sent.max(1),
+                format!("{trapped} trapped MMIO accesses for {} packets (limit 1 per 1000)", t.sent),
+            );
+            report.traffic = json!({
+                "sent": t.sent,
+                "received": t.received,
+                "matched": t.matched,
+                "corrupted": t.corrupted,
+                "reordered": t.reordered,
+                "dropped": dropped,
+                "size": p.size,
+                "flows": p.flows,
+                "window": p.window,
+                "mpps": t.rx_mpps,
+                "latency_us": {"p50": t.latency_p50_us, "p99": t.latency_p99_us, "max": t.latency_max_us},
+            });
+            let rx_notif = delta(counter::RX_NOTIFICATIONS);
+            report.datapath = json!({
+                "packets": t.matched,
+                "trapped_mmio": trapped,
+                "rx_notifications": rx_notif,
+                "tx_notifications": delta(counter::TX_COMPLETIONS),
+                "notifications_per_packet": rx_notif as f64 / t.matched.max(1) as f64,
+                "dma_read_bytes": pc.dma_read_bytes,
+                "dma_write_bytes": pc.dma_write_bytes,
+                "dma_metadata_bytes": pc.dma_read_meta_bytes + pc.dma_write_meta_bytes,
+            });
+        }
+        None => report.check("traffic:all_matched", false, "no traffic: the guest never became ready"),
+    }
+    let nic_counters: serde_json::Map<String, Value> =
+        counter::NAMES.iter().enumerate().map(|(i, n)| ((*n).to_string(), json!(nic_after[i]))).collect();
+    report.devices.insert("enso".into(), Value::Object(nic_counters));
+    report.devices.insert("enso_pcie".into(), serde_json::to_value(pc)?);
+    report.servers.insert("enso".into(), serde_json::to_value(server.stats())?);
+    server.stop();
+    if opts.console {
+        eprintln!("----- guest console -----\n{}", std::fs::read_to_string(&console).unwrap_or_default());
+    }
+    report.finish(&dir, opts.keep, started);
     Ok(report)
 }
 
@@ -315,6 +474,20 @@ pub fn render(r: &RunReport) -> String {
             if a.pass { " ok " } else { "FAIL" },
             a.name,
             a.detail.replace('\n', "\n         ")
+        );
+    }
+    if !r.traffic.is_null() {
+        let t = &r.traffic;
+        s += &format!(
+            "  traffic: sent {}, matched {}, {} B frames, {} flows, {:.3} Mpps, latency p50 {} µs p99 {} µs\n",
+            t["sent"], t["matched"], t["size"], t["flows"], t["mpps"].as_f64().unwrap_or(0.0),
+            t["latency_us"]["p50"], t["latency_us"]["p99"]
+        );
+        let d = &r.datapath;
+        s += &format!(
+            "  datapath: {} packets, {} RX notifications ({:.4} per packet), {} trapped MMIO, {} B DMA metadata\n",
+            d["packets"], d["rx_notifications"], d["notifications_per_packet"].as_f64().unwrap_or(0.0),
+            d["trapped_mmio"], d["dma_metadata_bytes"]
         );
     }
     for (name, c) in &r.devices {
