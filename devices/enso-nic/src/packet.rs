@@ -60,6 +60,52 @@ pub fn rx_flow_key(frame: &[u8]) -> Option<FlowKey> {
     }
 }
 
+/// What the TX framer can tell about the frame starting at `data[0]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxFrame {
+    /// A whole frame of this many bytes is in `data`.
+    Complete(usize),
+    /// The frame continues past the end of `data` (or its header does): wait for the
+    /// next transfer of the stream.
+    Partial,
+    /// Not a frame the TX path can delimit (unknown ethertype, bad or oversized length).
+    Invalid,
+}
+
+/// Largest frame the TX path accepts.
+pub const MAX_TX_FRAME: usize = testbed_regs::enso::MAX_RX_PACKET;
+
+/// Delimits the frame at the start of `data`, which may be cut short by the end of a
+/// transfer (TX is a byte stream: a frame may continue in the next transfer).
+pub fn tx_frame(data: &[u8]) -> TxFrame {
+    if data.len() < ETH_HDR + 6 {
+        // Not enough for the ethertype and the IP length fields yet.
+        return match be16(data, 12) {
+            Some(t) if t != ETHERTYPE_IPV4 && t != ETHERTYPE_IPV6 && t != ETHERTYPE_ARP => TxFrame::Invalid,
+            _ => TxFrame::Partial,
+        };
+    }
+    let len = match be16(data, 12) {
+        Some(ETHERTYPE_IPV4) => match be16(data, ETH_HDR + 2) {
+            Some(total) if total >= 20 => total as usize + ETH_HDR,
+            _ => return TxFrame::Invalid,
+        },
+        Some(ETHERTYPE_IPV6) => match be16(data, ETH_HDR + 4) {
+            Some(p) => p as usize + ETH_HDR + 40,
+            None => return TxFrame::Partial,
+        },
+        Some(ETHERTYPE_ARP) => data.len().clamp(ARP_LEN, ETH_MIN),
+        _ => return TxFrame::Invalid,
+    };
+    if len > MAX_TX_FRAME {
+        TxFrame::Invalid
+    } else if len <= data.len() {
+        TxFrame::Complete(len)
+    } else {
+        TxFrame::Partial
+    }
+}
+
 /// The length of the frame starting at `data[0]` in a TX transfer, or `None` when it
 /// cannot be parsed or runs past the end of `data`. IPv4: total length + 14; IPv6:
 /// payload length + 54; ARP: 42 bytes (60 when the transfer holds the padding).

@@ -61,3 +61,20 @@ fn server_survives_a_guest_killed_mid_run() {
     assert_eq!(v["servers"]["smoke"]["connections"], 2);
     assert_eq!(v["servers"]["smoke"]["dropped_connections"], 0);
 }
+
+#[test]
+fn echo_in_a_guest_answers_every_packet() {
+    let v = run(&["run", "echo", "--packets", "100000", "--json"]);
+    let t = &v["traffic"];
+    assert_eq!(t["sent"], 100_000);
+    assert_eq!(t["matched"], t["sent"]);
+    for (reason, n) in t["dropped"].as_object().expect("drops by reason") {
+        assert_eq!(n, 0, "dropped: {reason}");
+    }
+    let d = &v["datapath"];
+    assert_eq!(d["packets"], 100_000);
+    assert!(d["trapped_mmio"].as_u64().unwrap() <= 100, "≤ 1 trapped MMIO per 1000 packets: {d}");
+    // Reactive notifications: far fewer notifications than packets.
+    assert!(d["notifications_per_packet"].as_f64().unwrap() < 0.5, "{d}");
+    assert_eq!(v["guest"]["transport"], "vfio");
+}

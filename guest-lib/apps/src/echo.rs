@@ -143,7 +143,7 @@ fn echo_loop(
             break StopReason::Packets;
         }
         let Some(id) = dev.next_rx_pipe_to_recv() else {
-            empty_polls += 1;
+            empty_polls = empty_polls.wrapping_add(1);
             if empty_polls & 255 == 0 {
                 if stop.load(Ordering::Relaxed) {
                     break StopReason::Flag;

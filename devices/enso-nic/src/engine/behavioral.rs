@@ -2,7 +2,7 @@
 //! notification rule (upstream's pkt_queue_manager.sv) and the TX fetch/split/complete path.
 
 use super::{EngineIo, NbSetup, PipeSetup, Published, QueueEngine, RxOutcome};
-use crate::packet::tx_frame_len;
+use crate::packet::{tx_frame, TxFrame};
 use pcie_model::DmaClass;
 use testbed_regs::enso::ext::counter as c;
 use testbed_regs::enso::{notif, FLIT, MAX_TX_TRANSFER, NOTIFICATION_SIZE, TX_BOUNDARY};
@@ -32,11 +32,22 @@ struct Nb {
     tx_head: u32,
 }
 
+/// TX is a byte stream per pair: a frame may start in one transfer and end in the next
+/// (an echo sending straight out of an RX ring splits frames at the ring's end). A
+/// transfer that ends inside a frame's padding ends that frame: the next transfer starts
+/// a new one.
+#[derive(Clone, Debug, Default)]
+struct TxStream {
+    /// The start of a frame whose end has not arrived yet.
+    pending: Vec<u8>,
+}
+
 /// The behavioural engine.
 #[derive(Debug)]
 pub struct BehavioralEngine {
     pipes: Vec<Pipe>,
     nbs: Vec<Nb>,
+    streams: Vec<TxStream>,
     pipe_flits: u32,
     entries: u32,
     per_packet: bool,
@@ -52,6 +63,7 @@ impl BehavioralEngine {
         BehavioralEngine {
             pipes: vec![Pipe::default(); pipes as usize],
             nbs: vec![Nb::default(); nbs as usize],
+            streams: vec![TxStream::default(); nbs as usize],
             pipe_flits: pipe_flits.max(2),
             entries: entries.max(2),
             per_packet: false,
@@ -107,8 +119,9 @@ impl BehavioralEngine {
         }
     }
 
-    /// Handles one TX send request; the data is DMA-read and split into frames.
-    fn send(&mut self, addr: u64, len: u64, io: &mut dyn EngineIo) {
+    /// Handles one TX send request of pair `nb_id`: the data is DMA-read and cut into
+    /// frames, continuing a frame the previous transfer left unfinished.
+    fn send(&mut self, nb_id: u32, addr: u64, len: u64, io: &mut dyn EngineIo) {
         if len == 0 || len > MAX_TX_TRANSFER || (addr % TX_BOUNDARY) + len > TX_BOUNDARY {
             io.count(c::TX_BAD_NOTIFICATION, 1);
             return;
@@ -118,14 +131,31 @@ impl BehavioralEngine {
             io.count(c::TX_DROP_DMA, 1);
             return;
         }
+        let Some(stream) = self.streams.get_mut(nb_id as usize) else { return };
+        let mut data = &self.data[..];
+        let joined;
+        if !stream.pending.is_empty() {
+            // Finish the frame the last transfer started (at most one frame is copied).
+            stream.pending.extend_from_slice(data);
+            joined = std::mem::take(&mut stream.pending);
+            data = &joined;
+        }
         let mut off = 0;
-        while off < self.data.len() {
-            let Some(flen) = tx_frame_len(&self.data[off..]) else {
-                io.count(c::TX_DROP_BAD_FRAME, 1);
-                return;
-            };
-            io.transmit(&self.data[off..off + flen]);
-            off += flen.next_multiple_of(FLIT);
+        while off < data.len() {
+            match tx_frame(&data[off..]) {
+                TxFrame::Complete(flen) => {
+                    io.transmit(&data[off..off + flen]);
+                    off += flen.next_multiple_of(FLIT);
+                }
+                TxFrame::Partial => {
+                    stream.pending.extend_from_slice(&data[off..]);
+                    return;
+                }
+                TxFrame::Invalid => {
+                    io.count(c::TX_DROP_BAD_FRAME, 1);
+                    return;
+                }
+            }
         }
     }
 }
@@ -163,11 +193,17 @@ impl QueueEngine for BehavioralEngine {
                 tx_head: s.tx_head % n,
             };
         }
+        if let Some(st) = self.streams.get_mut(nb as usize) {
+            *st = TxStream::default();
+        }
     }
 
     fn disable_nb(&mut self, nb: u32) {
         if let Some(b) = self.nbs.get_mut(nb as usize) {
             *b = Nb::default();
+        }
+        if let Some(st) = self.streams.get_mut(nb as usize) {
+            *st = TxStream::default();
         }
     }
 
@@ -255,7 +291,9 @@ impl QueueEngine for BehavioralEngine {
                 e.copy_from_slice(&self.fetch[i as usize * NOTIFICATION_SIZE..][..NOTIFICATION_SIZE]);
                 let word = |at: usize| u64::from_le_bytes(e[at..at + 8].try_into().unwrap_or_default());
                 match word(notif::SIGNAL) {
-                    notif::SIGNAL_SEND => self.send(word(notif::TX_PHYS_ADDR), word(notif::TX_LENGTH), io),
+                    notif::SIGNAL_SEND => {
+                        self.send(nb_id, word(notif::TX_PHYS_ADDR), word(notif::TX_LENGTH), io)
+                    }
                     notif::SIGNAL_CONFIG => {
                         io.configure(&e);
                     }

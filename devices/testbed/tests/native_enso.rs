@@ -1,0 +1,183 @@
+//! The Ensō driver and echo app against the Ensō NIC model, natively over the vfio-user
+//! transport (no VM): a million packets of mixed sizes, and a garbage-writing driver that
+//! must leave the server serving the next, well-behaved client.
+
+use device_access::vfio_user::VfioUserDevice;
+use device_access::{DeviceAccess, DmaOptions};
+use enso_nic::{EnsoConfig, EnsoNic};
+use guest_apps::echo::{Echo, EchoParams};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use testbed_regs::enso::{self, ext::counter, queue};
+use vfio_server::{Server, ServerHandle};
+use wire::generator::{GenConfig, GenReport, Generator};
+use wire::CableEnd;
+
+struct Rig {
+    sock: PathBuf,
+    nic: Arc<Mutex<EnsoNic>>,
+    gen_end: CableEnd,
+    _server: ServerHandle,
+}
+
+fn rig(tag: &str) -> Rig {
+    let dir = std::env::temp_dir().join(format!("native-enso-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("enso.sock");
+    let (nic_end, gen_end) = wire::cable(1024);
+    let nic = Arc::new(Mutex::new(EnsoNic::new(EnsoConfig::default(), Box::new(nic_end)).unwrap()));
+    let server = Server::bind(&sock, nic.clone()).unwrap().spawn();
+    Rig { sock, nic, gen_end, _server: server }
+}
+
+/// Runs the real echo app on a thread while `f` drives traffic; returns what `f` returned.
+fn with_echo<T>(rig: &mut Rig, pipes: u32, f: impl FnOnce(&mut CableEnd) -> T) -> T {
+    let access = Box::new(VfioUserDevice::connect(&rig.sock).unwrap());
+    let params = EchoParams { pipes, packets: None, idle: None, start_timeout: None };
+    let mut echo = Echo::setup(access, &params).expect("echo setup");
+    let stop = Arc::new(AtomicBool::new(false));
+    let s2 = stop.clone();
+    let t = std::thread::spawn(move || echo.run(&params, &s2).expect("echo loop"));
+    let out = f(&mut rig.gen_end);
+    stop.store(true, Ordering::Relaxed);
+    t.join().unwrap();
+    out
+}
+
+fn generate(end: &mut CableEnd, packets: u64, size: usize, flows: u32) -> GenReport {
+    let cfg = GenConfig { packets, size, flows, window: 128, ..GenConfig::default() };
+    Generator::new(cfg).run(end, Instant::now() + Duration::from_secs(120))
+}
+
+#[test]
+fn a_million_packets_of_mixed_sizes_over_many_flows() {
+    let mut r = rig("million");
+    let phases: [(u64, usize); 6] =
+        [(500_000, 64), (200_000, 128), (150_000, 512), (100_000, 1500), (30_000, 4000), (20_000, 9000)];
+    let reports = with_echo(&mut r, 4, |end| {
+        phases.iter().map(|&(n, size)| (size, generate(end, n, size, 256))).collect::<Vec<_>>()
+    });
+    let mut total = 0;
+    let c = r.nic.lock().unwrap().counters();
+    let named: Vec<_> = counter::NAMES.iter().zip(c).filter(|(_, v)| *v != 0).collect();
+    for (size, rep) in &reports {
+        assert!(rep.clean(), "{size} B: {rep:?}\nNIC counters: {named:?}");
+        assert_eq!(rep.matched, rep.sent, "{size} B");
+        total += rep.matched;
+    }
+    assert_eq!(total, 1_000_000);
+    let c = r.nic.lock().unwrap().counters();
+    assert_eq!(c[counter::RX_PACKETS as usize], 1_000_000);
+    assert_eq!(c[counter::TX_PACKETS as usize], 1_000_000);
+    for (i, name) in counter::NAMES.iter().enumerate() {
+        if name.contains("drop") || name.starts_with("bad") || *name == "dma_errors" {
+            assert_eq!(c[i], 0, "{name}");
+        }
+    }
+}
+
+/// A small xorshift: garbage that is the same on every run.
+struct Garbage(u64);
+
+impl Garbage {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 as u32
+    }
+}
+
+#[test]
+fn a_garbage_driver_leaves_the_server_serving_the_next_client() {
+    let mut r = rig("garbage");
+    let cfg = r.nic.lock().unwrap().enso_config();
+    {
+        let mut g = Garbage(0x9e37_79b9_7f4a_7c15);
+        let mut dev = VfioUserDevice::connect(&r.sock).unwrap();
+        let bar0 = dev.bar(enso::EXT_BAR).unwrap();
+        let bar2 = dev.bar(enso::QUEUE_BAR).unwrap();
+        let ram = dev.alloc_dma(4 << 20, DmaOptions { iova_align: 2 << 20, ..Default::default() }).unwrap();
+        // Garbage in every register of every queue page the device serves.
+        let pages = (0..cfg.num_pipes).map(enso::pipe_page).chain((0..cfg.num_nb_pairs).map(enso::nb_page));
+        for page in pages {
+            for off in (0..enso::QUEUE_PAGE).step_by(4) {
+                bar2.write32(page + off, g.next()).unwrap();
+            }
+        }
+        // ... in the shared extension pages, and in trapped registers.
+        for off in (enso::EXT_SHARED_START..enso::EXT_SHARED_END).step_by(4) {
+            bar0.write32(off, g.next()).unwrap();
+        }
+        for _ in 0..200 {
+            let off = (g.next() as u64 % 0x1000) & !3;
+            bar0.write32(off, g.next()).unwrap();
+        }
+        // A pair whose rings are real memory, full of bad TX notifications, and a pipe
+        // pointing outside mapped memory.
+        let nb = enso::nb_page(1);
+        bar2.write32(nb + queue::RX_MEM_LOW, 0).unwrap();
+        bar2.write32(nb + queue::RX_HEAD, 0).unwrap();
+        bar2.write32(nb + queue::TX_TAIL, 0).unwrap();
+        let (rx, tx) = (ram.iova(), ram.iova() + enso::NOTIF_RING_BYTES as u64);
+        for (i, w) in ram.as_mut_slice()[enso::NOTIF_RING_BYTES..][..64 * 512].chunks_mut(4).enumerate() {
+            let v = match i % 16 {
+                0 => [1, 2, 3, 0xdead][g.next() as usize % 4],
+                _ => g.next(),
+            };
+            w.copy_from_slice(&v.to_le_bytes());
+        }
+        bar2.write32(nb + queue::TX_MEM_HIGH, (tx >> 32) as u32).unwrap();
+        bar2.write32(nb + queue::TX_MEM_LOW, tx as u32).unwrap();
+        bar2.write32(nb + queue::RX_MEM_HIGH, (rx >> 32) as u32).unwrap();
+        bar2.write32(nb + queue::RX_MEM_LOW, rx as u32 | queue::ENABLE).unwrap();
+        let pipe = enso::pipe_page(3);
+        bar2.write32(pipe + queue::RX_HEAD, 0).unwrap();
+        bar2.write32(pipe + queue::RX_MEM_HIGH, 0x7f).unwrap();
+        bar2.write32(pipe + queue::RX_MEM_LOW, 1 | queue::ENABLE).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        bar2.write32(nb + queue::TX_TAIL, 500).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        bar2.write32(nb + queue::TX_TAIL, enso::NOTIF_RING_ENTRIES + 7).unwrap();
+        bar2.write32(pipe + queue::RX_HEAD, 0xffff_fff0).unwrap();
+        // Frames from the wire, malformed and well formed, into the garbage.
+        for i in 0..2000u32 {
+            let len = 14 + (g.next() as usize % 1600);
+            let mut f: Vec<u8> = (0..len).map(|_| g.next() as u8).collect();
+            if i % 2 == 0 {
+                f.truncate(8);
+            }
+            wire::EthPort::send(&mut r.gen_end, f);
+        }
+        wire::EthPort::flush(&mut r.gen_end);
+        std::thread::sleep(Duration::from_millis(300));
+    } // the garbage driver disconnects
+    let c = r.nic.lock().unwrap().counters();
+    for idx in [
+        counter::TX_BAD_NOTIFICATION,
+        counter::BAD_TAIL,
+        counter::BAD_REGISTER_WRITES,
+        counter::RX_DROP_MALFORMED,
+    ] {
+        assert!(c[idx as usize] > 0, "{} not counted: {c:?}", counter::NAMES[idx as usize]);
+    }
+    let errors: u64 = [
+        counter::BAD_HEAD,
+        counter::DMA_ERRORS,
+        counter::TX_DROP_DMA,
+        counter::RX_DROP_DMA,
+        counter::BAD_CONFIG,
+    ]
+    .iter()
+    .map(|&i| c[i as usize])
+    .sum();
+    assert!(errors > 0, "head/DMA/config errors counted: {c:?}");
+    // Drain what the garbage left on the wire, then a well-behaved client runs clean.
+    let mut sink = vec![];
+    while wire::EthPort::recv(&mut r.gen_end, &mut sink, 4096) > 0 {}
+    let rep = with_echo(&mut r, 2, |end| generate(end, 20_000, 256, 32));
+    assert!(rep.clean(), "{rep:?}");
+    assert_eq!(rep.matched, 20_000);
+}
