@@ -59,6 +59,11 @@ enum Cmd {
         #[command(flatten)]
         vm: VmArgs,
     },
+    /// Benchmarks (run a release build: `cargo run --release -p testbed -- bench …`).
+    Bench {
+        #[command(subcommand)]
+        bench: Bench,
+    },
     /// Serve an emulated device on a vfio-user socket until interrupted (for your own QEMU
     /// or the native transport).
     Serve {
@@ -100,6 +105,40 @@ impl EchoArgs {
             window: self.window,
         }
     }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Transport {
+    /// The driver natively on the host, over the vfio-user client.
+    Native,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// The Ensō echo: Mpps, Gbps, driver ns per packet, and the raw ring ceiling.
+    Echo {
+        /// Where the driver runs.
+        #[arg(long, value_enum, default_value = "native")]
+        transport: Transport,
+        /// Frame sizes in bytes, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "64,1500")]
+        sizes: Vec<usize>,
+        /// Packets per run.
+        #[arg(long, default_value_t = 2_000_000)]
+        packets: u64,
+        /// Runs per size; the median is reported.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Pipes the echo uses.
+        #[arg(long, default_value_t = 4)]
+        pipes: u32,
+        /// Flows.
+        #[arg(long, default_value_t = 16)]
+        flows: u32,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -202,6 +241,25 @@ fn main() {
             finish(r, json, "echo")
         }
         Cmd::Demo { vm } => demo(&vm),
+        Cmd::Bench {
+            bench: Bench::Echo { transport: Transport::Native, sizes, packets, runs, pipes, flows, json },
+        } => {
+            let o = testbed::bench::BenchOptions { sizes, packets, runs: runs.max(1), pipes, flows };
+            match testbed::bench::echo(&o) {
+                Ok(r) => {
+                    if json {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    } else {
+                        print!("{}", testbed::bench::render(&r));
+                    }
+                    i32::from(!r.results.iter().all(|x| x.all_matched))
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
+        }
         Cmd::Serve { device, socket } => serve(&device, &socket),
     };
     std::process::exit(code);
