@@ -48,6 +48,9 @@ pub struct EchoStats {
     pub active: Duration,
     /// From setup done to the end of the loop.
     pub elapsed: Duration,
+    /// Time spent handling batches (from a pipe with data to its echo posted): the
+    /// driver's per-packet cost without the polling in between.
+    pub busy: Duration,
 }
 
 impl EchoStats {
@@ -164,6 +167,7 @@ fn echo_loop(
             std::hint::spin_loop();
             continue;
         };
+        let t0 = Instant::now();
         let Some(pipe) = index.get(id as usize).and_then(|&i| pipes.get_mut(i)) else { continue };
         let buf = pipe.recv_mut(usize::MAX);
         let len = buf.len();
@@ -181,6 +185,7 @@ fn echo_loop(
         pipe.send_and_free(dev, len)?;
         s.batches += 1;
         last_packet = Instant::now();
+        s.busy += last_packet - t0;
         empty_polls = 0;
     };
     let _ = dev.wait_tx_idle(Duration::from_secs(2));
