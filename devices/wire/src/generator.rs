@@ -485,10 +485,13 @@ impl Generator {
 }
 
 /// Addresses of a flow: (source IP, destination IP, source port, destination port).
-/// Source 10.0.x.y with x.y the low 16 bits of the flow, source port 1024 + the high bits.
+/// Source 10.0.x.y with x.y the low 16 bits of the flow, source port 1024 + the high bits,
+/// destination 10.1.0.1, port 9000 + (flow mod 1024).
 pub fn flow_tuple(flow: u32) -> ([u8; 4], [u8; 4], u16, u16) {
     let sport = 1024 + ((flow >> 16) % 64512) as u16;
-    ([10, 0, (flow >> 8) as u8, flow as u8], [10, 1, 0, 1], sport, DST_PORT)
+    // Distinct destination ports too: NICs that key UDP flows on the destination only
+    // (Ensō does) still see distinct flows.
+    ([10, 0, (flow >> 8) as u8, flow as u8], [10, 1, 0, 1], sport, DST_PORT + (flow % 1024) as u16)
 }
 
 /// Writes the generated frame `(flow, seq)` for `size` into all of `buf` (its length is
