@@ -93,6 +93,10 @@ struct EchoArgs {
     /// Packets in flight at most (closed loop).
     #[arg(long, default_value_t = 256)]
     window: usize,
+    /// First boot a guest whose driver writes garbage into every register page and posts
+    /// bad notifications; the echo then runs against the same server.
+    #[arg(long)]
+    garbage_first: bool,
 }
 
 impl EchoArgs {
@@ -103,6 +107,7 @@ impl EchoArgs {
             flows: self.flows,
             pipes: self.pipes,
             window: self.window,
+            garbage_first: self.garbage_first,
         }
     }
 }
@@ -281,7 +286,7 @@ fn demo(vm: &VmArgs) -> i32 {
     let smoke = finish(run::smoke(&env, &vm.options(), false), false, "smoke");
     println!();
     eprintln!("[testbed] demo 2/2: the Ensō NIC; the guest's echo app answers 20000 packets from the host generator");
-    let echo = EchoArgs { packets: 20_000, size: 64, flows: 16, pipes: 4, window: 256 };
+    let echo = EchoArgs { packets: 20_000, size: 64, flows: 16, pipes: 4, window: 256, garbage_first: false };
     let echo = finish(run::echo(&env, &vm.options(), echo.options()), false, "echo");
     smoke.max(echo)
 }

@@ -323,6 +323,10 @@ pub struct EchoOptions {
     pub pipes: u32,
     /// Packets in flight at most (the closed loop's window).
     pub window: usize,
+    /// First boot a guest whose driver writes garbage into every register page and
+    /// posts bad notifications; its errors must be counted and the echo must then run
+    /// clean against the same server.
+    pub garbage_first: bool,
 }
 
 /// `testbed run echo`: the Ensō NIC served to a guest running the `echo` app; the host
@@ -338,6 +342,37 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     let sock = dir.join("enso.sock");
     let server = vfio_server::Server::bind(&sock, nic.clone())?.spawn();
     let mut report = RunReport::new("echo", env, &dir);
+    if p.garbage_first {
+        let spec = VmSpec {
+            name: "garbage".into(),
+            accel: env.accel,
+            memory_mb: 512,
+            vfio_user: vec![sock.clone()],
+            scenario: "garbage".into(),
+            args: vec![],
+            dir: dir.clone(),
+        };
+        let vm = Vm::start(&spec, &env.qemu, &env.image)?;
+        let out = vm.wait(opts.timeout);
+        let ok = result_event(&out).is_some_and(|r| r["pass"] == true);
+        report.check("garbage:guest_ran", ok && out.exited, "the garbage guest scribbled and powered off");
+        // Read the counters before the next client connects (connecting resets the device).
+        let c = nic.lock().unwrap().counters();
+        let named: serde_json::Map<String, Value> = counter::NAMES
+            .iter()
+            .zip(c)
+            .filter(|(n, v)| *v != 0 && (n.contains("bad") || n.contains("drop") || n.contains("error")))
+            .map(|(n, v)| ((*n).to_string(), json!(v)))
+            .collect();
+        let must = [counter::TX_BAD_NOTIFICATION, counter::BAD_TAIL, counter::BAD_REGISTER_WRITES];
+        report.check(
+            "garbage:errors_counted",
+            must.iter().all(|&i| c[i as usize] > 0),
+            format!("{}", Value::Object(named.clone())),
+        );
+        report.devices.insert("enso_after_garbage".into(), Value::Object(named));
+        report.restarts = 1;
+    }
     let spec = VmSpec {
         name: "guest".into(),
         accel: env.accel,

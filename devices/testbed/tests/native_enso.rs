@@ -3,14 +3,13 @@
 //! must leave the server serving the next, well-behaved client.
 
 use device_access::vfio_user::VfioUserDevice;
-use device_access::{DeviceAccess, DmaOptions};
 use enso_nic::{EnsoConfig, EnsoNic};
 use guest_apps::echo::{Echo, EchoParams};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use testbed_regs::enso::{self, ext::counter, queue};
+use testbed_regs::enso::ext::counter;
 use vfio_server::{Server, ServerHandle};
 use wire::generator::{GenConfig, GenReport, Generator};
 use wire::CableEnd;
@@ -103,81 +102,24 @@ fn small_rings_wrap_thousands_of_times_cleanly() {
     }
 }
 
-/// A small xorshift: garbage that is the same on every run.
-struct Garbage(u64);
-
-impl Garbage {
-    fn next(&mut self) -> u32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 as u32
-    }
-}
-
 #[test]
 fn a_garbage_driver_leaves_the_server_serving_the_next_client() {
     let mut r = rig("garbage");
-    let cfg = r.nic.lock().unwrap().enso_config();
     {
-        let mut g = Garbage(0x9e37_79b9_7f4a_7c15);
-        let mut dev = VfioUserDevice::connect(&r.sock).unwrap();
-        let bar0 = dev.bar(enso::EXT_BAR).unwrap();
-        let bar2 = dev.bar(enso::QUEUE_BAR).unwrap();
-        let ram = dev.alloc_dma(4 << 20, DmaOptions { iova_align: 2 << 20, ..Default::default() }).unwrap();
-        // Garbage in every register of every queue page the device serves.
-        let pages = (0..cfg.num_pipes).map(enso::pipe_page).chain((0..cfg.num_nb_pairs).map(enso::nb_page));
-        for page in pages {
-            for off in (0..enso::QUEUE_PAGE).step_by(4) {
-                bar2.write32(page + off, g.next()).unwrap();
-            }
-        }
-        // ... in the shared extension pages, and in trapped registers.
-        for off in (enso::EXT_SHARED_START..enso::EXT_SHARED_END).step_by(4) {
-            bar0.write32(off, g.next()).unwrap();
-        }
-        for _ in 0..200 {
-            let off = (g.next() as u64 % 0x1000) & !3;
-            bar0.write32(off, g.next()).unwrap();
-        }
-        // A pair whose rings are real memory, full of bad TX notifications, and a pipe
-        // pointing outside mapped memory.
-        let nb = enso::nb_page(1);
-        bar2.write32(nb + queue::RX_MEM_LOW, 0).unwrap();
-        bar2.write32(nb + queue::RX_HEAD, 0).unwrap();
-        bar2.write32(nb + queue::TX_TAIL, 0).unwrap();
-        let (rx, tx) = (ram.iova(), ram.iova() + enso::NOTIF_RING_BYTES as u64);
-        for (i, w) in ram.as_mut_slice()[enso::NOTIF_RING_BYTES..][..64 * 512].chunks_mut(4).enumerate() {
-            let v = match i % 16 {
-                0 => [1, 2, 3, 0xdead][g.next() as usize % 4],
-                _ => g.next(),
-            };
-            w.copy_from_slice(&v.to_le_bytes());
-        }
-        bar2.write32(nb + queue::TX_MEM_HIGH, (tx >> 32) as u32).unwrap();
-        bar2.write32(nb + queue::TX_MEM_LOW, tx as u32).unwrap();
-        bar2.write32(nb + queue::RX_MEM_HIGH, (rx >> 32) as u32).unwrap();
-        bar2.write32(nb + queue::RX_MEM_LOW, rx as u32 | queue::ENABLE).unwrap();
-        let pipe = enso::pipe_page(3);
-        bar2.write32(pipe + queue::RX_HEAD, 0).unwrap();
-        bar2.write32(pipe + queue::RX_MEM_HIGH, 0x7f).unwrap();
-        bar2.write32(pipe + queue::RX_MEM_LOW, 1 | queue::ENABLE).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        bar2.write32(nb + queue::TX_TAIL, 500).unwrap();
-        std::thread::sleep(Duration::from_millis(100));
-        bar2.write32(nb + queue::TX_TAIL, enso::NOTIF_RING_ENTRIES + 7).unwrap();
-        bar2.write32(pipe + queue::RX_HEAD, 0xffff_fff0).unwrap();
-        // Frames from the wire, malformed and well formed, into the garbage.
+        // Frames from the wire, malformed and well formed, waiting for the garbage.
+        let mut g = guest_apps::garbage::Garbage::new(7);
         for i in 0..2000u32 {
-            let len = 14 + (g.next() as usize % 1600);
-            let mut f: Vec<u8> = (0..len).map(|_| g.next() as u8).collect();
+            let len = 14 + (g.next_u32() as usize % 1600);
+            let mut f: Vec<u8> = (0..len).map(|_| g.next_u32() as u8).collect();
             if i % 2 == 0 {
                 f.truncate(8);
             }
             wire::EthPort::send(&mut r.gen_end, f);
         }
         wire::EthPort::flush(&mut r.gen_end);
-        std::thread::sleep(Duration::from_millis(300));
+        let dev = Box::new(VfioUserDevice::connect(&r.sock).unwrap());
+        let report = guest_apps::garbage::run(dev, 0x9e37_79b9_7f4a_7c15);
+        assert!(report.pass, "{}", report.to_json_line());
     } // the garbage driver disconnects
     let c = r.nic.lock().unwrap().counters();
     for idx in [

@@ -78,3 +78,14 @@ fn echo_in_a_guest_answers_every_packet() {
     assert!(d["notifications_per_packet"].as_f64().unwrap() < 0.5, "{d}");
     assert_eq!(v["guest"]["transport"], "vfio");
 }
+
+#[test]
+fn a_garbage_guest_is_counted_and_the_next_guest_echoes_clean() {
+    let v = run(&["run", "echo", "--garbage-first", "--packets", "20000", "--json"]);
+    assert_eq!(assertion(&v, "garbage:guest_ran")["pass"], true);
+    assert_eq!(assertion(&v, "garbage:errors_counted")["pass"], true);
+    let counted = v["devices"]["enso_after_garbage"].as_object().expect("error counters after the garbage");
+    assert!(counted["tx_bad_notification"].as_u64() > Some(0), "{counted:?}");
+    assert_eq!(v["traffic"]["matched"], 20_000);
+    assert_eq!(v["restarts"], 1);
+}

@@ -5,6 +5,7 @@
 
 pub mod capture;
 pub mod echo;
+pub mod garbage;
 pub mod report;
 pub mod smoke;
 

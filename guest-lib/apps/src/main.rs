@@ -5,7 +5,7 @@
 //! `testbed-guest smoke scratch=0x1234 seed=7 [socket=/path/to/vfio-user.sock]`.
 
 use device_access::{vfio::VfioDevice, vfio_user::VfioUserDevice, DeviceAccess};
-use guest_apps::{capture, echo, smoke, Report};
+use guest_apps::{capture, echo, garbage, smoke, Report};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -84,6 +84,14 @@ fn main() {
                 Err(e) => open_failed("echo", &args, e),
             }
         }
+        "garbage" => {
+            use testbed_regs::enso::{DEVICE_ID, VENDOR_ID};
+            let seed = args.get("seed").and_then(|s| parse_u64(s)).unwrap_or(0x9e37_79b9_7f4a_7c15);
+            match open(&args, VENDOR_ID, DEVICE_ID) {
+                Ok(dev) => garbage::run(dev, seed),
+                Err(e) => open_failed("garbage", &args, e),
+            }
+        }
         "capture" => {
             use testbed_regs::enso::{DEVICE_ID, VENDOR_ID};
             let params = capture::CaptureParams {
@@ -100,7 +108,7 @@ fn main() {
         }
         other => {
             let mut r = Report::new(other, "none");
-            r.fail("scenario", format!("unknown scenario '{other}' (known: smoke, echo, capture)"));
+            r.fail("scenario", format!("unknown scenario '{other}' (known: smoke, echo, capture, garbage)"));
             r
         }
     };
