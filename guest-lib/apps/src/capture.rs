@@ -63,7 +63,7 @@ pub fn run_for(
     let limit = params.packets.unwrap_or(u64::MAX);
     while s.packets < limit {
         let Some(id) = dev.next_rx_pipe_to_recv() else {
-            empty += 1;
+            empty = empty.wrapping_add(1);
             if empty & 255 == 0 {
                 let now = Instant::now();
                 if stop.load(Ordering::Relaxed)
