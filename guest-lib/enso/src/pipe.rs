@@ -171,6 +171,29 @@ impl RxCore {
         (ptr, len)
     }
 
+    /// Up to `max` bytes at the read cursor, consumed.
+    fn recv(&mut self, max: usize) -> &[u8] {
+        let (p, len) = self.take(max, true);
+        // SAFETY: `p..p+len` lies in the (mirrored) pipe mapping owned by `shared`, holds
+        // data the device announced (Acquire on the tail) and will not rewrite before
+        // the application frees it.
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+
+    /// As [`RxCore::recv`], mutable.
+    fn recv_mut(&mut self, max: usize) -> &mut [u8] {
+        let (p, len) = self.take(max, true);
+        // SAFETY: as in `recv`; `&mut self` makes the slice unique on our side.
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
+
+    /// As [`RxCore::recv`] without consuming.
+    fn peek(&self, max: usize) -> &[u8] {
+        let len = self.available().min(max / FLIT * FLIT);
+        // SAFETY: as in `recv` (the same range `take` would return).
+        unsafe { std::slice::from_raw_parts(self.shared.buf.as_ptr().add(self.read as usize * FLIT), len) }
+    }
+
     fn prefetch(&self) {
         let slot = &self.shared.prefetch;
         let seq = slot.read(prefetch::SEQ).wrapping_add(1);
@@ -226,27 +249,17 @@ impl RxPipe {
     /// Receives up to `max` bytes (rounded down to whole flits): a contiguous slice of
     /// whole packets, each on a 64-byte boundary. Empty when nothing new was announced.
     pub fn recv(&mut self, max: usize) -> &[u8] {
-        let (p, len) = self.core.take(max, true);
-        // SAFETY: `p..p+len` lies in the (mirrored) pipe mapping owned by `shared`, holds
-        // data the device announced (Acquire on the tail) and will not rewrite before
-        // the application frees it.
-        unsafe { std::slice::from_raw_parts(p, len) }
+        self.core.recv(max)
     }
 
     /// As [`RxPipe::recv`], mutable (e.g. to edit packets before forwarding them).
     pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
-        let (p, len) = self.core.take(max, true);
-        // SAFETY: as in `recv`; `&mut self` makes the slice unique on our side.
-        unsafe { std::slice::from_raw_parts_mut(p, len) }
+        self.core.recv_mut(max)
     }
 
     /// As [`RxPipe::recv`] without consuming: the next recv returns the same bytes.
     pub fn peek(&self, max: usize) -> &[u8] {
-        let len = self.core.available().min(max / FLIT * FLIT);
-        // SAFETY: as in `recv` (same range `take` would return).
-        unsafe {
-            std::slice::from_raw_parts(self.core.shared.buf.as_ptr().add(self.core.read as usize * FLIT), len)
-        }
+        self.core.peek(max)
     }
 
     /// Receives up to `max` bytes and iterates over their packets.
@@ -330,16 +343,12 @@ impl RxTxPipe {
 
     /// As [`RxPipe::recv`].
     pub fn recv(&mut self, max: usize) -> &[u8] {
-        let (p, len) = self.core.take(max, true);
-        // SAFETY: as in `RxPipe::recv`.
-        unsafe { std::slice::from_raw_parts(p, len) }
+        self.core.recv(max)
     }
 
     /// As [`RxPipe::recv_mut`]: edit packets in place, then send them back.
     pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
-        let (p, len) = self.core.take(max, true);
-        // SAFETY: as in `RxPipe::recv`; `&mut self` makes the slice unique on our side.
-        unsafe { std::slice::from_raw_parts_mut(p, len) }
+        self.core.recv_mut(max)
     }
 
     /// Receives up to `max` bytes and iterates mutably over their packets.
@@ -349,11 +358,7 @@ impl RxTxPipe {
 
     /// As [`RxPipe::peek`].
     pub fn peek(&self, max: usize) -> &[u8] {
-        let len = self.core.available().min(max / FLIT * FLIT);
-        // SAFETY: as in `RxPipe::peek`.
-        unsafe {
-            std::slice::from_raw_parts(self.core.shared.buf.as_ptr().add(self.core.read as usize * FLIT), len)
-        }
+        self.core.peek(max)
     }
 
     /// Bytes received and not yet sent.
