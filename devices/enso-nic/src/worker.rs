@@ -16,8 +16,11 @@ use wire::{EthPort, Frame};
 
 /// Frames taken from the port per round.
 pub const RX_BATCH: usize = 64;
-/// Disabled queues checked for an enable per round (all of them when there are fewer).
+/// Disabled queues checked for an enable per idle round (all of them when there are fewer).
 const SCAN_CHUNK: u32 = 256;
+/// Disabled queues checked per round right after a busy one: each check touches another
+/// queue page, so while traffic flows the scan walks the queues a few at a time.
+const SCAN_CHUNK_BUSY: u32 = 8;
 /// Spare frame buffers kept for TX (RX frames are recycled into it).
 const POOL_MAX: usize = 1024;
 
@@ -62,6 +65,8 @@ pub struct DeviceState {
     enabled_pipes: Vec<u32>,
     enabled_nbs: Vec<u32>,
     scan_cursor: u32,
+    /// The last round found work.
+    busy: bool,
     mode: u32,
     rx: Vec<Frame>,
     pool: Vec<Frame>,
@@ -83,6 +88,7 @@ impl DeviceState {
             enabled_pipes: Vec::new(),
             enabled_nbs: Vec::new(),
             scan_cursor: 0,
+            busy: false,
             mode: ext::MODE_REACTIVE,
             rx: Vec::with_capacity(RX_BATCH),
             pool: Vec::new(),
@@ -260,11 +266,11 @@ impl DeviceState {
         set_state_bit(shared, state::nb_bit(j), false);
     }
 
-    /// Looks at up to SCAN_CHUNK disabled queues for the enable bit.
-    fn scan(&mut self, shared: &Shared) {
+    /// Looks at up to `chunk` queues for the enable bit.
+    fn scan(&mut self, shared: &Shared, chunk: u32) {
         let (np, nn) = (shared.cfg.num_pipes, shared.cfg.num_nb_pairs);
         let total = np + nn;
-        for _ in 0..SCAN_CHUNK.min(total) {
+        for _ in 0..chunk.min(total) {
             let i = self.scan_cursor;
             self.scan_cursor = (i + 1) % total;
             if i < np {
@@ -298,7 +304,7 @@ impl DeviceState {
             self.mode = mode;
             self.engine.set_per_packet(mode == ext::MODE_PER_PACKET);
         }
-        self.scan(shared);
+        self.scan(shared, if self.busy { SCAN_CHUNK_BUSY } else { SCAN_CHUNK });
         let mut work = false;
 
         // Disables and address changes (re-enabled by a later scan), then head writes.
@@ -377,6 +383,7 @@ impl DeviceState {
         self.rx = rx;
         self.port.flush();
         self.local.flush(&shared.counters);
+        self.busy = work;
         work
     }
 

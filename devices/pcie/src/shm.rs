@@ -79,6 +79,7 @@ impl ShmRegion {
         false
     }
 
+    #[inline]
     fn atomic32(&self, offset: u64) -> Option<&AtomicU32> {
         if !offset.is_multiple_of(4) || offset.checked_add(4)? > self.len as u64 {
             return None;
@@ -88,6 +89,7 @@ impl ShmRegion {
         Some(unsafe { &*self.ptr.add(offset as usize).cast::<AtomicU32>() })
     }
 
+    #[inline]
     fn atomic64(&self, offset: u64) -> Option<&AtomicU64> {
         if !offset.is_multiple_of(8) || offset.checked_add(8)? > self.len as u64 {
             return None;
@@ -97,11 +99,13 @@ impl ShmRegion {
     }
 
     /// Reads a little-endian u32 (acquire). Out-of-range or misaligned offsets read 0.
+    #[inline]
     pub fn read32(&self, offset: u64) -> u32 {
         self.atomic32(offset).map_or(0, |a| u32::from_le(a.load(Ordering::Acquire)))
     }
 
     /// Writes a little-endian u32 (release). Out-of-range or misaligned offsets are ignored.
+    #[inline]
     pub fn write32(&self, offset: u64, value: u32) {
         if let Some(a) = self.atomic32(offset) {
             a.store(value.to_le(), Ordering::Release);
@@ -109,11 +113,13 @@ impl ShmRegion {
     }
 
     /// Reads a little-endian u64 (acquire); 0 when out of range or misaligned.
+    #[inline]
     pub fn read64(&self, offset: u64) -> u64 {
         self.atomic64(offset).map_or(0, |a| u64::from_le(a.load(Ordering::Acquire)))
     }
 
     /// Writes a little-endian u64 (release); ignored when out of range or misaligned.
+    #[inline]
     pub fn write64(&self, offset: u64, value: u64) {
         if let Some(a) = self.atomic64(offset) {
             a.store(value.to_le(), Ordering::Release);
