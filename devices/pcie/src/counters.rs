@@ -1,8 +1,15 @@
 //! The one accounting mechanism every model reports through: TLP-equivalents by kind
 //! (MMIO read/write, DMA read/write, interrupt) with bytes, split by class, plus errors.
+//!
+//! Besides the per-operation totals ([`CountersSnapshot`]), every DMA operation is also
+//! split into the TLPs a PCIe link would carry (see [`crate::accounting`] for the rules)
+//! at record time: [`TlpSnapshot`] keeps those TLP counts and the dword-padding bytes,
+//! so nothing is stored per operation and the hot path stays a few atomic adds.
 
+use crate::accounting::{dw_padding, TlpRules};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
 
 /// What a DMA transfer carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -11,6 +18,28 @@ pub enum DmaClass {
     Data,
     /// Interface metadata: descriptors, notifications, completions.
     Metadata,
+}
+
+impl DmaClass {
+    #[inline]
+    fn index(self) -> usize {
+        match self {
+            DmaClass::Data => 0,
+            DmaClass::Metadata => 1,
+        }
+    }
+}
+
+/// Per-class TLP accumulators (index: [`DmaClass::index`]), fed by every DMA operation.
+#[derive(Debug, Default)]
+struct TlpAccumulator {
+    dma_write_tlps: [AtomicU64; 2],
+    dma_write_pad_bytes: [AtomicU64; 2],
+    dma_read_requests: [AtomicU64; 2],
+    dma_read_completions: [AtomicU64; 2],
+    dma_read_pad_bytes: [AtomicU64; 2],
+    doorbell_writes: AtomicU64,
+    doorbell_bytes: AtomicU64,
 }
 
 /// Live counters of one function. Cheap to update from any thread.
@@ -30,6 +59,10 @@ pub struct Counters {
     irqs_dropped: AtomicU64,
     dma_errors: AtomicU64,
     bad_register_writes: AtomicU64,
+    /// TLP-level accounting of DMA operations and driver-reported doorbells.
+    tlp: TlpAccumulator,
+    /// The splitting rules of `tlp`; unset means [`TlpRules::default`].
+    tlp_rules: OnceLock<TlpRules>,
 }
 
 /// A point-in-time copy of [`Counters`], as reported in JSON.
@@ -65,7 +98,150 @@ pub struct CountersSnapshot {
     pub bad_register_writes: u64,
 }
 
+/// A point-in-time copy of the TLP-level accounting of [`Counters`]: what the DMA
+/// operations became on the link under [`TlpSnapshot::rules`], plus doorbells the driver
+/// reported. Turned into bytes and link figures by [`crate::accounting`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TlpSnapshot {
+    /// The splitting rules the counts were made with.
+    pub rules: TlpRules,
+    /// Memory-write TLPs of DMA writes (all classes).
+    pub dma_write_tlps: u64,
+    /// Of those, TLPs of metadata writes.
+    pub dma_write_meta_tlps: u64,
+    /// Dword-alignment padding carried by DMA writes (all classes).
+    pub dma_write_pad_bytes: u64,
+    /// Of that, padding of metadata writes.
+    pub dma_write_meta_pad_bytes: u64,
+    /// Memory-read request TLPs of DMA reads (all classes).
+    pub dma_read_requests: u64,
+    /// Of those, requests of metadata reads.
+    pub dma_read_meta_requests: u64,
+    /// Completion-with-data TLPs answering DMA reads (all classes).
+    pub dma_read_completions: u64,
+    /// Of those, completions of metadata reads.
+    pub dma_read_meta_completions: u64,
+    /// Dword-alignment padding carried by read completions (all classes).
+    pub dma_read_pad_bytes: u64,
+    /// Of that, padding of metadata reads.
+    pub dma_read_meta_pad_bytes: u64,
+    /// Doorbell writes reported by the driver side ([`Counters::doorbell_writes`]).
+    pub doorbell_writes: u64,
+    /// Bytes of those doorbell writes.
+    pub doorbell_bytes: u64,
+}
+
+impl TlpSnapshot {
+    /// Counts accumulated since `earlier` (the rules are this snapshot's).
+    pub fn since(&self, earlier: &TlpSnapshot) -> TlpSnapshot {
+        TlpSnapshot {
+            rules: self.rules,
+            dma_write_tlps: self.dma_write_tlps - earlier.dma_write_tlps,
+            dma_write_meta_tlps: self.dma_write_meta_tlps - earlier.dma_write_meta_tlps,
+            dma_write_pad_bytes: self.dma_write_pad_bytes - earlier.dma_write_pad_bytes,
+            dma_write_meta_pad_bytes: self.dma_write_meta_pad_bytes - earlier.dma_write_meta_pad_bytes,
+            dma_read_requests: self.dma_read_requests - earlier.dma_read_requests,
+            dma_read_meta_requests: self.dma_read_meta_requests - earlier.dma_read_meta_requests,
+            dma_read_completions: self.dma_read_completions - earlier.dma_read_completions,
+            dma_read_meta_completions: self.dma_read_meta_completions - earlier.dma_read_meta_completions,
+            dma_read_pad_bytes: self.dma_read_pad_bytes - earlier.dma_read_pad_bytes,
+            dma_read_meta_pad_bytes: self.dma_read_meta_pad_bytes - earlier.dma_read_meta_pad_bytes,
+            doorbell_writes: self.doorbell_writes - earlier.doorbell_writes,
+            doorbell_bytes: self.doorbell_bytes - earlier.doorbell_bytes,
+        }
+    }
+}
+
 impl Counters {
+    /// Counters whose TLP accounting splits DMA operations by `rules` (see
+    /// [`crate::accounting::LinkConfig::tlp_rules`]) instead of the defaults.
+    pub fn with_tlp_rules(rules: TlpRules) -> Self {
+        let c = Counters::default();
+        let _ = c.tlp_rules.set(rules);
+        c
+    }
+
+    /// Fixes the TLP splitting rules of counters that are already shared. Returns false
+    /// (and changes nothing) when rules were already set. Set them before any traffic:
+    /// operations counted earlier were split by the defaults.
+    pub fn set_tlp_rules(&self, rules: TlpRules) -> bool {
+        self.tlp_rules.set(rules).is_ok()
+    }
+
+    /// The rules DMA operations are split by.
+    #[inline]
+    pub fn tlp_rules(&self) -> TlpRules {
+        self.tlp_rules.get().copied().unwrap_or_default()
+    }
+
+    /// Counts a DMA read of `bytes` at guest address `addr`, with its TLPs.
+    #[inline]
+    pub fn dma_read_at(&self, addr: u64, bytes: usize, class: DmaClass) {
+        self.dma_reads.fetch_add(1, Relaxed);
+        self.dma_read_bytes.fetch_add(bytes as u64, Relaxed);
+        if class == DmaClass::Metadata {
+            self.dma_read_meta_bytes.fetch_add(bytes as u64, Relaxed);
+        }
+        let (rules, len, i) = (self.tlp_rules(), bytes as u64, class.index());
+        self.tlp.dma_read_requests[i].fetch_add(rules.read_requests(addr, len), Relaxed);
+        self.tlp.dma_read_completions[i].fetch_add(rules.read_completions(addr, len), Relaxed);
+        let pad = dw_padding(addr, len);
+        if pad != 0 {
+            self.tlp.dma_read_pad_bytes[i].fetch_add(pad, Relaxed);
+        }
+    }
+
+    /// Counts a DMA write of `bytes` at guest address `addr`, with its TLPs.
+    #[inline]
+    pub fn dma_write_at(&self, addr: u64, bytes: usize, class: DmaClass) {
+        self.dma_writes.fetch_add(1, Relaxed);
+        self.dma_write_bytes.fetch_add(bytes as u64, Relaxed);
+        if class == DmaClass::Metadata {
+            self.dma_write_meta_bytes.fetch_add(bytes as u64, Relaxed);
+        }
+        let (rules, len, i) = (self.tlp_rules(), bytes as u64, class.index());
+        self.tlp.dma_write_tlps[i].fetch_add(rules.write_tlps(addr, len), Relaxed);
+        let pad = dw_padding(addr, len);
+        if pad != 0 {
+            self.tlp.dma_write_pad_bytes[i].fetch_add(pad, Relaxed);
+        }
+    }
+
+    /// Counts `n` 4-byte doorbell writes the driver made to registers the device polls
+    /// (shared BAR pages are not trapped, and polling merges writes, so only the driver
+    /// knows how many it made). Each is one posted memory write downstream.
+    pub fn doorbell_writes(&self, n: u64) {
+        self.doorbell_writes_of(n, 4);
+    }
+
+    /// Counts `n` doorbell writes of `bytes_each` bytes (e.g. 8 for a 64-bit register).
+    pub fn doorbell_writes_of(&self, n: u64, bytes_each: u64) {
+        self.tlp.doorbell_writes.fetch_add(n, Relaxed);
+        self.tlp.doorbell_bytes.fetch_add(n * bytes_each, Relaxed);
+    }
+
+    /// A copy of the current TLP-level accounting.
+    pub fn tlp_snapshot(&self) -> TlpSnapshot {
+        let t = &self.tlp;
+        let both = |a: &[AtomicU64; 2]| a[0].load(Relaxed) + a[1].load(Relaxed);
+        let meta = |a: &[AtomicU64; 2]| a[1].load(Relaxed);
+        TlpSnapshot {
+            rules: self.tlp_rules(),
+            dma_write_tlps: both(&t.dma_write_tlps),
+            dma_write_meta_tlps: meta(&t.dma_write_tlps),
+            dma_write_pad_bytes: both(&t.dma_write_pad_bytes),
+            dma_write_meta_pad_bytes: meta(&t.dma_write_pad_bytes),
+            dma_read_requests: both(&t.dma_read_requests),
+            dma_read_meta_requests: meta(&t.dma_read_requests),
+            dma_read_completions: both(&t.dma_read_completions),
+            dma_read_meta_completions: meta(&t.dma_read_completions),
+            dma_read_pad_bytes: both(&t.dma_read_pad_bytes),
+            dma_read_meta_pad_bytes: meta(&t.dma_read_pad_bytes),
+            doorbell_writes: t.doorbell_writes.load(Relaxed),
+            doorbell_bytes: t.doorbell_bytes.load(Relaxed),
+        }
+    }
+
     /// Counts a trapped MMIO read of `bytes`.
     pub fn mmio_read(&self, bytes: usize) {
         self.mmio_reads.fetch_add(1, Relaxed);
@@ -78,22 +254,16 @@ impl Counters {
         self.mmio_write_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
-    /// Counts a DMA read.
+    /// Counts a DMA read. Its TLPs are counted as if it started on a 4 KiB boundary;
+    /// prefer [`Counters::dma_read_at`], which knows the address.
     pub fn dma_read(&self, bytes: usize, class: DmaClass) {
-        self.dma_reads.fetch_add(1, Relaxed);
-        self.dma_read_bytes.fetch_add(bytes as u64, Relaxed);
-        if class == DmaClass::Metadata {
-            self.dma_read_meta_bytes.fetch_add(bytes as u64, Relaxed);
-        }
+        self.dma_read_at(0, bytes, class);
     }
 
-    /// Counts a DMA write.
+    /// Counts a DMA write. Its TLPs are counted as if it started on a 4 KiB boundary;
+    /// prefer [`Counters::dma_write_at`], which knows the address.
     pub fn dma_write(&self, bytes: usize, class: DmaClass) {
-        self.dma_writes.fetch_add(1, Relaxed);
-        self.dma_write_bytes.fetch_add(bytes as u64, Relaxed);
-        if class == DmaClass::Metadata {
-            self.dma_write_meta_bytes.fetch_add(bytes as u64, Relaxed);
-        }
+        self.dma_write_at(0, bytes, class);
     }
 
     /// Counts a delivered interrupt.

@@ -9,7 +9,7 @@
 use crate::counters::{Counters, DmaClass};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use thiserror::Error;
 
@@ -93,6 +93,20 @@ impl Entry {
 struct Inner {
     maps: BTreeMap<u64, Entry>,
     files: HashMap<(u64, u64), Weak<MappedFile>>,
+    /// `maps` as a sorted array for the DMA path (rebuilt by every map change).
+    flat: Vec<Flat>,
+    /// Index in `flat` of the range the last access resolved to (a hint, checked on use).
+    last: AtomicUsize,
+}
+
+/// One range of [`Inner::flat`].
+struct Flat {
+    start: u64,
+    end: u64,
+    /// None: mapped without memory behind it.
+    file: Option<Arc<MappedFile>>,
+    file_offset: u64,
+    writable: bool,
 }
 
 /// The IOVA → memory map of one function, filled by the transport's DMA_MAP requests.
@@ -130,6 +144,7 @@ impl GuestMemory {
         };
         inner.maps.insert(iova, Entry { len, file, file_offset, writable });
         inner.merge_around(iova);
+        inner.rebuild_flat();
         Ok(())
     }
 
@@ -160,6 +175,7 @@ impl GuestMemory {
             removed += e_end.min(end) - k.max(iova);
         }
         inner.files.retain(|_, w| w.strong_count() > 0);
+        inner.rebuild_flat();
         removed
     }
 
@@ -168,6 +184,7 @@ impl GuestMemory {
         let mut inner = self.inner.write().unwrap_or_else(|e| e.into_inner());
         inner.maps.clear();
         inner.files.clear();
+        inner.rebuild_flat();
     }
 
     /// Number of distinct (merged) ranges.
@@ -198,6 +215,13 @@ impl GuestMemory {
             return Err(DmaError::Unmapped { addr, len });
         }
         let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        // One range holds it all (the usual case): nothing to check beyond the resolve.
+        if let Ok((p, avail)) = inner.resolve(addr, write) {
+            if avail >= len {
+                f(p, 0, len);
+                return Ok(());
+            }
+        }
         // Check the whole range first, so a refused access has no partial effect; then copy.
         for copy in [false, true] {
             let mut done = 0usize;
@@ -289,18 +313,44 @@ impl DmaSpace for GuestMemory {
 impl Inner {
     /// The host pointer for `a` and how many bytes follow it in the same range.
     fn resolve(&self, a: u64, write: bool) -> Result<(*mut u8, usize), Refusal> {
-        let (start, e) = self.maps.range(..=a).next_back().ok_or(Refusal::Unmapped)?;
-        if a >= start + e.len {
-            return Err(Refusal::Unmapped);
-        }
+        let hint = self.last.load(Ordering::Relaxed);
+        let e = match self.flat.get(hint).filter(|e| e.start <= a && a < e.end) {
+            Some(e) => e,
+            None => {
+                let i =
+                    self.flat.partition_point(|e| e.start <= a).checked_sub(1).ok_or(Refusal::Unmapped)?;
+                let e = &self.flat[i];
+                if a >= e.end {
+                    return Err(Refusal::Unmapped);
+                }
+                self.last.store(i, Ordering::Relaxed);
+                e
+            }
+        };
         let file = e.file.as_ref().ok_or(Refusal::Unmapped)?;
         if write && !e.writable {
             return Err(Refusal::ReadOnly);
         }
-        // SAFETY: `file_offset + e.len` lies inside the file mapping (checked at map time)
-        // and `a - start < e.len`.
-        let p = unsafe { file.ptr.add((e.file_offset + (a - start)) as usize) };
-        Ok((p, (start + e.len - a) as usize))
+        // SAFETY: `file_offset + (end - start)` lies inside the file mapping (checked at
+        // map time) and `a - start < end - start`.
+        let p = unsafe { file.ptr.add((e.file_offset + (a - e.start)) as usize) };
+        Ok((p, (e.end - a) as usize))
+    }
+
+    /// Rebuilds `flat` from `maps` (after any change to `maps`).
+    fn rebuild_flat(&mut self) {
+        self.flat = self
+            .maps
+            .iter()
+            .map(|(&start, e)| Flat {
+                start,
+                end: start + e.len,
+                file: e.file.clone(),
+                file_offset: e.file_offset,
+                writable: e.writable,
+            })
+            .collect();
+        self.last.store(0, Ordering::Relaxed);
     }
 
     fn overlaps(&self, iova: u64, len: u64) -> bool {
@@ -399,7 +449,7 @@ impl Dma {
         self.gate()?;
         match self.space.read(addr, buf) {
             Ok(()) => {
-                self.counters.dma_read(buf.len(), class);
+                self.counters.dma_read_at(addr, buf.len(), class);
                 Ok(())
             }
             Err(e) => {
@@ -414,7 +464,7 @@ impl Dma {
         self.gate()?;
         match self.space.write(addr, data) {
             Ok(()) => {
-                self.counters.dma_write(data.len(), class);
+                self.counters.dma_write_at(addr, data.len(), class);
                 Ok(())
             }
             Err(e) => {
