@@ -4,4 +4,5 @@
 //! drivers import these constants; nobody retypes them.
 
 pub mod enso;
+pub mod packetized;
 pub mod smoke;
