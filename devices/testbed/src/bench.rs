@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use device_access::vfio_user::VfioUserDevice;
 use enso_nic::{EnsoConfig, EnsoNic};
 use guest_apps::echo::{Echo, EchoParams};
-use pcie_model::PciDevice;
+use pcie_model::{ByteClasses, LinkConfig, PciDevice, PcieReport};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,6 +60,14 @@ pub struct BenchResult {
     pub pct_of_ceiling: f64,
     pub notifications_per_pkt: f64,
     pub trapped_mmio_per_pkt: f64,
+    /// PCIe bytes per packet by class (both directions, from the first run): payload,
+    /// interface metadata (notifications, descriptors, doorbells), protocol overhead (TLP
+    /// headers and framing).
+    pub bytes: ByteClasses<f64>,
+    /// Interface metadata / (payload + interface metadata).
+    pub metadata_fraction: f64,
+    /// The packet rate at which the modeled PCIe link (Gen3 x16, 256 B MPS) saturates.
+    pub modeled_pcie_mpps: Option<f64>,
     /// Every packet of every run came back intact.
     pub all_matched: bool,
     pub runs: Vec<Run>,
@@ -96,6 +104,8 @@ struct RunOutcome {
     trapped_per_pkt: f64,
     /// Non-zero NIC drop/error counters and the generator's verdict, when not clean.
     trouble: String,
+    /// The run's PCIe traffic per packet and the link model's verdict.
+    pcie: PcieReport,
 }
 
 /// One echo run of `packets` packets of `size` bytes.
@@ -116,15 +126,16 @@ fn echo_run(o: &BenchOptions, size: usize, dir: &std::path::Path) -> Result<RunO
     let mut echo = Echo::setup(access, &params).context("echo setup")?;
     let snapshot = |n: &Arc<Mutex<EnsoNic>>| {
         let d = n.lock().unwrap_or_else(|e| e.into_inner());
-        (d.counters(), PciDevice::counters(&*d).snapshot())
+        (d.counters(), PciDevice::counters(&*d).traffic_snapshot())
     };
-    let (c0, p0) = snapshot(&nic);
+    let (c0, t0) = snapshot(&nic);
     let stop = Arc::new(AtomicBool::new(false));
     let s2 = stop.clone();
     let driver = std::thread::Builder::new().name("echo-driver".into()).spawn(move || {
         let t0 = thread_cpu_ns();
         let r = echo.run(&params, &s2);
-        (r, thread_cpu_ns() - t0)
+        let cpu = thread_cpu_ns() - t0;
+        (r, cpu, echo.device().stats())
     })?;
     gen.start();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -133,9 +144,16 @@ fn echo_run(o: &BenchOptions, size: usize, dir: &std::path::Path) -> Result<RunO
     }
     let rep = gen.report();
     stop.store(true, Ordering::Relaxed);
-    let (r, cpu_ns) = driver.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))?;
+    let (r, cpu_ns, ds) = driver.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))?;
     let (stats, _) = r.context("echo loop")?;
-    let (c1, p1) = snapshot(&nic);
+    // Doorbells are counted on the driver side (the device's polling merges writes): NB
+    // rx_head and tx_tail writes, and the pipe head written on each send completion.
+    PciDevice::counters(&*nic.lock().unwrap_or_else(|e| e.into_inner()))
+        .doorbell_writes(ds.rx_head_writes + ds.tx_tail_writes + ds.rx_frees_on_completion);
+    let (c1, t1) = snapshot(&nic);
+    let traffic = t1.since(&t0);
+    let p0 = t0.counters;
+    let p1 = t1.counters;
     server.stop();
     let _ = std::fs::remove_file(&sock);
     let ring = wire::ring::ring_ceiling(o.packets, size);
@@ -153,7 +171,9 @@ fn echo_run(o: &BenchOptions, size: usize, dir: &std::path::Path) -> Result<RunO
         format!("generator {rep:?}; NIC {}", drops.join(", "))
     };
     let d = p1.since(&p0);
+    let pcie = LinkConfig::default().report(&traffic.summary(), rep.matched, Some(rep.rx_mpps));
     Ok(RunOutcome {
+        pcie,
         run: Run {
             mpps: rep.rx_mpps,
             driver_ns_per_pkt: stats.busy.as_nanos() as f64 / stats.packets.max(1) as f64,
@@ -182,6 +202,7 @@ pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
     let mut results = vec![];
     for &size in &o.sizes {
         let mut runs = vec![];
+        let mut pcie = None;
         let mut all_matched = true;
         let (mut notif, mut trapped) = (vec![], vec![]);
         for i in 0..o.runs {
@@ -202,6 +223,7 @@ pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
                 );
             }
             all_matched &= out.matched;
+            pcie.get_or_insert(out.pcie);
             notif.push(out.notifications_per_pkt);
             trapped.push(out.trapped_per_pkt);
             runs.push(out.run);
@@ -221,6 +243,9 @@ pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
             pct_of_ceiling: if ceiling > 0.0 { 100.0 * mpps / ceiling } else { 0.0 },
             notifications_per_pkt: median(notif),
             trapped_mmio_per_pkt: median(trapped),
+            bytes: pcie.as_ref().map_or(ByteClasses::default(), |p| p.bytes),
+            metadata_fraction: pcie.as_ref().map_or(0.0, |p| p.metadata_fraction),
+            modeled_pcie_mpps: pcie.as_ref().and_then(|p| p.modeled_pcie_mpps),
             all_matched,
             runs,
         });
@@ -233,10 +258,10 @@ pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
 pub fn render(r: &BenchReport) -> String {
     let mut s = format!("echo benchmark ({} build, native vfio-user transport, medians)\n", r.build);
     s += "  nic   size      Mpps     Gbps  driver ns/pkt  driver CPU ns/pkt  ring ceiling Mpps  % of ceiling  \
-          notif/pkt  trapped MMIO/pkt  all matched\n";
+          notif/pkt  trapped MMIO/pkt  metadata %  modeled PCIe Mpps  all matched\n";
     for x in &r.results {
         s += &format!(
-            "  {:<5} {:>5} {:>9.2} {:>8.2} {:>14.1} {:>18.0} {:>18.2} {:>13.0} {:>10.4} {:>17.4}  {}\n",
+            "  {:<5} {:>5} {:>9.2} {:>8.2} {:>14.1} {:>18.0} {:>18.2} {:>13.0} {:>10.4} {:>17.4} {:>11.3} {:>17.1}  {}\n",
             x.nic,
             x.size,
             x.mpps,
@@ -247,6 +272,8 @@ pub fn render(r: &BenchReport) -> String {
             x.pct_of_ceiling,
             x.notifications_per_pkt,
             x.trapped_mmio_per_pkt,
+            100.0 * x.metadata_fraction,
+            x.modeled_pcie_mpps.unwrap_or(0.0),
             x.all_matched
         );
     }

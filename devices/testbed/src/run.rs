@@ -386,7 +386,8 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
     let ready =
         vm.wait_for(opts.timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
-    let pcie = |n: &Arc<Mutex<enso_nic::EnsoNic>>| PciDevice::counters(&*n.lock().unwrap()).snapshot();
+    let pcie =
+        |n: &Arc<Mutex<enso_nic::EnsoNic>>| PciDevice::counters(&*n.lock().unwrap()).traffic_snapshot();
     let before = pcie(&nic);
     let nic_before = nic.lock().unwrap().counters();
     let mut gen = wire::generator::Generator::new(wire::generator::GenConfig {
@@ -416,7 +417,8 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
             dropped.insert((*name).into(), json!(delta(i as u32)));
         }
     }
-    let pc = after.since(&before);
+    let traffic_pcie = after.since(&before);
+    let pc = traffic_pcie.counters;
     let trapped = pc.mmio_reads + pc.mmio_writes;
     match traffic {
         Some(t) => {
@@ -470,6 +472,9 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
                 "dma_read_bytes": pc.dma_read_bytes,
                 "dma_write_bytes": pc.dma_write_bytes,
                 "dma_metadata_bytes": pc.dma_read_meta_bytes + pc.dma_write_meta_bytes,
+                // Device-side view; the guest driver's doorbells are not in it (they are
+                // plain stores into shared pages that the device's polling merges).
+                "pcie": pcie_model::LinkConfig::default().report(&traffic_pcie.summary(), t.matched, Some(t.rx_mpps)),
             });
         }
         None => report.check("traffic:all_matched", false, "no traffic: the guest never became ready"),
