@@ -97,6 +97,9 @@ struct EchoArgs {
     /// bad notifications; the echo then runs against the same server.
     #[arg(long)]
     garbage_first: bool,
+    /// The NIC model the guest's echo runs on.
+    #[arg(long, value_enum, default_value = "enso")]
+    nic: run::NicKind,
 }
 
 impl EchoArgs {
@@ -108,6 +111,7 @@ impl EchoArgs {
             pipes: self.pipes,
             window: self.window,
             garbage_first: self.garbage_first,
+            nic: self.nic,
         }
     }
 }
@@ -286,7 +290,15 @@ fn demo(vm: &VmArgs) -> i32 {
     let smoke = finish(run::smoke(&env, &vm.options(), false), false, "smoke");
     println!();
     eprintln!("[testbed] demo 2/2: the Ensō NIC; the guest's echo app answers 20000 packets from the host generator");
-    let echo = EchoArgs { packets: 20_000, size: 64, flows: 16, pipes: 4, window: 256, garbage_first: false };
+    let echo = EchoArgs {
+        packets: 20_000,
+        size: 64,
+        flows: 16,
+        pipes: 4,
+        window: 256,
+        garbage_first: false,
+        nic: run::NicKind::Enso,
+    };
     let echo = finish(run::echo(&env, &vm.options(), echo.options()), false, "echo");
     smoke.max(echo)
 }

@@ -310,6 +310,77 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
     Ok(report)
 }
 
+/// Which NIC model a traffic scenario runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NicKind {
+    /// The Ensō NIC (streaming pipes, reactive notifications).
+    Enso,
+    /// The packetized baseline (descriptor rings, per-packet buffers).
+    Packetized,
+}
+
+impl NicKind {
+    /// "enso" or "packetized".
+    pub fn name(self) -> &'static str {
+        match self {
+            NicKind::Enso => "enso",
+            NicKind::Packetized => "packetized",
+        }
+    }
+}
+
+/// A NIC model under test: the device to serve, and its counters by name.
+pub struct NicUnderTest {
+    pub kind: NicKind,
+    pub device: Arc<Mutex<dyn PciDevice>>,
+    counters: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send>,
+}
+
+impl NicUnderTest {
+    /// A NIC of `kind` cabled to `port`.
+    pub fn new(kind: NicKind, port: Box<dyn wire::EthPort>) -> Result<NicUnderTest> {
+        Ok(match kind {
+            NicKind::Enso => {
+                let nic =
+                    Arc::new(Mutex::new(enso_nic::EnsoNic::new(enso_nic::EnsoConfig::default(), port)?));
+                let n2 = nic.clone();
+                let counters = Box::new(move || {
+                    let c = n2.lock().unwrap_or_else(|e| e.into_inner()).counters();
+                    testbed_regs::enso::ext::counter::NAMES.iter().copied().zip(c).collect()
+                });
+                NicUnderTest { kind, device: nic, counters }
+            }
+            NicKind::Packetized => {
+                let nic = Arc::new(Mutex::new(packet_nic::PacketNic::new(
+                    packet_nic::PacketNicConfig::default(),
+                    port,
+                )?));
+                let n2 = nic.clone();
+                let counters = Box::new(move || {
+                    let c = n2.lock().unwrap_or_else(|e| e.into_inner()).counters();
+                    testbed_regs::packetized::reg::counter::NAMES.iter().copied().zip(c).collect()
+                });
+                NicUnderTest { kind, device: nic, counters }
+            }
+        })
+    }
+
+    /// The NIC's counters by name.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        (self.counters)()
+    }
+
+    /// The PCIe traffic counted so far.
+    pub fn traffic(&self) -> pcie_model::TrafficSnapshot {
+        self.device.lock().unwrap_or_else(|e| e.into_inner()).counters().traffic_snapshot()
+    }
+}
+
+fn counter_of(c: &[(&'static str, u64)], name: &str) -> u64 {
+    c.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
+}
+
 /// Parameters of `testbed run echo`.
 #[derive(Clone, Copy, Debug)]
 pub struct EchoOptions {
@@ -327,20 +398,25 @@ pub struct EchoOptions {
     /// posts bad notifications; its errors must be counted and the echo must then run
     /// clean against the same server.
     pub garbage_first: bool,
+    /// The NIC model.
+    pub nic: NicKind,
 }
 
-/// `testbed run echo`: the Ensō NIC served to a guest running the `echo` app; the host
-/// generator sends every packet through the NIC's Ethernet port and checks every reply.
+/// `testbed run echo`: a NIC model served to a guest running the `echo` app (the same
+/// per-packet logic on either NIC); the host generator sends every packet through the
+/// NIC's Ethernet port and checks every reply.
 pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     use testbed_regs::enso::ext::counter;
+    if p.garbage_first && p.nic != NicKind::Enso {
+        anyhow::bail!("--garbage-first scribbles over Ensō registers: use it with --nic enso");
+    }
     let started = Instant::now();
     let _lock = VmLock::acquire()?;
     let dir = private_dir("echo")?;
     let (nic_end, mut gen_end) = wire::cable(1024);
-    let nic =
-        Arc::new(Mutex::new(enso_nic::EnsoNic::new(enso_nic::EnsoConfig::default(), Box::new(nic_end))?));
-    let sock = dir.join("enso.sock");
-    let server = vfio_server::Server::bind(&sock, nic.clone())?.spawn();
+    let nic = NicUnderTest::new(p.nic, Box::new(nic_end))?;
+    let sock = dir.join(format!("{}.sock", p.nic.name()));
+    let server = vfio_server::Server::bind(&sock, nic.device.clone())?.spawn();
     let mut report = RunReport::new("echo", env, &dir);
     if p.garbage_first {
         let spec = VmSpec {
@@ -357,17 +433,16 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
         let ok = result_event(&out).is_some_and(|r| r["pass"] == true);
         report.check("garbage:guest_ran", ok && out.exited, "the garbage guest scribbled and powered off");
         // Read the counters before the next client connects (connecting resets the device).
-        let c = nic.lock().unwrap().counters();
-        let named: serde_json::Map<String, Value> = counter::NAMES
+        let c = nic.counters();
+        let named: serde_json::Map<String, Value> = c
             .iter()
-            .zip(c)
             .filter(|(n, v)| *v != 0 && (n.contains("bad") || n.contains("drop") || n.contains("error")))
             .map(|(n, v)| ((*n).to_string(), json!(v)))
             .collect();
         let must = [counter::TX_BAD_NOTIFICATION, counter::BAD_TAIL, counter::BAD_REGISTER_WRITES];
         report.check(
             "garbage:errors_counted",
-            must.iter().all(|&i| c[i as usize] > 0),
+            must.iter().all(|&i| counter_of(&c, counter::NAMES[i as usize]) > 0),
             format!("{}", Value::Object(named.clone())),
         );
         report.devices.insert("enso_after_garbage".into(), Value::Object(named));
@@ -379,17 +454,20 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
         memory_mb: 512,
         vfio_user: vec![sock.clone()],
         scenario: "echo".into(),
-        args: vec![format!("pipes={}", p.pipes), format!("packets={}", p.packets), "idle_ms=3000".into()],
+        args: vec![
+            format!("pipes={}", p.pipes),
+            format!("packets={}", p.packets),
+            "idle_ms=3000".into(),
+            format!("nic={}", p.nic.name()),
+        ],
         dir: dir.clone(),
     };
     let mut vm = Vm::start(&spec, &env.qemu, &env.image)?;
     let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
     let ready =
         vm.wait_for(opts.timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
-    let pcie =
-        |n: &Arc<Mutex<enso_nic::EnsoNic>>| PciDevice::counters(&*n.lock().unwrap()).traffic_snapshot();
-    let before = pcie(&nic);
-    let nic_before = nic.lock().unwrap().counters();
+    let before = nic.traffic();
+    let nic_before = nic.counters();
     let mut gen = wire::generator::Generator::new(wire::generator::GenConfig {
         packets: p.packets,
         size: p.size,
@@ -404,17 +482,17 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     } else {
         None
     };
-    let after = pcie(&nic);
-    let nic_after = nic.lock().unwrap().counters();
+    let after = nic.traffic();
+    let nic_after = nic.counters();
     let out = vm.wait(opts.timeout);
     finish_guest_checks(&mut report, &out, &console, &qemu_log);
     report.check("guest_ready", ready, "the guest's echo set up its pipes");
 
-    let delta = |i: u32| nic_after[i as usize] - nic_before[i as usize];
+    let delta = |name: &str| counter_of(&nic_after, name) - counter_of(&nic_before, name);
     let mut dropped = serde_json::Map::new();
-    for (i, name) in counter::NAMES.iter().enumerate() {
+    for (name, _) in &nic_after {
         if name.contains("drop") {
-            dropped.insert((*name).into(), json!(delta(i as u32)));
+            dropped.insert((*name).into(), json!(delta(name)));
         }
     }
     let traffic_pcie = after.since(&before);
@@ -462,12 +540,16 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
                 "mpps": t.rx_mpps,
                 "latency_us": {"p50": t.latency_p50_us, "p99": t.latency_p99_us, "max": t.latency_max_us},
             });
-            let rx_notif = delta(counter::RX_NOTIFICATIONS);
+            // Ensō's notifications; the packetized NIC's equivalent is its descriptor
+            // write-backs (reported apart).
+            let rx_notif = delta("rx_notifications");
             report.datapath = json!({
                 "packets": t.matched,
                 "trapped_mmio": trapped,
                 "rx_notifications": rx_notif,
-                "tx_notifications": delta(counter::TX_COMPLETIONS),
+                "tx_notifications": delta("tx_completions"),
+                "descriptor_writebacks": delta("descriptor_writebacks"),
+                "descriptor_fetches": delta("descriptor_fetches"),
                 "notifications_per_packet": rx_notif as f64 / t.matched.max(1) as f64,
                 "dma_read_bytes": pc.dma_read_bytes,
                 "dma_write_bytes": pc.dma_write_bytes,
@@ -480,10 +562,11 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
         None => report.check("traffic:all_matched", false, "no traffic: the guest never became ready"),
     }
     let nic_counters: serde_json::Map<String, Value> =
-        counter::NAMES.iter().enumerate().map(|(i, n)| ((*n).to_string(), json!(nic_after[i]))).collect();
-    report.devices.insert("enso".into(), Value::Object(nic_counters));
-    report.devices.insert("enso_pcie".into(), serde_json::to_value(pc)?);
-    report.servers.insert("enso".into(), serde_json::to_value(server.stats())?);
+        nic_after.iter().map(|(n, v)| ((*n).to_string(), json!(v))).collect();
+    let name = p.nic.name();
+    report.devices.insert(name.into(), Value::Object(nic_counters));
+    report.devices.insert(format!("{name}_pcie"), serde_json::to_value(pc)?);
+    report.servers.insert(name.into(), serde_json::to_value(server.stats())?);
     server.stop();
     if opts.console {
         eprintln!("----- guest console -----\n{}", std::fs::read_to_string(&console).unwrap_or_default());

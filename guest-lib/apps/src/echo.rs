@@ -240,3 +240,45 @@ pub fn fill_values(r: &mut Report, s: &EchoStats) {
     r.value("bps", rate(s.bytes * 8, s.active));
     r.value("packets_per_batch", if s.batches == 0 { 0.0 } else { s.packets as f64 / s.batches as f64 });
 }
+
+/// The same echo on the packetized baseline NIC (descriptor rings, DPDK-style bursts):
+/// `params.pipes` RX queues fed by RSS, the same per-packet touch.
+pub fn run_packetized(access: Box<dyn DeviceAccess>, params: EchoParams) -> Report {
+    let mut r = Report::new("echo", access.transport());
+    r.value("nic", "packetized");
+    r.value("queues", params.pipes);
+    let cfg = packetized::PortConfig {
+        rx_queues: params.pipes.max(1),
+        tx_queues: params.pipes.max(1),
+        ..Default::default()
+    };
+    let stop = AtomicBool::new(false);
+    let limits = packetized::echo::EchoLimits {
+        packets: params.packets,
+        idle: params.idle,
+        start_timeout: params.start_timeout,
+    };
+    let result = packetized::Port::new(access, cfg).and_then(|mut port| {
+        println!("{}", serde_json::json!({"event": "ready", "scenario": "echo", "nic": "packetized"}));
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        packetized::echo::echo_until(&mut port, &stop, limits)
+    });
+    match result {
+        Ok(s) => {
+            r.check("setup", true, format!("{} queues", params.pipes));
+            let ok = match params.packets {
+                Some(n) => s.packets >= n,
+                None => s.packets > 0,
+            };
+            r.check("echoed", ok, format!("{} packets", s.packets));
+            r.value("packets", s.packets);
+            r.value("bytes", s.bytes);
+            r.value("bursts", s.bursts);
+            r.value("doorbells", s.port.doorbells());
+            r.value("pps", s.pps());
+        }
+        Err(e) => r.fail("setup", e),
+    }
+    r
+}

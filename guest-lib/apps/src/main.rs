@@ -79,9 +79,17 @@ fn main() {
                 idle: millis(&args, "idle_ms", Some(3000)),
                 start_timeout: millis(&args, "timeout_ms", None),
             };
-            match open(&args, VENDOR_ID, DEVICE_ID) {
-                Ok(dev) => echo::run(dev, params),
-                Err(e) => open_failed("echo", &args, e),
+            if args.get("nic").is_some_and(|n| n == "packetized") {
+                use testbed_regs::packetized as pk;
+                match open(&args, pk::VENDOR_ID, pk::DEVICE_ID) {
+                    Ok(dev) => echo::run_packetized(dev, params),
+                    Err(e) => open_failed("echo", &args, e),
+                }
+            } else {
+                match open(&args, VENDOR_ID, DEVICE_ID) {
+                    Ok(dev) => echo::run(dev, params),
+                    Err(e) => open_failed("echo", &args, e),
+                }
             }
         }
         "garbage" => {

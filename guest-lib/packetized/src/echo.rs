@@ -52,16 +52,33 @@ impl EchoStats {
     }
 }
 
+/// When an echo stops by itself.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EchoLimits {
+    /// After this many packets.
+    pub packets: Option<u64>,
+    /// When idle this long after at least one packet.
+    pub idle: Option<Duration>,
+    /// When no packet at all arrived for this long.
+    pub start_timeout: Option<Duration>,
+}
+
 /// Echoes on every RX queue of `port` until `stop` is raised; then waits (bounded) for
 /// the TX queues to drain.
 pub fn echo_loop(port: &mut Port, stop: &AtomicBool) -> Result<EchoStats> {
+    echo_until(port, stop, EchoLimits::default())
+}
+
+/// As [`echo_loop`], also stopping at `limits`.
+pub fn echo_until(port: &mut Port, stop: &AtomicBool, limits: EchoLimits) -> Result<EchoStats> {
     let mut s = EchoStats::default();
     let mut pkts: Vec<Mbuf> = Vec::with_capacity(BURST);
     let start = Instant::now();
     let mut last = start;
     let mut empty = 0u32;
     let (nrx, ntx) = (port.rx_queues(), port.tx_queues());
-    loop {
+    let limit = limits.packets.unwrap_or(u64::MAX);
+    while s.packets < limit {
         let mut any = false;
         for q in 0..nrx {
             let n = port.rx_burst(q, &mut pkts)?;
@@ -85,8 +102,14 @@ pub fn echo_loop(port: &mut Port, stop: &AtomicBool) -> Result<EchoStats> {
             continue;
         }
         empty = empty.wrapping_add(1);
-        if empty & 63 == 0 && stop.load(Ordering::Relaxed) {
-            break;
+        if empty & 63 == 0 {
+            let now = Instant::now();
+            if stop.load(Ordering::Relaxed)
+                || (s.packets > 0 && limits.idle.is_some_and(|i| now - last >= i))
+                || (s.packets == 0 && limits.start_timeout.is_some_and(|t| now - start >= t))
+            {
+                break;
+            }
         }
         if empty & 15 == 0 {
             // Natively the model, the peer and this loop may share a few cores.
