@@ -4,16 +4,16 @@
 //! several runs and are reported as ratios to that ceiling, since this machine is shared
 //! and noisy: absolute numbers from different runs do not compare.
 
+use crate::run::{NicKind, NicUnderTest};
 use anyhow::{bail, Context, Result};
 use device_access::vfio_user::VfioUserDevice;
-use enso_nic::{EnsoConfig, EnsoNic};
 use guest_apps::echo::{Echo, EchoParams};
-use pcie_model::{ByteClasses, LinkConfig, PciDevice, PcieReport};
+use pcie_model::{ByteClasses, LinkConfig, PcieReport};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testbed_regs::enso::{ext::counter, FLIT, PIPE_FLITS};
+use testbed_regs::enso::{FLIT, PIPE_FLITS};
 use wire::generator::{GenConfig, Generator, GeneratorPort};
 
 /// Benchmark parameters.
@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub pipes: u32,
     /// Flows the generator spreads packets over.
     pub flows: u32,
+    /// NIC models to measure, alternating within each round.
+    pub nics: Vec<NicKind>,
 }
 
 /// One run.
@@ -73,12 +75,28 @@ pub struct BenchResult {
     pub runs: Vec<Run>,
 }
 
+/// Ensō against the packetized NIC at one size (both measured in the same invocation).
+#[derive(Clone, Debug, Serialize)]
+pub struct Ratio {
+    pub size: usize,
+    /// Ensō Mpps / packetized Mpps.
+    pub throughput_ratio: f64,
+    /// Packetized driver ns/packet / Ensō driver ns/packet: how many times cheaper the
+    /// Ensō driver's per-packet work is.
+    pub driver_cost_ratio: f64,
+    /// Ensō / packetized packet rate at which the modeled PCIe link saturates.
+    pub modeled_ratio: f64,
+    pub metadata_fraction_enso: f64,
+    pub metadata_fraction_packetized: f64,
+}
+
 /// The whole benchmark report (`--json`).
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
     pub benchmark: String,
     pub build: String,
     pub results: Vec<BenchResult>,
+    pub ratios: Vec<Ratio>,
 }
 
 fn thread_cpu_ns() -> u64 {
@@ -97,6 +115,17 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// One NIC's runs at one size.
+#[derive(Default)]
+struct Acc {
+    runs: Vec<Run>,
+    /// The first run's PCIe report (per packet; nearly the same in every run).
+    pcie: Option<PcieReport>,
+    all_matched: bool,
+    notif: Vec<f64>,
+    trapped: Vec<f64>,
+}
+
 struct RunOutcome {
     run: Run,
     matched: bool,
@@ -108,35 +137,77 @@ struct RunOutcome {
     pcie: PcieReport,
 }
 
-/// One echo run of `packets` packets of `size` bytes.
-fn echo_run(o: &BenchOptions, size: usize, dir: &std::path::Path) -> Result<RunOutcome> {
-    let sock = dir.join(format!("enso-{size}.sock"));
-    // In flight at most an eighth of what the pipes hold, so uneven hashing of a few
-    // flows and a slow moment never fill one pipe.
-    let flits = size.div_ceil(FLIT);
-    let window = ((o.pipes as usize * PIPE_FLITS as usize) / flits / 8).clamp(64, 8192);
-    let cfg = GenConfig { packets: o.packets, size, flows: o.flows, window, ..GenConfig::default() };
+/// Packets in flight at most for frames of `size` bytes: the same for both NICs, a fraction
+/// of what the smaller of their receive buffers holds, so uneven hashing of a few flows
+/// and a slow moment never overflow either.
+fn window_for(o: &BenchOptions, size: usize) -> usize {
+    let enso = (o.pipes as usize * PIPE_FLITS as usize) / size.div_ceil(FLIT) / 8;
+    let packetized = o.pipes as usize * (packetized::PortConfig::default().ring_size as usize - 1) / 2;
+    enso.min(packetized).clamp(64, 8192)
+}
+
+/// What the driver thread did.
+struct DriverRun {
+    packets: u64,
+    busy: Duration,
+    cpu_ns: u64,
+    doorbells: u64,
+}
+
+/// Runs the echo driver of `nic` natively against the socket until `stop`.
+fn spawn_driver(
+    nic: NicKind,
+    sock: &std::path::Path,
+    pipes: u32,
+    stop: Arc<AtomicBool>,
+) -> Result<std::thread::JoinHandle<Result<DriverRun>>> {
+    let access = Box::new(VfioUserDevice::connect(sock).context("connect to the NIC")?);
+    let thread = std::thread::Builder::new().name("echo-driver".into());
+    Ok(match nic {
+        NicKind::Enso => {
+            let params = EchoParams { pipes, packets: None, idle: None, start_timeout: None };
+            let mut echo = Echo::setup(access, &params).context("echo setup")?;
+            thread.spawn(move || {
+                let t0 = thread_cpu_ns();
+                let (s, _) = echo.run(&params, &stop).context("echo loop")?;
+                let cpu_ns = thread_cpu_ns() - t0;
+                let ds = echo.device().stats();
+                // NB rx_head and tx_tail writes, and the pipe head on each send completion.
+                let doorbells = ds.rx_head_writes + ds.tx_tail_writes + ds.rx_frees_on_completion;
+                Ok(DriverRun { packets: s.packets, busy: s.busy, cpu_ns, doorbells })
+            })?
+        }
+        NicKind::Packetized => {
+            let cfg = packetized::PortConfig { rx_queues: pipes, tx_queues: pipes, ..Default::default() };
+            let mut port = packetized::Port::new(access, cfg).context("packetized port setup")?;
+            thread.spawn(move || {
+                let t0 = thread_cpu_ns();
+                let s = packetized::echo::echo_loop(&mut port, &stop).context("echo loop")?;
+                let cpu_ns = thread_cpu_ns() - t0;
+                Ok(DriverRun { packets: s.packets, busy: s.busy, cpu_ns, doorbells: s.port.doorbells() })
+            })?
+        }
+    })
+}
+
+/// One echo run of `packets` packets of `size` bytes on `nic`.
+fn echo_run(o: &BenchOptions, nic: NicKind, size: usize, dir: &std::path::Path) -> Result<RunOutcome> {
+    let sock = dir.join(format!("{}-{size}.sock", nic.name()));
+    let cfg = GenConfig {
+        packets: o.packets,
+        size,
+        flows: o.flows,
+        window: window_for(o, size),
+        ..GenConfig::default()
+    };
     // The generator runs on the device side, inside the NIC's polling thread: two busy
     // threads (device, driver), like the two-thread ring it is compared with.
     let (port, gen) = GeneratorPort::new(Generator::new(cfg));
-    let nic = Arc::new(Mutex::new(EnsoNic::new(EnsoConfig::default(), Box::new(port))?));
-    let server = vfio_server::Server::bind(&sock, nic.clone())?.spawn();
-    let access = Box::new(VfioUserDevice::connect(&sock).context("connect to the NIC")?);
-    let params = EchoParams { pipes: o.pipes, packets: None, idle: None, start_timeout: None };
-    let mut echo = Echo::setup(access, &params).context("echo setup")?;
-    let snapshot = |n: &Arc<Mutex<EnsoNic>>| {
-        let d = n.lock().unwrap_or_else(|e| e.into_inner());
-        (d.counters(), PciDevice::counters(&*d).traffic_snapshot())
-    };
-    let (c0, t0) = snapshot(&nic);
+    let dev = NicUnderTest::new(nic, Box::new(port))?;
+    let server = vfio_server::Server::bind(&sock, dev.device.clone())?.spawn();
     let stop = Arc::new(AtomicBool::new(false));
-    let s2 = stop.clone();
-    let driver = std::thread::Builder::new().name("echo-driver".into()).spawn(move || {
-        let t0 = thread_cpu_ns();
-        let r = echo.run(&params, &s2);
-        let cpu = thread_cpu_ns() - t0;
-        (r, cpu, echo.device().stats())
-    })?;
+    let driver = spawn_driver(nic, &sock, o.pipes, stop.clone())?;
+    let (c0, t0) = (dev.counters(), dev.traffic());
     gen.start();
     let deadline = Instant::now() + Duration::from_secs(120);
     while !gen.done() && Instant::now() < deadline {
@@ -144,47 +215,45 @@ fn echo_run(o: &BenchOptions, size: usize, dir: &std::path::Path) -> Result<RunO
     }
     let rep = gen.report();
     stop.store(true, Ordering::Relaxed);
-    let (r, cpu_ns, ds) = driver.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))?;
-    let (stats, _) = r.context("echo loop")?;
-    // Doorbells are counted on the driver side (the device's polling merges writes): NB
-    // rx_head and tx_tail writes, and the pipe head written on each send completion.
-    PciDevice::counters(&*nic.lock().unwrap_or_else(|e| e.into_inner()))
-        .doorbell_writes(ds.rx_head_writes + ds.tx_tail_writes + ds.rx_frees_on_completion);
-    let (c1, t1) = snapshot(&nic);
+    let d = driver.join().map_err(|_| anyhow::anyhow!("the echo thread panicked"))??;
+    // Doorbells are counted on the driver side: the device's polling merges writes.
+    dev.device.lock().unwrap_or_else(|e| e.into_inner()).counters().doorbell_writes(d.doorbells);
+    let (c1, t1) = (dev.counters(), dev.traffic());
     let traffic = t1.since(&t0);
-    let p0 = t0.counters;
-    let p1 = t1.counters;
     server.stop();
     let _ = std::fs::remove_file(&sock);
     let ring = wire::ring::ring_ceiling(o.packets, size);
     let pkts = rep.matched.max(1) as f64;
     let matched = rep.clean() && rep.matched == o.packets;
+    let delta = |name: &str| {
+        let get = |c: &[(&str, u64)]| c.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v);
+        get(&c1) - get(&c0)
+    };
     let trouble = if matched {
         String::new()
     } else {
-        let drops: Vec<String> = counter::NAMES
+        let drops: Vec<String> = c1
             .iter()
-            .enumerate()
-            .filter(|(i, n)| (n.contains("drop") || n.starts_with("bad")) && c1[*i] > c0[*i])
-            .map(|(i, n)| format!("{n} {}", c1[i] - c0[i]))
+            .filter(|(n, _)| (n.contains("drop") || n.starts_with("bad")) && delta(n) > 0)
+            .map(|(n, _)| format!("{n} {}", delta(n)))
             .collect();
         format!("generator {rep:?}; NIC {}", drops.join(", "))
     };
-    let d = p1.since(&p0);
+    let p = traffic.counters;
     let pcie = LinkConfig::default().report(&traffic.summary(), rep.matched, Some(rep.rx_mpps));
+    // Ensō: RX notifications; packetized: descriptor write-backs.
+    let notifications = delta("rx_notifications") + delta("descriptor_writebacks");
     Ok(RunOutcome {
         pcie,
         run: Run {
             mpps: rep.rx_mpps,
-            driver_ns_per_pkt: stats.busy.as_nanos() as f64 / stats.packets.max(1) as f64,
-            driver_cpu_ns_per_pkt: cpu_ns as f64 / stats.packets.max(1) as f64,
+            driver_ns_per_pkt: d.busy.as_nanos() as f64 / d.packets.max(1) as f64,
+            driver_cpu_ns_per_pkt: d.cpu_ns as f64 / d.packets.max(1) as f64,
             ring_ceiling_mpps: ring,
         },
         matched,
-        notifications_per_pkt: (c1[counter::RX_NOTIFICATIONS as usize]
-            - c0[counter::RX_NOTIFICATIONS as usize]) as f64
-            / pkts,
-        trapped_per_pkt: (d.mmio_reads + d.mmio_writes) as f64 / pkts,
+        notifications_per_pkt: notifications as f64 / pkts,
+        trapped_per_pkt: (p.mmio_reads + p.mmio_writes) as f64 / pkts,
         trouble,
     })
 }
@@ -200,58 +269,111 @@ pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
     }
     let dir = crate::run::private_dir("bench")?;
     let mut results = vec![];
+    let mut ratios = vec![];
     for &size in &o.sizes {
-        let mut runs = vec![];
-        let mut pcie = None;
-        let mut all_matched = true;
-        let (mut notif, mut trapped) = (vec![], vec![]);
+        let mut acc: Vec<Acc> =
+            o.nics.iter().map(|_| Acc { all_matched: true, ..Default::default() }).collect();
         for i in 0..o.runs {
-            let out = echo_run(o, size, &dir)?;
-            eprintln!(
-                "[testbed] bench: {size} B run {}/{}: {:.2} Mpps, driver {:.0} ns/pkt, ring ceiling {:.2} Mpps",
-                i + 1,
-                o.runs,
-                out.run.mpps,
-                out.run.driver_ns_per_pkt,
-                out.run.ring_ceiling_mpps
-            );
-            if !out.matched {
+            // Alternate the NICs within each round, so both see the same machine state.
+            for (k, &nic) in o.nics.iter().enumerate() {
+                let out = echo_run(o, nic, size, &dir)?;
                 eprintln!(
-                    "[testbed] bench: {size} B run {}: not every packet came back intact: {}",
+                    "[testbed] bench: {} {size} B run {}/{}: {:.2} Mpps, driver {:.1} ns/pkt, ring ceiling {:.2} Mpps",
+                    nic.name(),
                     i + 1,
-                    out.trouble
+                    o.runs,
+                    out.run.mpps,
+                    out.run.driver_ns_per_pkt,
+                    out.run.ring_ceiling_mpps
                 );
+                if !out.matched {
+                    eprintln!(
+                        "[testbed] bench: {} {size} B run {}: not every packet came back intact: {}",
+                        nic.name(),
+                        i + 1,
+                        out.trouble
+                    );
+                }
+                let a = &mut acc[k];
+                a.all_matched &= out.matched;
+                a.pcie.get_or_insert(out.pcie);
+                a.notif.push(out.notifications_per_pkt);
+                a.trapped.push(out.trapped_per_pkt);
+                a.runs.push(out.run);
             }
-            all_matched &= out.matched;
-            pcie.get_or_insert(out.pcie);
-            notif.push(out.notifications_per_pkt);
-            trapped.push(out.trapped_per_pkt);
-            runs.push(out.run);
         }
-        let mpps = median(runs.iter().map(|r| r.mpps).collect());
-        let ceiling = median(runs.iter().map(|r| r.ring_ceiling_mpps).collect());
-        results.push(BenchResult {
-            nic: "enso".into(),
-            transport: "native".into(),
-            size,
-            packets: o.packets,
-            mpps,
-            gbps: mpps * size as f64 * 8.0 / 1000.0,
-            driver_ns_per_pkt: median(runs.iter().map(|r| r.driver_ns_per_pkt).collect()),
-            driver_cpu_ns_per_pkt: median(runs.iter().map(|r| r.driver_cpu_ns_per_pkt).collect()),
-            ring_ceiling_mpps: ceiling,
-            pct_of_ceiling: if ceiling > 0.0 { 100.0 * mpps / ceiling } else { 0.0 },
-            notifications_per_pkt: median(notif),
-            trapped_mmio_per_pkt: median(trapped),
-            bytes: pcie.as_ref().map_or(ByteClasses::default(), |p| p.bytes),
-            metadata_fraction: pcie.as_ref().map_or(0.0, |p| p.metadata_fraction),
-            modeled_pcie_mpps: pcie.as_ref().and_then(|p| p.modeled_pcie_mpps),
-            all_matched,
-            runs,
-        });
+        let first = results.len();
+        for (k, Acc { runs, pcie, all_matched, notif, trapped }) in acc.into_iter().enumerate() {
+            let mpps = median(runs.iter().map(|r| r.mpps).collect());
+            let ceiling = median(runs.iter().map(|r| r.ring_ceiling_mpps).collect());
+            results.push(BenchResult {
+                nic: o.nics[k].name().into(),
+                transport: "native".into(),
+                size,
+                packets: o.packets,
+                mpps,
+                gbps: mpps * size as f64 * 8.0 / 1000.0,
+                driver_ns_per_pkt: median(runs.iter().map(|r| r.driver_ns_per_pkt).collect()),
+                driver_cpu_ns_per_pkt: median(runs.iter().map(|r| r.driver_cpu_ns_per_pkt).collect()),
+                ring_ceiling_mpps: ceiling,
+                pct_of_ceiling: if ceiling > 0.0 { 100.0 * mpps / ceiling } else { 0.0 },
+                notifications_per_pkt: median(notif),
+                trapped_mmio_per_pkt: median(trapped),
+                bytes: pcie.as_ref().map_or(ByteClasses::default(), |p| p.bytes),
+                metadata_fraction: pcie.as_ref().map_or(0.0, |p| p.metadata_fraction),
+                modeled_pcie_mpps: pcie.as_ref().and_then(|p| p.modeled_pcie_mpps),
+                all_matched,
+                runs,
+            });
+        }
+        let by = |name: &str| results[first..].iter().find(|r| r.nic == name);
+        if let (Some(e), Some(p)) = (by("enso"), by("packetized")) {
+            let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+            ratios.push(Ratio {
+                size,
+                throughput_ratio: div(e.mpps, p.mpps),
+                driver_cost_ratio: div(p.driver_ns_per_pkt, e.driver_ns_per_pkt),
+                modeled_ratio: div(e.modeled_pcie_mpps.unwrap_or(0.0), p.modeled_pcie_mpps.unwrap_or(0.0)),
+                metadata_fraction_enso: e.metadata_fraction,
+                metadata_fraction_packetized: p.metadata_fraction,
+            });
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(BenchReport { benchmark: "echo".into(), build: build.into(), results })
+    Ok(BenchReport { benchmark: "echo".into(), build: build.into(), results, ratios })
+}
+
+/// The throughput and interface-metadata plot of a report (SVG): one line per NIC
+/// across frame sizes.
+pub fn plot(r: &BenchReport) -> String {
+    use crate::plot::{render_svg, Panel, Series};
+    let mut nics: Vec<&str> = r.results.iter().map(|x| x.nic.as_str()).collect();
+    nics.dedup();
+    nics.sort_unstable();
+    nics.dedup();
+    let series = |f: &dyn Fn(&BenchResult) -> f64| -> Vec<Series> {
+        nics.iter()
+            .map(|n| Series {
+                name: (*n).to_string(),
+                points: r.results.iter().filter(|x| x.nic == *n).map(|x| (x.size as f64, f(x))).collect(),
+            })
+            .collect()
+    };
+    let panels = [
+        Panel {
+            title: "Echo throughput (native, median)".into(),
+            y_label: "Mpps".into(),
+            series: series(&|x| x.mpps),
+            y_percent: false,
+        },
+        Panel {
+            title: "Interface metadata in PCIe DMA bytes".into(),
+            y_label: "% of payload + metadata".into(),
+            series: series(&|x| 100.0 * x.metadata_fraction),
+            y_percent: true,
+        },
+    ];
+    render_svg("Ensō vs packetized NIC: echo", "frame size (bytes)", &panels)
 }
 
 /// The report as a table.
@@ -276,6 +398,20 @@ pub fn render(r: &BenchReport) -> String {
             x.modeled_pcie_mpps.unwrap_or(0.0),
             x.all_matched
         );
+    }
+    if !r.ratios.is_empty() {
+        s += "  Ensō / packetized:  size  throughput  driver cost (packetized/Ensō ns)  modeled PCIe  metadata % Ensō vs packetized\n";
+        for x in &r.ratios {
+            s += &format!(
+                "                     {:>5} {:>10.2}x {:>33.2}x {:>12.2}x {:>13.2} vs {:.1}\n",
+                x.size,
+                x.throughput_ratio,
+                x.driver_cost_ratio,
+                x.modeled_ratio,
+                100.0 * x.metadata_fraction_enso,
+                100.0 * x.metadata_fraction_packetized
+            );
+        }
     }
     s
 }

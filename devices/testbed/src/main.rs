@@ -138,15 +138,22 @@ enum Bench {
         /// Runs per size; the median is reported.
         #[arg(long, default_value_t = 5)]
         runs: usize,
-        /// Pipes the echo uses.
-        #[arg(long, default_value_t = 4)]
+        /// Pipes (Ensō) or RSS queues (packetized) the echo uses; one per driver core, as in
+        /// the seed's single-core echo.
+        #[arg(long, default_value_t = 1)]
         pipes: u32,
         /// Flows.
         #[arg(long, default_value_t = 16)]
         flows: u32,
+        /// NIC models, comma-separated; with both, ratios are reported.
+        #[arg(long, value_delimiter = ',', default_value = "enso,packetized")]
+        nic: Vec<run::NicKind>,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// Also write an SVG plot (throughput and metadata fraction vs frame size).
+        #[arg(long)]
+        plot: Option<PathBuf>,
     },
 }
 
@@ -251,17 +258,29 @@ fn main() {
         }
         Cmd::Demo { vm } => demo(&vm),
         Cmd::Bench {
-            bench: Bench::Echo { transport: Transport::Native, sizes, packets, runs, pipes, flows, json },
+            bench:
+                Bench::Echo { transport: Transport::Native, sizes, packets, runs, pipes, flows, nic, json, plot },
         } => {
-            let o = testbed::bench::BenchOptions { sizes, packets, runs: runs.max(1), pipes, flows };
+            let o =
+                testbed::bench::BenchOptions { sizes, packets, runs: runs.max(1), pipes, flows, nics: nic };
             match testbed::bench::echo(&o) {
                 Ok(r) => {
+                    let mut plot_failed = false;
+                    if let Some(path) = &plot {
+                        match std::fs::write(path, testbed::bench::plot(&r)) {
+                            Ok(()) => eprintln!("[testbed] bench: plot written to {}", path.display()),
+                            Err(e) => {
+                                eprintln!("error: cannot write {}: {e}", path.display());
+                                plot_failed = true;
+                            }
+                        }
+                    }
                     if json {
                         println!("{}", serde_json::to_string(&r).unwrap_or_default());
                     } else {
                         print!("{}", testbed::bench::render(&r));
                     }
-                    i32::from(!r.results.iter().all(|x| x.all_matched))
+                    i32::from(plot_failed || !r.results.iter().all(|x| x.all_matched))
                 }
                 Err(e) => {
                     eprintln!("error: {e:#}");

@@ -26,6 +26,9 @@ pub struct EchoStats {
     pub active: Duration,
     /// From the start of the loop to its end.
     pub elapsed: Duration,
+    /// Time spent handling bursts (from a burst received to its echo posted): the
+    /// driver's per-packet cost without the polling in between.
+    pub busy: Duration,
     /// The port's counts at the end (doorbells included).
     pub port: PortStats,
     /// Frames received per RX queue.
@@ -86,6 +89,7 @@ pub fn echo_until(port: &mut Port, stop: &AtomicBool, limits: EchoLimits) -> Res
                 continue;
             }
             any = true;
+            let t0 = Instant::now();
             s.bursts += 1;
             for m in pkts.iter_mut() {
                 if let Some(b) = m.byte_mut(MARK_OFFSET) {
@@ -95,6 +99,7 @@ pub fn echo_until(port: &mut Port, stop: &AtomicBool, limits: EchoLimits) -> Res
                 s.bytes += m.len() as u64;
             }
             send_all(port, q % ntx, &mut pkts)?;
+            s.busy += t0.elapsed();
         }
         if any {
             last = Instant::now();
