@@ -3,7 +3,12 @@
 //! raw two-thread shared-memory ring moving the same packets. Figures are medians of
 //! several runs and are reported as ratios to that ceiling, since this machine is shared
 //! and noisy: absolute numbers from different runs do not compare.
+//!
+//! `--notify reactive,per-packet,prefetch` runs the Ensō NIC once per notification mode
+//! (one result row each); every row also carries `modeled_latency_ns`, the per-packet
+//! latency the discrete-event model of [`crate::latency`] gives for its mode.
 
+use crate::latency;
 use crate::run::{NicKind, NicUnderTest};
 use anyhow::{bail, Context, Result};
 use device_access::vfio_user::VfioUserDevice;
@@ -31,7 +36,66 @@ pub struct BenchOptions {
     pub flows: u32,
     /// NIC models to measure, alternating within each round.
     pub nics: Vec<NicKind>,
+    /// Notification modes the Ensō NIC runs in (one result row each; the packetized NIC
+    /// runs once).
+    pub notify: Vec<Notify>,
+    /// Parameters of the latency model ([`crate::latency`]).
+    pub model: ModelOptions,
 }
+
+/// How the Ensō NIC notifies the driver of new data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Notify {
+    /// One outstanding notification per pipe, re-armed by the head write (the default).
+    Reactive,
+    /// One notification per packet.
+    PerPacket,
+    /// Reactive, and the echo rings the pipe's prefetch doorbell right after each batch.
+    Prefetch,
+}
+
+impl Notify {
+    /// "reactive", "per-packet" or "prefetch".
+    pub fn name(self) -> &'static str {
+        match self {
+            Notify::Reactive => "reactive",
+            Notify::PerPacket => "per-packet",
+            Notify::Prefetch => "prefetch",
+        }
+    }
+
+    fn model_mode(self) -> latency::Mode {
+        match self {
+            Notify::Reactive => latency::Mode::Reactive,
+            Notify::PerPacket => latency::Mode::PerPacket,
+            Notify::Prefetch => latency::Mode::Prefetch,
+        }
+    }
+}
+
+/// The latency model's parameters that the bench does not measure.
+#[derive(Clone, Debug)]
+pub struct ModelOptions {
+    /// Packets per arrival burst.
+    pub batch: usize,
+    /// Software cost per batch (ns), on top of the measured driver ns/packet per packet.
+    pub sw_batch_ns: f64,
+    /// Poll interval of an idle driver (ns).
+    pub poll_ns: f64,
+    /// Offered load (Mpps); `None`: the reactive Ensō row's measured rate at that size
+    /// (else the first row's).
+    pub offered_mpps: Option<f64>,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        ModelOptions { batch: 32, sw_batch_ns: 100.0, poll_ns: 100.0, offered_mpps: None }
+    }
+}
+
+/// The label of a NIC/notification pair in the packetized NIC's rows.
+const DESCRIPTOR: &str = "descriptor";
 
 /// One run.
 #[derive(Clone, Debug, Serialize)]
@@ -46,6 +110,9 @@ pub struct Run {
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchResult {
     pub nic: String,
+    /// Ensō: "reactive", "per-packet" or "prefetch"; packetized: "descriptor" (one
+    /// write-back per packet).
+    pub notify: String,
     pub transport: String,
     pub size: usize,
     pub packets: u64,
@@ -70,6 +137,12 @@ pub struct BenchResult {
     pub metadata_fraction: f64,
     /// The packet rate at which the modeled PCIe link (Gen3 x16, 256 B MPS) saturates.
     pub modeled_pcie_mpps: Option<f64>,
+    /// Mean per-packet latency from the discrete-event model ([`crate::latency`]) at the
+    /// size, the offered load and the measured software cost: arrival at the NIC to the
+    /// echo's doorbell at the NIC (ns).
+    pub modeled_latency_ns: f64,
+    /// Notifications (descriptor write-backs) per packet in the model.
+    pub modeled_notifications_per_pkt: f64,
     /// Every packet of every run came back intact.
     pub all_matched: bool,
     pub runs: Vec<Run>,
@@ -157,6 +230,7 @@ struct DriverRun {
 /// Runs the echo driver of `nic` natively against the socket until `stop`.
 fn spawn_driver(
     nic: NicKind,
+    notify: Notify,
     sock: &std::path::Path,
     pipes: u32,
     stop: Arc<AtomicBool>,
@@ -167,6 +241,12 @@ fn spawn_driver(
         NicKind::Enso => {
             let params = EchoParams { pipes, packets: None, idle: None, start_timeout: None };
             let mut echo = Echo::setup(access, &params).context("echo setup")?;
+            if notify == Notify::PerPacket {
+                echo.device()
+                    .set_notification_mode(enso::NotificationMode::PerPacket)
+                    .context("set per-packet notifications")?;
+            }
+            echo.set_prefetch(notify == Notify::Prefetch);
             thread.spawn(move || {
                 let t0 = thread_cpu_ns();
                 let (s, _) = echo.run(&params, &stop).context("echo loop")?;
@@ -191,8 +271,14 @@ fn spawn_driver(
 }
 
 /// One echo run of `packets` packets of `size` bytes on `nic`.
-fn echo_run(o: &BenchOptions, nic: NicKind, size: usize, dir: &std::path::Path) -> Result<RunOutcome> {
-    let sock = dir.join(format!("{}-{size}.sock", nic.name()));
+fn echo_run(
+    o: &BenchOptions,
+    nic: NicKind,
+    notify: Notify,
+    size: usize,
+    dir: &std::path::Path,
+) -> Result<RunOutcome> {
+    let sock = dir.join(format!("{}-{}-{size}.sock", nic.name(), notify.name()));
     let cfg = GenConfig {
         packets: o.packets,
         size,
@@ -206,7 +292,7 @@ fn echo_run(o: &BenchOptions, nic: NicKind, size: usize, dir: &std::path::Path) 
     let dev = NicUnderTest::new(nic, Box::new(port))?;
     let server = vfio_server::Server::bind(&sock, dev.device.clone())?.spawn();
     let stop = Arc::new(AtomicBool::new(false));
-    let driver = spawn_driver(nic, &sock, o.pipes, stop.clone())?;
+    let driver = spawn_driver(nic, notify, &sock, o.pipes, stop.clone())?;
     let (c0, t0) = (dev.counters(), dev.traffic());
     gen.start();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -258,6 +344,44 @@ fn echo_run(o: &BenchOptions, nic: NicKind, size: usize, dir: &std::path::Path) 
     })
 }
 
+/// Fills `modeled_latency_ns` of one size's rows from the discrete-event model: one
+/// offered load for all rows (the option, else the reactive Ensō row's measured rate);
+/// the software cost per packet is the reactive Ensō row's measured driver ns/packet for
+/// every Ensō mode (so the modes differ only in notifications), the packetized row's own
+/// for the packetized NIC.
+fn model_latency(o: &BenchOptions, rows: &mut [BenchResult], variants: &[(NicKind, Notify)]) {
+    let reference = rows
+        .iter()
+        .zip(variants)
+        .find(|(_, v)| **v == (NicKind::Enso, Notify::Reactive))
+        .or_else(|| rows.iter().zip(variants).find(|(_, v)| v.0 == NicKind::Enso))
+        .map(|(r, _)| (r.mpps, r.driver_ns_per_pkt));
+    let load = o
+        .model
+        .offered_mpps
+        .or(reference.map(|r| r.0))
+        .or(rows.first().map(|r| r.mpps))
+        .unwrap_or(1.0)
+        .max(0.001);
+    for (row, &(nic, mode)) in rows.iter_mut().zip(variants) {
+        let (m, sw_pkt) = match nic {
+            NicKind::Enso => (mode.model_mode(), reference.map_or(row.driver_ns_per_pkt, |r| r.1)),
+            NicKind::Packetized => (latency::Mode::Packetized, row.driver_ns_per_pkt),
+        };
+        let out = latency::simulate(&latency::Params {
+            size: row.size,
+            offered_mpps: load,
+            batch: o.model.batch.max(1),
+            poll_ns: o.model.poll_ns,
+            sw_batch_ns: o.model.sw_batch_ns,
+            sw_pkt_ns: sw_pkt,
+            ..latency::Params::new(m)
+        });
+        row.modeled_latency_ns = out.mean_latency_ns;
+        row.modeled_notifications_per_pkt = out.notifications_per_pkt;
+    }
+}
+
 /// Runs the benchmark, printing progress on stderr.
 pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
     if o.sizes.iter().any(|s| !(60..=9000).contains(s)) {
@@ -270,26 +394,47 @@ pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
     let dir = crate::run::private_dir("bench")?;
     let mut results = vec![];
     let mut ratios = vec![];
+    // What to measure: every NIC, the Ensō one once per notification mode.
+    let mut notify = o.notify.clone();
+    if notify.is_empty() {
+        notify.push(Notify::Reactive);
+    }
+    notify.dedup();
+    let variants: Vec<(NicKind, Notify)> = o
+        .nics
+        .iter()
+        .flat_map(|&nic| match nic {
+            NicKind::Enso => notify.iter().map(|&m| (nic, m)).collect::<Vec<_>>(),
+            NicKind::Packetized => vec![(nic, Notify::Reactive)],
+        })
+        .collect();
+    let label = |nic: NicKind, m: Notify| match nic {
+        NicKind::Enso => m.name(),
+        NicKind::Packetized => DESCRIPTOR,
+    };
     for &size in &o.sizes {
         let mut acc: Vec<Acc> =
-            o.nics.iter().map(|_| Acc { all_matched: true, ..Default::default() }).collect();
+            variants.iter().map(|_| Acc { all_matched: true, ..Default::default() }).collect();
         for i in 0..o.runs {
-            // Alternate the NICs within each round, so both see the same machine state.
-            for (k, &nic) in o.nics.iter().enumerate() {
-                let out = echo_run(o, nic, size, &dir)?;
+            // Alternate the NICs (and modes) within each round, so all see the same machine state.
+            for (k, &(nic, mode)) in variants.iter().enumerate() {
+                let out = echo_run(o, nic, mode, size, &dir)?;
                 eprintln!(
-                    "[testbed] bench: {} {size} B run {}/{}: {:.2} Mpps, driver {:.1} ns/pkt, ring ceiling {:.2} Mpps",
+                    "[testbed] bench: {} ({}) {size} B run {}/{}: {:.2} Mpps, driver {:.1} ns/pkt, {:.3} notif/pkt, ring ceiling {:.2} Mpps",
                     nic.name(),
+                    label(nic, mode),
                     i + 1,
                     o.runs,
                     out.run.mpps,
                     out.run.driver_ns_per_pkt,
+                    out.notifications_per_pkt,
                     out.run.ring_ceiling_mpps
                 );
                 if !out.matched {
                     eprintln!(
-                        "[testbed] bench: {} {size} B run {}: not every packet came back intact: {}",
+                        "[testbed] bench: {} ({}) {size} B run {}: not every packet came back intact: {}",
                         nic.name(),
+                        label(nic, mode),
                         i + 1,
                         out.trouble
                     );
@@ -304,10 +449,12 @@ pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
         }
         let first = results.len();
         for (k, Acc { runs, pcie, all_matched, notif, trapped }) in acc.into_iter().enumerate() {
+            let (nic, mode) = variants[k];
             let mpps = median(runs.iter().map(|r| r.mpps).collect());
             let ceiling = median(runs.iter().map(|r| r.ring_ceiling_mpps).collect());
             results.push(BenchResult {
-                nic: o.nics[k].name().into(),
+                nic: nic.name().into(),
+                notify: label(nic, mode).into(),
                 transport: "native".into(),
                 size,
                 packets: o.packets,
@@ -322,12 +469,17 @@ pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
                 bytes: pcie.as_ref().map_or(ByteClasses::default(), |p| p.bytes),
                 metadata_fraction: pcie.as_ref().map_or(0.0, |p| p.metadata_fraction),
                 modeled_pcie_mpps: pcie.as_ref().and_then(|p| p.modeled_pcie_mpps),
+                modeled_latency_ns: 0.0,
+                modeled_notifications_per_pkt: 0.0,
                 all_matched,
                 runs,
             });
         }
-        let by = |name: &str| results[first..].iter().find(|r| r.nic == name);
-        if let (Some(e), Some(p)) = (by("enso"), by("packetized")) {
+        model_latency(o, &mut results[first..], &variants);
+        let by =
+            |name: &str, notify: &str| results[first..].iter().find(|r| r.nic == name && r.notify == notify);
+        let enso = by("enso", "reactive").or_else(|| results[first..].iter().find(|r| r.nic == "enso"));
+        if let (Some(e), Some(p)) = (enso, by("packetized", DESCRIPTOR)) {
             let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
             ratios.push(Ratio {
                 size,
@@ -347,15 +499,20 @@ pub fn echo(o: &BenchOptions) -> Result<BenchReport> {
 /// across frame sizes.
 pub fn plot(r: &BenchReport) -> String {
     use crate::plot::{render_svg, Panel, Series};
-    let mut nics: Vec<&str> = r.results.iter().map(|x| x.nic.as_str()).collect();
-    nics.dedup();
-    nics.sort_unstable();
-    nics.dedup();
+    // One line per NIC (and Ensō notification mode other than the default).
+    let name = |x: &BenchResult| match x.notify.as_str() {
+        "reactive" | DESCRIPTOR => x.nic.clone(),
+        m => format!("{} ({m})", x.nic),
+    };
+    let mut lines: Vec<String> = r.results.iter().map(name).collect();
+    lines.sort_unstable();
+    lines.dedup();
     let series = |f: &dyn Fn(&BenchResult) -> f64| -> Vec<Series> {
-        nics.iter()
+        lines
+            .iter()
             .map(|n| Series {
-                name: (*n).to_string(),
-                points: r.results.iter().filter(|x| x.nic == *n).map(|x| (x.size as f64, f(x))).collect(),
+                name: n.clone(),
+                points: r.results.iter().filter(|x| name(x) == *n).map(|x| (x.size as f64, f(x))).collect(),
             })
             .collect()
     };
@@ -379,12 +536,13 @@ pub fn plot(r: &BenchReport) -> String {
 /// The report as a table.
 pub fn render(r: &BenchReport) -> String {
     let mut s = format!("echo benchmark ({} build, native vfio-user transport, medians)\n", r.build);
-    s += "  nic   size      Mpps     Gbps  driver ns/pkt  driver CPU ns/pkt  ring ceiling Mpps  % of ceiling  \
-          notif/pkt  trapped MMIO/pkt  metadata %  modeled PCIe Mpps  all matched\n";
+    s += "  nic        notify      size      Mpps     Gbps  driver ns/pkt  driver CPU ns/pkt  ring ceiling Mpps  % of ceiling  \
+          notif/pkt  trapped MMIO/pkt  metadata %  modeled PCIe Mpps  modeled latency ns  all matched\n";
     for x in &r.results {
         s += &format!(
-            "  {:<5} {:>5} {:>9.2} {:>8.2} {:>14.1} {:>18.0} {:>18.2} {:>13.0} {:>10.4} {:>17.4} {:>11.3} {:>17.1}  {}\n",
+            "  {:<10} {:<10} {:>5} {:>9.2} {:>8.2} {:>14.1} {:>18.0} {:>18.2} {:>13.0} {:>10.4} {:>17.4} {:>11.3} {:>17.1} {:>19.0}  {}\n",
             x.nic,
+            x.notify,
             x.size,
             x.mpps,
             x.gbps,
@@ -396,11 +554,13 @@ pub fn render(r: &BenchReport) -> String {
             x.trapped_mmio_per_pkt,
             100.0 * x.metadata_fraction,
             x.modeled_pcie_mpps.unwrap_or(0.0),
+            x.modeled_latency_ns,
             x.all_matched
         );
     }
     if !r.ratios.is_empty() {
-        s += "  Ensō / packetized:  size  throughput  driver cost (packetized/Ensō ns)  modeled PCIe  metadata % Ensō vs packetized\n";
+        s += "  Ensō (reactive, else the first mode) / packetized:\n";
+        s += "                     size  throughput  driver cost (packetized/Ensō ns)  modeled PCIe  metadata % Ensō vs packetized\n";
         for x in &r.ratios {
             s += &format!(
                 "                     {:>5} {:>10.2}x {:>33.2}x {:>12.2}x {:>13.2} vs {:.1}\n",

@@ -6,6 +6,7 @@ pub mod accel;
 pub mod bench;
 pub mod cache;
 pub mod image;
+pub mod latency;
 pub mod plot;
 pub mod qemu;
 pub mod run;

@@ -148,6 +148,23 @@ enum Bench {
         /// NIC models, comma-separated; with both, ratios are reported.
         #[arg(long, value_delimiter = ',', default_value = "enso,packetized")]
         nic: Vec<run::NicKind>,
+        /// Ensō notification modes, comma-separated: one result row each (the packetized
+        /// NIC runs once). Ratios use the reactive row.
+        #[arg(long, value_delimiter = ',', default_value = "reactive")]
+        notify: Vec<testbed::bench::Notify>,
+        /// Latency model: packets per arrival burst.
+        #[arg(long, default_value_t = 32)]
+        model_batch: usize,
+        /// Latency model: software cost per batch (ns), on top of the measured driver
+        /// ns/packet per packet.
+        #[arg(long, default_value_t = 100.0)]
+        model_sw_batch_ns: f64,
+        /// Latency model: poll interval of an idle driver (ns).
+        #[arg(long, default_value_t = 100.0)]
+        model_poll_ns: f64,
+        /// Latency model: offered load (Mpps); default the reactive Ensō row's measured rate.
+        #[arg(long)]
+        model_mpps: Option<f64>,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -259,10 +276,38 @@ fn main() {
         Cmd::Demo { vm } => demo(&vm),
         Cmd::Bench {
             bench:
-                Bench::Echo { transport: Transport::Native, sizes, packets, runs, pipes, flows, nic, json, plot },
+                Bench::Echo {
+                    transport: Transport::Native,
+                    sizes,
+                    packets,
+                    runs,
+                    pipes,
+                    flows,
+                    nic,
+                    notify,
+                    model_batch,
+                    model_sw_batch_ns,
+                    model_poll_ns,
+                    model_mpps,
+                    json,
+                    plot,
+                },
         } => {
-            let o =
-                testbed::bench::BenchOptions { sizes, packets, runs: runs.max(1), pipes, flows, nics: nic };
+            let o = testbed::bench::BenchOptions {
+                sizes,
+                packets,
+                runs: runs.max(1),
+                pipes,
+                flows,
+                nics: nic,
+                notify,
+                model: testbed::bench::ModelOptions {
+                    batch: model_batch,
+                    sw_batch_ns: model_sw_batch_ns,
+                    poll_ns: model_poll_ns,
+                    offered_mpps: model_mpps,
+                },
+            };
             match testbed::bench::echo(&o) {
                 Ok(r) => {
                     let mut plot_failed = false;

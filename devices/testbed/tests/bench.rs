@@ -54,3 +54,52 @@ fn bench_echo_reports_both_nics_ratios_and_a_plot() {
     assert!(svg.contains("packetized") && svg.contains("enso"));
     let _ = std::fs::remove_file(&plot);
 }
+
+#[test]
+fn bench_echo_notification_modes_trade_notifications_for_latency() {
+    let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args([
+            "bench",
+            "echo",
+            "--nic",
+            "enso",
+            "--notify",
+            "reactive,per-packet,prefetch",
+            "--sizes",
+            "64",
+            "--packets",
+            "20000",
+            "--runs",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run the testbed binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let results = v["results"].as_array().expect("results[]");
+    assert_eq!(results.len(), 3, "one row per mode: {v}");
+    let at = |notify: &str| {
+        results
+            .iter()
+            .find(|r| r["nic"] == "enso" && r["notify"] == notify)
+            .unwrap_or_else(|| panic!("{notify} row"))
+    };
+    let f =
+        |notify: &str, field: &str| at(notify)[field].as_f64().unwrap_or_else(|| panic!("{notify}.{field}"));
+    for m in ["reactive", "per-packet", "prefetch"] {
+        assert_eq!(at(m)["all_matched"], true, "{}", at(m));
+        assert!(f(m, "modeled_latency_ns") > 0.0);
+    }
+    // Measured: per-packet mode writes more notifications than reactive mode.
+    assert!(
+        f("per-packet", "notifications_per_pkt") > f("reactive", "notifications_per_pkt"),
+        "per-packet {} vs reactive {}",
+        f("per-packet", "notifications_per_pkt"),
+        f("reactive", "notifications_per_pkt")
+    );
+    // Modeled: the prefetch doorbell saves reactive mode's wait for the head write.
+    assert!(f("prefetch", "modeled_latency_ns") < f("reactive", "modeled_latency_ns"));
+    assert_eq!(f("per-packet", "modeled_notifications_per_pkt"), 1.0);
+}

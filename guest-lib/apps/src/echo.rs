@@ -86,6 +86,7 @@ pub struct Echo {
     dev: Device,
     pipes: Vec<RxTxPipe>,
     index: Vec<usize>,
+    prefetch: bool,
 }
 
 impl Echo {
@@ -101,7 +102,7 @@ impl Echo {
             index[p.id() as usize] = i;
         }
         dev.configure_fallback_queues(n, false)?;
-        Ok(Echo { dev, pipes, index })
+        Ok(Echo { dev, pipes, index, prefetch: false })
     }
 
     /// Echoes until `params` or `stop` say so.
@@ -110,7 +111,15 @@ impl Echo {
         params: &EchoParams,
         stop: &AtomicBool,
     ) -> Result<(EchoStats, StopReason), enso::Error> {
-        echo_loop(&mut self.dev, &mut self.pipes, &self.index, params, stop)
+        echo_loop(&mut self.dev, &mut self.pipes, &self.index, params, self.prefetch, stop)
+    }
+
+    /// With `on`, the loop rings a pipe's prefetch doorbell right after it posts the echo
+    /// and frees the batch (`send_and_free`), asking for the pipe's next notification
+    /// without waiting for the send to complete and the head write that follows (reactive
+    /// notifications otherwise wait for it). Off by default.
+    pub fn set_prefetch(&mut self, on: bool) {
+        self.prefetch = on;
     }
 
     /// The device, e.g. to read its counters after the run.
@@ -134,6 +143,7 @@ fn echo_loop(
     pipes: &mut [RxTxPipe],
     index: &[usize],
     params: &EchoParams,
+    prefetch: bool,
     stop: &AtomicBool,
 ) -> Result<(EchoStats, StopReason), enso::Error> {
     let mut s = EchoStats::default();
@@ -183,6 +193,9 @@ fn echo_loop(
         }
         // Everything received goes back out (a malformed tail is the device's to drop).
         pipe.send_and_free(dev, len)?;
+        if prefetch {
+            pipe.prefetch();
+        }
         s.batches += 1;
         last_packet = Instant::now();
         s.busy += last_packet - t0;
