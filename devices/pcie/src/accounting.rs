@@ -113,7 +113,7 @@ pub enum LinkConfigError {
 
 /// The settings that decide how DMA operations split into TLPs. Fixed per [`Counters`]
 /// (TLPs are counted when the operation is recorded).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TlpRules {
     /// Max payload size (bytes per memory write or completion).
     pub max_payload: u32,
@@ -221,7 +221,7 @@ impl TlpRules {
 }
 
 /// A PCIe link: generation, width, the TLP settings and the one-way latency.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct LinkConfig {
     /// PCIe generation, 1..=6.
     pub gen: u8,
@@ -254,7 +254,7 @@ impl Default for LinkConfig {
 }
 
 /// A direction of the link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Device → host: DMA writes, read requests, MSI-X, MMIO read completions.
@@ -366,7 +366,7 @@ impl LinkConfig {
 }
 
 /// Bytes in the three classes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct ByteClasses<T = u64> {
     /// Packet / application data.
     pub payload: T,
@@ -400,7 +400,7 @@ impl ByteClasses<u64> {
 }
 
 /// TLPs by kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct TlpCounts<T = u64> {
     /// Memory writes of DMA writes (up).
     pub dma_write: T,
@@ -440,7 +440,7 @@ impl TlpCounts<u64> {
 }
 
 /// One direction of a [`TrafficSummary`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct DirectionSummary {
     /// TLPs in this direction.
     pub tlps: u64,
@@ -455,7 +455,7 @@ pub struct DirectionSummary {
 
 /// The accounting of a stretch of traffic (totals; see [`LinkConfig::report`] for per
 /// packet figures).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct TrafficSummary {
     /// The rules the DMA operations were split by.
     pub rules: TlpRules,
@@ -643,7 +643,7 @@ impl Counters {
 }
 
 /// One direction of a [`PcieReport`], per packet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct DirectionModel {
     /// TLPs per packet.
     pub tlps: f64,
@@ -660,7 +660,7 @@ pub struct DirectionModel {
 }
 
 /// Modeled link utilisation per direction at a packet rate.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct LinkUtilisation {
     /// The packet rate (Mpps) the utilisation is given at.
     pub at_mpps: f64,
@@ -672,7 +672,7 @@ pub struct LinkUtilisation {
 
 /// The link model's view of a run: per-packet bytes and TLPs, link utilisation and the
 /// PCIe-bound packet rate.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct PcieReport {
     /// The modeled link.
     pub link: LinkConfig,

@@ -120,6 +120,8 @@ impl EchoArgs {
 enum Transport {
     /// The driver natively on the host, over the vfio-user client.
     Native,
+    /// The driver in a QEMU guest over VFIO (one guest per NIC, size and run; slow under TCG).
+    Vm,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +131,9 @@ enum Bench {
         /// Where the driver runs.
         #[arg(long, value_enum, default_value = "native")]
         transport: Transport,
+        /// Accelerator for `--transport vm`.
+        #[arg(long, value_enum, default_value = "auto")]
+        accel: AccelChoice,
         /// Frame sizes in bytes, comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "64,1500")]
         sizes: Vec<usize>,
@@ -277,7 +282,8 @@ fn main() {
         Cmd::Bench {
             bench:
                 Bench::Echo {
-                    transport: Transport::Native,
+                    transport,
+                    accel,
                     sizes,
                     packets,
                     runs,
@@ -308,7 +314,21 @@ fn main() {
                     offered_mpps: model_mpps,
                 },
             };
-            match testbed::bench::echo(&o) {
+            let env = match transport {
+                Transport::Native => None,
+                Transport::Vm => match run::Env::provision(accel) {
+                    Ok(env) => Some(env),
+                    Err(e) => {
+                        eprintln!("error: {e:#}");
+                        std::process::exit(1);
+                    }
+                },
+            };
+            let vm = env.as_ref().map(|env| testbed::bench::VmBench {
+                env,
+                options: run::RunOptions { timeout: Duration::from_secs(600), keep: false, console: false },
+            });
+            match testbed::bench::echo(&o, vm.as_ref()) {
                 Ok(r) => {
                     let mut plot_failed = false;
                     if let Some(path) = &plot {

@@ -103,3 +103,34 @@ fn bench_echo_notification_modes_trade_notifications_for_latency() {
     assert!(f("prefetch", "modeled_latency_ns") < f("reactive", "modeled_latency_ns"));
     assert_eq!(f("per-packet", "modeled_notifications_per_pkt"), 1.0);
 }
+
+#[test]
+fn bench_echo_in_guests_compares_both_nics() {
+    let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args([
+            "bench",
+            "echo",
+            "--transport",
+            "vm",
+            "--sizes",
+            "64",
+            "--packets",
+            "20000",
+            "--runs",
+            "1",
+            "--json",
+        ])
+        .output()
+        .expect("run the testbed binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let results = v["results"].as_array().expect("results[]");
+    assert_eq!(results.len(), 2);
+    for r in results {
+        assert_eq!(r["transport"], "vm");
+        assert_eq!(r["all_matched"], true, "{r}");
+        assert!(r["driver_ns_per_pkt"].as_f64().is_some_and(|n| n > 0.0), "measured in the guest: {r}");
+    }
+    assert!(v["ratios"][0]["throughput_ratio"].as_f64().is_some_and(|x| x > 0.0));
+}

@@ -250,6 +250,7 @@ pub fn fill_values(r: &mut Report, s: &EchoStats) {
     r.value("active_s", s.active.as_secs_f64());
     r.value("elapsed_s", s.elapsed.as_secs_f64());
     r.value("pps", s.pps());
+    r.value("busy_ns_per_pkt", s.busy.as_nanos() as f64 / s.packets.max(1) as f64);
     r.value("bps", rate(s.bytes * 8, s.active));
     r.value("packets_per_batch", if s.batches == 0 { 0.0 } else { s.packets as f64 / s.batches as f64 });
 }
@@ -290,6 +291,7 @@ pub fn run_packetized(access: Box<dyn DeviceAccess>, params: EchoParams) -> Repo
             r.value("bursts", s.bursts);
             r.value("doorbells", s.port.doorbells());
             r.value("pps", s.pps());
+            r.value("busy_ns_per_pkt", s.busy.as_nanos() as f64 / s.packets.max(1) as f64);
         }
         Err(e) => r.fail("setup", e),
     }
