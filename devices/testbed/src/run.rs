@@ -242,7 +242,7 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
         report.restarts = 1;
     }
 
-    let before = dev.lock().unwrap().counters().snapshot();
+    let before = dev.lock().unwrap().counters().traffic_snapshot();
     let vm = Vm::start(&spec("guest", 0), &env.qemu, &env.image)?;
     let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
     let out = vm.wait(opts.timeout);
@@ -250,7 +250,13 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
 
     // The device side of each check.
     let d = dev.lock().unwrap();
-    let c: CountersSnapshot = d.counters().snapshot().since(&before);
+    let traffic = d.counters().traffic_snapshot().since(&before);
+    let c: CountersSnapshot = traffic.counters;
+    // The PCIe view of the run, per device command (the smoke device's unit of work).
+    report.datapath = json!({
+        "commands": d.commands(),
+        "pcie": pcie_model::LinkConfig::default().report(&traffic.summary(), d.commands() as u64, None),
+    });
     report.check(
         "device:scratch",
         d.scratch() == scratch,
@@ -607,10 +613,22 @@ pub fn render(r: &RunReport) -> String {
             t["latency_us"]["p50"], t["latency_us"]["p99"]
         );
         let d = &r.datapath;
+        let wb = d["descriptor_writebacks"].as_u64().unwrap_or(0);
+        let signals = if wb > 0 {
+            format!("{wb} descriptor write-backs")
+        } else {
+            format!(
+                "{} RX notifications ({:.4} per packet)",
+                d["rx_notifications"],
+                d["notifications_per_packet"].as_f64().unwrap_or(0.0)
+            )
+        };
         s += &format!(
-            "  datapath: {} packets, {} RX notifications ({:.4} per packet), {} trapped MMIO, {} B DMA metadata\n",
-            d["packets"], d["rx_notifications"], d["notifications_per_packet"].as_f64().unwrap_or(0.0),
-            d["trapped_mmio"], d["dma_metadata_bytes"]
+            "  datapath: {} packets, {signals}, {} trapped MMIO, {} B DMA metadata = {:.1} % of PCIe payload + metadata\n",
+            d["packets"],
+            d["trapped_mmio"],
+            d["dma_metadata_bytes"],
+            100.0 * d["pcie"]["metadata_fraction"].as_f64().unwrap_or(0.0)
         );
     }
     for (name, c) in &r.devices {
