@@ -287,7 +287,7 @@ impl EnsoNic {
             ext::PIPE_FLITS => c.pipe_flits,
             ext::NOTIF_ENTRIES => c.notif_entries,
             ext::NOTIF_MODE => s.notif_mode.load(Ordering::Relaxed),
-            ext::ERROR_STATUS => s.counters.error_status(),
+            ext::ERROR_STATUS => s.counters.error_status(stats::FIRST_ERROR),
             ext::TIMESTAMP_LO => wide(s.clock.ticks(), off, &mut self.latch),
             o if o == self.latch.0 => self.latch.1,
             ext::TIMESTAMP_HI => (s.clock.ticks() >> 32) as u32,

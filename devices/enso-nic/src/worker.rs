@@ -41,18 +41,7 @@ struct NbPoll {
     tx_pending: bool,
 }
 
-/// A port with nothing at the other end (after `take_port`).
-pub struct Disconnected;
-
-impl EthPort for Disconnected {
-    fn recv(&mut self, _out: &mut Vec<Frame>, _max: usize) -> usize {
-        0
-    }
-    fn send(&mut self, _frame: Frame) -> bool {
-        false
-    }
-    fn flush(&mut self) {}
-}
+pub use wire::Disconnected;
 
 /// Everything the device thread owns; it survives detach/attach and is rebuilt by reset.
 pub struct DeviceState {

@@ -242,7 +242,7 @@ impl PacketNic {
             reg::MAX_RING => regs::MAX_RING_SIZE,
             reg::RSS_QUEUES => s.rss_queues.load(Ordering::Relaxed),
             reg::WB_BATCH => s.wb_batch.load(Ordering::Relaxed),
-            reg::ERROR_STATUS => s.counters.error_status(),
+            reg::ERROR_STATUS => s.counters.error_status(stats::FIRST_ERROR),
             o if (reg::RSS_KEY..key_end).contains(&o) => {
                 s.rss_key[((o - reg::RSS_KEY) / 4) as usize].load(Ordering::Relaxed)
             }

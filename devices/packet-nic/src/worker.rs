@@ -31,18 +31,7 @@ const POOL_MAX: usize = 1024;
 /// Largest write-back batch, in bytes.
 const WB_BYTES: usize = reg::WB_BATCH_MAX as usize * DESC_SIZE;
 
-/// A port with nothing at the other end (after `take_port`).
-pub struct Disconnected;
-
-impl EthPort for Disconnected {
-    fn recv(&mut self, _out: &mut Vec<Frame>, _max: usize) -> usize {
-        0
-    }
-    fn send(&mut self, _frame: Frame) -> bool {
-        false
-    }
-    fn flush(&mut self) {}
-}
+pub use wire::Disconnected;
 
 /// Register offsets of one direction in a queue page.
 #[derive(Clone, Copy)]

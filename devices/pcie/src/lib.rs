@@ -11,6 +11,7 @@ pub mod accounting;
 pub mod config;
 pub mod counters;
 pub mod device;
+pub mod device_counters;
 pub mod dma;
 pub mod irq;
 pub mod poll;

@@ -50,3 +50,20 @@ pub trait EthPort: Send {
         true
     }
 }
+
+/// A port with nothing at the other end (a NIC whose cable was taken away): nothing
+/// arrives, and every frame sent is refused (the NIC counts it as a wire drop).
+#[derive(Debug, Default)]
+pub struct Disconnected;
+
+impl EthPort for Disconnected {
+    fn recv(&mut self, _out: &mut Vec<Frame>, _max: usize) -> usize {
+        0
+    }
+
+    fn send(&mut self, _frame: Frame) -> bool {
+        false
+    }
+
+    fn flush(&mut self) {}
+}
