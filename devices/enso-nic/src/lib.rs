@@ -50,9 +50,8 @@ use engine::{BehavioralEngine, QueueEngine};
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
 use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
 use stats::NicCounters;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use testbed_regs::enso::{self as regs, ext, MAX_NB_PAIRS, MAX_PIPES, NOTIF_RING_ENTRIES, PIPE_FLITS};
 use wire::EthPort;
 pub use worker::Disconnected;
@@ -114,18 +113,13 @@ pub(crate) struct Shared {
     pub clock: mac::Clock,
 }
 
-struct Worker {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<worker::DeviceState>,
-}
-
 /// The Ensō NIC.
 pub struct EnsoNic {
     config: ConfigSpace,
     shared: Arc<Shared>,
     /// The device thread's state while it is not running.
     idle: Option<worker::DeviceState>,
-    worker: Option<Worker>,
+    worker: Option<pcie_model::device_thread::DeviceThread<worker::DeviceState>>,
     ctx: Option<DeviceContext>,
     /// Latched high half of the last 64-bit register whose low half was read.
     latch: (u64, u32),
@@ -218,19 +212,11 @@ impl EnsoNic {
         let Some(w) = self.worker.take() else {
             return false;
         };
-        w.stop.store(true, Ordering::Release);
-        match w.thread.join() {
-            Ok(st) => self.idle = Some(st),
-            // The model does not panic on driver input; should it anyway, come back
-            // unplugged rather than take the process down.
-            Err(_) => {
-                self.idle = Some(worker::DeviceState::new(
-                    &self.shared,
-                    Self::new_engine(&self.shared.cfg),
-                    Box::new(Disconnected),
-                ))
-            }
-        }
+        // Should the model ever panic anyway, come back unplugged rather than take the
+        // process down.
+        self.idle = Some(w.stop().unwrap_or_else(|| {
+            worker::DeviceState::new(&self.shared, Self::new_engine(&self.shared.cfg), Box::new(Disconnected))
+        }));
         true
     }
 
@@ -238,13 +224,11 @@ impl EnsoNic {
         let (Some(ctx), Some(st)) = (self.ctx.clone(), self.idle.take()) else {
             return;
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let (shared, s2) = (self.shared.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("enso-nic".into())
-            .spawn(move || worker::run(st, shared, ctx.dma, s2))
-            .expect("spawn the enso-nic device thread");
-        self.worker = Some(Worker { stop, thread });
+        let shared = self.shared.clone();
+        let thread = pcie_model::device_thread::DeviceThread::spawn("enso-nic", st, move |st, stop| {
+            worker::run(st, shared, ctx.dma, stop)
+        });
+        self.worker = Some(thread.expect("spawn the enso-nic device thread"));
     }
 
     /// Zeroes the shared pages (a hole punch keeps the sparse BAR2 file sparse).

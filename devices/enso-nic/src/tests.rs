@@ -7,6 +7,7 @@ use pcie_model::dma::{DmaError, DmaSpace, GuestMemory};
 use pcie_model::{Dma, NoIrqs};
 use regs::ext::counter as c;
 use regs::{config, nb_page, notif, pipe_page, prefetch, queue, state};
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use wire::{cable, CableEnd};

@@ -44,9 +44,8 @@ mod tests;
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
 use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
 use stats::NicCounters;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use testbed_regs::packetized::{self as regs, reg, MAX_QUEUES, RSS_KEY_DEFAULT, RSS_KEY_LEN};
 use wire::EthPort;
 pub use worker::{Disconnected, RX_BATCH, TX_BUDGET};
@@ -109,18 +108,13 @@ impl Shared {
     }
 }
 
-struct Worker {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<worker::DeviceState>,
-}
-
 /// The packetized NIC.
 pub struct PacketNic {
     config: ConfigSpace,
     shared: Arc<Shared>,
     /// The device thread's state while it is not running.
     idle: Option<worker::DeviceState>,
-    worker: Option<Worker>,
+    worker: Option<pcie_model::device_thread::DeviceThread<worker::DeviceState>>,
     ctx: Option<DeviceContext>,
     /// Latched high half of the last 64-bit counter whose low half was read.
     latch: (u64, u32),
@@ -201,13 +195,10 @@ impl PacketNic {
         let Some(w) = self.worker.take() else {
             return false;
         };
-        w.stop.store(true, Ordering::Release);
-        match w.thread.join() {
-            Ok(st) => self.idle = Some(st),
-            // The model does not panic on driver input; should it anyway, come back
-            // unplugged rather than take the process down.
-            Err(_) => self.idle = Some(worker::DeviceState::new(&self.shared, Box::new(Disconnected))),
-        }
+        // Should the model ever panic anyway, come back unplugged rather than take the
+        // process down.
+        self.idle =
+            Some(w.stop().unwrap_or_else(|| worker::DeviceState::new(&self.shared, Box::new(Disconnected))));
         true
     }
 
@@ -215,13 +206,11 @@ impl PacketNic {
         let (Some(ctx), Some(st)) = (self.ctx.clone(), self.idle.take()) else {
             return;
         };
-        let stop = Arc::new(AtomicBool::new(false));
-        let (shared, s2) = (self.shared.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("packet-nic".into())
-            .spawn(move || worker::run(st, shared, ctx.dma, s2))
-            .expect("spawn the packet-nic device thread");
-        self.worker = Some(Worker { stop, thread });
+        let shared = self.shared.clone();
+        let thread = pcie_model::device_thread::DeviceThread::spawn("packet-nic", st, move |st, stop| {
+            worker::run(st, shared, ctx.dma, stop)
+        });
+        self.worker = Some(thread.expect("spawn the packet-nic device thread"));
     }
 
     fn bad_write(&self) {

@@ -6,6 +6,7 @@ use pcie_model::dma::{DmaError, DmaSpace, GuestMemory};
 use pcie_model::{Dma, NoIrqs};
 use regs::reg::counter as c;
 use regs::{desc, queue, queue_page, rss_input, rss_queue, toeplitz, BUF_SIZE, RSS_KEY_DEFAULT};
+use std::sync::atomic::AtomicBool;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use wire::{cable, CableEnd};

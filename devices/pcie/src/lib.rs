@@ -12,6 +12,7 @@ pub mod config;
 pub mod counters;
 pub mod device;
 pub mod device_counters;
+pub mod device_thread;
 pub mod dma;
 pub mod irq;
 pub mod poll;
