@@ -357,20 +357,7 @@ impl PciDevice for EnsoNic {
         if index != regs::EXT_BAR || offset >= regs::EXT_SHARED_START || data.len() > 8 {
             return;
         }
-        let Some(end) = offset.checked_add(data.len() as u64) else {
-            return;
-        };
-        let mut word = offset & !3;
-        while word < end {
-            let v = self.ext_read32(word).to_le_bytes();
-            for (i, b) in v.iter().enumerate() {
-                let a = word + i as u64;
-                if a >= offset && a < end {
-                    data[(a - offset) as usize] = *b;
-                }
-            }
-            word += 4;
-        }
+        pcie_model::regs::read_words(offset, data, |w| self.ext_read32(w));
     }
 
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {

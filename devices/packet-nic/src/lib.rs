@@ -315,20 +315,10 @@ impl PciDevice for PacketNic {
         if index != regs::REG_BAR || data.len() > 8 {
             return;
         }
-        let Some(end) = offset.checked_add(data.len() as u64).filter(|&e| e <= regs::REG_BAR_SIZE) else {
+        if offset.checked_add(data.len() as u64).is_none_or(|e| e > regs::REG_BAR_SIZE) {
             return;
-        };
-        let mut word = offset & !3;
-        while word < end {
-            let v = self.reg_read32(word).to_le_bytes();
-            for (i, b) in v.iter().enumerate() {
-                let a = word + i as u64;
-                if a >= offset && a < end {
-                    data[(a - offset) as usize] = *b;
-                }
-            }
-            word += 4;
         }
+        pcie_model::regs::read_words(offset, data, |w| self.reg_read32(w));
     }
 
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {

@@ -95,9 +95,42 @@ impl RegisterBlock {
     }
 }
 
+/// Fills `data`, a driver read of any width at `offset`, from the 32-bit registers that
+/// `read32(word_offset)` returns (each covering word is read once, in address order).
+pub fn read_words(offset: u64, data: &mut [u8], mut read32: impl FnMut(u64) -> u32) {
+    let Some(end) = offset.checked_add(data.len() as u64) else {
+        return;
+    };
+    let mut word = offset & !3;
+    while word < end {
+        for (i, b) in read32(word).to_le_bytes().iter().enumerate() {
+            let a = word + i as u64;
+            if a >= offset && a < end {
+                data[(a - offset) as usize] = *b;
+            }
+        }
+        word += 4;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_of_any_width_from_words() {
+        let mut seen = vec![];
+        let mut out = [0u8; 6];
+        read_words(2, &mut out, |w| {
+            seen.push(w);
+            (w as u32 + 1) * 0x0101_0101
+        });
+        assert_eq!(seen, vec![0, 4], "each covering word once, in order");
+        assert_eq!(out, [1, 1, 5, 5, 5, 5]);
+        let mut b = [9u8; 2];
+        read_words(u64::MAX, &mut b, |_| 0);
+        assert_eq!(b, [9, 9], "an overflowing range reads nothing");
+    }
 
     #[test]
     fn masks() {
