@@ -523,13 +523,6 @@ pub fn run(
     dma: Dma,
     stop: std::sync::Arc<AtomicBool>,
 ) -> DeviceState {
-    let mut backoff = pcie_model::poll::Backoff::default();
-    while !stop.load(Ordering::Acquire) {
-        if st.round(&shared, &dma) {
-            backoff.reset();
-        } else {
-            backoff.idle();
-        }
-    }
+    pcie_model::poll::poll_until(&stop, || st.round(&shared, &dma));
     st
 }

@@ -2,7 +2,21 @@
 //! then sleep with growing pauses. The machine this runs on is small and shared by TCG
 //! vCPUs, device threads and generators, so an idle device must not hold a core.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// A device thread's main loop: runs `round` until `stop` is raised, spinning while rounds
+/// find work (`round` returns true) and backing off while they do not.
+pub fn poll_until(stop: &AtomicBool, mut round: impl FnMut() -> bool) {
+    let mut backoff = Backoff::default();
+    while !stop.load(Ordering::Acquire) {
+        if round() {
+            backoff.reset();
+        } else {
+            backoff.idle();
+        }
+    }
+}
 
 /// Backoff state of one polling loop.
 #[derive(Debug, Clone)]
@@ -54,6 +68,20 @@ impl Backoff {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn polls_until_stopped() {
+        let stop = AtomicBool::new(false);
+        let mut rounds = 0;
+        poll_until(&stop, || {
+            rounds += 1;
+            if rounds == 10 {
+                stop.store(true, Ordering::Release);
+            }
+            rounds % 2 == 0
+        });
+        assert_eq!(rounds, 10);
+    }
 
     #[test]
     fn escalates_and_resets() {

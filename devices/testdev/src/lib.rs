@@ -12,7 +12,6 @@ use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder, Msix
 use pcie_model::counters::{Counters, DmaClass};
 use pcie_model::device::{BarBacking, DeviceContext, PciDevice};
 use pcie_model::irq::MsixTable;
-use pcie_model::poll::Backoff;
 use pcie_model::regs::{RegisterBlock, WriteOutcome};
 use pcie_model::shm::ShmRegion;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -155,14 +154,11 @@ fn execute(shared: &Shared, ctx: &DeviceContext) -> (u32, u32) {
 
 fn device_loop(shared: Arc<Shared>, ctx: DeviceContext, stop: Arc<AtomicBool>) {
     let db = shared.doorbell.clone();
-    let mut backoff = Backoff::default();
-    while !stop.load(Ordering::Acquire) {
+    pcie_model::poll::poll_until(&stop, || {
         let seq = db.read32(DB_SEQ);
         if seq == db.read32(DB_DONE_SEQ) {
-            backoff.idle();
-            continue;
+            return false;
         }
-        backoff.reset();
         let (status, result) = execute(&shared, &ctx);
         db.write32(DB_DONE_STATUS, status);
         db.write32(DB_DONE_RESULT, result);
@@ -181,7 +177,8 @@ fn device_loop(shared: Arc<Shared>, ctx: DeviceContext, stop: Arc<AtomicBool>) {
                 shared.msix.lock().unwrap_or_else(|e| e.into_inner()).set_pending(v, true);
             }
         }
-    }
+        true
+    });
 }
 
 impl PciDevice for SmokeDevice {
