@@ -8,7 +8,7 @@ use crate::flow::{Steer, Steering, SteeringError};
 use crate::mac::{RateLimiter, Timestamps};
 use crate::stats::LocalCounts;
 use crate::Shared;
-use pcie_model::{Dma, DmaClass};
+use pcie_model::{Dma, DmaClass, OpKind, OpRole};
 use std::sync::atomic::{AtomicBool, Ordering};
 use testbed_regs::enso::ext::counter as c;
 use testbed_regs::enso::{config, ext, nb_page, notif, pipe_page, prefetch, queue, state, MAX_RX_PACKET};
@@ -310,6 +310,7 @@ impl DeviceState {
             let head = shared.bar2.read32(page + queue::RX_HEAD);
             if head != self.pipes[p as usize].last_head {
                 self.pipes[p as usize].last_head = head;
+                shared.pcie.trace_op(OpKind::MmioWr, OpRole::Credit, 4);
                 let (engine, mut io) = self.split(shared, dma, stop);
                 engine.rx_head(p, head, &mut io);
                 work = true;
@@ -334,6 +335,7 @@ impl DeviceState {
             let seq = (slot >> 32) as u32;
             if seq != self.nbs[j as usize].last_seq {
                 self.nbs[j as usize].last_seq = seq;
+                shared.pcie.trace_op(OpKind::MmioWr, OpRole::Doorbell, 8);
                 self.local.add(c::PREFETCHES, 1);
                 let pipe = slot as u32;
                 if self.pipes.get(pipe as usize).is_some_and(|pp| pp.enabled_low != 0) {
@@ -348,6 +350,7 @@ impl DeviceState {
             let nbp = &mut self.nbs[j as usize];
             if tail != nbp.last_tail {
                 nbp.last_tail = tail;
+                shared.pcie.trace_op(OpKind::MmioWr, OpRole::Doorbell, 4);
                 nbp.tx_pending = true;
             }
             if nbp.tx_pending {

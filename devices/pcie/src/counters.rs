@@ -7,9 +7,10 @@
 //! so nothing is stored per operation and the hot path stays a few atomic adds.
 
 use crate::accounting::{dw_padding, TlpRules};
+use crate::trace::{OpKind, OpRole, TraceTap};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 
 /// What a DMA transfer carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,6 +64,9 @@ pub struct Counters {
     tlp: TlpAccumulator,
     /// The splitting rules of `tlp`; unset means [`TlpRules::default`].
     tlp_rules: OnceLock<TlpRules>,
+    /// Set while `tap` holds an operation trace to record into.
+    tracing: AtomicBool,
+    tap: Mutex<Option<TraceTap>>,
 }
 
 /// A point-in-time copy of [`Counters`], as reported in JSON.
@@ -174,9 +178,39 @@ impl Counters {
         self.tlp_rules.get().copied().unwrap_or_default()
     }
 
+    /// Records every later operation into `tap`'s trace (see [`crate::trace`]).
+    pub fn trace_to(&self, tap: TraceTap) {
+        *self.tap.lock().unwrap_or_else(|e| e.into_inner()) = Some(tap);
+        self.tracing.store(true, Relaxed);
+    }
+
+    /// Stops recording into a trace.
+    pub fn untrace(&self) {
+        self.tracing.store(false, Relaxed);
+        *self.tap.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Records a logical operation in the trace, if one is attached. Devices call it for
+    /// what only they can see: a doorbell or head write observed in a polled register.
+    #[inline]
+    pub fn trace_op(&self, kind: OpKind, role: OpRole, bytes: u64) {
+        if self.tracing.load(Relaxed) {
+            self.trace_slow(kind, role, bytes);
+        }
+    }
+
+    #[cold]
+    fn trace_slow(&self, kind: OpKind, role: OpRole, bytes: u64) {
+        if let Some(tap) = self.tap.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            tap.record(kind, role, bytes);
+        }
+    }
+
     /// Counts a DMA read of `bytes` at guest address `addr`, with its TLPs.
     #[inline]
     pub fn dma_read_at(&self, addr: u64, bytes: usize, class: DmaClass) {
+        let role = if class == DmaClass::Data { OpRole::Data } else { OpRole::Descriptor };
+        self.trace_op(OpKind::DmaRd, role, bytes as u64);
         self.dma_reads.fetch_add(1, Relaxed);
         self.dma_read_bytes.fetch_add(bytes as u64, Relaxed);
         if class == DmaClass::Metadata {
@@ -194,6 +228,8 @@ impl Counters {
     /// Counts a DMA write of `bytes` at guest address `addr`, with its TLPs.
     #[inline]
     pub fn dma_write_at(&self, addr: u64, bytes: usize, class: DmaClass) {
+        let role = if class == DmaClass::Data { OpRole::Data } else { OpRole::Completion };
+        self.trace_op(OpKind::DmaWr, role, bytes as u64);
         self.dma_writes.fetch_add(1, Relaxed);
         self.dma_write_bytes.fetch_add(bytes as u64, Relaxed);
         if class == DmaClass::Metadata {
@@ -268,6 +304,7 @@ impl Counters {
 
     /// Counts a delivered interrupt.
     pub fn irq(&self) {
+        self.trace_op(OpKind::Irq, OpRole::Interrupt, crate::accounting::MSIX_BYTES);
         self.irqs.fetch_add(1, Relaxed);
     }
 

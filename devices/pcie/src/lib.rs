@@ -18,6 +18,7 @@ pub mod irq;
 pub mod poll;
 pub mod regs;
 pub mod shm;
+pub mod trace;
 
 pub use accounting::{
     ByteClasses, Direction, LinkConfig, LinkConfigError, PcieReport, TlpCounts, TlpRules, TrafficSnapshot,
@@ -29,3 +30,4 @@ pub use device::{BarBacking, DeviceContext, PciDevice};
 pub use dma::{Dma, DmaError, DmaSpace, GuestMemory};
 pub use irq::{IrqSink, NoIrqs};
 pub use shm::ShmRegion;
+pub use trace::{Op, OpKind, OpRole, OpTrace, TraceCost, TraceTap};

@@ -3,6 +3,8 @@
 //! One module per device. Offsets are byte offsets inside the named BAR. Models and
 //! drivers import these constants; nobody retypes them.
 
+pub mod accel;
 pub mod enso;
 pub mod packetized;
+pub mod record;
 pub mod smoke;

@@ -1,0 +1,579 @@
+//! The accelerator PCI function: the register map of `testbed_regs::accel` around a
+//! [`Function`], with the legacy command ring and the stream interface.
+//!
+//! Choices where the map leaves room (keep docs/accelerators.md in step):
+//! - A descriptor that cannot be fetched still consumes its slot and gets a completion
+//!   with status DMA_ERROR and tag 0, so a bad ring address cannot wedge the ring.
+//! - A completion is two DMA writes: bytes 8..16 first, then 0..8 (tag, status, phase),
+//!   so the phase byte is the last thing the driver can see change.
+//! - A doorbell naming a tail outside the ring is ignored and counted once per value.
+//! - Ring registers are read-only while the ring runs (writes counted as
+//!   BAD_REGISTER_WRITES); enable with invalid registers is refused (BAD_CONFIG).
+//! - Stream records start on 64-byte boundaries of the destination ring. A malformed
+//!   stream record cannot be skipped (its length is untrusted): everything buffered is
+//!   dropped and counted, and the writer restarts the stream (STREAM_CTRL 0, 1).
+
+use crate::function::Function;
+use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
+use pcie_model::device_counters::{DeviceCounters, LocalCounts};
+use pcie_model::device_thread::DeviceThread;
+use pcie_model::{BarBacking, Counters, DeviceContext, Dma, DmaClass, OpKind, OpRole, PciDevice, ShmRegion};
+use std::sync::{Arc, Mutex, MutexGuard};
+use testbed_regs::accel::reg::counter as c;
+use testbed_regs::accel::{self as regs, cqe, db, desc, reg, status};
+use testbed_regs::record::{self, Header};
+
+/// Largest command input.
+pub const MAX_INPUT: u32 = 64 << 10;
+/// Counters of the device.
+pub type AccelCounters = DeviceCounters<{ c::N }>;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Ring {
+    sq_base: u64,
+    cq_base: u64,
+    entries: u32,
+    enabled: bool,
+    head: u32,
+    phase: u8,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Stream {
+    op: u32,
+    model: u32,
+    dest: u64,
+    dest_size: u32,
+    key: [u8; 32],
+    enabled: bool,
+    /// Bytes accepted from the window (the writer's running offset).
+    in_off: u64,
+    /// Bytes pushed to the destination.
+    dest_off: u64,
+    /// Accepted bytes not yet processed.
+    pending: Vec<u8>,
+}
+
+/// The trapped registers and queue state, shared by the register side and the thread.
+#[derive(Debug, Default)]
+struct State {
+    ring: Ring,
+    stream: Stream,
+    /// Registers as written (ring bases and size while disabled).
+    sq_base: u64,
+    cq_base: u64,
+    entries: u32,
+}
+
+struct Shared {
+    db: Arc<ShmRegion>,
+    state: Mutex<State>,
+    counters: AccelCounters,
+    pcie: Arc<Counters>,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A handle to push bytes into a device's stream window without the PCI function (what
+/// a switch fabric uses to deliver device-to-device writes).
+#[derive(Clone)]
+pub struct StreamPort {
+    shared: Arc<Shared>,
+}
+
+impl StreamPort {
+    /// Delivers a write of `data` at `offset` of the stream window; false (and counted as
+    /// STREAM_DROPS) when it is out of order, overflows the window or the stream is off.
+    pub fn push(&self, offset: u64, data: &[u8]) -> bool {
+        let mut st = self.shared.state();
+        let s = &mut st.stream;
+        let expected = s.in_off % regs::STREAM_WINDOW_SIZE;
+        let ok = s.enabled
+            && offset == expected
+            && s.pending.len() + data.len() <= regs::STREAM_WINDOW_SIZE as usize;
+        if ok {
+            s.pending.extend_from_slice(data);
+            s.in_off += data.len() as u64;
+        } else {
+            self.shared.counters.add(c::STREAM_DROPS, 1);
+        }
+        ok
+    }
+}
+
+struct Worker {
+    func: Box<dyn Function>,
+    last_tail: u32,
+    bad_tail: Option<u32>,
+    input: Vec<u8>,
+    output: Vec<u8>,
+    local: LocalCounts<{ c::N }>,
+}
+
+/// An accelerator: crypto or ML, by its [`Function`].
+pub struct Accelerator {
+    config: ConfigSpace,
+    name: &'static str,
+    func_id: u32,
+    shared: Arc<Shared>,
+    idle: Option<Worker>,
+    worker: Option<DeviceThread<Worker>>,
+    ctx: Option<DeviceContext>,
+}
+
+impl Accelerator {
+    /// A device running `func`, in its power-on state.
+    pub fn new(func: Box<dyn Function>) -> std::io::Result<Accelerator> {
+        let device_id = match func.id() {
+            reg::FUNCTION_CRYPTO => regs::CRYPTO_DEVICE_ID,
+            _ => regs::ML_DEVICE_ID,
+        };
+        let config = ConfigSpaceBuilder::new(regs::VENDOR_ID, device_id)
+            .class(regs::CLASS_CODE)
+            .bar(BarSpec {
+                index: regs::REG_BAR,
+                size: regs::REG_BAR_SIZE,
+                kind: BarKind::Mem32,
+                prefetchable: false,
+            })
+            .bar(BarSpec {
+                index: regs::DB_BAR,
+                size: regs::DB_BAR_SIZE,
+                kind: BarKind::Mem64,
+                prefetchable: false,
+            })
+            .build()
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let shared = Arc::new(Shared {
+            db: Arc::new(ShmRegion::new("accel-db", db::PAGE as usize)?),
+            state: Mutex::new(State::default()),
+            counters: AccelCounters::default(),
+            pcie: Arc::new(Counters::default()),
+        });
+        let (name, func_id) = (func.name(), func.id());
+        let idle = Some(Worker {
+            func,
+            last_tail: 0,
+            bad_tail: None,
+            input: Vec::new(),
+            output: Vec::new(),
+            local: LocalCounts::default(),
+        });
+        Ok(Accelerator { config, name, func_id, shared, idle, worker: None, ctx: None })
+    }
+
+    /// The crypto accelerator.
+    pub fn crypto() -> std::io::Result<Accelerator> {
+        Accelerator::new(Box::new(crate::function::Crypto))
+    }
+
+    /// The ML inference accelerator.
+    pub fn ml() -> std::io::Result<Accelerator> {
+        Accelerator::new(Box::<crate::function::Inference>::default())
+    }
+
+    /// The device's counters, by index of `regs::accel::reg::counter`.
+    pub fn device_counters(&self) -> [u64; c::N] {
+        self.shared.counters.snapshot()
+    }
+
+    /// A port into the stream window (see [`StreamPort`]).
+    pub fn stream_port(&self) -> StreamPort {
+        StreamPort { shared: self.shared.clone() }
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            if let Some(st) = w.stop() {
+                self.idle = Some(st);
+            }
+        }
+    }
+
+    fn start_worker(&mut self) {
+        let (Some(ctx), Some(st)) = (self.ctx.clone(), self.idle.take()) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let t = DeviceThread::spawn(self.name, st, move |mut st, stop| {
+            pcie_model::poll::poll_until(&stop, || st.round(&shared, &ctx.dma));
+            st
+        });
+        self.worker = Some(t.expect("spawn the accelerator device thread"));
+    }
+
+    fn bad_write(&self) {
+        self.shared.counters.add(c::BAD_REGISTER_WRITES, 1);
+        self.shared.pcie.bad_register_write();
+    }
+
+    fn read32(&self, off: u64) -> u32 {
+        let st = self.shared.state();
+        let s = &st.stream;
+        match off {
+            reg::ID => reg::ID_VALUE,
+            reg::VERSION => reg::VERSION_VALUE,
+            reg::FUNCTION => self.func_id,
+            reg::MAX_INPUT => MAX_INPUT,
+            reg::SQ_BASE_LO => st.sq_base as u32,
+            reg::SQ_BASE_HI => (st.sq_base >> 32) as u32,
+            reg::CQ_BASE_LO => st.cq_base as u32,
+            reg::CQ_BASE_HI => (st.cq_base >> 32) as u32,
+            reg::RING_ENTRIES => st.entries,
+            reg::CTRL => st.ring.enabled as u32,
+            reg::STATUS => {
+                (if st.ring.enabled { reg::STATUS_ENABLED } else { 0 })
+                    | if s.enabled { reg::STATUS_STREAM } else { 0 }
+            }
+            reg::ERROR_STATUS => self.shared.counters.error_status(c::FIRST_ERROR),
+            reg::STREAM_OP => s.op,
+            reg::STREAM_MODEL => s.model,
+            reg::STREAM_DEST_LO => s.dest as u32,
+            reg::STREAM_DEST_HI => (s.dest >> 32) as u32,
+            reg::STREAM_DEST_SIZE => s.dest_size,
+            reg::STREAM_CTRL => s.enabled as u32,
+            reg::STREAM_DEST_OFFSET => s.dest_off as u32,
+            reg::STREAM_IN_OFFSET => s.in_off as u32,
+            o if (reg::STREAM_KEY..reg::STREAM_KEY + 32).contains(&o) => {
+                let i = (o - reg::STREAM_KEY) as usize;
+                u32::from_le_bytes(s.key[i..i + 4].try_into().unwrap_or_default())
+            }
+            o if (reg::COUNTERS..reg::COUNTERS + 8 * c::N as u64).contains(&o) => {
+                let v = self.shared.counters.get(((o - reg::COUNTERS) / 8) as u32);
+                if o.is_multiple_of(8) {
+                    v as u32
+                } else {
+                    (v >> 32) as u32
+                }
+            }
+            _ => 0,
+        }
+    }
+
+    /// Applies a register write; false when refused.
+    fn write32(&mut self, off: u64, v: u32) -> bool {
+        let shared = self.shared.clone();
+        let mut st = shared.state();
+        let ring_on = st.ring.enabled;
+        let stream_on = st.stream.enabled;
+        let lo = |r: u64| (r & !0xffff_ffff) | v as u64;
+        let hi = |r: u64| (r & 0xffff_ffff) | (v as u64) << 32;
+        match off {
+            reg::SQ_BASE_LO if !ring_on => st.sq_base = lo(st.sq_base),
+            reg::SQ_BASE_HI if !ring_on => st.sq_base = hi(st.sq_base),
+            reg::CQ_BASE_LO if !ring_on => st.cq_base = lo(st.cq_base),
+            reg::CQ_BASE_HI if !ring_on => st.cq_base = hi(st.cq_base),
+            reg::RING_ENTRIES if !ring_on => st.entries = v,
+            reg::CTRL if v == reg::CTRL_ENABLE && !ring_on => {
+                let ok = st.entries.is_power_of_two()
+                    && (2..=reg::MAX_ENTRIES).contains(&st.entries)
+                    && st.sq_base.is_multiple_of(desc::SIZE as u64)
+                    && st.cq_base.is_multiple_of(cqe::SIZE as u64);
+                if !ok {
+                    drop(st);
+                    self.shared.counters.add(c::BAD_CONFIG, 1);
+                    return true;
+                }
+                st.ring = Ring {
+                    sq_base: st.sq_base,
+                    cq_base: st.cq_base,
+                    entries: st.entries,
+                    enabled: true,
+                    head: 0,
+                    phase: 1,
+                };
+                // Start from an empty ring: the tail the driver writes next counts.
+                self.shared.db.write32(db::SQ_TAIL, 0);
+                self.shared.db.write32(db::SQ_HEAD, 0);
+            }
+            reg::CTRL if v == 0 => st.ring = Ring::default(),
+            reg::CTRL if v == reg::CTRL_ENABLE => {}
+            reg::STREAM_OP if !stream_on => st.stream.op = v,
+            reg::STREAM_MODEL if !stream_on => st.stream.model = v,
+            reg::STREAM_DEST_LO if !stream_on => st.stream.dest = lo(st.stream.dest),
+            reg::STREAM_DEST_HI if !stream_on => st.stream.dest = hi(st.stream.dest),
+            reg::STREAM_DEST_SIZE if !stream_on => st.stream.dest_size = v,
+            o if !stream_on && (reg::STREAM_KEY..reg::STREAM_KEY + 32).contains(&o) => {
+                let i = (o - reg::STREAM_KEY) as usize;
+                st.stream.key[i..i + 4].copy_from_slice(&v.to_le_bytes());
+            }
+            reg::STREAM_CTRL if v == 1 && !stream_on => {
+                let s = &mut st.stream;
+                let ok = s.dest_size >= 64 && s.dest_size.is_multiple_of(64) && s.dest.is_multiple_of(64);
+                if !ok {
+                    drop(st);
+                    self.shared.counters.add(c::BAD_CONFIG, 1);
+                    return true;
+                }
+                s.enabled = true;
+                s.in_off = 0;
+                s.dest_off = 0;
+                s.pending.clear();
+            }
+            reg::STREAM_CTRL if v == 0 => {
+                let s = &mut st.stream;
+                s.enabled = false;
+                s.pending.clear();
+            }
+            reg::STREAM_CTRL if v == 1 => {}
+            reg::COUNTERS_CLEAR if v == 1 => self.shared.counters.clear(),
+            _ => return false,
+        }
+        true
+    }
+}
+
+impl Worker {
+    /// One polling round: the doorbell, the ring's commands, the stream's records.
+    fn round(&mut self, shared: &Shared, dma: &Dma) -> bool {
+        let mut work = false;
+        let tail = shared.db.read32(db::SQ_TAIL);
+        let mut st = shared.state();
+        if st.ring.enabled {
+            let entries = st.ring.entries;
+            if tail != self.last_tail {
+                if tail >= entries {
+                    if self.bad_tail != Some(tail) {
+                        self.bad_tail = Some(tail);
+                        self.local.add(c::BAD_DOORBELLS, 1);
+                    }
+                } else {
+                    self.last_tail = tail;
+                    shared.pcie.trace_op(OpKind::MmioWr, OpRole::Doorbell, 4);
+                }
+            }
+            while st.ring.head != self.last_tail {
+                self.command(&mut st.ring, dma);
+                shared.db.write32(db::SQ_HEAD, st.ring.head);
+                work = true;
+            }
+        } else {
+            self.last_tail = 0;
+            self.bad_tail = None;
+        }
+        if st.stream.enabled && !st.stream.pending.is_empty() {
+            work |= self.stream(&mut st.stream, dma);
+        }
+        drop(st);
+        self.local.flush(&shared.counters);
+        work
+    }
+
+    /// Runs the command in the head slot and completes it.
+    fn command(&mut self, ring: &mut Ring, dma: &Dma) {
+        let slot = ring.head as u64;
+        let mut d = [0u8; desc::SIZE];
+        let (tag, status, out_len) = if dma
+            .read(ring.sq_base.wrapping_add(slot * desc::SIZE as u64), &mut d, DmaClass::Metadata)
+            .is_err()
+        {
+            self.local.add(c::DMA_ERRORS, 1);
+            (0, status::DMA_ERROR, 0)
+        } else {
+            let tag = u32::from_le_bytes(d[desc::TAG..desc::TAG + 4].try_into().unwrap_or_default());
+            let (st, n) = self.execute(&d, dma);
+            (tag, st, n)
+        };
+        let mut e = [0u8; cqe::SIZE];
+        e[cqe::TAG..cqe::TAG + 4].copy_from_slice(&tag.to_le_bytes());
+        e[cqe::STATUS..cqe::STATUS + 2].copy_from_slice(&status.to_le_bytes());
+        e[cqe::PHASE] = ring.phase;
+        e[cqe::OUT_LEN..cqe::OUT_LEN + 4].copy_from_slice(&out_len.to_le_bytes());
+        let at = ring.cq_base.wrapping_add(slot * cqe::SIZE as u64);
+        let ok = dma.write(at + 8, &e[8..], DmaClass::Metadata).is_ok()
+            && dma.write(at, &e[..8], DmaClass::Metadata).is_ok();
+        if !ok {
+            self.local.add(c::DMA_ERRORS, 1);
+        }
+        ring.head = (ring.head + 1) % ring.entries;
+        if ring.head == 0 {
+            ring.phase ^= 1;
+        }
+    }
+
+    /// Validates and runs descriptor `d`; returns (status, output bytes).
+    fn execute(&mut self, d: &[u8; desc::SIZE], dma: &Dma) -> (u16, u32) {
+        let u32_at = |o: usize| u32::from_le_bytes(d[o..o + 4].try_into().unwrap_or_default());
+        let u64_at = |o: usize| u64::from_le_bytes(d[o..o + 8].try_into().unwrap_or_default());
+        let (op, flags) = (d[desc::OPCODE], d[desc::FLAGS]);
+        let (src, len, dst, cap) =
+            (u64_at(desc::SRC_ADDR), u32_at(desc::SRC_LEN), u64_at(desc::DST_ADDR), u32_at(desc::DST_CAP));
+        if flags != 0 || !matches!(op, desc::OP_DECRYPT | desc::OP_ENCRYPT | desc::OP_INFER) {
+            self.local.add(c::BAD_DESCRIPTORS, 1);
+            return (status::BAD_OPCODE, 0);
+        }
+        if len == 0 || len > MAX_INPUT {
+            self.local.add(c::BAD_DESCRIPTORS, 1);
+            return (status::BAD_LENGTH, 0);
+        }
+        self.input.resize(len as usize, 0);
+        if dma.read(src, &mut self.input, DmaClass::Data).is_err() {
+            self.local.add(c::DMA_ERRORS, 1);
+            return (status::DMA_ERROR, 0);
+        }
+        let state: [u8; 32] = d[desc::STATE..desc::STATE + 32].try_into().unwrap_or([0; 32]);
+        let st = self.func.execute(op, &state, &self.input, &mut self.output);
+        match st {
+            status::OK => {}
+            status::AUTH_FAILED => {
+                self.local.add(c::AUTH_FAILURES, 1);
+                return (st, 0);
+            }
+            _ => {
+                self.local.add(c::BAD_DESCRIPTORS, 1);
+                return (st, 0);
+            }
+        }
+        if self.output.len() > cap as usize {
+            self.local.add(c::OUTPUT_TOO_SMALL, 1);
+            return (status::OUTPUT_TOO_SMALL, 0);
+        }
+        if dma.write(dst, &self.output, DmaClass::Data).is_err() {
+            self.local.add(c::DMA_ERRORS, 1);
+            return (status::DMA_ERROR, 0);
+        }
+        self.local.add(c::COMMANDS, 1);
+        self.local.add(c::INPUT_BYTES, len as u64);
+        self.local.add(c::OUTPUT_BYTES, self.output.len() as u64);
+        (status::OK, self.output.len() as u32)
+    }
+
+    /// Processes the complete records buffered in the stream; true when any was.
+    fn stream(&mut self, s: &mut Stream, dma: &Dma) -> bool {
+        let mut done = 0;
+        let mut work = false;
+        while let Some(rest) = s.pending.get(done..).filter(|r| r.len() >= record::HEADER) {
+            let Some(h) = Header::parse(rest) else {
+                self.local.add(c::STREAM_BAD_RECORDS, 1);
+                done = s.pending.len();
+                break;
+            };
+            let n = h.record_len();
+            if rest.len() < n {
+                break;
+            }
+            let mut state = s.key;
+            if self.func.id() == reg::FUNCTION_ML {
+                state[..4].copy_from_slice(&s.model.to_le_bytes());
+            }
+            let st = self.func.execute(s.op as u8, &state, &rest[..n], &mut self.output);
+            done += n;
+            work = true;
+            if st != status::OK {
+                self.local
+                    .add(if st == status::AUTH_FAILED { c::AUTH_FAILURES } else { c::STREAM_BAD_RECORDS }, 1);
+                continue;
+            }
+            let size = s.dest_size as u64;
+            let at = s.dest_off % size;
+            let first = (self.output.len() as u64).min(size - at) as usize;
+            let ok = self.output.len() as u64 <= size
+                && dma.write(s.dest + at, &self.output[..first], DmaClass::Data).is_ok()
+                && (first == self.output.len()
+                    || dma.write(s.dest, &self.output[first..], DmaClass::Data).is_ok());
+            if !ok {
+                self.local.add(c::DMA_ERRORS, 1);
+                continue;
+            }
+            s.dest_off += (self.output.len() as u64).next_multiple_of(64);
+            self.local.add(c::STREAM_RECORDS, 1);
+            self.local.add(c::INPUT_BYTES, n as u64);
+            self.local.add(c::OUTPUT_BYTES, self.output.len() as u64);
+        }
+        s.pending.drain(..done);
+        work
+    }
+}
+
+impl PciDevice for Accelerator {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn config(&self) -> &ConfigSpace {
+        &self.config
+    }
+
+    fn config_mut(&mut self) -> &mut ConfigSpace {
+        &mut self.config
+    }
+
+    fn bar_backing(&self, index: u8) -> BarBacking {
+        match index {
+            regs::DB_BAR => BarBacking::Shared { shm: self.shared.db.clone(), areas: vec![(0, db::PAGE)] },
+            _ => BarBacking::Trapped,
+        }
+    }
+
+    fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        match index {
+            regs::DB_BAR if offset + data.len() as u64 <= db::PAGE => {
+                self.shared.db.read_bytes(offset, data);
+            }
+            regs::REG_BAR if data.len() <= 8 && offset < regs::REG_BAR_SIZE => {
+                pcie_model::regs::read_words(offset, data, |w| self.read32(w));
+            }
+            _ => {}
+        }
+    }
+
+    fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {
+        let end = offset.saturating_add(data.len() as u64);
+        let ok = match index {
+            regs::DB_BAR if end <= db::PAGE => self.shared.db.write_bytes(offset, data),
+            regs::DB_BAR if offset >= regs::STREAM_WINDOW && end <= regs::DB_BAR_SIZE => {
+                // Counted as a stream drop when refused, not as a bad register write.
+                self.stream_port().push(offset - regs::STREAM_WINDOW, data);
+                true
+            }
+            regs::REG_BAR if data.len() == 4 && offset.is_multiple_of(4) => {
+                self.write32(offset, u32::from_le_bytes([data[0], data[1], data[2], data[3]]))
+            }
+            _ => false,
+        };
+        if !ok {
+            self.bad_write();
+        }
+    }
+
+    fn attach(&mut self, ctx: DeviceContext) {
+        self.stop_worker();
+        self.ctx = Some(ctx);
+        self.start_worker();
+    }
+
+    fn detach(&mut self) {
+        self.stop_worker();
+        self.ctx = None;
+    }
+
+    fn reset(&mut self) {
+        let running = self.worker.is_some();
+        self.stop_worker();
+        *self.shared.state() = State::default();
+        self.shared.db.clear();
+        self.shared.counters.clear();
+        if let Some(w) = self.idle.as_mut() {
+            w.last_tail = 0;
+            w.bad_tail = None;
+        }
+        if running {
+            self.start_worker();
+        }
+    }
+
+    fn counters(&self) -> Arc<Counters> {
+        self.shared.pcie.clone()
+    }
+}
+
+impl Drop for Accelerator {
+    fn drop(&mut self) {
+        self.stop_worker();
+    }
+}

@@ -1,0 +1,263 @@
+//! The operation trace: the ordered list of logical PCIe operations of a run, recorded by
+//! the shared [`Counters`](crate::Counters) of every function that is attached to one
+//! [`OpTrace`], so a scenario can show what one item cost on the interconnect.
+//!
+//! A *logical operation* is one transfer as software thinks of it (an image written, a
+//! descriptor fetched); on the link it may be many TLPs, which the TLP accounting counts
+//! separately. Consecutive operations of the same function with the same kind and role
+//! are one transfer (a write that wraps a ring, a notification written body first and
+//! signal word last).
+//!
+//! Rules (see docs/accelerators.md):
+//! - `critical`: data, descriptor fetches and doorbells are on an item's critical path;
+//!   completions/notifications written back to back with the data, interrupts and
+//!   credit returns (head pointer updates) are not.
+//! - `rtt_weight`: a read costs a round trip (1), a posted write half of one (½).
+//! - `rtt_units` of an item = the sum of the weights of its critical operations.
+
+use crate::accounting::LinkConfig;
+use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
+
+/// What kind of transaction carried a logical operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpKind {
+    /// The CPU wrote a device register (a posted write downstream).
+    MmioWr,
+    /// A device read host (or peer) memory: request plus completions.
+    DmaRd,
+    /// A device wrote host (or peer) memory: posted writes.
+    DmaWr,
+    /// A device raised an MSI-X interrupt.
+    Irq,
+}
+
+/// What a logical operation was for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpRole {
+    /// Payload: an image, a result, a packet.
+    Data,
+    /// A command/descriptor fetched by the device.
+    Descriptor,
+    /// A completion or notification written back by the device.
+    Completion,
+    /// A doorbell: the CPU telling the device there is work.
+    Doorbell,
+    /// A credit return: the CPU freeing buffer space (a head pointer update).
+    Credit,
+    /// An interrupt message.
+    Interrupt,
+}
+
+impl OpRole {
+    /// Whether operations of this role sit on an item's critical path.
+    pub fn critical(self) -> bool {
+        matches!(self, OpRole::Data | OpRole::Descriptor | OpRole::Doorbell)
+    }
+}
+
+impl OpKind {
+    /// PCIe round trips the operation costs: ½ for posted writes, 1 for reads.
+    pub fn rtt_weight(self) -> f64 {
+        match self {
+            OpKind::DmaRd => 1.0,
+            OpKind::MmioWr | OpKind::DmaWr | OpKind::Irq => 0.5,
+        }
+    }
+}
+
+/// One logical operation, as reported in a scenario's `trace[]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Op {
+    /// Source and destination, e.g. `"nic->cpu"`, `"cpu->crypto"`.
+    pub dir: String,
+    /// The transaction kind.
+    pub kind: OpKind,
+    /// What it carried.
+    pub role: OpRole,
+    /// Bytes of the whole transfer.
+    pub bytes: u64,
+    /// On the item's critical path.
+    pub critical: bool,
+    /// Round trips it costs (½ for writes, 1 for reads).
+    pub rtt_weight: f64,
+}
+
+/// The per-item figures recomputable from a trace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TraceCost {
+    /// Critical operations.
+    pub ops: usize,
+    /// Sum of the critical operations' round-trip weights.
+    pub rtt_units: f64,
+    /// Modeled communication time: `rtt_units` round trips of the link plus the
+    /// serialization time of the critical bytes, plus `extra_ns` (fixed delays such as a
+    /// switch pipeline).
+    pub modeled_ns: f64,
+}
+
+/// The cost of `ops` on `link` (see [`TraceCost`]).
+pub fn cost(ops: &[Op], link: &LinkConfig, extra_ns: f64) -> TraceCost {
+    let critical = ops.iter().filter(|o| o.critical);
+    let (n, units, bytes) =
+        critical.fold((0, 0.0, 0u64), |(n, u, b), o| (n + 1, u + o.rtt_weight, b + o.bytes));
+    TraceCost {
+        ops: n,
+        rtt_units: units,
+        modeled_ns: units * 2.0 * link.one_way_latency_ns + link.serialization_ns(bytes as f64) + extra_ns,
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Raw {
+    source: Arc<str>,
+    peer: Arc<str>,
+    kind: OpKind,
+    role: OpRole,
+    bytes: u64,
+}
+
+impl Raw {
+    fn op(&self) -> Op {
+        let dir = match self.kind {
+            OpKind::DmaRd | OpKind::MmioWr => format!("{}->{}", self.peer, self.source),
+            OpKind::DmaWr | OpKind::Irq => format!("{}->{}", self.source, self.peer),
+        };
+        Op {
+            dir,
+            kind: self.kind,
+            role: self.role,
+            bytes: self.bytes,
+            critical: self.role.critical(),
+            rtt_weight: self.kind.rtt_weight(),
+        }
+    }
+}
+
+/// An ordered log of logical operations shared by the functions of one run.
+#[derive(Debug, Default)]
+pub struct OpTrace {
+    ops: Mutex<Vec<Raw>>,
+}
+
+/// Where one function records into a trace: the trace and the function's name.
+#[derive(Clone, Debug)]
+pub struct TraceTap {
+    trace: Arc<OpTrace>,
+    name: Arc<str>,
+    host: Arc<str>,
+}
+
+impl TraceTap {
+    /// Records for function `name` into `trace`; the other end of its DMA is `"cpu"`.
+    pub fn new(trace: Arc<OpTrace>, name: &str) -> Self {
+        TraceTap { trace, name: name.into(), host: "cpu".into() }
+    }
+
+    /// Records one operation (merged into the previous one when it continues it).
+    pub fn record(&self, kind: OpKind, role: OpRole, bytes: u64) {
+        self.record_peer(kind, role, bytes, None);
+    }
+
+    /// As [`TraceTap::record`], with the other end named (a peer device instead of the
+    /// CPU, for device-to-device transfers).
+    pub fn record_peer(&self, kind: OpKind, role: OpRole, bytes: u64, peer: Option<&str>) {
+        let peer: Arc<str> = peer.map_or_else(|| self.host.clone(), Arc::from);
+        let mut ops = self.trace.ops.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(last) = ops.last_mut() {
+            if last.source == self.name && last.kind == kind && last.role == role && last.peer == peer {
+                last.bytes += bytes;
+                return;
+            }
+        }
+        ops.push(Raw { source: self.name.clone(), peer, kind, role, bytes });
+    }
+}
+
+impl OpTrace {
+    /// An empty trace.
+    pub fn new() -> Arc<Self> {
+        Arc::new(OpTrace::default())
+    }
+
+    /// Every operation recorded so far, in order.
+    pub fn ops(&self) -> Vec<Op> {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner()).iter().map(Raw::op).collect()
+    }
+
+    /// Forgets what was recorded.
+    pub fn clear(&self) {
+        self.ops.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// The operations cut into items: a new item starts at every operation `starts`
+    /// accepts; operations before the first start are left out (set-up).
+    pub fn items(&self, starts: impl Fn(&Op) -> bool) -> Vec<Vec<Op>> {
+        let mut items: Vec<Vec<Op>> = Vec::new();
+        for op in self.ops() {
+            if starts(&op) {
+                items.push(vec![op]);
+            } else if let Some(cur) = items.last_mut() {
+                cur.push(op);
+            }
+        }
+        items
+    }
+}
+
+/// The most common shape among `items` (by the sequence of dir/kind/role/bytes/critical)
+/// and how many items had it: a representative item of a run whose items are alike.
+pub fn typical(items: &[Vec<Op>]) -> Option<(Vec<Op>, usize)> {
+    let mut best: Option<(usize, usize)> = None;
+    for (i, it) in items.iter().enumerate() {
+        let n = items.iter().filter(|o| *o == it).count();
+        if best.is_none_or(|(_, bn)| n > bn) {
+            best = Some((i, n));
+        }
+        if n * 2 > items.len() {
+            break;
+        }
+    }
+    best.map(|(i, n)| (items[i].clone(), n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merges_continuations_and_cuts_items() {
+        let t = OpTrace::new();
+        let nic = TraceTap::new(t.clone(), "nic");
+        let acc = TraceTap::new(t.clone(), "crypto");
+        nic.record(OpKind::MmioWr, OpRole::Credit, 4); // set-up, before the first item
+        for _ in 0..2 {
+            nic.record(OpKind::DmaWr, OpRole::Data, 500);
+            nic.record(OpKind::DmaWr, OpRole::Data, 300); // wraps the ring: same transfer
+            nic.record(OpKind::DmaWr, OpRole::Completion, 56);
+            nic.record(OpKind::DmaWr, OpRole::Completion, 8);
+            acc.record(OpKind::MmioWr, OpRole::Doorbell, 4);
+            acc.record(OpKind::DmaRd, OpRole::Descriptor, 64);
+            acc.record(OpKind::DmaRd, OpRole::Data, 800);
+            acc.record_peer(OpKind::DmaWr, OpRole::Data, 800, Some("ml"));
+        }
+        let items = t.items(|o| o.dir == "nic->cpu" && o.role == OpRole::Data);
+        assert_eq!(items.len(), 2);
+        let it = &items[0];
+        assert_eq!(it.len(), 6);
+        assert_eq!(it[0].bytes, 800);
+        assert_eq!(it[1].bytes, 64);
+        assert!(!it[1].critical);
+        assert_eq!(it[2].dir, "cpu->crypto");
+        assert_eq!(it[3].dir, "cpu->crypto");
+        assert_eq!(it[5].dir, "crypto->ml");
+        let c = cost(it, &LinkConfig::default(), 0.0);
+        assert_eq!(c.ops, 5);
+        assert_eq!(c.rtt_units, 0.5 + 0.5 + 1.0 + 1.0 + 0.5);
+        assert!(c.modeled_ns > 3.5 * 758.0);
+        let (shape, n) = typical(&items).unwrap();
+        assert_eq!((shape.len(), n), (6, 2));
+    }
+}
