@@ -5,6 +5,7 @@
 pub mod accel;
 pub mod bench;
 pub mod cache;
+pub mod chain;
 pub mod image;
 pub mod latency;
 pub mod plot;

@@ -191,6 +191,28 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// The accelerator chain (seed Figure 8): encrypted images from the host source go
+    /// NIC → crypto → ML → NIC; the source checks every inference result and the report
+    /// lists the PCIe operations one item costs (seed Table 2).
+    Chain {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Who moves data between the devices (cpu: the CPU mediates every step).
+        #[arg(long, value_enum, default_value = "cpu")]
+        mode: testbed::chain::Mode,
+        /// The chain's accelerators: crypto,ml or crypto.
+        #[arg(long, default_value = "crypto,ml", value_parser = ["crypto,ml", "crypto"])]
+        chain: String,
+        /// Items (encrypted images) the source sends, one at a time.
+        #[arg(long, default_value_t = 200)]
+        items: u64,
+        /// Where the chain's driver runs: in a guest (vm) or in this process (native).
+        #[arg(long, value_enum, default_value = "vm")]
+        transport: testbed::chain::Transport,
+        /// Print one JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
     /// The smoke device: ID, scratch, DMA both ways, MSI-X, a refused DMA.
     Smoke {
         #[command(flatten)]
@@ -277,6 +299,21 @@ fn main() {
             let r =
                 run::Env::provision(vm.accel).and_then(|env| run::echo(&env, &vm.options(), echo.options()));
             finish(r, json, "echo")
+        }
+        Cmd::Run { scenario: Scenario::Chain { vm, mode, chain, items, transport, json } } => {
+            let o = testbed::chain::ChainOptions {
+                items,
+                shape: guest_apps::chain::Shape::parse(&chain).unwrap_or(guest_apps::chain::Shape::CryptoMl),
+                mode,
+                stream: 1,
+                transport,
+            };
+            let r = match transport {
+                testbed::chain::Transport::Native => testbed::chain::run(None, &vm.options(), &o),
+                testbed::chain::Transport::Vm => run::Env::provision(vm.accel)
+                    .and_then(|env| testbed::chain::run(Some(&env), &vm.options(), &o)),
+            };
+            finish(r, json, "chain")
         }
         Cmd::Demo { vm } => demo(&vm),
         Cmd::Bench {

@@ -62,10 +62,35 @@ pub struct RunReport {
     /// Traffic scenarios: what the datapath cost (notifications, trapped MMIO, DMA).
     #[serde(skip_serializing_if = "Value::is_null")]
     pub datapath: Value,
+    /// The chain scenario: per mode, the per-item operations and their cost.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub modes: Value,
 }
 
 impl RunReport {
-    fn new(scenario: &str, env: &Env, dir: &Path) -> Self {
+    /// A report of a scenario whose driver runs in this process (no guest).
+    pub(crate) fn native(scenario: &str, dir: &Path) -> Self {
+        RunReport {
+            scenario: scenario.into(),
+            pass: true,
+            accel: "none (native vfio-user driver)".into(),
+            boot_s: None,
+            duration_s: 0.0,
+            assertions: vec![],
+            devices: Default::default(),
+            servers: Default::default(),
+            guest: Value::Null,
+            restarts: 0,
+            qemu: "-".into(),
+            kernel: "-".into(),
+            logs: dir.display().to_string(),
+            traffic: Value::Null,
+            datapath: Value::Null,
+            modes: Value::Null,
+        }
+    }
+
+    pub(crate) fn new(scenario: &str, env: &Env, dir: &Path) -> Self {
         RunReport {
             scenario: scenario.into(),
             pass: true,
@@ -82,11 +107,12 @@ impl RunReport {
             logs: dir.display().to_string(),
             traffic: Value::Null,
             datapath: Value::Null,
+            modes: Value::Null,
         }
     }
 
     /// Removes the run folder when the run passed (unless asked to keep it).
-    fn finish(&mut self, dir: &Path, keep: bool, started: Instant) {
+    pub(crate) fn finish(&mut self, dir: &Path, keep: bool, started: Instant) {
         self.duration_s = started.elapsed().as_secs_f64();
         if self.pass && !keep {
             let _ = std::fs::remove_dir_all(dir);
@@ -94,7 +120,7 @@ impl RunReport {
         }
     }
 
-    fn check(&mut self, name: &str, pass: bool, detail: impl Into<String>) {
+    pub(crate) fn check(&mut self, name: &str, pass: bool, detail: impl Into<String>) {
         self.pass &= pass;
         self.assertions.push(Assertion { name: name.into(), pass, detail: detail.into() });
     }
@@ -159,7 +185,7 @@ fn result_event(out: &VmOutcome) -> Option<&Value> {
     out.events.iter().rev().find(|e| e["event"] == "result")
 }
 
-fn finish_guest_checks(report: &mut RunReport, out: &VmOutcome, console: &Path, qemu_log: &Path) {
+pub(crate) fn finish_guest_checks(report: &mut RunReport, out: &VmOutcome, console: &Path, qemu_log: &Path) {
     report.boot_s = out.boot_s;
     let init = out.events.iter().find(|e| e["event"] == "init");
     report.check(
@@ -605,7 +631,23 @@ pub fn render(r: &RunReport) -> String {
             a.detail.replace('\n', "\n         ")
         );
     }
-    if !r.traffic.is_null() {
+    if let Some(modes) = r.modes.as_object() {
+        let t = &r.traffic;
+        s += &format!(
+            "  source: sent {}, matched {}, mismatched {}, lost {}, round trip p50 {:.1} µs\n",
+            t["sent"],
+            t["matched"],
+            t["mismatched"],
+            t["lost"],
+            t["latency_p50_us"].as_f64().unwrap_or(0.0)
+        );
+        for (name, m) in modes {
+            if let Ok(m) = serde_json::from_value::<crate::chain::ModeReport>(m.clone()) {
+                s += &crate::chain::render_trace(name, &m);
+                s += &format!("    CPU per item: {:.0} ns\n", m.cpu_ns_per_item);
+            }
+        }
+    } else if !r.traffic.is_null() {
         let t = &r.traffic;
         s += &format!(
             "  traffic: sent {}, matched {}, {} B frames, {} flows, {:.3} Mpps, latency p50 {} µs p99 {} µs\n",

@@ -4,6 +4,7 @@
 //! to its result channel and the host parses.
 
 pub mod capture;
+pub mod chain;
 pub mod echo;
 pub mod garbage;
 pub mod report;

@@ -2,10 +2,11 @@
 //! device server's socket). Its stdout is the result channel: JSON lines only.
 //!
 //! Usage: `testbed-guest SCENARIO [key=value ...]`, e.g.
-//! `testbed-guest smoke scratch=0x1234 seed=7 [socket=/path/to/vfio-user.sock]`.
+//! `testbed-guest smoke scratch=0x1234 seed=7 [socket=/path/to/vfio-user.sock]`, or
+//! `testbed-guest chain chain=crypto,ml key=<hex> items=N [socket=NIC crypto_socket=.. ml_socket=..]`.
 
 use device_access::{vfio::VfioDevice, vfio_user::VfioUserDevice, DeviceAccess};
-use guest_apps::{capture, echo, garbage, smoke, Report};
+use guest_apps::{capture, chain, echo, garbage, smoke, Report};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -39,6 +40,55 @@ fn open(args: &HashMap<String, String>, vendor: u16, device: u16) -> Result<Box<
     match args.get("socket") {
         Some(s) => VfioUserDevice::connect(Path::new(s)).map(|d| Box::new(d) as _).map_err(|e| e.to_string()),
         None => VfioDevice::open_by_id(vendor, device).map(|d| Box::new(d) as _).map_err(|e| e.to_string()),
+    }
+}
+
+/// Opens the device at socket argument `key` (vfio-user) or by IDs (VFIO).
+fn open_at(
+    args: &HashMap<String, String>,
+    key: &str,
+    vendor: u16,
+    device: u16,
+) -> Result<Box<dyn DeviceAccess>, String> {
+    match args.get(key) {
+        Some(s) => VfioUserDevice::connect(Path::new(s)).map(|d| Box::new(d) as _).map_err(|e| e.to_string()),
+        None => VfioDevice::open_by_id(vendor, device).map(|d| Box::new(d) as _).map_err(|e| e.to_string()),
+    }
+}
+
+fn parse_key(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(k)
+}
+
+fn chain_scenario(args: &HashMap<String, String>) -> Report {
+    use testbed_regs::accel as acc;
+    let shape_arg = args.get("chain").map_or("crypto,ml", |s| s.as_str());
+    let Some(shape) = chain::Shape::parse(shape_arg) else {
+        return open_failed("chain", args, format!("chain={shape_arg}: expected crypto or crypto,ml"));
+    };
+    let Some(key) = args.get("key").and_then(|k| parse_key(k)) else {
+        return open_failed("chain", args, "key=<64 hex digits> is required".into());
+    };
+    let mut params = chain::ChainParams::new(shape, key);
+    params.items = args.get("items").and_then(|s| parse_u64(s));
+    params.idle = millis(args, "idle_ms", Some(3000));
+    params.start_timeout = millis(args, "timeout_ms", None);
+    let nic = open(args, testbed_regs::enso::VENDOR_ID, testbed_regs::enso::DEVICE_ID);
+    let crypto = open_at(args, "crypto_socket", acc::VENDOR_ID, acc::CRYPTO_DEVICE_ID);
+    let ml = match shape {
+        chain::Shape::CryptoMl => open_at(args, "ml_socket", acc::VENDOR_ID, acc::ML_DEVICE_ID).map(Some),
+        chain::Shape::Crypto => Ok(None),
+    };
+    match (nic, crypto, ml) {
+        (Ok(n), Ok(c), Ok(m)) => chain::run(n, c, m, params),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => open_failed("chain", args, e),
     }
 }
 
@@ -114,9 +164,13 @@ fn main() {
                 Err(e) => open_failed("capture", &args, e),
             }
         }
+        "chain" => chain_scenario(&args),
         other => {
             let mut r = Report::new(other, "none");
-            r.fail("scenario", format!("unknown scenario '{other}' (known: smoke, echo, capture, garbage)"));
+            r.fail(
+                "scenario",
+                format!("unknown scenario '{other}' (known: smoke, echo, capture, garbage, chain)"),
+            );
             r
         }
     };

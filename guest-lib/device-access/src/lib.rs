@@ -17,7 +17,7 @@ pub mod vfio_user;
 
 pub use bar::Bar;
 pub use irq::Interrupt;
-pub use mem::{DmaBuffer, SharedMem};
+pub use mem::{DmaBuffer, DmaMapper, SharedMem};
 
 use std::io;
 
@@ -98,6 +98,24 @@ pub trait DeviceAccess: Send {
     fn enable_msix(&mut self, count: u32) -> Result<Vec<Interrupt>>;
     /// A short name of the transport ("vfio" or "vfio-user"), for reports.
     fn transport(&self) -> &'static str;
+    /// What maps memory into this device's DMA space (for [`share_dma`]).
+    fn dma_mapper(&self) -> std::sync::Arc<dyn DmaMapper>;
+    /// Maps every later [`DeviceAccess::alloc_dma`] buffer into `peer` too, at the same
+    /// IOVA, so `peer` can reach it (the chain's devices read each other's buffers).
+    fn add_dma_peer(&mut self, peer: std::sync::Arc<dyn DmaMapper>);
+}
+
+/// Makes the devices share one DMA view: every buffer later allocated through any of
+/// them is mapped into all of them at the same IOVA (IOVAs are unique per process).
+pub fn share_dma(devs: &mut [&mut dyn DeviceAccess]) {
+    let mappers: Vec<_> = devs.iter().map(|d| d.dma_mapper()).collect();
+    for (i, d) in devs.iter_mut().enumerate() {
+        for (j, m) in mappers.iter().enumerate() {
+            if i != j {
+                d.add_dma_peer(m.clone());
+            }
+        }
+    }
 }
 
 #[cfg(test)]

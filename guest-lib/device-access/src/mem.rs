@@ -172,17 +172,48 @@ pub trait DmaUnmap: Send + Sync {
     fn unmap(&self, iova: u64, len: usize);
 }
 
+/// Maps memory into one device's DMA space: how a buffer allocated through one device
+/// becomes reachable by another at the same IOVA (see [`crate::share_dma`]).
+pub trait DmaMapper: DmaUnmap {
+    /// Maps `mem` (its first copy) at `iova`.
+    fn map(&self, mem: &SharedMem, iova: u64) -> Result<()>;
+}
+
+/// The lowest IOVA any transport of this process may hand out next. Every allocation
+/// raises it past its end, so IOVAs are unique across devices and a buffer can be
+/// mapped at the same IOVA in every device that shares it.
+static IOVA_FLOOR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The process-wide IOVA floor (see [`IOVA_FLOOR`]).
+pub(crate) fn iova_floor() -> u64 {
+    IOVA_FLOOR.load(std::sync::atomic::Ordering::Acquire)
+}
+
+/// Raises the floor past an allocation ending at `end`.
+pub(crate) fn raise_iova_floor(end: u64) {
+    IOVA_FLOOR.fetch_max(end, std::sync::atomic::Ordering::AcqRel);
+}
+
 /// DMA memory mapped for a device.
 pub struct DmaBuffer {
     mem: SharedMem,
     iova: u64,
     unmap: Option<std::sync::Arc<dyn DmaUnmap>>,
+    /// Other devices the buffer is mapped into (same IOVA).
+    peers: Vec<std::sync::Arc<dyn DmaUnmap>>,
 }
 
 impl DmaBuffer {
     /// Wraps memory mapped at `iova`; `unmap` runs on drop.
     pub fn new(mem: SharedMem, iova: u64, unmap: std::sync::Arc<dyn DmaUnmap>) -> Self {
-        DmaBuffer { mem, iova, unmap: Some(unmap) }
+        DmaBuffer { mem, iova, unmap: Some(unmap), peers: Vec::new() }
+    }
+
+    /// Maps the buffer into `peer`'s DMA space too, at the same IOVA (unmapped on drop).
+    pub fn share_with(&mut self, peer: std::sync::Arc<dyn DmaMapper>) -> Result<()> {
+        peer.map(&self.mem, self.iova)?;
+        self.peers.push(peer);
+        Ok(())
     }
 
     /// The address the device uses for the first byte.
@@ -205,6 +236,9 @@ impl std::ops::Deref for DmaBuffer {
 
 impl Drop for DmaBuffer {
     fn drop(&mut self) {
+        for p in self.peers.drain(..) {
+            p.unmap(self.iova, self.mem.len());
+        }
         if let Some(u) = self.unmap.take() {
             u.unmap(self.iova, self.mem.len());
         }

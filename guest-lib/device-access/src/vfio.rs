@@ -16,7 +16,7 @@
 //! says what failed and what to check.
 
 use crate::bar::{Mapping, RegionIo};
-use crate::mem::{DmaUnmap, HUGE_PAGE, PAGE};
+use crate::mem::{DmaMapper, DmaUnmap, HUGE_PAGE, PAGE};
 use crate::{Bar, DeviceAccess, DmaBuffer, DmaOptions, Error, Interrupt, Result, SharedMem};
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
@@ -562,6 +562,12 @@ impl Iommu {
     }
 }
 
+impl DmaMapper for Iommu {
+    fn map(&self, mem: &SharedMem, iova: u64) -> Result<()> {
+        self.map_dma(mem.as_ptr() as u64, iova, mem.len() as u64)
+    }
+}
+
 impl DmaUnmap for Iommu {
     fn unmap(&self, iova: u64, len: usize) {
         let mut unmap = vfio_iommu_type1_dma_unmap {
@@ -668,6 +674,8 @@ pub struct VfioDevice {
     iova: IovaAllocator,
     /// How many MSI-X vectors are enabled (0: none).
     msix: u32,
+    /// Devices every DMA buffer is also mapped into.
+    peers: Vec<Arc<dyn DmaMapper>>,
 }
 
 impl VfioDevice {
@@ -817,6 +825,7 @@ impl VfioDevice {
             bars: Default::default(),
             iova,
             msix: 0,
+            peers: Vec::new(),
         };
         dev.enable_bus_master()?;
         Ok(dev)
@@ -935,9 +944,15 @@ impl DeviceAccess for VfioDevice {
             .inspect_err(|e| eprintln!("vfio: allocating {len} bytes of DMA memory ({opts:?}): {e}"))?;
         let align = opts.alignment(if mem.huge() { HUGE_PAGE } else { PAGE } as u64);
         let size = mem.len() as u64;
+        self.iova.next = self.iova.next.max(crate::mem::iova_floor());
         let iova = self.iova.alloc(size, align).ok_or_else(|| logged(Error::IovaExhausted(mem.len())))?;
+        crate::mem::raise_iova_floor(iova + size);
         self.iommu.map_dma(mem.as_ptr() as u64, iova, size)?;
-        Ok(DmaBuffer::new(mem, iova, self.iommu.clone()))
+        let mut buf = DmaBuffer::new(mem, iova, self.iommu.clone());
+        for p in &self.peers {
+            buf.share_with(p.clone())?;
+        }
+        Ok(buf)
     }
 
     fn enable_msix(&mut self, count: u32) -> Result<Vec<Interrupt>> {
@@ -982,6 +997,14 @@ impl DeviceAccess for VfioDevice {
 
     fn transport(&self) -> &'static str {
         "vfio"
+    }
+
+    fn dma_mapper(&self) -> Arc<dyn DmaMapper> {
+        self.iommu.clone()
+    }
+
+    fn add_dma_peer(&mut self, peer: Arc<dyn DmaMapper>) {
+        self.peers.push(peer);
     }
 }
 

@@ -3,7 +3,7 @@
 //! DMA_MAP; shared-memory BARs are mmap'd from the fds the server offers.
 
 use crate::bar::{Bar, Mapping, RegionIo};
-use crate::mem::{DmaBuffer, DmaUnmap, SharedMem, HUGE_PAGE, PAGE};
+use crate::mem::{DmaBuffer, DmaMapper, DmaUnmap, SharedMem, HUGE_PAGE, PAGE};
 use crate::{DeviceAccess, DmaOptions, Error, Interrupt, Result};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -39,11 +39,20 @@ impl DmaUnmap for Shared {
     }
 }
 
+impl DmaMapper for Shared {
+    fn map(&self, mem: &SharedMem, iova: u64) -> Result<()> {
+        self.client()
+            .dma_map(0, iova, mem.len() as u64, mem.fd())
+            .map_err(|e| Error::VfioUser(format!("DMA_MAP {iova:#x}: {e}")))
+    }
+}
+
 /// A device reached over a vfio-user socket.
 pub struct VfioUserDevice {
     shared: Arc<Shared>,
     bars: Vec<Option<Bar>>,
     next_iova: u64,
+    peers: Vec<Arc<dyn DmaMapper>>,
 }
 
 impl VfioUserDevice {
@@ -56,6 +65,7 @@ impl VfioUserDevice {
             shared: Arc::new(Shared { client: Mutex::new(client) }),
             bars: vec![None; 6],
             next_iova: IOVA_BASE,
+            peers: Vec::new(),
         };
         let mut cmd = [0u8; 2];
         dev.config_read(4, &mut cmd)?;
@@ -105,14 +115,16 @@ impl DeviceAccess for VfioUserDevice {
     fn alloc_dma(&mut self, len: usize, opts: DmaOptions) -> Result<DmaBuffer> {
         let mem = SharedMem::new(len, opts)?;
         let align = opts.alignment(if mem.huge() { HUGE_PAGE } else { PAGE } as u64);
-        let iova = self.next_iova.next_multiple_of(align);
+        let iova = self.next_iova.max(crate::mem::iova_floor()).next_multiple_of(align);
         let end = iova.checked_add(mem.len() as u64).ok_or(Error::IovaExhausted(mem.len()))?;
-        self.shared
-            .client()
-            .dma_map(0, iova, mem.len() as u64, mem.fd())
-            .map_err(|e| Error::VfioUser(format!("DMA_MAP {iova:#x}: {e}")))?;
+        self.shared.map(&mem, iova)?;
         self.next_iova = end;
-        Ok(DmaBuffer::new(mem, iova, self.shared.clone()))
+        crate::mem::raise_iova_floor(end);
+        let mut buf = DmaBuffer::new(mem, iova, self.shared.clone());
+        for p in &self.peers {
+            buf.share_with(p.clone())?;
+        }
+        Ok(buf)
     }
 
     fn enable_msix(&mut self, count: u32) -> Result<Vec<Interrupt>> {
@@ -142,5 +154,13 @@ impl DeviceAccess for VfioUserDevice {
 
     fn transport(&self) -> &'static str {
         "vfio-user"
+    }
+
+    fn dma_mapper(&self) -> Arc<dyn DmaMapper> {
+        self.shared.clone()
+    }
+
+    fn add_dma_peer(&mut self, peer: Arc<dyn DmaMapper>) {
+        self.peers.push(peer);
     }
 }

@@ -194,6 +194,18 @@ impl RxCore {
         unsafe { std::slice::from_raw_parts(self.shared.buf.as_ptr().add(self.read as usize * FLIT), len) }
     }
 
+    /// The device address of `data`, a slice this pipe handed out, when its bytes are
+    /// contiguous in the device's view too (None when it wraps the ring's end or is not
+    /// this pipe's memory).
+    fn iova_of(&self, data: &[u8]) -> Option<u64> {
+        let ring = self.ring_bytes();
+        let off = (data.as_ptr() as usize).checked_sub(self.shared.buf.as_ptr() as usize)?;
+        if off >= 2 * ring || off % ring + data.len() > ring {
+            return None;
+        }
+        Some(self.shared.buf.iova() + (off % ring) as u64)
+    }
+
     fn prefetch(&self) {
         let slot = &self.shared.prefetch;
         let seq = slot.read(prefetch::SEQ).wrapping_add(1);
@@ -265,6 +277,13 @@ impl RxPipe {
     /// Receives up to `max` bytes and iterates over their packets.
     pub fn recv_packets(&mut self, max: usize) -> PacketIter<'_> {
         PacketIter::new(self.recv(max))
+    }
+
+    /// The device address (IOVA) of `data`, part of a slice this pipe returned, so
+    /// another device can read it in place; None when the bytes wrap the ring's end (the
+    /// application copies those) or are not from this pipe.
+    pub fn iova_of(&self, data: &[u8]) -> Option<u64> {
+        self.core.iova_of(data)
     }
 
     /// Bytes received and not yet confirmed.
@@ -457,6 +476,13 @@ impl TxPipe {
         // SAFETY: `begin` < BYTES and `len` <= BYTES: inside the mirrored mapping; the
         // bytes are free (their earlier sends completed), so the device does not read them.
         Ok(unsafe { std::slice::from_raw_parts_mut(self.shared.buf.as_ptr().add(self.begin), len) })
+    }
+
+    /// The device address (IOVA) of the space the next [`TxPipe::allocate_buf`] of `len`
+    /// bytes returns, so another device can write a frame's body there; None when that
+    /// space wraps the ring's end (in the device's view it is not contiguous).
+    pub fn next_iova(&self, len: usize) -> Option<u64> {
+        (self.begin + len <= Self::BYTES).then(|| self.shared.buf.iova() + self.begin as u64)
     }
 
     /// Sends the first `len` bytes of the allocated space; the space is reused after the

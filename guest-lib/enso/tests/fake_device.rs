@@ -4,7 +4,7 @@
 //! what was sent; the tests inject RX data and notifications themselves.
 
 use device_access::bar::{Mapping, RegionIo};
-use device_access::mem::{DmaUnmap, SharedMem};
+use device_access::mem::{DmaMapper, DmaUnmap, SharedMem};
 use device_access::{Bar, DeviceAccess, DmaBuffer, DmaOptions, Interrupt};
 use enso::{Device, DeviceOptions, Error, PacketIter};
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
@@ -106,6 +106,13 @@ impl DmaUnmap for Mem {
     }
 }
 
+impl DmaMapper for Mem {
+    fn map(&self, mem: &SharedMem, iova: u64) -> device_access::Result<()> {
+        self.dma.lock().unwrap_or_else(|e| e.into_inner()).push((iova, mem.as_ptr() as usize, mem.len()));
+        Ok(())
+    }
+}
+
 struct FakeAccess {
     mem: Arc<Mem>,
     next_iova: u64,
@@ -148,6 +155,10 @@ impl DeviceAccess for FakeAccess {
     fn transport(&self) -> &'static str {
         "fake"
     }
+    fn dma_mapper(&self) -> Arc<dyn DmaMapper> {
+        self.mem.clone()
+    }
+    fn add_dma_peer(&mut self, _peer: Arc<dyn DmaMapper>) {}
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -1,0 +1,569 @@
+//! The accelerator chain scenario (seed Figure 8): encrypted images from the host
+//! source through the Ensō NIC, the crypto accelerator and the ML accelerator, and the
+//! inference result back out — with the CPU mediating every step (`--mode cpu`, Table 2).
+//!
+//! The source sits on the NIC's Ethernet port (driven by the NIC's polling thread, like
+//! the echo generator): it seals image `seq` with the stream's key, sends it, and checks
+//! that the reply carries exactly the result the reference implementation computes.
+//! Items go one at a time (a latency chain), so every logical PCIe operation of the run
+//! falls into exactly one item: the three devices record into one [`OpTrace`], cut at
+//! every image the NIC writes to the host.
+
+use crate::run::{self, Env, RunOptions, RunReport, VmLock};
+use crate::vm::{Vm, VmSpec};
+use accel::{crypto, function, ml, Accelerator};
+use anyhow::{Context, Result};
+use device_access::vfio_user::VfioUserDevice;
+use guest_apps::chain::{ChainParams, ChainStats, Shape};
+use pcie_model::trace::{self, Op, OpKind, OpRole, OpTrace, TraceTap};
+use pcie_model::{LinkConfig, PciDevice};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use testbed_regs::record::{self, Header, FRAME_HEADER};
+use wire::{EthPort, Frame};
+
+/// Who moves the data between the devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// The CPU receives every item and submits it to each accelerator in turn.
+    Cpu,
+}
+
+impl Mode {
+    /// The mode's name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Cpu => "cpu",
+        }
+    }
+}
+
+/// Where the chain's driver runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// In a QEMU guest, over VFIO.
+    Vm,
+    /// In this process, over vfio-user sockets.
+    Native,
+}
+
+/// Parameters of `testbed run chain`.
+#[derive(Clone, Debug)]
+pub struct ChainOptions {
+    /// Items the source sends.
+    pub items: u64,
+    /// The chain's accelerators.
+    pub shape: Shape,
+    /// The mode.
+    pub mode: Mode,
+    /// The stream (selects the key).
+    pub stream: u8,
+    /// Where the driver runs.
+    pub transport: Transport,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        ChainOptions {
+            items: 200,
+            shape: Shape::CryptoMl,
+            mode: Mode::Cpu,
+            stream: 1,
+            transport: Transport::Vm,
+        }
+    }
+}
+
+/// The source's view of a run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SourceReport {
+    /// Items sent.
+    pub sent: u64,
+    /// Replies received.
+    pub received: u64,
+    /// Replies that were exactly the expected result.
+    pub matched: u64,
+    /// Replies that differed (bytes, length, addressing) or named an item not in flight.
+    pub mismatched: u64,
+    /// Items written off (no reply within the loss timeout).
+    pub lost: u64,
+    /// Round-trip time per item, median (µs).
+    pub latency_p50_us: f64,
+    /// 99th percentile (µs).
+    pub latency_p99_us: f64,
+    /// The first mismatch, described.
+    pub first_mismatch: Option<String>,
+}
+
+struct Source {
+    items: u64,
+    shape: Shape,
+    stream: u8,
+    key: crypto::Key,
+    sent: u64,
+    in_flight: VecDeque<(u32, Instant)>,
+    report: SourceReport,
+    rtts: Vec<u64>,
+    loss_timeout: Duration,
+}
+
+/// The source's addresses: it is 10.0.0.2:5000, the chain is 10.1.0.1:7000.
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const SRC_PORT: u16 = 5000;
+
+/// The plain image record of item `seq` of `stream`.
+pub fn image_record(stream: u8, seq: u32) -> Vec<u8> {
+    let (_, img) = ml::synthetic_image(seq);
+    let mut r = vec![0u8; record::HEADER + img.len()];
+    let nonce = crypto::item_nonce(stream, seq);
+    Header { len: img.len() as u32, seq, kind: record::KIND_IMAGE, stream, nonce, tag: [0; 16] }
+        .write(&mut r);
+    r[record::HEADER..].copy_from_slice(&img);
+    r
+}
+
+/// The frame carrying `rec` from the source to the chain.
+fn frame(rec: &[u8]) -> Frame {
+    let mut f = vec![0u8; FRAME_HEADER + rec.len()];
+    f[0..6].copy_from_slice(&DST_MAC);
+    f[6..12].copy_from_slice(&SRC_MAC);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (20 + 8 + rec.len()) as u16;
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[10, 0, 0, 2]);
+    ip[16..20].copy_from_slice(&[10, 1, 0, 1]);
+    let c = wire::generator::ipv4_checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f[34..36].copy_from_slice(&SRC_PORT.to_be_bytes());
+    f[36..38].copy_from_slice(&record::UDP_PORT.to_be_bytes());
+    f[38..40].copy_from_slice(&((8 + rec.len()) as u16).to_be_bytes());
+    f[FRAME_HEADER..].copy_from_slice(rec);
+    f
+}
+
+impl Source {
+    /// What the chain must send back for item `seq`.
+    fn expected(&self, seq: u32) -> Vec<u8> {
+        let plain = image_record(self.stream, seq);
+        match self.shape {
+            Shape::Crypto => plain,
+            Shape::CryptoMl => function::expected_result(&plain).unwrap_or_default(),
+        }
+    }
+
+    fn mismatch(&mut self, why: String) {
+        self.report.mismatched += 1;
+        self.report.first_mismatch.get_or_insert(why);
+    }
+
+    fn check(&mut self, f: &[u8]) {
+        self.report.received += 1;
+        let rec = f.get(FRAME_HEADER..).and_then(|r| Header::parse(r).map(|h| (h, r)));
+        let Some((h, rec)) = rec else {
+            return self.mismatch(format!("a {}-byte reply without a record", f.len()));
+        };
+        let Some(pos) = self.in_flight.iter().position(|&(s, _)| s == h.seq) else {
+            return self.mismatch(format!("a reply for item {}, which is not in flight", h.seq));
+        };
+        let (seq, t0) = self.in_flight.remove(pos).unwrap_or((h.seq, Instant::now()));
+        let want = self.expected(seq);
+        let port = u16::from_be_bytes([f[36], f[37]]);
+        if rec.get(..want.len()) != Some(&want[..]) || h.record_len() != want.len() || port != SRC_PORT {
+            return self.mismatch(format!("item {seq}: reply differs from the reference result"));
+        }
+        self.report.matched += 1;
+        self.rtts.push(t0.elapsed().as_nanos() as u64);
+    }
+
+    /// One step: check replies, write off late items, send the next one when none is in
+    /// flight.
+    fn step(&mut self, to_nic: &mut VecDeque<Frame>) {
+        let now = Instant::now();
+        while self.in_flight.front().is_some_and(|&(_, t)| now - t > self.loss_timeout) {
+            self.in_flight.pop_front();
+            self.report.lost += 1;
+        }
+        if self.in_flight.is_empty() && self.sent < self.items {
+            let seq = self.sent as u32;
+            let plain = image_record(self.stream, seq);
+            let sealed = crypto::seal(
+                &self.key,
+                seq,
+                self.stream,
+                crypto::item_nonce(self.stream, seq),
+                &plain[record::HEADER..],
+            );
+            to_nic.push_back(frame(&sealed));
+            self.in_flight.push_back((seq, Instant::now()));
+            self.sent += 1;
+            self.report.sent = self.sent;
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.sent == self.items && self.in_flight.is_empty()
+    }
+
+    fn report(&self) -> SourceReport {
+        let mut r = self.report.clone();
+        let mut v = self.rtts.clone();
+        v.sort_unstable();
+        let q =
+            |p: f64| v.get(((v.len() as f64 - 1.0) * p).round() as usize).map_or(0.0, |&n| n as f64 / 1e3);
+        r.latency_p50_us = q(0.5);
+        r.latency_p99_us = q(0.99);
+        r
+    }
+}
+
+/// The source as the NIC's Ethernet port.
+struct SourcePort {
+    src: Arc<Mutex<Source>>,
+    go: Arc<AtomicBool>,
+    to_nic: VecDeque<Frame>,
+}
+
+impl EthPort for SourcePort {
+    fn recv(&mut self, out: &mut Vec<Frame>, max: usize) -> usize {
+        if !self.go.load(Ordering::Acquire) {
+            return 0;
+        }
+        self.src.lock().unwrap_or_else(|e| e.into_inner()).step(&mut self.to_nic);
+        let n = max.min(self.to_nic.len());
+        out.extend(self.to_nic.drain(..n));
+        n
+    }
+
+    fn send(&mut self, frame: Frame) -> bool {
+        self.src.lock().unwrap_or_else(|e| e.into_inner()).check(&frame);
+        true
+    }
+
+    fn flush(&mut self) {}
+}
+
+/// The devices of one chain run, served over vfio-user, recording into one trace.
+pub struct ChainRig {
+    pub nic: Arc<Mutex<enso_nic::EnsoNic>>,
+    pub crypto: Arc<Mutex<Accelerator>>,
+    pub ml: Option<Arc<Mutex<Accelerator>>>,
+    pub trace: Arc<OpTrace>,
+    servers: Vec<(String, vfio_server::ServerHandle)>,
+    /// Sockets: NIC, crypto, ML.
+    pub sockets: Vec<PathBuf>,
+    src: Arc<Mutex<Source>>,
+    go: Arc<AtomicBool>,
+    pub key: crypto::Key,
+}
+
+fn serve<D: PciDevice + 'static>(dev: &Arc<Mutex<D>>, sock: &Path) -> Result<vfio_server::ServerHandle> {
+    let shared: Arc<Mutex<dyn PciDevice>> = dev.clone();
+    Ok(vfio_server::Server::bind(sock, shared).with_context(|| format!("bind {}", sock.display()))?.spawn())
+}
+
+impl ChainRig {
+    /// Builds and serves the devices for `o` with sockets in `dir`.
+    pub fn new(o: &ChainOptions, dir: &Path) -> Result<ChainRig> {
+        let key = crypto::stream_key(o.stream);
+        let src = Arc::new(Mutex::new(Source {
+            items: o.items,
+            shape: o.shape,
+            stream: o.stream,
+            key,
+            sent: 0,
+            in_flight: VecDeque::new(),
+            report: SourceReport::default(),
+            rtts: Vec::new(),
+            loss_timeout: Duration::from_secs(10),
+        }));
+        let go = Arc::new(AtomicBool::new(false));
+        let port = SourcePort { src: src.clone(), go: go.clone(), to_nic: VecDeque::new() };
+        let nic =
+            Arc::new(Mutex::new(enso_nic::EnsoNic::new(enso_nic::EnsoConfig::default(), Box::new(port))?));
+        let crypto = Arc::new(Mutex::new(Accelerator::crypto()?));
+        let ml = match o.shape {
+            Shape::CryptoMl => Some(Arc::new(Mutex::new(Accelerator::ml()?))),
+            Shape::Crypto => None,
+        };
+        let trace = OpTrace::new();
+        let lock = |d: &Arc<Mutex<Accelerator>>| d.lock().unwrap_or_else(|e| e.into_inner()).counters();
+        PciDevice::counters(&*nic.lock().unwrap_or_else(|e| e.into_inner()))
+            .trace_to(TraceTap::new(trace.clone(), "nic"));
+        lock(&crypto).trace_to(TraceTap::new(trace.clone(), "crypto"));
+        if let Some(m) = &ml {
+            lock(m).trace_to(TraceTap::new(trace.clone(), "ml"));
+        }
+        let mut sockets = vec![dir.join("nic.sock"), dir.join("crypto.sock")];
+        let mut servers = vec![("nic".to_string(), serve(&nic, &sockets[0])?)];
+        servers.push(("crypto".into(), serve(&crypto, &sockets[1])?));
+        if let Some(m) = &ml {
+            sockets.push(dir.join("ml.sock"));
+            servers.push(("ml".into(), serve(m, &sockets[2])?));
+        }
+        Ok(ChainRig { nic, crypto, ml, trace, servers, sockets, src, go, key })
+    }
+
+    /// Starts the source.
+    pub fn start(&self) {
+        self.trace.clear();
+        self.go.store(true, Ordering::Release);
+    }
+
+    /// Every item sent and answered (or written off).
+    pub fn done(&self) -> bool {
+        self.src.lock().unwrap_or_else(|e| e.into_inner()).done()
+    }
+
+    /// The source's report.
+    pub fn source(&self) -> SourceReport {
+        self.src.lock().unwrap_or_else(|e| e.into_inner()).report()
+    }
+
+    /// The devices' own counters (non-zero ones), by device.
+    pub fn device_counters(&self) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        let nz = |names: &[&str], vals: &[u64]| -> Value {
+            names
+                .iter()
+                .zip(vals)
+                .filter(|(_, v)| **v != 0)
+                .map(|(n, v)| ((*n).to_string(), json!(v)))
+                .collect()
+        };
+        let nic = self.nic.lock().unwrap_or_else(|e| e.into_inner()).counters();
+        m.insert("nic".into(), nz(&testbed_regs::enso::ext::counter::NAMES, &nic));
+        let names = testbed_regs::accel::reg::counter::NAMES;
+        let c = self.crypto.lock().unwrap_or_else(|e| e.into_inner()).device_counters();
+        m.insert("crypto".into(), nz(&names, &c));
+        if let Some(ml) = &self.ml {
+            let c = ml.lock().unwrap_or_else(|e| e.into_inner()).device_counters();
+            m.insert("ml".into(), nz(&names, &c));
+        }
+        m
+    }
+
+    /// Stops the servers.
+    pub fn stop(self) -> serde_json::Map<String, Value> {
+        let mut stats = serde_json::Map::new();
+        for (name, s) in self.servers {
+            stats.insert(name, serde_json::to_value(s.stats()).unwrap_or(Value::Null));
+            s.stop();
+        }
+        for s in &self.sockets {
+            let _ = std::fs::remove_file(s);
+        }
+        stats
+    }
+}
+
+/// The per-item figures of one mode (`modes.<mode>` in the JSON report).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct ModeReport {
+    /// Items the source sent.
+    pub items: u64,
+    /// Items whose result came back exactly right.
+    pub matched: u64,
+    /// The logical PCIe operations of one item, in order (the typical item).
+    pub trace: Vec<Op>,
+    /// Items whose operations were exactly `trace` (the others differed in where an
+    /// off-path operation fell).
+    pub trace_items: usize,
+    /// Items cut out of the run's trace.
+    pub traced_items: usize,
+    /// Critical operations of `trace`.
+    pub ops: usize,
+    /// Their round trips (½ per write, 1 per read).
+    pub rtt_units: f64,
+    /// Modeled communication time of one item on the default link (ns).
+    pub modeled_ns: f64,
+    /// CPU time of the mediating core per item (ns).
+    pub cpu_ns_per_item: f64,
+    /// Measured round trip of an item at the source, median (µs; emulation speed).
+    pub latency_p50_us: f64,
+}
+
+/// Cuts `trace` into items (each starts with the NIC writing an image to the host) and
+/// summarizes the typical one.
+pub fn mode_report(trace: &OpTrace, src: &SourceReport, cpu_ns_per_item: f64) -> ModeReport {
+    let items = trace.items(|o| o.dir == "nic->cpu" && o.kind == OpKind::DmaWr && o.role == OpRole::Data);
+    let (typical, n) = trace::typical(&items).unwrap_or_default();
+    let cost = trace::cost(&typical, &LinkConfig::default(), 0.0);
+    ModeReport {
+        items: src.sent,
+        matched: src.matched,
+        trace: typical,
+        trace_items: n,
+        traced_items: items.len(),
+        ops: cost.ops,
+        rtt_units: cost.rtt_units,
+        modeled_ns: cost.modeled_ns,
+        cpu_ns_per_item,
+        latency_p50_us: src.latency_p50_us,
+    }
+}
+
+/// Runs the chain with the driver in this process (vfio-user); returns the report of the
+/// mode, the source's report and the driver's statistics.
+pub fn run_native(o: &ChainOptions, dir: &Path) -> Result<(ModeReport, SourceReport, ChainStats, ChainRig)> {
+    let rig = ChainRig::new(o, dir)?;
+    let connect = |p: &PathBuf| -> Result<Box<dyn device_access::DeviceAccess>> {
+        Ok(Box::new(VfioUserDevice::connect(p).with_context(|| format!("connect {}", p.display()))?))
+    };
+    let nic = connect(&rig.sockets[0])?;
+    let cr = connect(&rig.sockets[1])?;
+    let ml = match o.shape {
+        Shape::CryptoMl => Some(connect(&rig.sockets[2])?),
+        Shape::Crypto => None,
+    };
+    let mut params = ChainParams::new(o.shape, rig.key);
+    params.items = Some(o.items);
+    params.idle = Some(Duration::from_secs(15));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut chain =
+        guest_apps::chain::Chain::setup(nic, cr, ml, params).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let s2 = stop.clone();
+    let driver = std::thread::Builder::new().name("chain".into()).spawn(move || chain.run(&s2))?;
+    rig.start();
+    let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * o.items);
+    while !rig.done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let stats = driver
+        .join()
+        .map_err(|_| anyhow::anyhow!("the chain thread panicked"))?
+        .map_err(|e| anyhow::anyhow!("chain: {e}"))?;
+    let src = rig.source();
+    let mode = mode_report(&rig.trace, &src, stats.cpu_ns_per_item);
+    Ok((mode, src, stats, rig))
+}
+
+fn check_mode(report: &mut RunReport, o: &ChainOptions, m: &ModeReport, src: &SourceReport) {
+    report.check(
+        "chain:all_matched",
+        src.matched == o.items && src.mismatched == 0 && src.lost == 0,
+        format!(
+            "sent {}, received {}, matched {}, mismatched {}, lost {}{}",
+            src.sent,
+            src.received,
+            src.matched,
+            src.mismatched,
+            src.lost,
+            src.first_mismatch.as_ref().map_or(String::new(), |w| format!(" (first: {w})"))
+        ),
+    );
+    report.check(
+        "chain:traced",
+        m.traced_items as u64 == o.items && m.trace_items * 2 > m.traced_items,
+        format!("{} items traced, {} share the reported trace", m.traced_items, m.trace_items),
+    );
+}
+
+/// `testbed run chain`: the chain's devices served to a guest (or a native driver)
+/// running the `chain` app; the source checks every result.
+pub fn run(env: Option<&Env>, opts: &RunOptions, o: &ChainOptions) -> Result<RunReport> {
+    let started = Instant::now();
+    let dir = run::private_dir("chain")?;
+    let mut report = match (o.transport, env) {
+        (Transport::Vm, Some(env)) => RunReport::new("chain", env, &dir),
+        _ => RunReport::native("chain", &dir),
+    };
+    let (mode, src, cpu_ns, rig) = match (o.transport, env) {
+        (Transport::Native, _) => {
+            let (mode, src, stats, rig) = run_native(o, &dir)?;
+            report.guest = json!({"transport": "vfio-user", "stats": format!("{stats:?}")});
+            let cpu = stats.cpu_ns_per_item;
+            (mode, src, cpu, rig)
+        }
+        (Transport::Vm, None) => anyhow::bail!("the VM transport needs a provisioned environment"),
+        (Transport::Vm, Some(env)) => {
+            let _lock = VmLock::acquire()?;
+            let rig = ChainRig::new(o, &dir)?;
+            let key: String = rig.key.iter().map(|b| format!("{b:02x}")).collect();
+            let spec = VmSpec {
+                name: "guest".into(),
+                accel: env.accel,
+                memory_mb: 512,
+                vfio_user: rig.sockets.clone(),
+                scenario: "chain".into(),
+                args: vec![
+                    format!("chain={}", o.shape.name().replace(',', "+")),
+                    format!("items={}", o.items),
+                    format!("key={key}"),
+                    "idle_ms=5000".into(),
+                ],
+                dir: dir.clone(),
+            };
+            let mut vm = Vm::start(&spec, &env.qemu, &env.image)?;
+            let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
+            let ready = vm.wait_for(opts.timeout, |ev| {
+                ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result")
+            });
+            let ready = ready && vm.events().0.iter().any(|e| e["event"] == "ready");
+            if ready {
+                rig.start();
+                let deadline = Instant::now() + opts.timeout;
+                while !rig.done() && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+            let out = vm.wait(opts.timeout);
+            run::finish_guest_checks(&mut report, &out, &console, &qemu_log);
+            report.check("guest_ready", ready, "the guest's chain set up its devices");
+            let cpu = report.guest["values"]["cpu_ns_per_item"].as_f64().unwrap_or(0.0);
+            let src = rig.source();
+            let mode = mode_report(&rig.trace, &src, cpu);
+            if opts.console {
+                eprintln!(
+                    "----- guest console -----\n{}",
+                    std::fs::read_to_string(&console).unwrap_or_default()
+                );
+            }
+            (mode, src, cpu, rig)
+        }
+    };
+    let _ = cpu_ns;
+    check_mode(&mut report, o, &mode, &src);
+    report.devices = rig.device_counters();
+    report.traffic = serde_json::to_value(&src)?;
+    report.modes = json!({ o.mode.name(): mode });
+    report.servers = rig.stop();
+    report.finish(&dir, opts.keep, started);
+    Ok(report)
+}
+
+/// The trace of a mode as a table, Table 2 style.
+pub fn render_trace(mode: &str, m: &ModeReport) -> String {
+    let mut s = format!(
+        "  {mode}: {} critical operations, {} PCIe RTT, modeled {:.0} ns per item\n",
+        m.ops, m.rtt_units, m.modeled_ns
+    );
+    for o in &m.trace {
+        let rtt = if o.rtt_weight == 1.0 { "1" } else { "1/2" };
+        let kind =
+            serde_json::to_value(o.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let role =
+            serde_json::to_value(o.role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        if o.critical {
+            s += &format!("    {:<16} {:<8} {:<11} {:>6} B  {rtt} RTT\n", o.dir, kind, role, o.bytes);
+        } else {
+            s += &format!(
+                "    {:<16} {:<8} {:<11} {:>6} B  (off the critical path)\n",
+                o.dir, kind, role, o.bytes
+            );
+        }
+    }
+    s
+}

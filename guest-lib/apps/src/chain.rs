@@ -1,0 +1,470 @@
+//! The accelerator chain with the CPU in the middle (seed Figure 8, Table 2): encrypted
+//! images arrive on the Ensō NIC; the CPU submits each to the crypto accelerator, waits,
+//! submits the plain image to the ML accelerator, waits, and transmits the result.
+//!
+//! Zero copy where the devices allow it: the crypto device reads the record inside the
+//! received frame (the application strips the 42 header bytes by pointing past them), and
+//! the last device writes its output just after a reply header the CPU prepared in the TX
+//! buffer. The CPU touches only headers. With [`Shape::Crypto`] the chain is the crypto
+//! device alone and the decrypted image goes back.
+
+use crate::report::Report;
+use accel_driver::{Accel, Command};
+use device_access::{DeviceAccess, DmaBuffer, DmaOptions};
+use enso::{Device, PacketIter, RxPipe, TxPipe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use testbed_regs::record::{self, Header, FRAME_HEADER};
+
+/// Which accelerators the chain has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// NIC → crypto → NIC.
+    Crypto,
+    /// NIC → crypto → ML → NIC.
+    CryptoMl,
+}
+
+impl Shape {
+    /// Parses "crypto" or "crypto,ml" (also "crypto+ml", for kernel command lines).
+    pub fn parse(s: &str) -> Option<Shape> {
+        match s {
+            "crypto" => Some(Shape::Crypto),
+            "crypto,ml" | "crypto+ml" => Some(Shape::CryptoMl),
+            _ => None,
+        }
+    }
+
+    /// The name [`Shape::parse`] takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shape::Crypto => "crypto",
+            Shape::CryptoMl => "crypto,ml",
+        }
+    }
+}
+
+/// What the chain is asked to do.
+#[derive(Clone, Debug)]
+pub struct ChainParams {
+    /// The chain's accelerators.
+    pub shape: Shape,
+    /// The stream's AES-256 key (provisioned by the tenant).
+    pub key: [u8; 32],
+    /// The ML model ID.
+    pub model: u32,
+    /// Stop after this many items (None: no limit).
+    pub items: Option<u64>,
+    /// Stop when idle this long after at least one item.
+    pub idle: Option<Duration>,
+    /// Give up when nothing arrives for this long.
+    pub start_timeout: Option<Duration>,
+    /// How long to wait for one accelerator completion.
+    pub accel_timeout: Duration,
+}
+
+impl ChainParams {
+    /// Defaults for `shape` and `key`.
+    pub fn new(shape: Shape, key: [u8; 32]) -> Self {
+        ChainParams {
+            shape,
+            key,
+            model: 1,
+            items: None,
+            idle: Some(Duration::from_secs(3)),
+            start_timeout: None,
+            accel_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the chain did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ChainStats {
+    /// Items that went through the whole chain and were transmitted.
+    pub items: u64,
+    /// Frames that were not chain records (wrong port, malformed record): dropped.
+    pub bad_frames: u64,
+    /// Items the crypto device refused (authentication failed): dropped.
+    pub auth_failures: u64,
+    /// Items an accelerator failed otherwise (status other than OK): dropped.
+    pub accel_errors: u64,
+    /// Items whose bytes wrapped a ring's end and were copied by the CPU.
+    pub bounced: u64,
+    /// CPU time of the chain's thread from the first item to the last, per item (ns).
+    pub cpu_ns_per_item: f64,
+    /// Wall time per item over the same period (ns).
+    pub wall_ns_per_item: f64,
+    /// Doorbell writes: crypto, ML.
+    pub accel_doorbells: u64,
+}
+
+/// Errors that stop the chain.
+#[derive(Debug)]
+pub enum ChainError {
+    /// The NIC driver failed.
+    Nic(enso::Error),
+    /// An accelerator driver failed.
+    Accel(accel_driver::Error),
+    /// The transport failed.
+    Access(device_access::Error),
+    /// The chain's devices do not match its shape.
+    Setup(String),
+}
+
+impl std::fmt::Display for ChainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainError::Nic(e) => write!(f, "NIC: {e}"),
+            ChainError::Accel(e) => write!(f, "accelerator: {e}"),
+            ChainError::Access(e) => write!(f, "transport: {e}"),
+            ChainError::Setup(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<enso::Error> for ChainError {
+    fn from(e: enso::Error) -> Self {
+        ChainError::Nic(e)
+    }
+}
+impl From<accel_driver::Error> for ChainError {
+    fn from(e: accel_driver::Error) -> Self {
+        ChainError::Accel(e)
+    }
+}
+impl From<device_access::Error> for ChainError {
+    fn from(e: device_access::Error) -> Self {
+        ChainError::Access(e)
+    }
+}
+
+/// Slot size of the intermediate buffer (one record between crypto and ML).
+const SLOT: usize = 16 << 10;
+
+/// The chain set up on its devices.
+pub struct Chain {
+    dev: Device,
+    rx: RxPipe,
+    tx: TxPipe,
+    crypto: Accel,
+    ml: Option<Accel>,
+    /// Intermediate records (crypto output, ML input) and bounce space.
+    mid: DmaBuffer,
+    params: ChainParams,
+}
+
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec we pass; the result is checked.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return 0;
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The IPv4 header checksum of `hdr` (20 bytes, checksum field included as zero).
+fn ipv4_checksum(hdr: &[u8]) -> u16 {
+    let mut sum: u32 =
+        hdr.chunks(2).map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The reply header for a request header `req`, carrying `payload` UDP payload bytes:
+/// addresses and ports swapped, lengths and checksum redone.
+fn reply_header(req: &[u8; FRAME_HEADER], payload: usize) -> [u8; FRAME_HEADER] {
+    let mut h = *req;
+    h[0..6].copy_from_slice(&req[6..12]);
+    h[6..12].copy_from_slice(&req[0..6]);
+    h[26..30].copy_from_slice(&req[30..34]);
+    h[30..34].copy_from_slice(&req[26..30]);
+    h[34..36].copy_from_slice(&req[36..38]);
+    h[36..38].copy_from_slice(&req[34..36]);
+    let ip_len = (20 + 8 + payload) as u16;
+    h[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    h[24..26].copy_from_slice(&[0, 0]);
+    let c = ipv4_checksum(&h[14..34]);
+    h[24..26].copy_from_slice(&c.to_be_bytes());
+    h[38..40].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
+    h[40..42].copy_from_slice(&[0, 0]);
+    h
+}
+
+/// The record inside a chain frame (UDP to [`record::UDP_PORT`]), if it is one.
+fn frame_record(f: &[u8]) -> Option<&[u8]> {
+    let eth_ip = f.len() >= FRAME_HEADER && f[12..14] == [0x08, 0x00] && f[14] == 0x45 && f[23] == 17;
+    if !eth_ip || u16::from_be_bytes([f[36], f[37]]) != record::UDP_PORT {
+        return None;
+    }
+    let h = Header::parse(&f[FRAME_HEADER..])?;
+    f.get(FRAME_HEADER..FRAME_HEADER + h.record_len())
+}
+
+impl Chain {
+    /// Sets the devices up: one DMA view shared by all three, NIC pair 0 with one RX pipe
+    /// as the fallback queue and one TX pipe, and a ring on each accelerator.
+    pub fn setup(
+        mut nic: Box<dyn DeviceAccess>,
+        mut crypto: Box<dyn DeviceAccess>,
+        ml: Option<Box<dyn DeviceAccess>>,
+        params: ChainParams,
+    ) -> Result<Chain, ChainError> {
+        let mut ml = ml;
+        if (params.shape == Shape::CryptoMl) != ml.is_some() {
+            return Err(ChainError::Setup(format!(
+                "chain '{}' needs {} ML device",
+                params.shape.name(),
+                if ml.is_some() { "no" } else { "an" }
+            )));
+        }
+        {
+            let mut devs: Vec<&mut dyn DeviceAccess> = vec![nic.as_mut(), crypto.as_mut()];
+            if let Some(m) = ml.as_mut() {
+                devs.push(m.as_mut());
+            }
+            device_access::share_dma(&mut devs);
+        }
+        let mut crypto = Accel::open(crypto, 64)?;
+        if crypto.function() != accel_driver::Function::Crypto {
+            return Err(ChainError::Setup(format!("the crypto device is {:?}", crypto.function())));
+        }
+        let ml = match ml {
+            Some(a) => {
+                let m = Accel::open(a, 64)?;
+                if m.function() != accel_driver::Function::Ml {
+                    return Err(ChainError::Setup(format!("the ML device is {:?}", m.function())));
+                }
+                Some(m)
+            }
+            None => None,
+        };
+        let mid = crypto.access().alloc_dma(2 * SLOT, DmaOptions::default())?;
+        let mut dev = Device::new(nic, 0)?;
+        let rx = dev.alloc_rx_pipe()?;
+        let tx = dev.alloc_tx_pipe()?;
+        dev.configure_fallback_queues(1, false)?;
+        Ok(Chain { dev, rx, tx, crypto, ml, mid, params })
+    }
+
+    /// Runs one accelerator command and waits for it; the completion's output length on
+    /// success, None (counted) when the device refused the item.
+    fn step(
+        accel: &mut Accel,
+        cmd: &Command,
+        timeout: Duration,
+        s: &mut ChainStats,
+    ) -> Result<Option<u32>, ChainError> {
+        accel.submit(cmd)?;
+        let c = accel.wait(timeout)?;
+        if c.ok() {
+            return Ok(Some(c.out_len));
+        }
+        if c.status == testbed_regs::accel::status::AUTH_FAILED {
+            s.auth_failures += 1;
+        } else {
+            s.accel_errors += 1;
+        }
+        Ok(None)
+    }
+
+    /// Handles one received frame: the whole chain, then the reply.
+    fn item(&mut self, frame: &[u8], s: &mut ChainStats) -> Result<(), ChainError> {
+        let Some(rec) = frame_record(frame) else {
+            s.bad_frames += 1;
+            return Ok(());
+        };
+        let mut req = [0u8; FRAME_HEADER];
+        req.copy_from_slice(&frame[..FRAME_HEADER]);
+        let p = &self.params;
+        let to = p.accel_timeout;
+        // The record in place (the crypto device reads it from the RX ring), or a copy
+        // when it wraps the ring's end.
+        let src = match self.rx.iova_of(rec) {
+            Some(a) => a,
+            None => {
+                s.bounced += 1;
+                self.mid.as_mut_slice()[SLOT..SLOT + rec.len()].copy_from_slice(rec);
+                self.mid.iova() + SLOT as u64
+            }
+        };
+        // Where the last device writes: just after the reply header in the TX ring.
+        let out_cap = match p.shape {
+            Shape::Crypto => rec.len(),
+            Shape::CryptoMl => record::HEADER + 64,
+        };
+        let direct = self.tx.next_iova(FRAME_HEADER + out_cap);
+        let last_dst = direct.map_or(self.mid.iova() + SLOT as u64, |a| a + FRAME_HEADER as u64);
+        let rec_len = rec.len() as u32;
+        let (mid_iova, slot) = (self.mid.iova(), SLOT as u32);
+        let out = match p.shape {
+            Shape::Crypto => Self::step(
+                &mut self.crypto,
+                &Command::decrypt(src, rec_len, last_dst, out_cap as u32, p.key),
+                to,
+                s,
+            )?,
+            Shape::CryptoMl => {
+                let dec = Command::decrypt(src, rec_len, mid_iova, slot, p.key);
+                match Self::step(&mut self.crypto, &dec, to, s)? {
+                    Some(n) => {
+                        let ml = self.ml.as_mut().ok_or_else(|| ChainError::Setup("no ML device".into()))?;
+                        let inf = Command::infer(mid_iova, n, last_dst, out_cap as u32, p.model);
+                        Self::step(ml, &inf, to, s)?
+                    }
+                    None => None,
+                }
+            }
+        };
+        let Some(n) = out else { return Ok(()) };
+        let n = n as usize;
+        let bounce = if direct.is_none() {
+            s.bounced += 1;
+            Some(self.mid.as_slice()[SLOT..SLOT + n].to_vec())
+        } else {
+            None
+        };
+        let buf = self.tx.allocate_buf(&mut self.dev, FRAME_HEADER + out_cap)?;
+        buf[..FRAME_HEADER].copy_from_slice(&reply_header(&req, n));
+        if let Some(b) = bounce {
+            buf[FRAME_HEADER..FRAME_HEADER + n].copy_from_slice(&b);
+        }
+        self.tx.send_and_free(&mut self.dev, FRAME_HEADER + n)?;
+        s.items += 1;
+        Ok(())
+    }
+
+    /// Runs until `items` items, idleness, or `stop`.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<ChainStats, ChainError> {
+        let mut s = ChainStats::default();
+        let start = Instant::now();
+        let mut last = start;
+        let mut first: Option<(Instant, u64)> = None;
+        let mut end = (start, 0u64);
+        let mut polls = 0u32;
+        let limit = self.params.items.unwrap_or(u64::MAX);
+        while s.items < limit {
+            if self.dev.next_rx_pipe_to_recv().is_none() {
+                polls = polls.wrapping_add(1);
+                if polls.is_multiple_of(256) {
+                    let now = Instant::now();
+                    let idle = if first.is_some() { self.params.idle } else { self.params.start_timeout };
+                    let since = if first.is_some() { last } else { start };
+                    if stop.load(Ordering::Relaxed) || idle.is_some_and(|d| now - since >= d) {
+                        break;
+                    }
+                    self.dev.process_completions();
+                }
+                if polls.is_multiple_of(16) {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            if first.is_none() {
+                first = Some((Instant::now(), thread_cpu_ns()));
+            }
+            // Peek, handle every frame in place, then consume and free the bytes.
+            let batch = self.rx.peek(usize::MAX);
+            let len = batch.len();
+            // SAFETY: the bytes stay valid and unchanged until `confirm_bytes` below
+            // frees them (the device never writes between head and announced tail); the
+            // copy of the slice lets `item` use the pipe and the devices meanwhile.
+            let batch: &[u8] = unsafe { std::slice::from_raw_parts(batch.as_ptr(), len) };
+            for frame in PacketIter::new(batch) {
+                self.item(frame, &mut s)?;
+            }
+            let _ = self.rx.recv(len);
+            self.rx.confirm_bytes(len)?;
+            last = Instant::now();
+            end = (last, thread_cpu_ns());
+        }
+        if let Some((t0, c0)) = first {
+            let n = s.items.max(1) as f64;
+            s.cpu_ns_per_item = end.1.saturating_sub(c0) as f64 / n;
+            s.wall_ns_per_item = (end.0 - t0).as_nanos() as f64 / n;
+        }
+        let _ = self.dev.wait_tx_idle(Duration::from_secs(2));
+        s.accel_doorbells = self.crypto.doorbells() + self.ml.as_ref().map_or(0, |m| m.doorbells());
+        Ok(s)
+    }
+}
+
+/// Sets the chain up and runs it until `params` or `stop` say so.
+pub fn run_for(
+    nic: Box<dyn DeviceAccess>,
+    crypto: Box<dyn DeviceAccess>,
+    ml: Option<Box<dyn DeviceAccess>>,
+    params: ChainParams,
+    stop: &AtomicBool,
+) -> Result<ChainStats, ChainError> {
+    Chain::setup(nic, crypto, ml, params)?.run(stop)
+}
+
+/// The `chain` scenario: runs the chain and reports what it did.
+pub fn run(
+    nic: Box<dyn DeviceAccess>,
+    crypto: Box<dyn DeviceAccess>,
+    ml: Option<Box<dyn DeviceAccess>>,
+    params: ChainParams,
+) -> Report {
+    let mut r = Report::new("chain", nic.transport());
+    r.value("shape", params.shape.name());
+    let want = params.items;
+    let shape = params.shape;
+    let result = Chain::setup(nic, crypto, ml, params).and_then(|mut c| {
+        // Tell the host the chain is up: its source starts on this line.
+        println!("{}", serde_json::json!({"event": "ready", "scenario": "chain", "chain": shape.name()}));
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        c.run(&AtomicBool::new(false))
+    });
+    match result {
+        Ok(s) => {
+            if let Some(n) = want {
+                r.check("items", s.items == n, format!("{} of {n} items through the chain", s.items));
+            } else {
+                r.check("items", s.items > 0, format!("{} items through the chain", s.items));
+            }
+            r.check("refusals", s.auth_failures + s.accel_errors + s.bad_frames == 0, format!("{s:?}"));
+            r.value("items", s.items);
+            r.value("bad_frames", s.bad_frames);
+            r.value("auth_failures", s.auth_failures);
+            r.value("accel_errors", s.accel_errors);
+            r.value("bounced", s.bounced);
+            r.value("cpu_ns_per_item", s.cpu_ns_per_item);
+            r.value("wall_ns_per_item", s.wall_ns_per_item);
+            r.value("accel_doorbells", s.accel_doorbells);
+        }
+        Err(e) => r.fail("chain", e),
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_header_swaps_and_fixes_lengths() {
+        let mut req = [0u8; FRAME_HEADER];
+        req[0..6].copy_from_slice(&[1; 6]);
+        req[6..12].copy_from_slice(&[2; 6]);
+        req[12..14].copy_from_slice(&[8, 0]);
+        req[14] = 0x45;
+        req[23] = 17;
+        req[26..30].copy_from_slice(&[10, 0, 0, 2]);
+        req[30..34].copy_from_slice(&[10, 1, 0, 1]);
+        req[34..36].copy_from_slice(&5000u16.to_be_bytes());
+        req[36..38].copy_from_slice(&record::UDP_PORT.to_be_bytes());
+        let h = reply_header(&req, 84);
+        assert_eq!((&h[0..6], &h[6..12]), (&[2u8; 6][..], &[1u8; 6][..]));
+        assert_eq!(&h[26..30], &[10, 1, 0, 1]);
+        assert_eq!(u16::from_be_bytes([h[36], h[37]]), 5000);
+        assert_eq!(u16::from_be_bytes([h[16], h[17]]), 112);
+        assert_eq!(u16::from_be_bytes([h[38], h[39]]), 92);
+        assert_eq!(ipv4_checksum(&h[14..34]), 0, "a valid header sums to zero");
+        assert!(frame_record(&h).is_none(), "not to the chain port, and no record");
+    }
+}
