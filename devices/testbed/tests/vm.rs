@@ -103,3 +103,24 @@ fn echo_on_the_packetized_nic_in_a_guest() {
     assert!(d["pcie"]["metadata_fraction"].as_f64().unwrap() > 0.2, "{d}");
     assert!(v["devices"]["packetized"]["descriptor_writebacks"].as_u64() > Some(0));
 }
+
+/// Recomputes ops and RTT units from a mode's `trace[]` (the report must agree).
+fn recompute(mode: &Value) -> (u64, f64) {
+    let trace = mode["trace"].as_array().expect("trace[]");
+    let critical: Vec<&Value> = trace.iter().filter(|o| o["critical"] == true).collect();
+    (critical.len() as u64, critical.iter().map(|o| o["rtt_weight"].as_f64().unwrap()).sum())
+}
+
+#[test]
+fn chain_through_the_cpu_in_a_guest_is_table_2() {
+    let v = run(&["run", "chain", "--mode", "cpu", "--items", "60", "--json"]);
+    let m = &v["modes"]["cpu"];
+    assert_eq!((m["items"].as_u64(), m["matched"].as_u64()), (Some(60), Some(60)), "{m}");
+    assert_eq!((m["ops"].as_u64(), m["rtt_units"].as_f64()), (Some(12), Some(9.0)));
+    assert_eq!(recompute(m), (12, 9.0), "ops and RTT units follow from trace[]");
+    assert!(m["modeled_ns"].as_f64().is_some_and(|n| n > 9.0 * 2.0 * 379.0));
+    assert!(m["cpu_ns_per_item"].as_f64().is_some_and(|n| n > 0.0), "the guest measured its CPU time");
+    assert_eq!(v["guest"]["transport"], "vfio", "the chain ran through VFIO in the guest");
+    assert_eq!(v["devices"]["crypto"]["commands"], 60);
+    assert_eq!(v["devices"]["ml"]["commands"], 60);
+}
