@@ -408,8 +408,9 @@ fn echo_args() -> EchoArgs {
     }
 }
 
-/// The demo: the smoke device (every testbed path), then the Ensō NIC echoing traffic
-/// from the host generator through the guest's driver.
+/// The demo: the smoke device (every testbed path), the Ensō NIC echoing traffic from the
+/// host generator through the guest's driver, the packetized baseline, and the
+/// accelerator chain.
 fn demo(vm: &VmArgs) -> i32 {
     let env = match run::Env::provision(vm.accel) {
         Ok(env) => env,
@@ -419,18 +420,24 @@ fn demo(vm: &VmArgs) -> i32 {
         }
     };
     eprintln!(
-        "[testbed] demo 1/3: the smoke device, served over vfio-user to a QEMU guest running our driver"
+        "[testbed] demo 1/4: the smoke device, served over vfio-user to a QEMU guest running our driver"
     );
     let smoke = finish(run::smoke(&env, &vm.options(), false), false, "smoke");
     println!();
-    eprintln!("[testbed] demo 2/3: the Ensō NIC; the guest's echo app answers 20000 packets from the host generator");
+    eprintln!("[testbed] demo 2/4: the Ensō NIC; the guest's echo app answers 20000 packets from the host generator");
     let echo = echo_args();
     let echo = finish(run::echo(&env, &vm.options(), echo.options()), false, "echo");
     println!();
-    eprintln!("[testbed] demo 3/3: the same echo on the packetized baseline NIC (per-packet descriptors and buffers)");
+    eprintln!("[testbed] demo 3/4: the same echo on the packetized baseline NIC (per-packet descriptors and buffers)");
     let packetized = EchoArgs { nic: run::NicKind::Packetized, ..echo_args() };
     let packetized = finish(run::echo(&env, &vm.options(), packetized.options()), false, "echo");
-    smoke.max(echo).max(packetized)
+    println!();
+    eprintln!(
+        "[testbed] demo 4/4: the accelerator chain NIC → crypto → ML → NIC with the CPU in the middle (seed Table 2)"
+    );
+    let o = testbed::chain::ChainOptions { items: 100, ..Default::default() };
+    let chain = finish(testbed::chain::run(Some(&env), &vm.options(), &o), false, "chain");
+    smoke.max(echo).max(packetized).max(chain)
 }
 
 fn serve(device: &str, socket: &std::path::Path) -> i32 {
