@@ -52,6 +52,8 @@ struct Stream {
     dest_off: u64,
     /// Accepted bytes not yet processed.
     pending: Vec<u8>,
+    /// Stream offset of `pending[0]`.
+    consumed: u64,
 }
 
 /// The trapped registers and queue state, shared by the register side and the thread.
@@ -86,18 +88,20 @@ pub struct StreamPort {
 }
 
 impl StreamPort {
-    /// Delivers a write of `data` at `offset` of the stream window; false (and counted as
-    /// STREAM_DROPS) when it is out of order, overflows the window or the stream is off.
+    /// Delivers a write of `data` at `offset` of the stream window: at or after the
+    /// current end (a gap is padding between records, which start on 64-byte boundaries
+    /// of the stream), within half a window. False (and counted as STREAM_DROPS) when it
+    /// is behind, too far ahead, overflows the window or the stream is off.
     pub fn push(&self, offset: u64, data: &[u8]) -> bool {
         let mut st = self.shared.state();
         let s = &mut st.stream;
-        let expected = s.in_off % regs::STREAM_WINDOW_SIZE;
-        let ok = s.enabled
-            && offset == expected
-            && s.pending.len() + data.len() <= regs::STREAM_WINDOW_SIZE as usize;
+        let w = regs::STREAM_WINDOW_SIZE;
+        let gap = (offset % w + w - s.in_off % w) % w;
+        let ok = s.enabled && gap < w / 2 && s.pending.len() as u64 + gap + data.len() as u64 <= w;
         if ok {
+            s.pending.resize(s.pending.len() + gap as usize, 0);
             s.pending.extend_from_slice(data);
-            s.in_off += data.len() as u64;
+            s.in_off += gap + data.len() as u64;
         } else {
             self.shared.counters.add(c::STREAM_DROPS, 1);
         }
@@ -312,6 +316,7 @@ impl Accelerator {
                 s.enabled = true;
                 s.in_off = 0;
                 s.dest_off = 0;
+                s.consumed = 0;
                 s.pending.clear();
             }
             reg::STREAM_CTRL if v == 0 => {
@@ -356,9 +361,24 @@ impl Worker {
             self.bad_tail = None;
         }
         if st.stream.enabled && !st.stream.pending.is_empty() {
-            work |= self.stream(&mut st.stream, dma);
+            // Take the complete records out, then compute and push without the lock: a
+            // push may reach another device whose own thread pushes back to us.
+            let records = self.take_records(&mut st.stream);
+            let cfg = StreamCfg { op: st.stream.op, model: st.stream.model, key: st.stream.key };
+            let (dest, size) = (st.stream.dest, st.stream.dest_size as u64);
+            let mut off = st.stream.dest_off;
+            drop(st);
+            work |= !records.is_empty();
+            for r in &records {
+                self.stream_record(&cfg, r, dest, size, &mut off, dma);
+            }
+            let mut st = shared.state();
+            if st.stream.enabled && st.stream.dest == dest {
+                st.stream.dest_off = off;
+            }
+        } else {
+            drop(st);
         }
-        drop(st);
         self.local.flush(&shared.counters);
         work
     }
@@ -442,51 +462,65 @@ impl Worker {
         (status::OK, self.output.len() as u32)
     }
 
-    /// Processes the complete records buffered in the stream; true when any was.
-    fn stream(&mut self, s: &mut Stream, dma: &Dma) -> bool {
-        let mut done = 0;
-        let mut work = false;
-        while let Some(rest) = s.pending.get(done..).filter(|r| r.len() >= record::HEADER) {
-            let Some(h) = Header::parse(rest) else {
+    /// Takes the complete records out of the stream's buffer (each starts on a 64-byte
+    /// boundary of the stream). A header that is not a record drops everything buffered.
+    fn take_records(&mut self, s: &mut Stream) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let skip = ((64 - s.consumed % 64) % 64) as usize;
+            if s.pending.len() < skip + record::HEADER {
+                break;
+            }
+            let Some(h) = Header::parse(&s.pending[skip..]) else {
                 self.local.add(c::STREAM_BAD_RECORDS, 1);
-                done = s.pending.len();
+                s.consumed += s.pending.len() as u64;
+                s.pending.clear();
                 break;
             };
             let n = h.record_len();
-            if rest.len() < n {
+            if s.pending.len() < skip + n {
                 break;
             }
-            let mut state = s.key;
-            if self.func.id() == reg::FUNCTION_ML {
-                state[..4].copy_from_slice(&s.model.to_le_bytes());
-            }
-            let st = self.func.execute(s.op as u8, &state, &rest[..n], &mut self.output);
-            done += n;
-            work = true;
-            if st != status::OK {
-                self.local
-                    .add(if st == status::AUTH_FAILED { c::AUTH_FAILURES } else { c::STREAM_BAD_RECORDS }, 1);
-                continue;
-            }
-            let size = s.dest_size as u64;
-            let at = s.dest_off % size;
-            let first = (self.output.len() as u64).min(size - at) as usize;
-            let ok = self.output.len() as u64 <= size
-                && dma.write(s.dest + at, &self.output[..first], DmaClass::Data).is_ok()
-                && (first == self.output.len()
-                    || dma.write(s.dest, &self.output[first..], DmaClass::Data).is_ok());
-            if !ok {
-                self.local.add(c::DMA_ERRORS, 1);
-                continue;
-            }
-            s.dest_off += (self.output.len() as u64).next_multiple_of(64);
-            self.local.add(c::STREAM_RECORDS, 1);
-            self.local.add(c::INPUT_BYTES, n as u64);
-            self.local.add(c::OUTPUT_BYTES, self.output.len() as u64);
+            out.push(s.pending[skip..skip + n].to_vec());
+            s.pending.drain(..skip + n);
+            s.consumed += (skip + n) as u64;
         }
-        s.pending.drain(..done);
-        work
+        out
     }
+
+    /// Computes one stream record and pushes the output to the destination ring at `off`.
+    fn stream_record(&mut self, cfg: &StreamCfg, rec: &[u8], dest: u64, size: u64, off: &mut u64, dma: &Dma) {
+        let mut state = cfg.key;
+        if self.func.id() == reg::FUNCTION_ML {
+            state[..4].copy_from_slice(&cfg.model.to_le_bytes());
+        }
+        let st = self.func.execute(cfg.op as u8, &state, rec, &mut self.output);
+        if st != status::OK {
+            self.local
+                .add(if st == status::AUTH_FAILED { c::AUTH_FAILURES } else { c::STREAM_BAD_RECORDS }, 1);
+            return;
+        }
+        let at = *off % size;
+        let first = (self.output.len() as u64).min(size - at) as usize;
+        let ok = self.output.len() as u64 <= size
+            && dma.write(dest + at, &self.output[..first], DmaClass::Data).is_ok()
+            && (first == self.output.len() || dma.write(dest, &self.output[first..], DmaClass::Data).is_ok());
+        if !ok {
+            self.local.add(c::DMA_ERRORS, 1);
+            return;
+        }
+        *off += (self.output.len() as u64).next_multiple_of(64);
+        self.local.add(c::STREAM_RECORDS, 1);
+        self.local.add(c::INPUT_BYTES, rec.len() as u64);
+        self.local.add(c::OUTPUT_BYTES, self.output.len() as u64);
+    }
+}
+
+/// A stream's computation settings, copied out of the registers for one round.
+struct StreamCfg {
+    op: u32,
+    model: u32,
+    key: [u8; 32],
 }
 
 impl PciDevice for Accelerator {

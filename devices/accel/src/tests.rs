@@ -269,7 +269,8 @@ fn stream_processes_records_in_order_and_pushes_output() {
         assert!(port.push(off % regs::STREAM_WINDOW_SIZE, a));
         off += a.len() as u64;
         r.dev.bar_write(regs::DB_BAR, regs::STREAM_WINDOW + off % regs::STREAM_WINDOW_SIZE, b);
-        off += b.len() as u64;
+        // The next record starts on the next 64-byte boundary (the gap is padding).
+        off = (off + b.len() as u64).next_multiple_of(64);
         let mut p = Vec::new();
         crypto::open(&key, &sealed, &mut p).unwrap();
         want.push(p);
@@ -292,8 +293,18 @@ fn stream_processes_records_in_order_and_pushes_output() {
         at += (p.len() as u64).next_multiple_of(64);
     }
     assert_eq!(r.r(reg::STREAM_DEST_OFFSET) as u64, at);
-    assert_eq!(r.r(reg::STREAM_IN_OFFSET) as u64, off);
-    // An out-of-order write is dropped and counted; the stream goes on.
+    assert_eq!(r.r(reg::STREAM_IN_OFFSET) as u64, 5 * 768 + 740);
+    // A write behind the end is dropped and counted; the stream goes on.
     assert!(!port.push(5, &[0; 10]));
     assert_eq!(r.counter(c::STREAM_DROPS), 1);
+    // Records start on 64-byte boundaries: a writer may leave padding between them.
+    let sealed = crypto::seal(&key, 9, 2, crypto::item_nonce(2, 9), &[1u8; 10]);
+    assert_ne!(off, 5 * 768 + 740, "the last record left a gap to the next boundary");
+    assert!(port.push(off % regs::STREAM_WINDOW_SIZE, &sealed), "a forward gap is padding");
+    let t = Instant::now();
+    while r.counter(c::STREAM_RECORDS) < 7 {
+        assert!(t.elapsed() < Duration::from_secs(10));
+        std::thread::yield_now();
+    }
+    assert_eq!(r.counter(c::STREAM_BAD_RECORDS), 0);
 }

@@ -94,6 +94,9 @@ pub trait QueueEngine: Send {
     fn disable_nb(&mut self, nb: u32);
     /// Reactive (false) or per-packet (true) notifications.
     fn set_per_packet(&mut self, per_packet: bool);
+    /// Marks `pipe` as a stream pipe (or not): it sends no notifications; whoever
+    /// consumes it returns head credits.
+    fn set_stream(&mut self, pipe: u32, stream: bool);
     /// A frame steered to `pipe`: write it and notify as the notification rule says.
     fn rx_packet(&mut self, pipe: u32, frame: &[u8], io: &mut dyn EngineIo) -> RxOutcome;
     /// Software wrote `head` into the pipe's `rx_head`.

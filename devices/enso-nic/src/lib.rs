@@ -41,6 +41,7 @@ pub mod flow;
 pub mod mac;
 pub mod packet;
 pub mod stats;
+pub mod stream;
 mod worker;
 
 #[cfg(test)]
@@ -111,6 +112,7 @@ pub(crate) struct Shared {
     pub pcie: Arc<Counters>,
     pub notif_mode: AtomicU32,
     pub clock: mac::Clock,
+    pub stream: Arc<stream::StreamRegs>,
 }
 
 /// The Ensō NIC.
@@ -157,6 +159,7 @@ impl EnsoNic {
             pcie: Arc::new(Counters::default()),
             notif_mode: AtomicU32::new(ext::MODE_REACTIVE),
             clock: mac::Clock::default(),
+            stream: Arc::default(),
         });
         let idle = Some(worker::DeviceState::new(&shared, Self::new_engine(&cfg), port));
         Ok(EnsoNic { config, shared, idle, worker: None, ctx: None, latch: (u64::MAX, 0) })
@@ -179,6 +182,16 @@ impl EnsoNic {
     /// One NIC counter (0 for an unknown index).
     pub fn counter(&self, idx: u32) -> u64 {
         self.shared.counters.get(idx)
+    }
+
+    /// A switch's handle on the TX stream window.
+    pub fn tx_stream_port(&self) -> stream::TxStreamPort {
+        stream::TxStreamPort { regs: self.shared.stream.clone() }
+    }
+
+    /// A switch's handle on the pipes' head registers (credits for stream pipes).
+    pub fn credit_port(&self) -> stream::CreditPort {
+        stream::CreditPort { bar2: self.shared.bar2.clone(), pipes: self.shared.cfg.num_pipes }
     }
 
     /// Device time in 5 ns ticks (what TIMESTAMP_LO/HI read).
@@ -275,6 +288,17 @@ impl EnsoNic {
             ext::TIMESTAMP_LO => wide(s.clock.ticks(), off, &mut self.latch),
             o if o == self.latch.0 => self.latch.1,
             ext::TIMESTAMP_HI => (s.clock.ticks() >> 32) as u32,
+            o if (ext::STREAM_RX_PIPE..ext::STREAM_RX_PIPE + 4 * ext::STREAM_RX_SLOTS as u64)
+                .contains(&o) =>
+            {
+                s.stream.rx_slots[((o - ext::STREAM_RX_PIPE) / 4) as usize].load(Ordering::Acquire)
+            }
+            ext::STREAM_TX_CTRL => s.stream.tx().enabled as u32,
+            ext::STREAM_TX_OFFSET => s.stream.tx().in_off as u32,
+            o if (ext::STREAM_TX_TEMPLATE..ext::STREAM_TX_TEMPLATE + 44).contains(&o) => {
+                let i = (o - ext::STREAM_TX_TEMPLATE) as usize;
+                u32::from_le_bytes(s.stream.tx().template[i..i + 4].try_into().unwrap_or_default())
+            }
             o if (ext::COUNTERS..ext::COUNTERS + 8 * COUNT as u64).contains(&o) => {
                 let v = s.counters.get(((o - ext::COUNTERS) / 8) as u32);
                 if o.is_multiple_of(8) {
@@ -291,6 +315,29 @@ impl EnsoNic {
         match off {
             ext::NOTIF_MODE if v == ext::MODE_REACTIVE || v == ext::MODE_PER_PACKET => {
                 self.shared.notif_mode.store(v, Ordering::Relaxed);
+                true
+            }
+            o if (ext::STREAM_RX_PIPE..ext::STREAM_RX_PIPE + 4 * ext::STREAM_RX_SLOTS as u64)
+                .contains(&o) =>
+            {
+                let pipe = v & !ext::STREAM_ENABLE;
+                if v & ext::STREAM_ENABLE != 0 && pipe >= self.shared.cfg.num_pipes {
+                    return false;
+                }
+                let st = &self.shared.stream;
+                st.rx_slots[((o - ext::STREAM_RX_PIPE) / 4) as usize].store(v, Ordering::Release);
+                st.rx_gen.fetch_add(1, Ordering::AcqRel);
+                true
+            }
+            ext::STREAM_TX_CTRL if v <= 1 => {
+                let mut t = self.shared.stream.tx();
+                let template = t.template;
+                *t = stream::TxStream { enabled: v == 1, template, ..Default::default() };
+                true
+            }
+            o if (ext::STREAM_TX_TEMPLATE..ext::STREAM_TX_TEMPLATE + 44).contains(&o) => {
+                let i = (o - ext::STREAM_TX_TEMPLATE) as usize;
+                self.shared.stream.tx().template[i..i + 4].copy_from_slice(&v.to_le_bytes());
                 true
             }
             ext::COUNTERS_CLEAR if v <= 1 => {
@@ -365,6 +412,12 @@ impl PciDevice for EnsoNic {
             shm.write_bytes(offset, data);
             return;
         }
+        let tx_window = ext::STREAM_TX_WINDOW..ext::STREAM_TX_WINDOW + ext::STREAM_TX_WINDOW_SIZE;
+        if index == regs::EXT_BAR && tx_window.contains(&offset) {
+            // The TX stream window (a refused write is counted as TX_DROP_STREAM).
+            self.shared.stream.tx().push(offset - ext::STREAM_TX_WINDOW, data);
+            return;
+        }
         let ok = index == regs::EXT_BAR
             && data.len() == 4
             && offset.is_multiple_of(4)
@@ -391,6 +444,11 @@ impl PciDevice for EnsoNic {
         self.clear_shared();
         self.shared.counters.clear();
         self.shared.notif_mode.store(ext::MODE_REACTIVE, Ordering::Relaxed);
+        for slot in &self.shared.stream.rx_slots {
+            slot.store(0, Ordering::Release);
+        }
+        self.shared.stream.rx_gen.fetch_add(1, Ordering::AcqRel);
+        *self.shared.stream.tx() = stream::TxStream::default();
         self.latch = (u64::MAX, 0);
         self.idle = Some(worker::DeviceState::new(&self.shared, Self::new_engine(&self.shared.cfg), port));
         if running {

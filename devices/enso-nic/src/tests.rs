@@ -633,6 +633,9 @@ fn every_error_is_counted_and_the_device_keeps_serving() {
     // Bad register writes.
     r.set_ext(ext::VERSION, 3);
     r.wait_counter(c::BAD_REGISTER_WRITES, 1);
+    // A TX stream window write while the window is stopped.
+    r.nic.bar_write(regs::EXT_BAR, ext::STREAM_TX_WINDOW, &[0; 8]);
+    r.wait_counter(c::TX_DROP_STREAM, 1);
     // Unplugged wire.
     let port = r.nic.take_port();
     r.ram_write(TXBUF, &udp(64, 1, 1));

@@ -12,6 +12,7 @@ use pcie_model::{Dma, DmaClass, OpKind, OpRole};
 use std::sync::atomic::{AtomicBool, Ordering};
 use testbed_regs::enso::ext::counter as c;
 use testbed_regs::enso::{config, ext, nb_page, notif, pipe_page, prefetch, queue, state, MAX_RX_PACKET};
+use testbed_regs::record::FRAME_HEADER;
 use wire::{EthPort, Frame};
 
 /// Frames taken from the port per round.
@@ -61,6 +62,10 @@ pub struct DeviceState {
     pool: Vec<Frame>,
     local: LocalCounts,
     pub(crate) port: Box<dyn EthPort>,
+    /// Stream pipes, by pipe index, as of `stream_gen`.
+    stream_pipes: Vec<bool>,
+    stream_gen: u32,
+    tx_frame: Vec<u8>,
 }
 
 impl DeviceState {
@@ -83,6 +88,9 @@ impl DeviceState {
             pool: Vec::new(),
             local: LocalCounts::default(),
             port,
+            stream_pipes: vec![false; cfg.num_pipes as usize],
+            stream_gen: u32::MAX,
+            tx_frame: Vec::new(),
         }
     }
 }
@@ -365,6 +373,8 @@ impl DeviceState {
             self.enabled_nbs.retain(|&j| nbs[j as usize].enabled_low != 0);
         }
 
+        work |= self.stream_round(shared);
+
         let mut rx = std::mem::take(&mut self.rx);
         if self.port.recv(&mut rx, RX_BATCH) > 0 {
             work = true;
@@ -390,10 +400,17 @@ impl DeviceState {
                     if self.ts.enabled {
                         self.ts.stamp_rx(&mut frame, shared.clock.ticks() as u32);
                     }
-                    let (engine, mut io) = self.split(shared, dma, stop);
-                    if engine.rx_packet(p, &frame, &mut io) == RxOutcome::Delivered {
-                        self.local.add(c::RX_PACKETS, 1);
-                        self.local.add(c::RX_BYTES, len as u64);
+                    // A stream pipe takes the record, not the frame.
+                    let stream = self.stream_pipes.get(p as usize).copied().unwrap_or(false);
+                    let skip = if stream { FRAME_HEADER } else { 0 };
+                    if len <= skip {
+                        self.local.add(c::RX_DROP_MALFORMED, 1);
+                    } else {
+                        let (engine, mut io) = self.split(shared, dma, stop);
+                        if engine.rx_packet(p, &frame[skip..], &mut io) == RxOutcome::Delivered {
+                            self.local.add(c::RX_PACKETS, 1);
+                            self.local.add(c::RX_BYTES, len as u64);
+                        }
                     }
                 }
             }
@@ -401,6 +418,53 @@ impl DeviceState {
         if self.pool.len() < POOL_MAX {
             self.pool.push(frame);
         }
+    }
+
+    /// Picks up stream-pipe changes and sends the records complete in the TX stream
+    /// window; true when it did anything.
+    fn stream_round(&mut self, shared: &Shared) -> bool {
+        let gen = shared.stream.rx_gen.load(Ordering::Acquire);
+        if gen != self.stream_gen {
+            self.stream_gen = gen;
+            let on = shared.stream.rx_pipes();
+            for p in 0..self.stream_pipes.len() as u32 {
+                let s = on.contains(&p);
+                if self.stream_pipes[p as usize] != s {
+                    self.stream_pipes[p as usize] = s;
+                    self.engine.set_stream(p, s);
+                }
+            }
+        }
+        let mut tx = shared.stream.tx();
+        let mut work = false;
+        if tx.drops > 0 {
+            self.local.add(c::TX_DROP_STREAM, std::mem::take(&mut tx.drops));
+        }
+        loop {
+            match tx.next_record() {
+                Ok(Some(rec)) => {
+                    let mut f = self.pool.pop().unwrap_or_default();
+                    tx.frame(&rec, &mut self.tx_frame);
+                    f.clear();
+                    f.extend_from_slice(&self.tx_frame);
+                    let len = f.len() as u64;
+                    if self.port.send(f) {
+                        self.local.add(c::TX_PACKETS, 1);
+                        self.local.add(c::TX_BYTES, len);
+                    } else {
+                        self.local.add(c::TX_DROP_WIRE, 1);
+                    }
+                    work = true;
+                }
+                Ok(None) => break,
+                Err(crate::stream::NotARecord) => {
+                    self.local.add(c::TX_DROP_STREAM, 1);
+                    work = true;
+                    break;
+                }
+            }
+        }
+        work
     }
 
     fn split<'a>(

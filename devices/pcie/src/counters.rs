@@ -67,6 +67,8 @@ pub struct Counters {
     /// Set while `tap` holds an operation trace to record into.
     tracing: AtomicBool,
     tap: Mutex<Option<TraceTap>>,
+    /// Who writes the registers this function's polling observes, when not the CPU.
+    mmio_source: Mutex<Option<std::sync::Arc<str>>>,
 }
 
 /// A point-in-time copy of [`Counters`], as reported in JSON.
@@ -201,8 +203,57 @@ impl Counters {
 
     #[cold]
     fn trace_slow(&self, kind: OpKind, role: OpRole, bytes: u64) {
+        let peer = match kind {
+            OpKind::MmioWr => self.mmio_source.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            _ => None,
+        };
         if let Some(tap) = self.tap.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            tap.record(kind, role, bytes);
+            tap.record_peer(kind, role, bytes, peer.as_deref());
+        }
+    }
+
+    /// Names who writes the registers this function polls (a switch that took over the
+    /// CPU's doorbells and credits); `None` is the CPU. Only the trace uses it.
+    pub fn set_mmio_source(&self, source: Option<&str>) {
+        *self.mmio_source.lock().unwrap_or_else(|e| e.into_inner()) = source.map(Into::into);
+    }
+
+    /// As [`Counters::dma_read_at`], for a read a switch answered from `peer` (None: host
+    /// memory).
+    #[inline]
+    pub fn dma_read_from(&self, addr: u64, bytes: usize, class: DmaClass, peer: Option<&str>) {
+        match peer {
+            None => self.dma_read_at(addr, bytes, class),
+            Some(p) => {
+                self.count_read(addr, bytes, class);
+                if self.tracing.load(Relaxed) {
+                    let role = if class == DmaClass::Data { OpRole::Data } else { OpRole::Descriptor };
+                    self.trace_peer(OpKind::DmaRd, role, bytes as u64, p);
+                }
+            }
+        }
+    }
+
+    /// As [`Counters::dma_write_at`], for a write a switch delivered to `peer` (None: host
+    /// memory).
+    #[inline]
+    pub fn dma_write_to(&self, addr: u64, bytes: usize, class: DmaClass, peer: Option<&str>) {
+        match peer {
+            None => self.dma_write_at(addr, bytes, class),
+            Some(p) => {
+                self.count_write(addr, bytes, class);
+                if self.tracing.load(Relaxed) {
+                    let role = if class == DmaClass::Data { OpRole::Data } else { OpRole::Completion };
+                    self.trace_peer(OpKind::DmaWr, role, bytes as u64, p);
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn trace_peer(&self, kind: OpKind, role: OpRole, bytes: u64, peer: &str) {
+        if let Some(tap) = self.tap.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            tap.record_routed(kind, role, bytes, peer);
         }
     }
 
@@ -211,6 +262,11 @@ impl Counters {
     pub fn dma_read_at(&self, addr: u64, bytes: usize, class: DmaClass) {
         let role = if class == DmaClass::Data { OpRole::Data } else { OpRole::Descriptor };
         self.trace_op(OpKind::DmaRd, role, bytes as u64);
+        self.count_read(addr, bytes, class);
+    }
+
+    #[inline]
+    fn count_read(&self, addr: u64, bytes: usize, class: DmaClass) {
         self.dma_reads.fetch_add(1, Relaxed);
         self.dma_read_bytes.fetch_add(bytes as u64, Relaxed);
         if class == DmaClass::Metadata {
@@ -230,6 +286,11 @@ impl Counters {
     pub fn dma_write_at(&self, addr: u64, bytes: usize, class: DmaClass) {
         let role = if class == DmaClass::Data { OpRole::Data } else { OpRole::Completion };
         self.trace_op(OpKind::DmaWr, role, bytes as u64);
+        self.count_write(addr, bytes, class);
+    }
+
+    #[inline]
+    fn count_write(&self, addr: u64, bytes: usize, class: DmaClass) {
         self.dma_writes.fetch_add(1, Relaxed);
         self.dma_write_bytes.fetch_add(bytes as u64, Relaxed);
         if class == DmaClass::Metadata {

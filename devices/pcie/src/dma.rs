@@ -46,6 +46,16 @@ pub trait DmaSpace: Send + Sync {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError>;
     /// Writes `data` at `addr`.
     fn write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError>;
+    /// As [`DmaSpace::read`], naming the function that answered when it was not host
+    /// memory (a switch routing the request to a peer).
+    fn read_routed(&self, addr: u64, buf: &mut [u8]) -> Result<Option<Arc<str>>, DmaError> {
+        self.read(addr, buf).map(|()| None)
+    }
+    /// As [`DmaSpace::write`], naming the function the write was delivered to when it was
+    /// not host memory.
+    fn write_routed(&self, addr: u64, data: &[u8]) -> Result<Option<Arc<str>>, DmaError> {
+        self.write(addr, data).map(|()| None)
+    }
 }
 
 struct MappedFile {
@@ -447,9 +457,9 @@ impl Dma {
     /// A counted DMA read.
     pub fn read(&self, addr: u64, buf: &mut [u8], class: DmaClass) -> Result<(), DmaError> {
         self.gate()?;
-        match self.space.read(addr, buf) {
-            Ok(()) => {
-                self.counters.dma_read_at(addr, buf.len(), class);
+        match self.space.read_routed(addr, buf) {
+            Ok(peer) => {
+                self.counters.dma_read_from(addr, buf.len(), class, peer.as_deref());
                 Ok(())
             }
             Err(e) => {
@@ -462,9 +472,9 @@ impl Dma {
     /// A counted DMA write.
     pub fn write(&self, addr: u64, data: &[u8], class: DmaClass) -> Result<(), DmaError> {
         self.gate()?;
-        match self.space.write(addr, data) {
-            Ok(()) => {
-                self.counters.dma_write_at(addr, data.len(), class);
+        match self.space.write_routed(addr, data) {
+            Ok(peer) => {
+                self.counters.dma_write_to(addr, data.len(), class, peer.as_deref());
                 Ok(())
             }
             Err(e) => {

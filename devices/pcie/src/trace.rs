@@ -83,6 +83,10 @@ pub struct Op {
     pub critical: bool,
     /// Round trips it costs (½ for writes, 1 for reads).
     pub rtt_weight: f64,
+    /// A switch routed it to (or answered it from) a peer function instead of host
+    /// memory; its pipeline delay is added to `modeled_ns`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub switched: bool,
 }
 
 /// The per-item figures recomputable from a trace.
@@ -92,21 +96,25 @@ pub struct TraceCost {
     pub ops: usize,
     /// Sum of the critical operations' round-trip weights.
     pub rtt_units: f64,
-    /// Modeled communication time: `rtt_units` round trips of the link plus the
-    /// serialization time of the critical bytes, plus `extra_ns` (fixed delays such as a
-    /// switch pipeline).
+    /// Modeled communication time: `rtt_units` round trips of the link, plus the
+    /// serialization time of the critical bytes, plus `switch_ns` for every critical
+    /// operation a switch routed (its match-action pipeline).
     pub modeled_ns: f64,
 }
 
-/// The cost of `ops` on `link` (see [`TraceCost`]).
-pub fn cost(ops: &[Op], link: &LinkConfig, extra_ns: f64) -> TraceCost {
+/// The cost of `ops` on `link`, with a switch pipeline of `switch_ns` per routed
+/// operation (see [`TraceCost`]).
+pub fn cost(ops: &[Op], link: &LinkConfig, switch_ns: f64) -> TraceCost {
     let critical = ops.iter().filter(|o| o.critical);
-    let (n, units, bytes) =
-        critical.fold((0, 0.0, 0u64), |(n, u, b), o| (n + 1, u + o.rtt_weight, b + o.bytes));
+    let (n, units, bytes, switched) = critical.fold((0, 0.0, 0u64, 0u32), |(n, u, b, s), o| {
+        (n + 1, u + o.rtt_weight, b + o.bytes, s + o.switched as u32)
+    });
     TraceCost {
         ops: n,
         rtt_units: units,
-        modeled_ns: units * 2.0 * link.one_way_latency_ns + link.serialization_ns(bytes as f64) + extra_ns,
+        modeled_ns: units * 2.0 * link.one_way_latency_ns
+            + link.serialization_ns(bytes as f64)
+            + switched as f64 * switch_ns,
     }
 }
 
@@ -117,6 +125,7 @@ struct Raw {
     kind: OpKind,
     role: OpRole,
     bytes: u64,
+    routed: bool,
 }
 
 impl Raw {
@@ -132,6 +141,7 @@ impl Raw {
             bytes: self.bytes,
             critical: self.role.critical(),
             rtt_weight: self.kind.rtt_weight(),
+            switched: self.routed,
         }
     }
 }
@@ -164,15 +174,25 @@ impl TraceTap {
     /// As [`TraceTap::record`], with the other end named (a peer device instead of the
     /// CPU, for device-to-device transfers).
     pub fn record_peer(&self, kind: OpKind, role: OpRole, bytes: u64, peer: Option<&str>) {
+        self.push(kind, role, bytes, peer, false);
+    }
+
+    /// Records an operation a switch routed to (or answered from) `peer`.
+    pub fn record_routed(&self, kind: OpKind, role: OpRole, bytes: u64, peer: &str) {
+        self.push(kind, role, bytes, Some(peer), true);
+    }
+
+    fn push(&self, kind: OpKind, role: OpRole, bytes: u64, peer: Option<&str>, routed: bool) {
         let peer: Arc<str> = peer.map_or_else(|| self.host.clone(), Arc::from);
         let mut ops = self.trace.ops.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(last) = ops.last_mut() {
-            if last.source == self.name && last.kind == kind && last.role == role && last.peer == peer {
+            let same = last.source == self.name && last.kind == kind && last.role == role;
+            if same && last.peer == peer && last.routed == routed {
                 last.bytes += bytes;
                 return;
             }
         }
-        ops.push(Raw { source: self.name.clone(), peer, kind, role, bytes });
+        ops.push(Raw { source: self.name.clone(), peer, kind, role, bytes, routed });
     }
 }
 
@@ -241,7 +261,7 @@ mod tests {
             acc.record(OpKind::MmioWr, OpRole::Doorbell, 4);
             acc.record(OpKind::DmaRd, OpRole::Descriptor, 64);
             acc.record(OpKind::DmaRd, OpRole::Data, 800);
-            acc.record_peer(OpKind::DmaWr, OpRole::Data, 800, Some("ml"));
+            acc.record_routed(OpKind::DmaWr, OpRole::Data, 800, "ml");
         }
         let items = t.items(|o| o.dir == "nic->cpu" && o.role == OpRole::Data);
         assert_eq!(items.len(), 2);
@@ -253,10 +273,13 @@ mod tests {
         assert_eq!(it[2].dir, "cpu->crypto");
         assert_eq!(it[3].dir, "cpu->crypto");
         assert_eq!(it[5].dir, "crypto->ml");
+        assert!(it[5].switched && !it[4].switched);
         let c = cost(it, &LinkConfig::default(), 0.0);
         assert_eq!(c.ops, 5);
         assert_eq!(c.rtt_units, 0.5 + 0.5 + 1.0 + 1.0 + 0.5);
         assert!(c.modeled_ns > 3.5 * 758.0);
+        let with_switch = cost(it, &LinkConfig::default(), 33.0);
+        assert_eq!(with_switch.modeled_ns - c.modeled_ns, 33.0, "one routed critical op");
         let (shape, n) = typical(&items).unwrap();
         assert_eq!((shape.len(), n), (6, 2));
     }

@@ -128,6 +128,30 @@ pub mod ext {
     /// Start of the 64-bit counters (index `c` at `COUNTERS + 8 * c`).
     pub const COUNTERS: u64 = 0x100;
 
+    /// Stream RX slots (our extension for a switch that consumes a pipe, e.g. Nagare):
+    /// `STREAM_RX_PIPE + 4 * k`, k < [`STREAM_RX_SLOTS`], holds `pipe | STREAM_ENABLE`. A
+    /// stream pipe receives records, not frames (the 42-byte Ethernet/IPv4/UDP header is
+    /// stripped, each record starting on a flit) and sends no notifications: whoever
+    /// consumes the pipe returns head credits.
+    pub const STREAM_RX_PIPE: u64 = 0x040;
+    /// Stream RX slots.
+    pub const STREAM_RX_SLOTS: u32 = 4;
+    /// Enable bit of a stream RX slot.
+    pub const STREAM_ENABLE: u32 = 1 << 31;
+    /// TX stream window control: 1 starts it (offsets from 0), 0 stops it.
+    pub const STREAM_TX_CTRL: u64 = 0x060;
+    /// TX stream window: bytes accepted so far (read-only).
+    pub const STREAM_TX_OFFSET: u64 = 0x064;
+    /// TX stream header template: 42 bytes (Ethernet, IPv4, UDP) as 11 little-endian
+    /// words; the NIC fills in the IPv4 total length and checksum and the UDP length.
+    pub const STREAM_TX_TEMPLATE: u64 = 0x080;
+    /// The TX stream window in BAR0 (trapped): records written there in order (each on a
+    /// 64-byte boundary of the writer's running offset) are framed with the template
+    /// and sent.
+    pub const STREAM_TX_WINDOW: u64 = 0x8000;
+    /// Its size.
+    pub const STREAM_TX_WINDOW_SIZE: u64 = 0x8000;
+
     /// Counter indices. Every dropped packet lands in exactly one `RX_DROP_*`/`TX_DROP_*`.
     pub mod counter {
         pub const RX_PACKETS: u32 = 0;
@@ -171,8 +195,10 @@ pub mod ext {
         pub const BAD_REGISTER_WRITES: u32 = 22;
         /// Frames the wire backend refused (link down, backpressure).
         pub const TX_DROP_WIRE: u32 = 23;
+        /// TX stream window writes or records dropped (out of order, malformed, stopped).
+        pub const TX_DROP_STREAM: u32 = 24;
         /// Number of counters.
-        pub const COUNT: u32 = 24;
+        pub const COUNT: u32 = 25;
 
         /// Counter names, in index order (JSON field names of the testbed report).
         pub const NAMES: [&str; COUNT as usize] = [
@@ -200,6 +226,7 @@ pub mod ext {
             "dma_errors",
             "bad_register_writes",
             "tx_drop_wire",
+            "tx_drop_stream",
         ];
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod accel;
 pub mod enso;
+pub mod nagare;
 pub mod packetized;
 pub mod record;
 pub mod smoke;

@@ -20,5 +20,5 @@ mod server;
 mod wire;
 
 pub use irqs::EventFdIrqs;
-pub use server::{Server, ServerHandle, ServerStats};
+pub use server::{Server, ServerHandle, ServerStats, Upstream};
 pub use wire::{Command, ProtocolError};

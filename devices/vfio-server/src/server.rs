@@ -3,7 +3,7 @@
 use crate::irqs::EventFdIrqs;
 use crate::wire::{self, Body, Command, Message, Out, ProtocolError, Short, FLAG_NO_REPLY};
 use pcie_model::config::CONFIG_SIZE;
-use pcie_model::{BarBacking, DeviceContext, Dma, GuestMemory, PciDevice};
+use pcie_model::{BarBacking, DeviceContext, Dma, DmaSpace, GuestMemory, PciDevice};
 use serde::Serialize;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -80,7 +80,12 @@ pub struct Server {
     device: SharedDevice,
     stats: Arc<ServerStats>,
     stop: Arc<AtomicBool>,
+    upstream: Option<Upstream>,
 }
+
+/// What sits between a device and the client's memory: given the client's DMA space, the
+/// space the device's DMA goes through (e.g. a switch port that routes peer writes).
+pub type Upstream = Arc<dyn Fn(Arc<GuestMemory>) -> Arc<dyn DmaSpace> + Send + Sync>;
 
 /// A server running on its own thread.
 pub struct ServerHandle {
@@ -129,7 +134,21 @@ impl Server {
         }
         let listener = UnixListener::bind(path)?;
         listener.set_nonblocking(true)?;
-        Ok(Server { path: path.to_path_buf(), listener, device, stats: Arc::default(), stop: Arc::default() })
+        Ok(Server {
+            path: path.to_path_buf(),
+            listener,
+            device,
+            stats: Arc::default(),
+            stop: Arc::default(),
+            upstream: None,
+        })
+    }
+
+    /// Puts `upstream` between the device's DMA and every client's memory (a switch
+    /// port), instead of the memory itself.
+    pub fn with_upstream(mut self, upstream: Upstream) -> Server {
+        self.upstream = Some(upstream);
+        self
     }
 
     /// Serves clients one after another on a new thread until the handle is stopped.
@@ -151,7 +170,12 @@ impl Server {
                 Ok((stream, _)) => {
                     let _ = stream.set_nonblocking(false);
                     self.stats.connections.fetch_add(1, Relaxed);
-                    let mut conn = Connection::new(stream, self.device.clone(), self.stats.clone());
+                    let mut conn = Connection::new(
+                        stream,
+                        self.device.clone(),
+                        self.stats.clone(),
+                        self.upstream.as_ref(),
+                    );
                     if let Err(e) = conn.serve(&self.stop) {
                         if !matches!(e, ProtocolError::Closed) {
                             self.stats.dropped_connections.fetch_add(1, Relaxed);
@@ -186,15 +210,19 @@ struct Connection {
 type Reply = Result<(Vec<u8>, Option<i32>), u32>;
 
 impl Connection {
-    fn new(stream: UnixStream, device: SharedDevice, stats: Arc<ServerStats>) -> Self {
+    fn new(stream: UnixStream, device: SharedDevice, stats: Arc<ServerStats>, up: Option<&Upstream>) -> Self {
         let mem = Arc::new(GuestMemory::new());
+        let space: Arc<dyn DmaSpace> = match up {
+            Some(f) => f(mem.clone()),
+            None => mem.clone(),
+        };
         let (vectors, counters) = {
             let d = lock(&device);
             (d.config().msix().map_or(0, |m| m.vectors as u32), d.counters())
         };
         let bus_master = Arc::new(AtomicBool::new(false));
         let irqs = Arc::new(EventFdIrqs::new(vectors as usize));
-        let dma = Dma::new(mem.clone(), counters, bus_master.clone());
+        let dma = Dma::new(space, counters, bus_master.clone());
         let ctx = DeviceContext { dma, irq: irqs.clone() };
         {
             // A new client finds the device in its power-on state. (The previous client's

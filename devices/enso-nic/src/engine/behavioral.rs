@@ -46,6 +46,8 @@ struct TxStream {
 #[derive(Debug)]
 pub struct BehavioralEngine {
     pipes: Vec<Pipe>,
+    /// Stream pipes (no notifications), by pipe index.
+    stream: Vec<bool>,
     nbs: Vec<Nb>,
     streams: Vec<TxStream>,
     pipe_flits: u32,
@@ -62,6 +64,7 @@ impl BehavioralEngine {
     pub fn new(pipes: u32, nbs: u32, pipe_flits: u32, entries: u32) -> Self {
         BehavioralEngine {
             pipes: vec![Pipe::default(); pipes as usize],
+            stream: vec![false; pipes as usize],
             nbs: vec![Nb::default(); nbs as usize],
             streams: vec![TxStream::default(); nbs as usize],
             pipe_flits: pipe_flits.max(2),
@@ -110,6 +113,9 @@ impl BehavioralEngine {
     /// A head event (head write or prefetch): notify with the tail if there is data
     /// left, else clear the outstanding bit.
     fn head_event(&mut self, pipe: u32, io: &mut dyn EngineIo) {
+        if self.stream[pipe as usize] {
+            return;
+        }
         let p = self.pipes[pipe as usize];
         if p.head != p.tail {
             let sent = self.notify(pipe, p.tail, io);
@@ -211,6 +217,12 @@ impl QueueEngine for BehavioralEngine {
         self.per_packet = per_packet;
     }
 
+    fn set_stream(&mut self, pipe: u32, stream: bool) {
+        if let Some(s) = self.stream.get_mut(pipe as usize) {
+            *s = stream;
+        }
+    }
+
     fn rx_packet(&mut self, pipe: u32, frame: &[u8], io: &mut dyn EngineIo) -> RxOutcome {
         let size = self.pipe_flits;
         let Some(p) = self.pipes.get(pipe as usize).copied().filter(|p| p.enabled) else {
@@ -235,7 +247,7 @@ impl QueueEngine for BehavioralEngine {
         let tail = ((p.tail as u64 + flits) % size as u64) as u32;
         self.pipes[pipe as usize].tail = tail;
         io.publish(Published::PipeRxTail(pipe), tail);
-        if self.per_packet || !p.outstanding {
+        if (self.per_packet || !p.outstanding) && !self.stream[pipe as usize] {
             let sent = self.notify(pipe, tail, io);
             self.pipes[pipe as usize].outstanding = sent;
         }

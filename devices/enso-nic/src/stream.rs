@@ -1,0 +1,186 @@
+//! Our stream extension of the NIC, for a switch that chains it with other devices
+//! (Nagare): stream RX pipes (records, not frames, and no notifications: the consumer
+//! returns head credits) and the TX stream window (records in, frames out, with a header
+//! template). Registers in `testbed_regs::enso::ext`.
+
+use pcie_model::ShmRegion;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use testbed_regs::enso::ext::{STREAM_ENABLE, STREAM_RX_SLOTS, STREAM_TX_WINDOW_SIZE};
+use testbed_regs::enso::{pipe_page, queue};
+use testbed_regs::record::{Header, FRAME_HEADER, HEADER};
+
+/// Stream state shared by the register side, the device thread and switch ports.
+#[derive(Default)]
+pub struct StreamRegs {
+    /// `pipe | STREAM_ENABLE` per slot.
+    pub rx_slots: [AtomicU32; STREAM_RX_SLOTS as usize],
+    /// Bumped on every slot change, so the device thread re-reads them.
+    pub rx_gen: AtomicU32,
+    pub tx: Mutex<TxStream>,
+}
+
+/// The TX stream window held bytes that do not parse as a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotARecord;
+
+/// The TX stream window's state.
+#[derive(Debug)]
+pub struct TxStream {
+    pub enabled: bool,
+    /// The header template (42 bytes used).
+    pub template: [u8; 44],
+    /// Bytes accepted (the writer's running offset, padding included).
+    pub in_off: u64,
+    /// Stream offset of `pending[0]`.
+    pub consumed: u64,
+    pub pending: Vec<u8>,
+    /// Writes or records dropped since the device thread last counted them.
+    pub drops: u64,
+}
+
+impl Default for TxStream {
+    fn default() -> Self {
+        TxStream { enabled: false, template: [0; 44], in_off: 0, consumed: 0, pending: Vec::new(), drops: 0 }
+    }
+}
+
+impl StreamRegs {
+    pub fn tx(&self) -> MutexGuard<'_, TxStream> {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The enabled stream pipes.
+    pub fn rx_pipes(&self) -> Vec<u32> {
+        self.rx_slots
+            .iter()
+            .map(|s| s.load(Ordering::Acquire))
+            .filter(|v| v & STREAM_ENABLE != 0)
+            .map(|v| v & !STREAM_ENABLE)
+            .collect()
+    }
+}
+
+impl TxStream {
+    /// Accepts a write of `data` at window `offset`: at or after the current end (a gap
+    /// is padding between records), within half a window. False when refused.
+    pub fn push(&mut self, offset: u64, data: &[u8]) -> bool {
+        let w = STREAM_TX_WINDOW_SIZE;
+        let gap = (offset % w + w - self.in_off % w) % w;
+        let fits = self.pending.len() as u64 + gap + data.len() as u64 <= w;
+        if !self.enabled || gap >= w / 2 || !fits {
+            self.drops += 1;
+            return false;
+        }
+        self.pending.resize(self.pending.len() + gap as usize, 0);
+        self.pending.extend_from_slice(data);
+        self.in_off += gap + data.len() as u64;
+        true
+    }
+
+    /// Takes the next complete record (each starts on a 64-byte boundary of the stream);
+    /// an error when the bytes there are not a record (everything pending is dropped).
+    pub fn next_record(&mut self) -> Result<Option<Vec<u8>>, NotARecord> {
+        let skip = ((64 - self.consumed % 64) % 64) as usize;
+        if self.pending.len() < skip + HEADER {
+            return Ok(None);
+        }
+        let Some(h) = Header::parse(&self.pending[skip..]) else {
+            self.consumed += self.pending.len() as u64;
+            self.pending.clear();
+            return Err(NotARecord);
+        };
+        let n = h.record_len();
+        if self.pending.len() < skip + n {
+            return Ok(None);
+        }
+        let rec = self.pending[skip..skip + n].to_vec();
+        self.pending.drain(..skip + n);
+        self.consumed += (skip + n) as u64;
+        Ok(Some(rec))
+    }
+
+    /// The frame carrying `rec`: the template with lengths and IPv4 checksum filled in.
+    pub fn frame(&self, rec: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&self.template[..FRAME_HEADER]);
+        out.extend_from_slice(rec);
+        let ip_len = (20 + 8 + rec.len()) as u16;
+        out[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        out[24..26].copy_from_slice(&[0, 0]);
+        let mut sum: u32 = out[14..34].chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        out[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+        out[38..40].copy_from_slice(&((8 + rec.len()) as u16).to_be_bytes());
+        out[40..42].copy_from_slice(&[0, 0]);
+    }
+}
+
+/// A switch's handle on the NIC's TX stream window (device-to-device writes).
+#[derive(Clone)]
+pub struct TxStreamPort {
+    pub(crate) regs: Arc<StreamRegs>,
+}
+
+impl TxStreamPort {
+    /// Delivers a write at window `offset`; false (counted as TX_DROP_STREAM) if refused.
+    pub fn push(&self, offset: u64, data: &[u8]) -> bool {
+        self.regs.tx().push(offset, data)
+    }
+}
+
+/// A switch's handle on the NIC's pipe head registers: how it returns credits for a
+/// stream pipe it consumes (a peer write into the NIC's queue page).
+#[derive(Clone)]
+pub struct CreditPort {
+    pub(crate) bar2: Arc<ShmRegion>,
+    pub(crate) pipes: u32,
+}
+
+impl CreditPort {
+    /// Writes `head` (in flits) into pipe `pipe`'s RX_HEAD register.
+    pub fn set_head(&self, pipe: u32, head: u32) {
+        if pipe < self.pipes {
+            self.bar2.write32(pipe_page(pipe) + queue::RX_HEAD, head);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use testbed_regs::record::KIND_RESULT;
+
+    fn rec(seq: u32, len: usize) -> Vec<u8> {
+        let mut r = vec![7u8; HEADER + len];
+        Header { len: len as u32, seq, kind: KIND_RESULT, stream: 1, nonce: [0; 12], tag: [0; 16] }
+            .write(&mut r);
+        r
+    }
+
+    #[test]
+    fn tx_window_takes_aligned_records_with_padding_and_refuses_the_rest() {
+        let mut t = TxStream { enabled: true, ..Default::default() };
+        let (a, b) = (rec(1, 44), rec(2, 100));
+        assert!(t.push(0, &a[..30]));
+        assert_eq!(t.next_record(), Ok(None), "incomplete");
+        assert!(t.push(30, &a[30..]));
+        assert!(t.push(128, &b), "a forward gap is padding");
+        assert_eq!(t.next_record(), Ok(Some(a)));
+        assert_eq!(t.next_record(), Ok(Some(b)));
+        assert_eq!(t.next_record(), Ok(None));
+        assert!(!t.push(5, &[0; 10]), "behind the end: refused");
+        assert_eq!(t.drops, 1);
+        assert!(t.push(320, &[0xff; 64]));
+        assert_eq!(t.next_record(), Err(NotARecord), "not a record");
+        assert!(t.pending.is_empty());
+        let mut f = Vec::new();
+        t.template[12] = 8;
+        t.template[14] = 0x45;
+        t.frame(&rec(3, 44), &mut f);
+        assert_eq!(f.len(), FRAME_HEADER + HEADER + 44);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), (28 + HEADER + 44) as u16);
+    }
+}
