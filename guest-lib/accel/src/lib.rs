@@ -30,6 +30,9 @@ pub enum Error {
     /// The device refused the ring configuration.
     #[error("the device refused a ring of {0} entries (ERROR_STATUS {1:#x})")]
     RingRefused(u32, u32),
+    /// The device refused the stream settings.
+    #[error("the device refused the stream settings (ERROR_STATUS {0:#x})")]
+    StreamRefused(u32),
     /// Every slot holds a command not yet completed.
     #[error("the submission ring is full ({0} commands in flight)")]
     RingFull(u32),
@@ -89,6 +92,21 @@ impl Command {
         state[..4].copy_from_slice(&model.to_le_bytes());
         Command { op: desc::OP_INFER, src, len, dst, cap, state }
     }
+}
+
+/// The streaming interface's settings (see `testbed_regs::accel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamConfig {
+    /// Opcode applied to every record.
+    pub op: u8,
+    /// The key (crypto).
+    pub key: [u8; 32],
+    /// The model ID (ML).
+    pub model: u32,
+    /// Where output records go (a 64-byte aligned ring, e.g. a switch's stream window).
+    pub dest: u64,
+    /// Size of that ring (a multiple of 64).
+    pub dest_size: u32,
 }
 
 /// A completed command.
@@ -285,6 +303,32 @@ impl Accel {
             }
             std::hint::spin_loop();
         }
+    }
+
+    /// Starts the streaming interface with `c` (records written to the device's stream
+    /// window are processed in order, each output pushed to `c.dest`).
+    pub fn start_stream(&mut self, c: &StreamConfig) -> Result<()> {
+        let b = &self.bar0;
+        b.write32(reg::STREAM_CTRL, 0)?;
+        b.write32(reg::STREAM_OP, c.op as u32)?;
+        b.write32(reg::STREAM_MODEL, c.model)?;
+        for (i, w) in c.key.chunks(4).enumerate() {
+            b.write32(reg::STREAM_KEY + 4 * i as u64, u32::from_le_bytes([w[0], w[1], w[2], w[3]]))?;
+        }
+        b.write32(reg::STREAM_DEST_LO, c.dest as u32)?;
+        b.write32(reg::STREAM_DEST_HI, (c.dest >> 32) as u32)?;
+        b.write32(reg::STREAM_DEST_SIZE, c.dest_size)?;
+        b.write32(reg::STREAM_CTRL, 1)?;
+        if b.read32(reg::STATUS)? & reg::STATUS_STREAM == 0 {
+            return Err(Error::StreamRefused(b.read32(reg::ERROR_STATUS)?));
+        }
+        Ok(())
+    }
+
+    /// Stops the streaming interface.
+    pub fn stop_stream(&mut self) -> Result<()> {
+        self.bar0.write32(reg::STREAM_CTRL, 0)?;
+        Ok(())
     }
 
     /// The device's counters by name.

@@ -98,11 +98,23 @@ pub trait DeviceAccess: Send {
     fn enable_msix(&mut self, count: u32) -> Result<Vec<Interrupt>>;
     /// A short name of the transport ("vfio" or "vfio-user"), for reports.
     fn transport(&self) -> &'static str;
+    /// The bus address BAR `index` was assigned (what a peer device must write to reach
+    /// it), when the transport knows one: from sysfs for VFIO; None for vfio-user, where
+    /// there is no bus.
+    fn bus_address(&self, _index: u8) -> Option<u64> {
+        None
+    }
     /// What maps memory into this device's DMA space (for [`share_dma`]).
     fn dma_mapper(&self) -> std::sync::Arc<dyn DmaMapper>;
     /// Maps every later [`DeviceAccess::alloc_dma`] buffer into `peer` too, at the same
     /// IOVA, so `peer` can reach it (the chain's devices read each other's buffers).
     fn add_dma_peer(&mut self, peer: std::sync::Arc<dyn DmaMapper>);
+}
+
+/// Keeps `[base, base + len)` out of every later IOVA allocation of this process (a
+/// peer's BAR that devices reach by bus address, as p2pdma does).
+pub fn reserve_iova(base: u64, len: u64) {
+    mem::reserve_iova(base, len);
 }
 
 /// Makes the devices share one DMA view: every buffer later allocated through any of

@@ -184,6 +184,27 @@ pub trait DmaMapper: DmaUnmap {
 /// mapped at the same IOVA in every device that shares it.
 static IOVA_FLOOR: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// IOVA ranges no allocation may use (start, end exclusive).
+static RESERVED: std::sync::Mutex<Vec<(u64, u64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps `[base, base + len)` out of later allocations.
+pub(crate) fn reserve_iova(base: u64, len: u64) {
+    RESERVED.lock().unwrap_or_else(|e| e.into_inner()).push((base, base.saturating_add(len)));
+}
+
+/// The first IOVA at or above `at`, aligned to `align`, where `len` bytes overlap no
+/// reserved range.
+pub(crate) fn skip_reserved(mut at: u64, len: u64, align: u64) -> u64 {
+    let reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        at = at.next_multiple_of(align.max(1));
+        match reserved.iter().find(|&&(s, e)| at < e && at.saturating_add(len) > s) {
+            Some(&(_, e)) => at = e,
+            None => return at,
+        }
+    }
+}
+
 /// The process-wide IOVA floor (see [`IOVA_FLOOR`]).
 pub(crate) fn iova_floor() -> u64 {
     IOVA_FLOOR.load(std::sync::atomic::Ordering::Acquire)

@@ -945,6 +945,7 @@ impl DeviceAccess for VfioDevice {
         let align = opts.alignment(if mem.huge() { HUGE_PAGE } else { PAGE } as u64);
         let size = mem.len() as u64;
         self.iova.next = self.iova.next.max(crate::mem::iova_floor());
+        self.iova.next = crate::mem::skip_reserved(self.iova.next, size, align);
         let iova = self.iova.alloc(size, align).ok_or_else(|| logged(Error::IovaExhausted(mem.len())))?;
         crate::mem::raise_iova_floor(iova + size);
         self.iommu.map_dma(mem.as_ptr() as u64, iova, size)?;
@@ -1001,6 +1002,16 @@ impl DeviceAccess for VfioDevice {
 
     fn dma_mapper(&self) -> Arc<dyn DmaMapper> {
         self.iommu.clone()
+    }
+
+    fn bus_address(&self, index: u8) -> Option<u64> {
+        // Line `index` of sysfs `resource`: "start end flags", hexadecimal.
+        let text =
+            std::fs::read_to_string(Path::new(SYS).join("bus/pci/devices").join(&self.bdf).join("resource"))
+                .ok()?;
+        let line = text.lines().nth(index as usize)?;
+        let start = line.split_whitespace().next()?;
+        u64::from_str_radix(start.trim_start_matches("0x"), 16).ok().filter(|&a| a != 0)
     }
 
     fn add_dma_peer(&mut self, peer: Arc<dyn DmaMapper>) {

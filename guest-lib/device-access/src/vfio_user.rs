@@ -116,6 +116,7 @@ impl DeviceAccess for VfioUserDevice {
         let mem = SharedMem::new(len, opts)?;
         let align = opts.alignment(if mem.huge() { HUGE_PAGE } else { PAGE } as u64);
         let iova = self.next_iova.max(crate::mem::iova_floor()).next_multiple_of(align);
+        let iova = crate::mem::skip_reserved(iova, mem.len() as u64, align);
         let end = iova.checked_add(mem.len() as u64).ok_or(Error::IovaExhausted(mem.len()))?;
         self.shared.map(&mem, iova)?;
         self.next_iova = end;

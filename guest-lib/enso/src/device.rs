@@ -298,6 +298,67 @@ impl Device {
         Ok(TxPipe::new(Arc::new(TxShared::new(buf))))
     }
 
+    /// Makes pipe `id` a *stream pipe* writing into `window` (a 2 MiB aligned device
+    /// address, e.g. a switch's stream window): the NIC strips the frame headers, writes
+    /// the records back to back on flit boundaries and sends no notifications, and the
+    /// window's owner returns the head credits (our extension; see
+    /// docs/enso-emulation.md). Steer flows to it with [`Device::insert_flow_entry`].
+    pub fn enable_stream_pipe(&mut self, id: u32, window: u64) -> Result<StreamPipe> {
+        if !window.is_multiple_of(2 << 20) {
+            return Err(Error::Geometry(format!("stream window {window:#x} is not 2 MiB aligned")));
+        }
+        let id = self.take_id(Some(id))?;
+        let r = self.enable_stream_inner(id, window);
+        if r.is_err() {
+            self.ids.lock().unwrap_or_else(|e| e.into_inner()).free(id);
+        }
+        r
+    }
+
+    fn enable_stream_inner(&mut self, id: u32, window: u64) -> Result<StreamPipe> {
+        use testbed_regs::enso::ext::{STREAM_ENABLE, STREAM_RX_PIPE, STREAM_RX_SLOTS};
+        let slots = (0..STREAM_RX_SLOTS).map(|k| STREAM_RX_PIPE + 4 * k as u64);
+        let mut free = None;
+        for off in slots {
+            if self.ext.read32(off)? & STREAM_ENABLE == 0 {
+                free = Some(off);
+                break;
+            }
+        }
+        let slot = free.ok_or_else(|| Error::Geometry("every stream RX slot is taken".into()))?;
+        self.ext.write32(slot, id | STREAM_ENABLE)?;
+        let regs = RegWindow::queue(&self.queues, regs::pipe_page(id), true)?;
+        let bit = state::pipe_bit(id);
+        regs.write(queue::RX_HEAD, 0);
+        regs.enable_queue(window, self.opts.nb_id & queue::NB_ID_MASK);
+        if let Err(e) = wait_state(&self.ext, bit, true, self.opts.ack_timeout, "pipe", id) {
+            regs.disable_queue();
+            let _ = self.ext.write32(slot, 0);
+            return Err(e);
+        }
+        Ok(StreamPipe { id, slot, regs, ext: self.ext.clone(), ids: self.ids.clone() })
+    }
+
+    /// Starts the NIC's TX stream window with `template` (Ethernet, IPv4 and UDP headers
+    /// of the frames it sends; lengths and checksum are filled in per record).
+    pub fn start_tx_stream(&mut self, template: &[u8; 42]) -> Result<()> {
+        use testbed_regs::enso::ext::{STREAM_TX_CTRL, STREAM_TX_TEMPLATE};
+        let mut t = [0u8; 44];
+        t[..42].copy_from_slice(template);
+        for (i, w) in t.chunks(4).enumerate() {
+            self.ext
+                .write32(STREAM_TX_TEMPLATE + 4 * i as u64, u32::from_le_bytes([w[0], w[1], w[2], w[3]]))?;
+        }
+        self.ext.write32(STREAM_TX_CTRL, 1)?;
+        Ok(())
+    }
+
+    /// Stops the TX stream window.
+    pub fn stop_tx_stream(&mut self) -> Result<()> {
+        self.ext.write32(testbed_regs::enso::ext::STREAM_TX_CTRL, 0)?;
+        Ok(())
+    }
+
     fn take_id(&mut self, want: Option<u32>) -> Result<u32> {
         let mut ids = self.ids.lock().unwrap_or_else(|e| e.into_inner());
         match want {
@@ -776,6 +837,30 @@ pub(crate) fn check_geometry(info: &DeviceInfo) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A stream pipe (see [`Device::enable_stream_pipe`]); disabled when dropped.
+pub struct StreamPipe {
+    id: u32,
+    slot: u64,
+    regs: RegWindow,
+    ext: Bar,
+    ids: Arc<Mutex<PipeIds>>,
+}
+
+impl StreamPipe {
+    /// The pipe ID (what flow entries steer to).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+}
+
+impl Drop for StreamPipe {
+    fn drop(&mut self) {
+        self.regs.disable_queue();
+        let _ = self.ext.write32(self.slot, 0);
+        self.ids.lock().unwrap_or_else(|e| e.into_inner()).free(self.id);
+    }
 }
 
 #[cfg(test)]

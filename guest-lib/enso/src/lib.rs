@@ -32,7 +32,7 @@ mod pipe;
 mod regs;
 pub mod ring;
 
-pub use device::{Counters, Device, DeviceInfo, DeviceOptions, DeviceStats, NotificationMode};
+pub use device::{Counters, Device, DeviceInfo, DeviceOptions, DeviceStats, NotificationMode, StreamPipe};
 pub use packet::{PacketIter, PacketIterMut};
 pub use pipe::{RxPipe, RxTxPipe, TxPipe};
 

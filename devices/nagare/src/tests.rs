@@ -1,0 +1,296 @@
+//! The switch: stream table programming, each pipeline stage, allow lists, CPU push,
+//! credits and the upstream port.
+
+use crate::fabric::{valid_graph, FabricSpace, Ingress, Port, Routed, StreamEntry, Tables};
+use crate::pipeline::{self, Phv, PipelineConfig, Stage, Verdict};
+use crate::{Fabric, Hop, Switch};
+use pcie_model::{DmaSpace, GuestMemory, PciDevice, ShmRegion};
+use std::sync::{Arc, Mutex};
+use testbed_regs::nagare::{self as regs, reg, reg::counter as c};
+
+const BASE: u64 = 0x40_0000_0000;
+
+/// An input that records what it was given.
+#[derive(Default)]
+struct Sink {
+    got: Mutex<Vec<(u64, Vec<u8>)>>,
+    refuse: bool,
+}
+
+impl Ingress for Sink {
+    fn push(&self, offset: u64, data: &[u8]) -> bool {
+        self.got.lock().unwrap().push((offset, data.to_vec()));
+        !self.refuse
+    }
+    fn window(&self) -> u64 {
+        64 << 10
+    }
+}
+
+struct Rig {
+    sw: Switch,
+    nic: u32,
+    crypto: u32,
+    ml: u32,
+    sinks: [Arc<Sink>; 3],
+    credits: Arc<Mutex<Vec<(u32, u32)>>>,
+}
+
+fn rig() -> Rig {
+    let fabric = Fabric::new(PipelineConfig::default());
+    let sinks: [Arc<Sink>; 3] = Default::default();
+    let credits = Arc::new(Mutex::new(Vec::new()));
+    let c2 = credits.clone();
+    let nic = fabric.attach(Port {
+        name: "nic".into(),
+        pci_id: 0x1172_0000,
+        input: Some(sinks[0].clone()),
+        credits: Some(Arc::new(move |p, h| c2.lock().unwrap().push((p, h)))),
+        counters: None,
+    });
+    let crypto = fabric.attach(Port {
+        name: "crypto".into(),
+        pci_id: 0x1172_5a01,
+        input: Some(sinks[1].clone()),
+        ..Port::default()
+    });
+    let ml = fabric.attach(Port {
+        name: "ml".into(),
+        pci_id: 0x1172_5a02,
+        input: Some(sinks[2].clone()),
+        ..Port::default()
+    });
+    let sw = Switch::new(fabric).unwrap();
+    Rig { sw, nic, crypto, ml, sinks, credits }
+}
+
+impl Rig {
+    fn w(&mut self, off: u64, v: u32) {
+        self.sw.bar_write(regs::REG_BAR, off, &v.to_le_bytes());
+    }
+    fn r(&mut self, off: u64) -> u32 {
+        let mut b = [0u8; 4];
+        self.sw.bar_read(regs::REG_BAR, off, &mut b);
+        u32::from_le_bytes(b)
+    }
+    fn counter(&self, idx: u32) -> u64 {
+        self.sw.fabric().counters.get(idx)
+    }
+    /// Programs stream `s`: nic (pipe 7) → crypto → ml → nic, allow list `acl`.
+    fn chain(&mut self, s: u32, acl: u32) {
+        self.w(reg::WINDOW_BASE_LO, BASE as u32);
+        self.w(reg::WINDOW_BASE_HI, (BASE >> 32) as u32);
+        self.w(reg::STREAM_SEL, s);
+        self.w(reg::POLICY_HOPS, 4);
+        let nodes = [
+            (self.nic, reg::HOP_INGRESS),
+            (self.crypto, reg::HOP_STREAM),
+            (self.ml, reg::HOP_STREAM),
+            (self.nic, reg::HOP_EGRESS),
+        ];
+        for (i, (port, kind)) in nodes.into_iter().enumerate() {
+            self.w(reg::HOP_SEL, i as u32);
+            self.w(reg::HOP_PORT, port);
+            self.w(reg::HOP_KIND, kind);
+            self.w(reg::HOP_PIPE, 7);
+        }
+        self.w(reg::ACL, acl);
+        self.w(reg::STREAM_CTRL, 1);
+    }
+    fn window(&self, s: u32) -> u64 {
+        BASE + s as u64 * regs::WINDOW_SIZE
+    }
+}
+
+#[test]
+fn identity_and_port_table() {
+    let mut r = rig();
+    assert_eq!(r.r(reg::ID), reg::ID_VALUE);
+    assert_eq!(r.r(reg::NUM_PORTS), 4);
+    assert_eq!(r.r(reg::PORT_ID), 0, "port 0 is the CPU");
+    assert_eq!(r.r(reg::PORT_ID + 4 * r.crypto as u64), 0x1172_5a01);
+    assert_eq!((r.r(reg::STAGES), r.r(reg::CYCLES_PER_STAGE), r.r(reg::CLOCK_MHZ)), (10, 10, 3000));
+    let ns = PipelineConfig::default().latency_ns();
+    assert!((ns - 33.33).abs() < 0.01, "{ns}");
+    assert_eq!(r.sw.fabric().pipeline().stage_names().len(), 10);
+}
+
+#[test]
+fn stream_table_programming_and_validation() {
+    let mut r = rig();
+    let all = (1 << r.nic) | (1 << r.crypto) | (1 << r.ml);
+    r.chain(2, all);
+    assert_eq!(r.r(reg::STREAM_CTRL), 1);
+    assert_eq!(r.r(reg::POLICY_HOPS), 4);
+    r.w(reg::HOP_SEL, 1);
+    assert_eq!((r.r(reg::HOP_PORT), r.r(reg::HOP_KIND)), (r.crypto, reg::HOP_STREAM));
+    // An open stream's graph is read-only.
+    r.w(reg::HOP_PORT, r.ml);
+    assert_eq!(r.r(reg::HOP_PORT), r.crypto);
+    assert_eq!(r.counter(c::BAD_REGISTER_WRITES), 1);
+    // Invalid graphs are refused at open: egress first, a device twice, the CPU as a hop.
+    let ports = r.sw.fabric().tables().ports.clone();
+    let h = |port, kind| Hop { port, kind, pipe: 0 };
+    let (i, s, e) = (reg::HOP_INGRESS, reg::HOP_STREAM, reg::HOP_EGRESS);
+    assert!(valid_graph(&[h(r.nic, i), h(r.crypto, s), h(r.nic, e)], &ports));
+    assert!(!valid_graph(&[h(r.nic, e), h(r.crypto, s), h(r.nic, i)], &ports));
+    assert!(!valid_graph(&[h(r.nic, i), h(r.crypto, s), h(r.crypto, s), h(r.nic, e)], &ports));
+    assert!(!valid_graph(&[h(r.nic, i), h(0, s), h(r.nic, e)], &ports));
+    assert!(!valid_graph(&[h(r.nic, i)], &ports));
+    r.w(reg::STREAM_SEL, 3);
+    r.w(reg::POLICY_HOPS, 1);
+    r.w(reg::STREAM_CTRL, 1);
+    assert_eq!(r.r(reg::STREAM_CTRL), 0);
+    assert_eq!(r.counter(c::BAD_POLICY), 1);
+    // Reset clears streams, keeps ports.
+    r.sw.reset();
+    r.w(reg::STREAM_SEL, 2);
+    assert_eq!(r.r(reg::STREAM_CTRL), 0);
+    assert_eq!(r.r(reg::NUM_PORTS), 4);
+}
+
+fn tables(r: &Rig) -> Tables {
+    r.sw.fabric().tables().clone()
+}
+
+#[test]
+fn each_pipeline_stage() {
+    let mut r = rig();
+    let all = (1 << r.nic) | (1 << r.crypto) | (1 << r.ml);
+    r.chain(1, all);
+    let t = tables(&r);
+    let w = r.window(1);
+
+    // Address: in the windows → stream and offset; elsewhere → memory.
+    let mut p = Phv::new(r.nic, w + 0x1040, 100);
+    pipeline::MatchAddress.apply(&t, &mut p);
+    assert_eq!((p.stream, p.offset, p.verdict), (Some(1), 0x1040, Verdict::Undecided));
+    let mut p = Phv::new(r.nic, 0x1000, 100);
+    pipeline::MatchAddress.apply(&t, &mut p);
+    assert_eq!(p.verdict, Verdict::Memory);
+    let mut p = Phv::new(r.nic, BASE + regs::WINDOW_BAR_SIZE - 10, 100);
+    pipeline::MatchAddress.apply(&t, &mut p);
+    assert_eq!(p.verdict, Verdict::Memory, "a write running past the windows is not a stream write");
+
+    // Stream: closed streams drop.
+    let mut p = Phv::new(r.nic, r.window(5), 8);
+    pipeline::MatchAddress.apply(&t, &mut p);
+    pipeline::MatchStream.apply(&t, &mut p);
+    assert_eq!(p.verdict, Verdict::Drop(c::NO_ROUTE));
+
+    // Access: a port off the list drops.
+    let mut t2 = t.clone();
+    t2.streams[1].acl = 1 << r.nic;
+    let mut p = Phv::new(r.ml, w, 8);
+    for s in [&pipeline::MatchAddress as &dyn Stage, &pipeline::MatchStream, &pipeline::AccessControl] {
+        s.apply(&t2, &mut p);
+    }
+    assert_eq!(p.verdict, Verdict::Drop(c::ACL_DENIED));
+
+    // Next hop: by requester; the CPU enters where the ingress does.
+    let next = |src: u32| {
+        let mut p = Phv::new(src, w + 64, 8);
+        for s in [
+            &pipeline::MatchAddress as &dyn Stage,
+            &pipeline::MatchStream,
+            &pipeline::AccessControl,
+            &pipeline::NextHop,
+        ] {
+            s.apply(&t, &mut p);
+        }
+        (p.node, p.next.map(|h| h.port), p.egress)
+    };
+    assert_eq!(next(r.nic), (Some(0), Some(r.crypto), false));
+    assert_eq!(next(r.crypto), (Some(1), Some(r.ml), false));
+    assert_eq!(next(r.ml), (Some(2), Some(r.nic), true));
+    let mut t3 = t.clone();
+    t3.streams[1].acl |= 1;
+    let mut p = Phv::new(0, w, 8);
+    for s in [
+        &pipeline::MatchAddress as &dyn Stage,
+        &pipeline::MatchStream,
+        &pipeline::AccessControl,
+        &pipeline::NextHop,
+    ] {
+        s.apply(&t3, &mut p);
+    }
+    assert_eq!(p.next.map(|h| h.port), Some(r.crypto));
+
+    // Rewrite: the offset modulo the next input window (64 KiB here).
+    let mut p = Phv::new(r.nic, w + 0x1_0040, 8);
+    for s in [
+        &pipeline::MatchAddress as &dyn Stage,
+        &pipeline::MatchStream,
+        &pipeline::AccessControl,
+        &pipeline::NextHop,
+        &pipeline::Rewrite,
+    ] {
+        s.apply(&t, &mut p);
+    }
+    assert_eq!((p.dest, p.verdict), (Some((r.crypto, 0x40)), Verdict::Forward));
+
+    // Credit: the ingress pipe's head moves past the write (in flits, modulo the ring).
+    pipeline::Credit.apply(&t, &mut p);
+    assert_eq!(p.credit, Some((r.nic, 7, (0x1_0040 + 8u32).div_ceil(64))));
+    let mut p = Phv::new(r.crypto, w, 100);
+    pipeline::Pipeline::new(PipelineConfig::default()).run(&t, &mut p);
+    assert_eq!(p.credit, None, "only the ingress returns credits");
+    let _ = StreamEntry::default();
+}
+
+#[test]
+fn the_chain_routes_end_to_end_and_an_acl_deny_is_counted() {
+    let mut r = rig();
+    let all = (1 << r.nic) | (1 << r.crypto) | (1 << r.ml);
+    r.chain(0, all);
+    let f = r.sw.fabric().clone();
+    let w = r.window(0);
+    assert_eq!(f.route(r.nic, w + 128, b"sealed"), Routed::Delivered("crypto".into()));
+    assert_eq!(f.route(r.crypto, w + 64, b"image"), Routed::Delivered("ml".into()));
+    assert_eq!(f.route(r.ml, w, b"result"), Routed::Delivered("nic".into()));
+    assert_eq!(r.sinks[1].got.lock().unwrap()[0], (128, b"sealed".to_vec()));
+    assert_eq!(r.sinks[0].got.lock().unwrap()[0], (0, b"result".to_vec()));
+    assert_eq!(*r.credits.lock().unwrap(), vec![(7, 3)]);
+    r.w(reg::STREAM_SEL, 0);
+    assert_eq!(r.r(reg::STREAM_EGRESS_LO), 1);
+    assert_eq!(f.route(r.nic, 0x1000, b"x"), Routed::Memory);
+
+    // Revoke ML: its push is dropped and counted, visible per stream; the others go on.
+    r.w(reg::ACL, (1 << r.nic) | (1 << r.crypto));
+    assert_eq!(f.route(r.ml, w + 64, b"rogue"), Routed::Dropped);
+    assert_eq!(r.counter(c::ACL_DENIED), 1);
+    assert_eq!(r.r(reg::STREAM_DENIED), 1);
+    assert_ne!(r.r(reg::ERROR_STATUS) & (1 << c::ACL_DENIED), 0);
+    assert_eq!(f.route(r.nic, w + 256, b"next"), Routed::Delivered("crypto".into()));
+
+    // The CPU pushes through BAR2 when its port is on the list.
+    r.sw.bar_write(regs::WINDOW_BAR, 512, b"cpu data");
+    assert_eq!(r.counter(c::ACL_DENIED), 2, "not on the list yet");
+    r.w(reg::ACL, (1 << r.nic) | (1 << r.crypto) | 1);
+    r.sw.bar_write(regs::WINDOW_BAR, 576, b"cpu data");
+    assert_eq!(r.sinks[1].got.lock().unwrap().last().unwrap(), &(576, b"cpu data".to_vec()));
+    assert_eq!(r.counter(c::CPU_PUSHES), 1);
+}
+
+#[test]
+fn the_upstream_port_routes_stream_writes_and_passes_the_rest() {
+    let mut r = rig();
+    r.chain(0, (1 << r.nic) | (1 << r.crypto) | (1 << r.ml));
+    let mem = Arc::new(GuestMemory::new());
+    let ram = ShmRegion::new("ram", 4096).unwrap();
+    mem.map(0x10_0000, 4096, Some(ram.dup_fd().unwrap()), 0, true).unwrap();
+    let up = FabricSpace::new(r.sw.fabric().clone(), r.crypto, mem);
+    assert_eq!(up.write_routed(r.window(0), b"abc").unwrap().as_deref(), Some("ml"));
+    assert_eq!(up.write_routed(0x10_0000, b"abc").unwrap(), None);
+    let mut b = [0u8; 3];
+    up.read(0x10_0000, &mut b).unwrap();
+    assert_eq!(&b, b"abc");
+    assert!(up.read(r.window(0), &mut b).is_err(), "windows are write-only");
+    assert_eq!(r.counter(c::WINDOW_READS), 1);
+    // A refused delivery is counted.
+    let sink = Arc::new(Sink { refuse: true, ..Sink::default() });
+    let f = r.sw.fabric().clone();
+    f.tables_mut().ports[r.ml as usize].input = Some(sink);
+    assert_eq!(f.route(r.crypto, r.window(0), b"x"), Routed::Dropped);
+    assert_eq!(r.counter(c::DELIVERY_DROPS), 1);
+}
