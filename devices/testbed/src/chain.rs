@@ -33,6 +33,10 @@ use wire::{EthPort, Frame};
 pub enum Mode {
     /// The CPU receives every item and submits it to each accelerator in turn.
     Cpu,
+    /// The Nagare switch routes the devices' pushes; the CPU only configures and watches.
+    Nagare,
+    /// cpu, then nagare, in one invocation.
+    Both,
 }
 
 impl Mode {
@@ -40,6 +44,16 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Cpu => "cpu",
+            Mode::Nagare => "nagare",
+            Mode::Both => "both",
+        }
+    }
+
+    /// The single modes this one runs, in order.
+    pub fn runs(self) -> Vec<Mode> {
+        match self {
+            Mode::Both => vec![Mode::Cpu, Mode::Nagare],
+            m => vec![m],
         }
     }
 }
@@ -99,6 +113,8 @@ pub struct SourceReport {
     pub latency_p99_us: f64,
     /// The first mismatch, described.
     pub first_mismatch: Option<String>,
+    /// Correct results for items the source did not send (the CPU pushed them).
+    pub unsolicited: u64,
 }
 
 struct Source {
@@ -175,6 +191,11 @@ impl Source {
             return self.mismatch(format!("a {}-byte reply without a record", f.len()));
         };
         let Some(pos) = self.in_flight.iter().position(|&(s, _)| s == h.seq) else {
+            let want = self.expected(h.seq);
+            if rec.get(..want.len()) == Some(&want[..]) && h.record_len() == want.len() {
+                self.report.unsolicited += 1;
+                return;
+            }
             return self.mismatch(format!("a reply for item {}, which is not in flight", h.seq));
         };
         let (seq, t0) = self.in_flight.remove(pos).unwrap_or((h.seq, Instant::now()));
@@ -256,21 +277,63 @@ impl EthPort for SourcePort {
 
 /// The devices of one chain run, served over vfio-user, recording into one trace.
 pub struct ChainRig {
+    pub fabric: Arc<nagare::Fabric>,
+    /// The switch's management function (what the CPU's MMIO to it reaches).
+    pub switch: Arc<Mutex<nagare::Switch>>,
     pub nic: Arc<Mutex<enso_nic::EnsoNic>>,
     pub crypto: Arc<Mutex<Accelerator>>,
     pub ml: Option<Arc<Mutex<Accelerator>>>,
     pub trace: Arc<OpTrace>,
     servers: Vec<(String, vfio_server::ServerHandle)>,
-    /// Sockets: NIC, crypto, ML.
+    /// Sockets: switch, NIC, crypto, ML (if any).
     pub sockets: Vec<PathBuf>,
     src: Arc<Mutex<Source>>,
     go: Arc<AtomicBool>,
     pub key: crypto::Key,
 }
 
-fn serve<D: PciDevice + 'static>(dev: &Arc<Mutex<D>>, sock: &Path) -> Result<vfio_server::ServerHandle> {
+/// Serves `dev` on `sock`; behind the switch's port `port` when given.
+fn serve<D: PciDevice + 'static>(
+    dev: &Arc<Mutex<D>>,
+    sock: &Path,
+    behind: Option<(&Arc<nagare::Fabric>, u32)>,
+) -> Result<vfio_server::ServerHandle> {
     let shared: Arc<Mutex<dyn PciDevice>> = dev.clone();
-    Ok(vfio_server::Server::bind(sock, shared).with_context(|| format!("bind {}", sock.display()))?.spawn())
+    let mut server =
+        vfio_server::Server::bind(sock, shared).with_context(|| format!("bind {}", sock.display()))?;
+    if let Some((fabric, port)) = behind {
+        let fabric = fabric.clone();
+        server = server.with_upstream(Arc::new(move |mem: Arc<pcie_model::GuestMemory>| {
+            Arc::new(nagare::FabricSpace::new(fabric.clone(), port, mem)) as Arc<dyn pcie_model::DmaSpace>
+        }));
+    }
+    Ok(server.spawn())
+}
+
+/// An accelerator's stream window as the switch delivers to it.
+struct AccelInput(accel::StreamPort);
+impl nagare::Ingress for AccelInput {
+    fn push(&self, offset: u64, data: &[u8]) -> bool {
+        self.0.push(offset, data)
+    }
+    fn window(&self) -> u64 {
+        testbed_regs::accel::STREAM_WINDOW_SIZE
+    }
+}
+
+/// The NIC's TX stream window as the switch delivers to it.
+struct NicTxInput(enso_nic::stream::TxStreamPort);
+impl nagare::Ingress for NicTxInput {
+    fn push(&self, offset: u64, data: &[u8]) -> bool {
+        self.0.push(offset, data)
+    }
+    fn window(&self) -> u64 {
+        testbed_regs::enso::ext::STREAM_TX_WINDOW_SIZE
+    }
+}
+
+fn pci_id(vendor: u16, device: u16) -> u32 {
+    (vendor as u32) << 16 | device as u32
 }
 
 impl ChainRig {
@@ -305,14 +368,52 @@ impl ChainRig {
         if let Some(m) = &ml {
             lock(m).trace_to(TraceTap::new(trace.clone(), "ml"));
         }
-        let mut sockets = vec![dir.join("nic.sock"), dir.join("crypto.sock")];
-        let mut servers = vec![("nic".to_string(), serve(&nic, &sockets[0])?)];
-        servers.push(("crypto".into(), serve(&crypto, &sockets[1])?));
-        if let Some(m) = &ml {
+        // The switch, with every device behind one of its ports.
+        use testbed_regs::{accel as acc, enso as en};
+        let fabric = nagare::Fabric::new(nagare::PipelineConfig::default());
+        let (nic_port, nic_pcie) = {
+            let n = nic.lock().unwrap_or_else(|e| e.into_inner());
+            let credits = n.credit_port();
+            let port = nagare::Port {
+                name: "nic".into(),
+                pci_id: pci_id(en::VENDOR_ID, en::DEVICE_ID),
+                input: Some(Arc::new(NicTxInput(n.tx_stream_port()))),
+                credits: Some(Arc::new(move |pipe, head| credits.set_head(pipe, head))),
+                counters: Some(PciDevice::counters(&*n)),
+            };
+            (fabric.attach(port), PciDevice::counters(&*n))
+        };
+        let _ = nic_pcie;
+        let accel_port = |d: &Arc<Mutex<Accelerator>>, name: &str, device: u16| {
+            let a = d.lock().unwrap_or_else(|e| e.into_inner());
+            fabric.attach(nagare::Port {
+                name: name.into(),
+                pci_id: pci_id(acc::VENDOR_ID, device),
+                input: Some(Arc::new(AccelInput(a.stream_port()))),
+                credits: None,
+                counters: Some(PciDevice::counters(&*a)),
+            })
+        };
+        let crypto_port = accel_port(&crypto, "crypto", acc::CRYPTO_DEVICE_ID);
+        let ml_port = ml.as_ref().map(|m| accel_port(m, "ml", acc::ML_DEVICE_ID));
+        let switch = Arc::new(Mutex::new(nagare::Switch::new(fabric.clone())?));
+        let mut sockets = vec![dir.join("nagare.sock"), dir.join("nic.sock"), dir.join("crypto.sock")];
+        let mut servers = vec![("nagare".to_string(), serve(&switch, &sockets[0], None)?)];
+        servers.push(("nic".into(), serve(&nic, &sockets[1], Some((&fabric, nic_port)))?));
+        servers.push(("crypto".into(), serve(&crypto, &sockets[2], Some((&fabric, crypto_port)))?));
+        if let (Some(m), Some(port)) = (&ml, ml_port) {
             sockets.push(dir.join("ml.sock"));
-            servers.push(("ml".into(), serve(m, &sockets[2])?));
+            servers.push(("ml".into(), serve(m, &sockets[3], Some((&fabric, port)))?));
         }
-        Ok(ChainRig { nic, crypto, ml, trace, servers, sockets, src, go, key })
+        Ok(ChainRig { fabric, switch, nic, crypto, ml, trace, servers, sockets, src, go, key })
+    }
+
+    /// The sockets of the devices a guest needs for `mode`, in PCI slot order.
+    pub fn guest_sockets(&self, mode: Mode) -> Vec<PathBuf> {
+        match mode {
+            Mode::Cpu => self.sockets[1..].to_vec(),
+            _ => self.sockets.clone(),
+        }
     }
 
     /// Starts the source.
@@ -344,6 +445,8 @@ impl ChainRig {
         };
         let nic = self.nic.lock().unwrap_or_else(|e| e.into_inner()).counters();
         m.insert("nic".into(), nz(&testbed_regs::enso::ext::counter::NAMES, &nic));
+        let sw = self.fabric.counters.snapshot();
+        m.insert("nagare".into(), nz(&testbed_regs::nagare::reg::counter::NAMES, &sw));
         let names = testbed_regs::accel::reg::counter::NAMES;
         let c = self.crypto.lock().unwrap_or_else(|e| e.into_inner()).device_counters();
         m.insert("crypto".into(), nz(&names, &c));
@@ -397,9 +500,12 @@ pub struct ModeReport {
 /// Cuts `trace` into items (each starts with the NIC writing an image to the host) and
 /// summarizes the typical one.
 pub fn mode_report(trace: &OpTrace, src: &SourceReport, cpu_ns_per_item: f64) -> ModeReport {
-    let items = trace.items(|o| o.dir == "nic->cpu" && o.kind == OpKind::DmaWr && o.role == OpRole::Data);
+    // An item starts when the NIC writes it, to the host or into a stream.
+    let items =
+        trace.items(|o| o.dir.starts_with("nic->") && o.kind == OpKind::DmaWr && o.role == OpRole::Data);
     let (typical, n) = trace::typical(&items).unwrap_or_default();
-    let cost = trace::cost(&typical, &LinkConfig::default(), 0.0);
+    let switch_ns = nagare::PipelineConfig::default().latency_ns();
+    let cost = trace::cost(&typical, &LinkConfig::default(), switch_ns);
     ModeReport {
         items: src.sent,
         matched: src.matched,
@@ -414,46 +520,105 @@ pub fn mode_report(trace: &OpTrace, src: &SourceReport, cpu_ns_per_item: f64) ->
     }
 }
 
-/// Runs the chain with the driver in this process (vfio-user); returns the report of the
-/// mode, the source's report and the driver's statistics.
-pub fn run_native(o: &ChainOptions, dir: &Path) -> Result<(ModeReport, SourceReport, ChainStats, ChainRig)> {
+/// A mode's run with the driver in this process: what the source and the driver saw.
+pub struct NativeRun {
+    /// The mode's figures.
+    pub mode: ModeReport,
+    /// The source's report.
+    pub source: SourceReport,
+    /// The driver's statistics.
+    pub stats: ChainStats,
+    /// The devices (still served).
+    pub rig: ChainRig,
+}
+
+/// Connects to a socket of the rig.
+pub fn connect(p: &Path) -> Result<Box<dyn device_access::DeviceAccess>> {
+    Ok(Box::new(VfioUserDevice::connect(p).with_context(|| format!("connect {}", p.display()))?))
+}
+
+/// The driver side of a native run, set up and ready to run on its own thread.
+enum Driver {
+    Cpu(guest_apps::chain::Chain),
+    Nagare(guest_apps::chain::NagareChain),
+}
+
+impl Driver {
+    fn setup(rig: &ChainRig, o: &ChainOptions, mode: Mode) -> Result<Driver> {
+        let nic = connect(&rig.sockets[1])?;
+        let cr = connect(&rig.sockets[2])?;
+        let ml = match o.shape {
+            Shape::CryptoMl => Some(connect(&rig.sockets[3])?),
+            Shape::Crypto => None,
+        };
+        let mut params = ChainParams::new(o.shape, rig.key);
+        params.items = Some(o.items);
+        params.idle = Some(Duration::from_secs(15));
+        let e = |e: guest_apps::chain::ChainError| anyhow::anyhow!("chain setup: {e}");
+        Ok(match mode {
+            Mode::Cpu => Driver::Cpu(guest_apps::chain::Chain::setup(nic, cr, ml, params).map_err(e)?),
+            _ => {
+                let sw = connect(&rig.sockets[0])?;
+                let flow = guest_apps::chain::Flow::default();
+                Driver::Nagare(
+                    guest_apps::chain::NagareChain::setup(nic, cr, ml, sw, params, flow).map_err(e)?,
+                )
+            }
+        })
+    }
+
+    fn run(&mut self, stop: &AtomicBool) -> Result<ChainStats, guest_apps::chain::ChainError> {
+        match self {
+            Driver::Cpu(c) => c.run(stop),
+            Driver::Nagare(c) => c.run(stop),
+        }
+    }
+}
+
+/// Runs one mode of the chain (cpu or nagare) with the driver in this process
+/// (vfio-user). `during` runs on the calling thread while the items flow (tests use it to
+/// push from elsewhere).
+pub fn run_native_with(
+    o: &ChainOptions,
+    mode: Mode,
+    dir: &Path,
+    mut during: impl FnMut(&ChainRig),
+) -> Result<NativeRun> {
     let rig = ChainRig::new(o, dir)?;
-    let connect = |p: &PathBuf| -> Result<Box<dyn device_access::DeviceAccess>> {
-        Ok(Box::new(VfioUserDevice::connect(p).with_context(|| format!("connect {}", p.display()))?))
-    };
-    let nic = connect(&rig.sockets[0])?;
-    let cr = connect(&rig.sockets[1])?;
-    let ml = match o.shape {
-        Shape::CryptoMl => Some(connect(&rig.sockets[2])?),
-        Shape::Crypto => None,
-    };
-    let mut params = ChainParams::new(o.shape, rig.key);
-    params.items = Some(o.items);
-    params.idle = Some(Duration::from_secs(15));
+    let mut driver = Driver::setup(&rig, o, mode)?;
     let stop = Arc::new(AtomicBool::new(false));
-    let mut chain =
-        guest_apps::chain::Chain::setup(nic, cr, ml, params).map_err(|e| anyhow::anyhow!("{e}"))?;
     let s2 = stop.clone();
-    let driver = std::thread::Builder::new().name("chain".into()).spawn(move || chain.run(&s2))?;
+    let t = std::thread::Builder::new().name("chain".into()).spawn(move || driver.run(&s2))?;
     rig.start();
     let deadline = Instant::now() + Duration::from_secs(60) + Duration::from_millis(20 * o.items);
     while !rig.done() && Instant::now() < deadline {
+        during(&rig);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Let the driver see the last item leave, then stop it.
+    let settle = Instant::now();
+    while !t.is_finished() && settle.elapsed() < Duration::from_secs(2) {
         std::thread::sleep(Duration::from_millis(2));
     }
     stop.store(true, Ordering::Relaxed);
-    let stats = driver
+    let stats = t
         .join()
         .map_err(|_| anyhow::anyhow!("the chain thread panicked"))?
         .map_err(|e| anyhow::anyhow!("chain: {e}"))?;
-    let src = rig.source();
-    let mode = mode_report(&rig.trace, &src, stats.cpu_ns_per_item);
-    Ok((mode, src, stats, rig))
+    let source = rig.source();
+    let mode = mode_report(&rig.trace, &source, stats.cpu_ns_per_item);
+    Ok(NativeRun { mode, source, stats, rig })
 }
 
-fn check_mode(report: &mut RunReport, o: &ChainOptions, m: &ModeReport, src: &SourceReport) {
+/// As [`run_native_with`], with nothing to do meanwhile.
+pub fn run_native(o: &ChainOptions, mode: Mode, dir: &Path) -> Result<NativeRun> {
+    run_native_with(o, mode, dir, |_| {})
+}
+
+fn check_mode(report: &mut RunReport, name: &str, o: &ChainOptions, m: &ModeReport, src: &SourceReport) {
     report.check(
-        "chain:all_matched",
-        src.matched == o.items && src.mismatched == 0 && src.lost == 0,
+        &format!("{name}:all_matched"),
+        src.matched == o.items && src.mismatched == 0 && src.lost == 0 && src.unsolicited == 0,
         format!(
             "sent {}, received {}, matched {}, mismatched {}, lost {}{}",
             src.sent,
@@ -465,81 +630,120 @@ fn check_mode(report: &mut RunReport, o: &ChainOptions, m: &ModeReport, src: &So
         ),
     );
     report.check(
-        "chain:traced",
+        &format!("{name}:traced"),
         m.traced_items as u64 == o.items && m.trace_items * 2 > m.traced_items,
         format!("{} items traced, {} share the reported trace", m.traced_items, m.trace_items),
     );
 }
 
-/// `testbed run chain`: the chain's devices served to a guest (or a native driver)
-/// running the `chain` app; the source checks every result.
+/// One mode in a guest: boots it with the rig's devices, starts the source when the
+/// guest's chain is ready, and checks both sides.
+fn run_vm_mode(
+    env: &Env,
+    opts: &RunOptions,
+    o: &ChainOptions,
+    mode: Mode,
+    dir: &Path,
+    report: &mut RunReport,
+) -> Result<(ModeReport, SourceReport, ChainRig)> {
+    let rig = ChainRig::new(o, dir)?;
+    let key: String = rig.key.iter().map(|b| format!("{b:02x}")).collect();
+    let spec = VmSpec {
+        name: format!("guest-{}", mode.name()),
+        accel: env.accel,
+        memory_mb: 512,
+        vfio_user: rig.guest_sockets(mode),
+        scenario: "chain".into(),
+        args: vec![
+            format!("mode={}", mode.name()),
+            format!("chain={}", o.shape.name().replace(',', "+")),
+            format!("items={}", o.items),
+            format!("key={key}"),
+            "idle_ms=5000".into(),
+        ],
+        dir: dir.to_path_buf(),
+    };
+    let mut vm = Vm::start(&spec, &env.qemu, &env.image)?;
+    let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
+    let ready =
+        vm.wait_for(opts.timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
+    let ready = ready && vm.events().0.iter().any(|e| e["event"] == "ready");
+    if ready {
+        rig.start();
+        let deadline = Instant::now() + opts.timeout;
+        while !rig.done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let out = vm.wait(opts.timeout);
+    let mut sub = RunReport::native("chain", dir);
+    run::finish_guest_checks(&mut sub, &out, &console, &qemu_log);
+    sub.check("guest_ready", ready, "the guest's chain set up its devices");
+    for a in sub.assertions {
+        report.check(&format!("{}:{}", mode.name(), a.name), a.pass, a.detail);
+    }
+    report.boot_s = sub.boot_s;
+    let mut guest = report.guest.as_object().cloned().unwrap_or_default();
+    guest.insert(mode.name().into(), sub.guest.clone());
+    report.guest = Value::Object(guest);
+    let cpu = sub.guest["values"]["cpu_ns_per_item"].as_f64().unwrap_or(0.0);
+    let src = rig.source();
+    let m = mode_report(&rig.trace, &src, cpu);
+    if opts.console {
+        eprintln!(
+            "----- guest console ({}) -----\n{}",
+            mode.name(),
+            std::fs::read_to_string(&console).unwrap_or_default()
+        );
+    }
+    Ok((m, src, rig))
+}
+
+/// `testbed run chain`: the chain's devices behind the switch, served to a guest (or a
+/// native driver) running the `chain` app in each mode asked for; the source checks
+/// every result of every mode.
 pub fn run(env: Option<&Env>, opts: &RunOptions, o: &ChainOptions) -> Result<RunReport> {
     let started = Instant::now();
     let dir = run::private_dir("chain")?;
     let mut report = match (o.transport, env) {
         (Transport::Vm, Some(env)) => RunReport::new("chain", env, &dir),
-        _ => RunReport::native("chain", &dir),
-    };
-    let (mode, src, cpu_ns, rig) = match (o.transport, env) {
-        (Transport::Native, _) => {
-            let (mode, src, stats, rig) = run_native(o, &dir)?;
-            report.guest = json!({"transport": "vfio-user", "stats": format!("{stats:?}")});
-            let cpu = stats.cpu_ns_per_item;
-            (mode, src, cpu, rig)
-        }
         (Transport::Vm, None) => anyhow::bail!("the VM transport needs a provisioned environment"),
-        (Transport::Vm, Some(env)) => {
-            let _lock = VmLock::acquire()?;
-            let rig = ChainRig::new(o, &dir)?;
-            let key: String = rig.key.iter().map(|b| format!("{b:02x}")).collect();
-            let spec = VmSpec {
-                name: "guest".into(),
-                accel: env.accel,
-                memory_mb: 512,
-                vfio_user: rig.sockets.clone(),
-                scenario: "chain".into(),
-                args: vec![
-                    format!("chain={}", o.shape.name().replace(',', "+")),
-                    format!("items={}", o.items),
-                    format!("key={key}"),
-                    "idle_ms=5000".into(),
-                ],
-                dir: dir.clone(),
-            };
-            let mut vm = Vm::start(&spec, &env.qemu, &env.image)?;
-            let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
-            let ready = vm.wait_for(opts.timeout, |ev| {
-                ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result")
-            });
-            let ready = ready && vm.events().0.iter().any(|e| e["event"] == "ready");
-            if ready {
-                rig.start();
-                let deadline = Instant::now() + opts.timeout;
-                while !rig.done() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-            let out = vm.wait(opts.timeout);
-            run::finish_guest_checks(&mut report, &out, &console, &qemu_log);
-            report.check("guest_ready", ready, "the guest's chain set up its devices");
-            let cpu = report.guest["values"]["cpu_ns_per_item"].as_f64().unwrap_or(0.0);
-            let src = rig.source();
-            let mode = mode_report(&rig.trace, &src, cpu);
-            if opts.console {
-                eprintln!(
-                    "----- guest console -----\n{}",
-                    std::fs::read_to_string(&console).unwrap_or_default()
-                );
-            }
-            (mode, src, cpu, rig)
-        }
+        (Transport::Native, _) => RunReport::native("chain", &dir),
     };
-    let _ = cpu_ns;
-    check_mode(&mut report, o, &mode, &src);
-    report.devices = rig.device_counters();
-    report.traffic = serde_json::to_value(&src)?;
-    report.modes = json!({ o.mode.name(): mode });
-    report.servers = rig.stop();
+    let _lock = match o.transport {
+        Transport::Vm => Some(VmLock::acquire()?),
+        Transport::Native => None,
+    };
+    let mut modes = serde_json::Map::new();
+    let mut sources = serde_json::Map::new();
+    let mut devices = serde_json::Map::new();
+    let mut servers = serde_json::Map::new();
+    for mode in o.mode.runs() {
+        let sub = dir.join(mode.name());
+        std::fs::create_dir_all(&sub)?;
+        let (m, src, rig) = match (o.transport, env) {
+            (Transport::Vm, Some(env)) => run_vm_mode(env, opts, o, mode, &sub, &mut report)?,
+            _ => {
+                let r = run_native(o, mode, &sub)?;
+                let mut guest = report.guest.as_object().cloned().unwrap_or_default();
+                guest.insert(
+                    mode.name().into(),
+                    json!({"transport": "vfio-user", "stats": format!("{:?}", r.stats)}),
+                );
+                report.guest = Value::Object(guest);
+                (r.mode, r.source, r.rig)
+            }
+        };
+        check_mode(&mut report, mode.name(), o, &m, &src);
+        devices.insert(mode.name().into(), Value::Object(rig.device_counters()));
+        servers.insert(mode.name().into(), Value::Object(rig.stop()));
+        sources.insert(mode.name().into(), serde_json::to_value(&src)?);
+        modes.insert(mode.name().into(), serde_json::to_value(&m)?);
+    }
+    report.devices = devices;
+    report.servers = servers;
+    report.traffic = Value::Object(sources);
+    report.modes = Value::Object(modes);
     report.finish(&dir, opts.keep, started);
     Ok(report)
 }
@@ -556,8 +760,9 @@ pub fn render_trace(mode: &str, m: &ModeReport) -> String {
             serde_json::to_value(o.kind).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         let role =
             serde_json::to_value(o.role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        let via = if o.switched { ", routed by the switch" } else { "" };
         if o.critical {
-            s += &format!("    {:<16} {:<8} {:<11} {:>6} B  {rtt} RTT\n", o.dir, kind, role, o.bytes);
+            s += &format!("    {:<16} {:<8} {:<11} {:>6} B  {rtt} RTT{via}\n", o.dir, kind, role, o.bytes);
         } else {
             s += &format!(
                 "    {:<16} {:<8} {:<11} {:>6} B  (off the critical path)\n",

@@ -632,16 +632,16 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     if let Some(modes) = r.modes.as_object() {
-        let t = &r.traffic;
-        s += &format!(
-            "  source: sent {}, matched {}, mismatched {}, lost {}, round trip p50 {:.1} µs\n",
-            t["sent"],
-            t["matched"],
-            t["mismatched"],
-            t["lost"],
-            t["latency_p50_us"].as_f64().unwrap_or(0.0)
-        );
         for (name, m) in modes {
+            let t = &r.traffic[name];
+            s += &format!(
+                "  {name} source: sent {}, matched {}, mismatched {}, lost {}, round trip p50 {:.1} µs\n",
+                t["sent"],
+                t["matched"],
+                t["mismatched"],
+                t["lost"],
+                t["latency_p50_us"].as_f64().unwrap_or(0.0)
+            );
             if let Ok(m) = serde_json::from_value::<crate::chain::ModeReport>(m.clone()) {
                 s += &crate::chain::render_trace(name, &m);
                 s += &format!("    CPU per item: {:.0} ns\n", m.cpu_ns_per_item);
@@ -674,11 +674,22 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     for (name, c) in &r.devices {
-        s += &format!("  device {name} counters:\n");
-        if let Some(m) = c.as_object() {
-            for (k, v) in m {
-                s += &format!("    {k:<22} {v}\n");
+        let Some(m) = c.as_object() else { continue };
+        if m.values().all(|v| v.is_object()) && !r.modes.is_null() {
+            // Per mode, then per device.
+            for (dev, counters) in m {
+                s += &format!("  {name}: device {dev} counters:");
+                for (k, v) in counters.as_object().into_iter().flatten() {
+                    s += &format!(" {k} {v},");
+                }
+                s.pop();
+                s += "\n";
             }
+            continue;
+        }
+        s += &format!("  device {name} counters:\n");
+        for (k, v) in m {
+            s += &format!("    {k:<22} {v}\n");
         }
     }
     s += &format!("  logs: {}\n", r.logs);

@@ -2,7 +2,7 @@
 //! process): every result checked by the source, and the per-item PCIe trace.
 
 use guest_apps::chain::Shape;
-use testbed::chain::{run_native, ChainOptions, Mode, Transport};
+use testbed::chain::{run_native, ChainOptions, Mode, NativeRun, Transport};
 
 fn opts(items: u64, shape: Shape) -> ChainOptions {
     ChainOptions { items, shape, mode: Mode::Cpu, stream: 3, transport: Transport::Native }
@@ -14,7 +14,8 @@ fn dir(tag: &str) -> std::path::PathBuf {
 
 #[test]
 fn cpu_chain_is_table_2_and_every_result_is_right() {
-    let (m, src, stats, rig) = run_native(&opts(500, Shape::CryptoMl), &dir("chain-t2")).unwrap();
+    let NativeRun { mode: m, source: src, stats, rig } =
+        run_native(&opts(500, Shape::CryptoMl), Mode::Cpu, &dir("chain-t2")).unwrap();
     assert_eq!((src.sent, src.matched, src.mismatched, src.lost), (500, 500, 0, 0), "{src:?}");
     assert_eq!(stats.items, 500);
     assert_eq!((stats.auth_failures, stats.accel_errors, stats.bad_frames), (0, 0, 0));
@@ -30,9 +31,97 @@ fn cpu_chain_is_table_2_and_every_result_is_right() {
 
 #[test]
 fn the_trace_follows_the_chain_crypto_only_is_8_ops() {
-    let (m, src, _, rig) = run_native(&opts(300, Shape::Crypto), &dir("chain-crypto")).unwrap();
+    let NativeRun { mode: m, source: src, rig, .. } =
+        run_native(&opts(300, Shape::Crypto), Mode::Cpu, &dir("chain-crypto")).unwrap();
     assert_eq!((src.matched, src.mismatched, src.lost), (300, 0, 0), "{src:?}");
     assert_eq!((m.ops, m.rtt_units), (8, 6.0));
     assert!(!m.trace.iter().any(|o| o.dir.contains("ml")), "no ML device in this chain");
+    rig.stop();
+}
+
+#[test]
+fn nagare_chain_is_table_3_and_a_denied_push_is_dropped_while_it_runs() {
+    use testbed_regs::nagare as ng;
+    let mut pushes = 0u64;
+    let run =
+        testbed::chain::run_native_with(&opts(400, Shape::CryptoMl), Mode::Nagare, &dir("chain-t3"), |rig| {
+            // The CPU is not on the stream's allow list: its pushes are dropped and counted.
+            if pushes < 5 {
+                use pcie_model::PciDevice;
+                rig.switch.lock().unwrap().bar_write(ng::WINDOW_BAR, 4096 * pushes, b"not allowed here");
+                pushes += 1;
+            }
+        })
+        .unwrap();
+    let (m, src) = (&run.mode, &run.source);
+    assert_eq!((src.sent, src.matched, src.mismatched, src.lost), (400, 400, 0, 0), "{src:?}");
+    assert_eq!((m.ops, m.rtt_units), (3, 1.5), "seed Table 3");
+    assert!(
+        m.trace.iter().filter(|o| o.critical).all(|o| o.switched),
+        "every critical op went through the switch"
+    );
+    assert!(!m.trace.iter().any(|o| o.dir.contains("cpu")), "the CPU is on no item's path");
+    let critical: Vec<_> = m.trace.iter().filter(|o| o.critical).collect();
+    assert_eq!(critical.iter().map(|o| o.rtt_weight).sum::<f64>(), m.rtt_units);
+    let switch_ns = nagare::PipelineConfig::default().latency_ns();
+    assert!(m.modeled_ns > 1.5 * 2.0 * 379.0 + 3.0 * switch_ns, "the pipeline delay is in modeled_ns");
+    insta::assert_json_snapshot!("nagare_chain_item_trace", m.trace);
+    let denied = run.rig.fabric.counters.get(ng::reg::counter::ACL_DENIED);
+    assert_eq!(denied, pushes, "every denied push counted");
+    assert_eq!(run.rig.fabric.stats[0].denied.load(std::sync::atomic::Ordering::Relaxed), pushes);
+    assert!(run.stats.cpu_ns_per_item < 1e9);
+    run.rig.stop();
+}
+
+#[test]
+fn nagare_crypto_only_is_2_ops() {
+    let run = run_native(&opts(300, Shape::Crypto), Mode::Nagare, &dir("chain-t3c")).unwrap();
+    assert_eq!((run.source.matched, run.source.lost), (300, 0));
+    assert_eq!((run.mode.ops, run.mode.rtt_units), (2, 1.0));
+    run.rig.stop();
+}
+
+#[test]
+fn the_cpu_pushes_into_a_stream_and_the_switch_forwards_it() {
+    use guest_apps::chain::{ChainParams, Flow, NagareChain};
+    let o = opts(0, Shape::CryptoMl);
+    let d = dir("chain-push");
+    let rig = testbed::chain::ChainRig::new(&o, &d).unwrap();
+    let c = |i: usize| testbed::chain::connect(&rig.sockets[i]).unwrap();
+    let mut chain = NagareChain::setup(
+        c(1),
+        c(2),
+        Some(c(3)),
+        c(0),
+        ChainParams::new(Shape::CryptoMl, rig.key),
+        Flow::default(),
+    )
+    .unwrap();
+    let s = chain.stream();
+    let sw = chain.switch();
+    let mask = (1 << 1) | (1 << 2) | (1 << 3);
+    sw.set_acl(s, mask | 1).unwrap();
+    // Three sealed images pushed by the CPU (records on 64-byte boundaries of the stream).
+    let mut off = 0u64;
+    for seq in 1000..1003u32 {
+        let plain = testbed::chain::image_record(3, seq);
+        let sealed = accel::crypto::seal(&rig.key, seq, 3, accel::crypto::item_nonce(3, seq), &plain[40..]);
+        sw.push(s, off, &sealed).unwrap();
+        off = (off + sealed.len() as u64).next_multiple_of(64);
+    }
+    let t = std::time::Instant::now();
+    while rig.source().unsolicited < 3 && t.elapsed() < std::time::Duration::from_secs(20) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let src = rig.source();
+    assert_eq!((src.unsolicited, src.mismatched), (3, 0), "the NIC sent the right results: {src:?}");
+    assert_eq!(sw.counter("cpu_pushes").unwrap(), 3);
+    assert_eq!(sw.egress(s).unwrap(), 3);
+    // Off the list again: the next push is denied and visible to the CPU.
+    sw.set_acl(s, mask).unwrap();
+    sw.push(s, off, b"late").unwrap();
+    assert_eq!(sw.denied(s).unwrap(), 1);
+    assert_eq!(sw.counter("acl_denied").unwrap(), 1);
+    drop(chain);
     rig.stop();
 }

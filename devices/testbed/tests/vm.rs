@@ -112,15 +112,25 @@ fn recompute(mode: &Value) -> (u64, f64) {
 }
 
 #[test]
-fn chain_through_the_cpu_in_a_guest_is_table_2() {
-    let v = run(&["run", "chain", "--mode", "cpu", "--items", "60", "--json"]);
-    let m = &v["modes"]["cpu"];
-    assert_eq!((m["items"].as_u64(), m["matched"].as_u64()), (Some(60), Some(60)), "{m}");
-    assert_eq!((m["ops"].as_u64(), m["rtt_units"].as_f64()), (Some(12), Some(9.0)));
-    assert_eq!(recompute(m), (12, 9.0), "ops and RTT units follow from trace[]");
-    assert!(m["modeled_ns"].as_f64().is_some_and(|n| n > 9.0 * 2.0 * 379.0));
-    assert!(m["cpu_ns_per_item"].as_f64().is_some_and(|n| n > 0.0), "the guest measured its CPU time");
-    assert_eq!(v["guest"]["transport"], "vfio", "the chain ran through VFIO in the guest");
-    assert_eq!(v["devices"]["crypto"]["commands"], 60);
-    assert_eq!(v["devices"]["ml"]["commands"], 60);
+fn chain_in_guests_cpu_is_table_2_and_nagare_is_table_3() {
+    let v = run(&["run", "chain", "--mode", "both", "--items", "60", "--json"]);
+    let cpu = &v["modes"]["cpu"];
+    let ng = &v["modes"]["nagare"];
+    for m in [cpu, ng] {
+        assert_eq!((m["items"].as_u64(), m["matched"].as_u64()), (Some(60), Some(60)), "{m}");
+    }
+    assert_eq!((cpu["ops"].as_u64(), cpu["rtt_units"].as_f64()), (Some(12), Some(9.0)));
+    assert_eq!(recompute(cpu), (12, 9.0), "ops and RTT units follow from trace[]");
+    assert_eq!((ng["ops"].as_u64(), ng["rtt_units"].as_f64()), (Some(3), Some(1.5)));
+    assert_eq!(recompute(ng), (3, 1.5));
+    assert!(cpu["modeled_ns"].as_f64() > ng["modeled_ns"].as_f64());
+    assert!(cpu["cpu_ns_per_item"].as_f64().is_some_and(|n| n > 0.0), "the guest measured its CPU time");
+    assert_eq!(v["guest"]["cpu"]["transport"], "vfio", "the chain ran through VFIO in the guest");
+    assert_eq!(v["guest"]["nagare"]["transport"], "vfio");
+    assert_eq!(v["devices"]["cpu"]["crypto"]["commands"], 60);
+    assert_eq!(v["devices"]["nagare"]["crypto"]["stream_records"], 60);
+    assert_eq!(
+        v["devices"]["nagare"]["nagare"]["routed"], 180,
+        "three pushes per item went through the switch"
+    );
 }

@@ -110,6 +110,8 @@ pub enum ChainError {
     Access(device_access::Error),
     /// The chain's devices do not match its shape.
     Setup(String),
+    /// The switch refused or failed.
+    Switch(nagare_client::Error),
 }
 
 impl std::fmt::Display for ChainError {
@@ -119,6 +121,7 @@ impl std::fmt::Display for ChainError {
             ChainError::Accel(e) => write!(f, "accelerator: {e}"),
             ChainError::Access(e) => write!(f, "transport: {e}"),
             ChainError::Setup(e) => write!(f, "{e}"),
+            ChainError::Switch(e) => write!(f, "switch: {e}"),
         }
     }
 }
@@ -131,6 +134,11 @@ impl From<enso::Error> for ChainError {
 impl From<accel_driver::Error> for ChainError {
     fn from(e: accel_driver::Error) -> Self {
         ChainError::Accel(e)
+    }
+}
+impl From<nagare_client::Error> for ChainError {
+    fn from(e: nagare_client::Error) -> Self {
+        ChainError::Switch(e)
     }
 }
 impl From<device_access::Error> for ChainError {
@@ -389,6 +397,201 @@ impl Chain {
         s.accel_doorbells = self.crypto.doorbells() + self.ml.as_ref().map_or(0, |m| m.doorbells());
         Ok(s)
     }
+}
+
+/// The chain's flow: our end and the peer's (the source that sends the images).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// Our MAC, IPv4 address and UDP port.
+    pub local: ([u8; 6], [u8; 4], u16),
+    /// The peer's.
+    pub peer: ([u8; 6], [u8; 4], u16),
+}
+
+impl Default for Flow {
+    /// The testbed source's flow: 10.0.0.2:5000 → 10.1.0.1:7000.
+    fn default() -> Self {
+        Flow {
+            local: ([0x02, 0, 0, 0, 0, 0x01], [10, 1, 0, 1], record::UDP_PORT),
+            peer: ([0x02, 0, 0, 0, 0, 0x02], [10, 0, 0, 2], 5000),
+        }
+    }
+}
+
+impl Flow {
+    /// The header of our replies (lengths and checksum left for the NIC).
+    pub fn reply_template(&self) -> [u8; FRAME_HEADER] {
+        let mut h = [0u8; FRAME_HEADER];
+        h[0..6].copy_from_slice(&self.peer.0);
+        h[6..12].copy_from_slice(&self.local.0);
+        h[12..14].copy_from_slice(&[0x08, 0x00]);
+        h[14] = 0x45;
+        h[20..22].copy_from_slice(&0x4000u16.to_be_bytes());
+        h[22] = 64;
+        h[23] = 17;
+        h[26..30].copy_from_slice(&self.local.1);
+        h[30..34].copy_from_slice(&self.peer.1);
+        h[34..36].copy_from_slice(&self.local.2.to_be_bytes());
+        h[36..38].copy_from_slice(&self.peer.2.to_be_bytes());
+        h
+    }
+}
+
+/// The chain on the Nagare switch: the CPU configures every device and the stream once,
+/// then only watches counters while the devices push to each other.
+pub struct NagareChain {
+    sw: nagare_client::Switch,
+    dev: Device,
+    _pipe: enso::StreamPipe,
+    crypto: Accel,
+    ml: Option<Accel>,
+    stream: u32,
+    params: ChainParams,
+}
+
+impl NagareChain {
+    /// Sets up stream 0: the NIC's stream pipe fills the stream's window, each
+    /// accelerator's stream interface pushes its output back into it, and the switch
+    /// forwards along `params.shape` to the NIC's TX stream window.
+    pub fn setup(
+        nic: Box<dyn DeviceAccess>,
+        crypto: Box<dyn DeviceAccess>,
+        ml: Option<Box<dyn DeviceAccess>>,
+        switch: Box<dyn DeviceAccess>,
+        params: ChainParams,
+        flow: Flow,
+    ) -> Result<NagareChain, ChainError> {
+        use testbed_regs::{accel as acc, enso as en};
+        if (params.shape == Shape::CryptoMl) != ml.is_some() {
+            return Err(ChainError::Setup(format!(
+                "chain '{}' and the devices given differ",
+                params.shape.name()
+            )));
+        }
+        let mut sw = nagare_client::Switch::open(switch)?;
+        let stream = 0;
+        let window = sw.window(stream);
+        let nic_port = sw.port_of(en::VENDOR_ID, en::DEVICE_ID)?;
+        let crypto_port = sw.port_of(acc::VENDOR_ID, acc::CRYPTO_DEVICE_ID)?;
+        let mut dev = Device::new(nic, 0)?;
+        let pipe_id = dev.info().num_pipes - 1;
+        let pipe = dev.enable_stream_pipe(pipe_id, window)?;
+        let ip = |a: [u8; 4]| u32::from_be_bytes(a);
+        // Ensō keys UDP flows on the destination only.
+        dev.insert_flow_entry(flow.local.2, 0, ip(flow.local.1), 0, 17, pipe.id())?;
+        dev.start_tx_stream(&flow.reply_template())?;
+        let ring = acc::STREAM_WINDOW_SIZE as u32;
+        let mut crypto = Accel::open(crypto, 2)?;
+        crypto.start_stream(&accel_driver::StreamConfig {
+            op: acc::desc::OP_DECRYPT,
+            key: params.key,
+            model: 0,
+            dest: window,
+            dest_size: ring,
+        })?;
+        let mut devices = vec![crypto_port];
+        let ml = match ml {
+            Some(a) => {
+                let mut m = Accel::open(a, 2)?;
+                m.start_stream(&accel_driver::StreamConfig {
+                    op: acc::desc::OP_INFER,
+                    key: [0; 32],
+                    model: params.model,
+                    dest: window,
+                    dest_size: ring,
+                })?;
+                devices.push(sw.port_of(acc::VENDOR_ID, acc::ML_DEVICE_ID)?);
+                Some(m)
+            }
+            None => None,
+        };
+        let policy = nagare_client::Policy::chain(nic_port, pipe.id(), &devices);
+        sw.open_stream(stream, &policy, policy.ports_mask())?;
+        Ok(NagareChain { sw, dev, _pipe: pipe, crypto, ml, stream, params })
+    }
+
+    /// The switch (e.g. to push from the CPU or change the allow list while it runs).
+    pub fn switch(&mut self) -> &mut nagare_client::Switch {
+        &mut self.sw
+    }
+
+    /// The stream's number.
+    pub fn stream(&self) -> u32 {
+        self.stream
+    }
+
+    /// Watches the NIC's TX counter until `items` items left, idleness, or `stop`.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<ChainStats, ChainError> {
+        let mut s = ChainStats::default();
+        let base = self.dev.counter("tx_packets")?;
+        let start = Instant::now();
+        let (c0, mut last_change) = (thread_cpu_ns(), start);
+        let limit = self.params.items.unwrap_or(u64::MAX);
+        let mut sent = 0;
+        while sent < limit && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_micros(500));
+            let now_sent = self.dev.counter("tx_packets")? - base;
+            let now = Instant::now();
+            if now_sent != sent {
+                sent = now_sent;
+                last_change = now;
+            }
+            let idle = if sent > 0 { self.params.idle } else { self.params.start_timeout };
+            if idle.is_some_and(|d| now - last_change >= d) {
+                break;
+            }
+        }
+        s.items = sent;
+        let n = if sent == 0 { f64::INFINITY } else { sent as f64 };
+        s.cpu_ns_per_item = thread_cpu_ns().saturating_sub(c0) as f64 / n;
+        s.wall_ns_per_item = (last_change - start).as_nanos() as f64 / n;
+        let failures = |a: &Accel, name: &str| {
+            a.counters().ok().and_then(|c| c.into_iter().find(|(n, _)| *n == name)).map_or(0, |(_, v)| v)
+        };
+        s.auth_failures = failures(&self.crypto, "auth_failures");
+        s.accel_errors = failures(&self.crypto, "stream_bad_records")
+            + self.ml.as_ref().map_or(0, |m| failures(m, "stream_bad_records"));
+        Ok(s)
+    }
+}
+
+/// The `chain` scenario on the switch (`mode=nagare`).
+pub fn run_nagare(
+    nic: Box<dyn DeviceAccess>,
+    crypto: Box<dyn DeviceAccess>,
+    ml: Option<Box<dyn DeviceAccess>>,
+    switch: Box<dyn DeviceAccess>,
+    params: ChainParams,
+) -> Report {
+    let mut r = Report::new("chain", nic.transport());
+    r.value("shape", params.shape.name());
+    r.value("mode", "nagare");
+    let want = params.items;
+    let shape = params.shape;
+    let result = NagareChain::setup(nic, crypto, ml, switch, params, Flow::default()).and_then(|mut c| {
+        println!("{}", serde_json::json!({"event": "ready", "scenario": "chain", "chain": shape.name()}));
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        let base = c.switch().base();
+        let s = c.run(&AtomicBool::new(false))?;
+        println!("{}", serde_json::json!({"event": "switch", "window_base": format!("{base:#x}")}));
+        let routed = c.switch().counter("routed")?;
+        let denied = c.switch().counter("acl_denied")?;
+        Ok((s, routed, denied))
+    });
+    match result {
+        Ok((s, routed, denied)) => {
+            let n = want.unwrap_or(s.items.max(1));
+            r.check("items", s.items == n, format!("{} of {n} items left the NIC", s.items));
+            r.check("refusals", s.auth_failures + s.accel_errors == 0, format!("{s:?}"));
+            r.value("items", s.items);
+            r.value("cpu_ns_per_item", s.cpu_ns_per_item);
+            r.value("switch_routed", routed);
+            r.value("switch_acl_denied", denied);
+        }
+        Err(e) => r.fail("chain", e),
+    }
+    r
 }
 
 /// Sets the chain up and runs it until `params` or `stop` say so.

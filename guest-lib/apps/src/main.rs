@@ -86,9 +86,20 @@ fn chain_scenario(args: &HashMap<String, String>) -> Report {
         chain::Shape::CryptoMl => open_at(args, "ml_socket", acc::VENDOR_ID, acc::ML_DEVICE_ID).map(Some),
         chain::Shape::Crypto => Ok(None),
     };
-    match (nic, crypto, ml) {
-        (Ok(n), Ok(c), Ok(m)) => chain::run(n, c, m, params),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => open_failed("chain", args, e),
+    let (nic, crypto, ml) = match (nic, crypto, ml) {
+        (Ok(n), Ok(c), Ok(m)) => (n, c, m),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return open_failed("chain", args, e),
+    };
+    match args.get("mode").map_or("cpu", |m| m.as_str()) {
+        "cpu" => chain::run(nic, crypto, ml, params),
+        "nagare" => {
+            use testbed_regs::nagare as ng;
+            match open_at(args, "switch_socket", ng::VENDOR_ID, ng::DEVICE_ID) {
+                Ok(sw) => chain::run_nagare(nic, crypto, ml, sw, params),
+                Err(e) => open_failed("chain", args, e),
+            }
+        }
+        other => open_failed("chain", args, format!("mode={other}: expected cpu or nagare")),
     }
 }
 

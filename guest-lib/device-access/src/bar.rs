@@ -115,6 +115,18 @@ impl Bar {
         Ok(u32::from_le_bytes(b))
     }
 
+    /// Writes `data` at `offset` (one access: a memory write of that size; through the
+    /// mapping when there is one).
+    pub fn write_bytes(&self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check(offset, data.len())?;
+        if let Some(p) = self.mapped_ptr(offset, data.len()) {
+            // SAFETY: `p` points at `data.len()` mapped bytes of the BAR.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
+            return Ok(());
+        }
+        self.io.write(self.region, offset, data)
+    }
+
     /// Writes a 32-bit register.
     pub fn write32(&self, offset: u64, value: u32) -> Result<()> {
         self.check(offset, 4)?;
