@@ -109,6 +109,20 @@ impl StreamPort {
     }
 }
 
+/// A peer's handle on the submission-tail register: what a switch that drives the legacy
+/// ring on the CPU's behalf writes (a peer write into BAR2).
+#[derive(Clone)]
+pub struct DoorbellPort {
+    db: Arc<ShmRegion>,
+}
+
+impl DoorbellPort {
+    /// Writes `tail` into SQ_TAIL.
+    pub fn ring(&self, tail: u32) {
+        self.db.write32(db::SQ_TAIL, tail);
+    }
+}
+
 struct Worker {
     func: Box<dyn Function>,
     last_tail: u32,
@@ -183,6 +197,11 @@ impl Accelerator {
     /// The device's counters, by index of `regs::accel::reg::counter`.
     pub fn device_counters(&self) -> [u64; c::N] {
         self.shared.counters.snapshot()
+    }
+
+    /// A peer's handle on the doorbell register (a switch driving the legacy ring).
+    pub fn doorbell_port(&self) -> DoorbellPort {
+        DoorbellPort { db: self.shared.db.clone() }
     }
 
     /// A port into the stream window (see [`StreamPort`]).

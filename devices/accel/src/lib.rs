@@ -18,4 +18,4 @@ pub mod ml;
 #[cfg(test)]
 mod tests;
 
-pub use device::{Accelerator, StreamPort};
+pub use device::{Accelerator, DoorbellPort, StreamPort};

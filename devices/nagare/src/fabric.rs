@@ -23,6 +23,8 @@ pub trait Ingress: Send + Sync {
 
 /// Writes a head credit into a NIC's pipe register: (pipe, head in flits).
 pub type CreditFn = Arc<dyn Fn(u32, u32) + Send + Sync>;
+/// Writes a legacy device's submission tail (its doorbell register).
+pub type DoorbellFn = Arc<dyn Fn(u32) + Send + Sync>;
 
 /// A port of the switch and the function behind it.
 #[derive(Clone, Default)]
@@ -35,6 +37,8 @@ pub struct Port {
     pub input: Option<Arc<dyn Ingress>>,
     /// How to return head credits to it, if it has pipes the switch consumes.
     pub credits: Option<CreditFn>,
+    /// How to ring its command ring's doorbell, if it has one (a glued device).
+    pub doorbell: Option<DoorbellFn>,
     /// Its PCIe counters: the trace labels the register writes the switch makes on its
     /// behalf (doorbells, credits) as coming from the switch.
     pub counters: Option<Arc<Counters>>,
@@ -49,6 +53,10 @@ pub struct Hop {
     pub kind: u32,
     /// Ingress: the pipe the NIC fills.
     pub pipe: u32,
+    /// Glue: the opcode of the commands the switch writes.
+    pub op: u32,
+    /// Glue: the commands' state (key or model ID).
+    pub state: [u8; 32],
 }
 
 /// One stream.
@@ -88,6 +96,8 @@ pub type SwitchCounters = DeviceCounters<{ c::N }>;
 /// The fabric.
 pub struct Fabric {
     tables: RwLock<Tables>,
+    /// Glued devices' state, by (stream, node).
+    glue: std::sync::Mutex<std::collections::HashMap<(usize, usize), Glue>>,
     pipeline: Pipeline,
     /// The switch's own counters.
     pub counters: SwitchCounters,
@@ -116,6 +126,7 @@ impl Fabric {
         };
         Arc::new(Fabric {
             tables: RwLock::new(tables),
+            glue: Default::default(),
             pipeline: Pipeline::new(config),
             counters: SwitchCounters::default(),
             stats: (0..regs::STREAMS).map(|_| StreamStats::default()).collect(),
@@ -153,6 +164,7 @@ impl Fabric {
         }
         t.base = 0;
         drop(t);
+        self.glue.lock().unwrap_or_else(|e| e.into_inner()).clear();
         self.counters.clear();
         for s in &self.stats {
             s.egress.store(0, Ordering::Relaxed);
@@ -160,7 +172,7 @@ impl Fabric {
         }
     }
 
-    /// Whether `addr` falls in the stream windows.
+    /// Whether `addr` falls in the switch's BAR2 (stream windows and glue memory).
     pub fn claims(&self, addr: u64) -> bool {
         let base = self.tables().base;
         base != 0 && addr >= base && addr - base < regs::WINDOW_BAR_SIZE
@@ -185,7 +197,10 @@ impl Fabric {
             Verdict::Forward => {
                 let Some((port, offset)) = phv.dest else { return Routed::Dropped };
                 let Some(p) = t.ports.get(port as usize) else { return Routed::Dropped };
-                let delivered = p.input.as_ref().is_some_and(|i| i.push(offset, data));
+                let delivered = match phv.glue {
+                    Some(node) => self.glue_push(&t, node, offset, data),
+                    None => p.input.as_ref().is_some_and(|i| i.push(offset, data)),
+                };
                 if src == regs::CPU_PORT {
                     self.counters.add(c::CPU_PUSHES, 1);
                 }
@@ -206,9 +221,86 @@ impl Fabric {
                         self.counters.add(c::CREDITS, 1);
                     }
                 }
+                if phv.glue.is_some() {
+                    // The data landed in the switch's staging memory.
+                    return Routed::Delivered("nagare".into());
+                }
                 Routed::Delivered(p.name.clone())
             }
         }
+    }
+
+    /// The bus address of glue region (`s`, `n`).
+    fn glue_addr(&self, t: &Tables, s: usize, n: usize) -> u64 {
+        t.base + regs::GLUE_SRAM + (s * regs::MAX_HOPS as usize + n) as u64 * regs::GLUE_REGION
+    }
+
+    /// The (stream, node) and offset of a glue memory address.
+    fn glue_slot(&self, addr: u64) -> Option<((usize, usize), u64)> {
+        let base = self.tables().base;
+        let rel = addr.checked_sub(base + regs::GLUE_SRAM)?;
+        let region = (rel / regs::GLUE_REGION) as usize;
+        let per = regs::MAX_HOPS as usize;
+        (rel < regs::WINDOWS_SIZE).then_some(((region / per, region % per), rel % regs::GLUE_REGION))
+    }
+
+    /// Stages a write for glued node `node` and commands the device for every record
+    /// now complete; false when refused (out of order, too far ahead, stream gone).
+    fn glue_push(&self, t: &Tables, node: (usize, usize), offset: u64, data: &[u8]) -> bool {
+        let mut glue = self.glue.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(g) = glue.get_mut(&node) else { return false };
+        if !g.accept(offset, data) {
+            return false;
+        }
+        let region = self.glue_addr(t, node.0, node.1);
+        let window = t.base + node.0 as u64 * regs::WINDOW_SIZE;
+        let doorbell = t.ports.get(g.port as usize).and_then(|p| p.doorbell.clone());
+        while let Some(rec) = g.next_record() {
+            match g.command(&rec, region, window) {
+                Some(tail) => {
+                    self.counters.add(c::GLUE_COMMANDS, 1);
+                    if let Some(d) = &doorbell {
+                        d(tail);
+                    }
+                }
+                None => self.counters.add(c::GLUE_DROPS, 1),
+            }
+        }
+        if g.malformed {
+            g.malformed = false;
+            self.counters.add(c::GLUE_DROPS, 1);
+        }
+        true
+    }
+
+    /// A device reads glue memory (its descriptors and input); false when the address
+    /// is no glued device's.
+    pub fn glue_read(&self, addr: u64, buf: &mut [u8]) -> bool {
+        let Some((node, off)) = self.glue_slot(addr) else { return false };
+        let glue = self.glue.lock().unwrap_or_else(|e| e.into_inner());
+        match glue.get(&node).and_then(|g| g.mem.get(off as usize..off as usize + buf.len())) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A device writes glue memory (its completions); false when the address is no glued
+    /// device's.
+    pub fn glue_write(&self, addr: u64, data: &[u8]) -> bool {
+        let Some((node, off)) = self.glue_slot(addr) else { return false };
+        let mut glue = self.glue.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(g) = glue.get_mut(&node) else { return false };
+        let Some(dst) = g.mem.get_mut(off as usize..off as usize + data.len()) else { return false };
+        dst.copy_from_slice(data);
+        let errors = g.reap();
+        drop(glue);
+        if errors > 0 {
+            self.counters.add(c::GLUE_ERRORS, errors);
+        }
+        true
     }
 
     /// Checks stream `s`'s graph and opens it; false (counted as BAD_POLICY) when the
@@ -223,21 +315,32 @@ impl Fabric {
             return false;
         }
         t.streams[s].open = true;
-        // Register writes to the devices of the graph now come from the switch.
+        // Register writes to the devices of the graph (credits, doorbells) now come from
+        // the switch.
         let hops = t.streams[s].hops.clone();
-        for h in hops {
+        let mut glue = self.glue.lock().unwrap_or_else(|e| e.into_inner());
+        for (n, h) in hops.iter().enumerate() {
             if let Some(cn) = t.ports.get(h.port as usize).and_then(|p| p.counters.as_ref()) {
-                if h.kind == reg::HOP_INGRESS {
+                if h.kind == reg::HOP_INGRESS || h.kind == reg::HOP_GLUE {
                     cn.set_mmio_source(Some("nagare"));
                 }
+            }
+            if h.kind == reg::HOP_GLUE {
+                glue.insert((s, n), Glue::new(h));
             }
         }
         true
     }
 
+    /// The bus address of glued node (`s`, `n`)'s command ring.
+    pub fn glue_ring(&self, s: usize, n: usize) -> u64 {
+        self.glue_addr(&self.tables(), s, n)
+    }
+
     /// Closes stream `s`.
     pub fn close_stream(&self, s: usize) {
         close_stream(&mut self.tables_mut(), s);
+        self.glue.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| k.0 != s);
     }
 }
 
@@ -263,8 +366,14 @@ pub fn valid_graph(hops: &[Hop], ports: &[Port]) -> bool {
     }
     let attached = |h: &Hop| (h.port as usize) < ports.len() && h.port != regs::CPU_PORT;
     let takes = |h: &Hop| ports.get(h.port as usize).is_some_and(|p| p.input.is_some());
+    let rings = |h: &Hop| ports.get(h.port as usize).is_some_and(|p| p.doorbell.is_some());
     let ingress = hops[0].kind == reg::HOP_INGRESS && attached(&hops[0]);
-    let middle = hops[1..n - 1].iter().all(|h| h.kind == reg::HOP_STREAM && attached(h) && takes(h));
+    let device = |h: &Hop| match h.kind {
+        reg::HOP_STREAM => takes(h),
+        reg::HOP_GLUE => rings(h),
+        _ => false,
+    };
+    let middle = hops[1..n - 1].iter().all(|h| attached(h) && device(h));
     let egress = hops[n - 1].kind == reg::HOP_EGRESS && attached(&hops[n - 1]) && takes(&hops[n - 1]);
     let distinct = (1..n - 1).all(|i| hops[1..i].iter().all(|h| h.port != hops[i].port));
     ingress && middle && egress && distinct
@@ -294,6 +403,9 @@ impl DmaSpace for FabricSpace {
     }
 
     fn read_routed(&self, addr: u64, buf: &mut [u8]) -> Result<Option<Arc<str>>, DmaError> {
+        if self.fabric.glue_read(addr, buf) {
+            return Ok(Some("nagare".into()));
+        }
         if self.fabric.claims(addr) {
             // Stream windows are write-only.
             self.fabric.counters.add(c::WINDOW_READS, 1);
@@ -303,10 +415,150 @@ impl DmaSpace for FabricSpace {
     }
 
     fn write_routed(&self, addr: u64, data: &[u8]) -> Result<Option<Arc<str>>, DmaError> {
+        if self.fabric.glue_write(addr, data) {
+            return Ok(Some("nagare".into()));
+        }
         match self.fabric.route(self.port, addr, data) {
             Routed::Memory => self.mem.write(addr, data).map(|()| None),
             Routed::Delivered(name) => Ok(Some(name)),
             Routed::Dropped => Ok(Some("nagare".into())),
         }
+    }
+}
+
+/// The switch's side of a glued (legacy-only) device: its rings and input staging in the
+/// switch's memory, and the bookkeeping a driver would keep.
+struct Glue {
+    port: u32,
+    op: u8,
+    state: [u8; 32],
+    /// The glue region: command ring, completion ring, staging, bounce.
+    mem: Vec<u8>,
+    /// Staging assembler: bytes accepted (writer's running offset), the stream offset of
+    /// `pending[0]`, and the bytes not yet staged.
+    in_off: u64,
+    consumed: u64,
+    pending: Vec<u8>,
+    /// Bytes that did not parse as a record were dropped.
+    malformed: bool,
+    tail: u32,
+    in_flight: u32,
+    cq_head: u32,
+    phase: u8,
+    tag: u32,
+    /// Where the next output goes in the stream's window.
+    out: u64,
+}
+
+impl Glue {
+    fn new(h: &Hop) -> Glue {
+        Glue {
+            port: h.port,
+            op: h.op as u8,
+            state: h.state,
+            mem: vec![0; regs::GLUE_REGION as usize],
+            in_off: 0,
+            consumed: 0,
+            pending: Vec::new(),
+            malformed: false,
+            tail: 0,
+            in_flight: 0,
+            cq_head: 0,
+            phase: 1,
+            tag: 0,
+            out: 0,
+        }
+    }
+
+    /// As a device's stream window: at or after the end (a gap is padding), within half
+    /// the staging ring.
+    fn accept(&mut self, offset: u64, data: &[u8]) -> bool {
+        let w = regs::GLUE_STAGING_SIZE;
+        let gap = (offset % w + w - self.in_off % w) % w;
+        if gap >= w / 2 || self.pending.len() as u64 + gap + data.len() as u64 > w {
+            return false;
+        }
+        self.pending.resize(self.pending.len() + gap as usize, 0);
+        self.pending.extend_from_slice(data);
+        self.in_off += gap + data.len() as u64;
+        true
+    }
+
+    /// The next complete record (64-byte aligned in the stream) and its stream offset.
+    fn next_record(&mut self) -> Option<(u64, Vec<u8>)> {
+        let skip = ((64 - self.consumed % 64) % 64) as usize;
+        if self.pending.len() < skip + testbed_regs::record::HEADER {
+            return None;
+        }
+        let Some(h) = testbed_regs::record::Header::parse(&self.pending[skip..]) else {
+            self.consumed += self.pending.len() as u64;
+            self.pending.clear();
+            self.malformed = true;
+            return None;
+        };
+        let n = h.record_len();
+        if self.pending.len() < skip + n {
+            return None;
+        }
+        let at = self.consumed + skip as u64;
+        let rec = self.pending[skip..skip + n].to_vec();
+        self.pending.drain(..skip + n);
+        self.consumed = at + n as u64;
+        Some((at, rec))
+    }
+
+    /// Stages `rec` and writes its descriptor; the new tail, or None when the ring is full.
+    fn command(&mut self, (at, rec): &(u64, Vec<u8>), region: u64, window: u64) -> Option<u32> {
+        use testbed_regs::accel::desc;
+        if self.in_flight + 1 >= regs::GLUE_ENTRIES {
+            return None;
+        }
+        let size = regs::GLUE_STAGING_SIZE;
+        let pos = at % size;
+        let src_off =
+            if pos + rec.len() as u64 <= size { regs::GLUE_STAGING + pos } else { regs::GLUE_BOUNCE };
+        self.mem[src_off as usize..src_off as usize + rec.len()].copy_from_slice(rec);
+        // Outputs follow one another on 64-byte boundaries of the window; an output never
+        // straddles the window's end.
+        let out_len = if self.op == desc::OP_INFER { 128 } else { (rec.len() as u64).next_multiple_of(64) };
+        if self.out % regs::WINDOW_SIZE + out_len > regs::WINDOW_SIZE {
+            self.out = self.out.next_multiple_of(regs::WINDOW_SIZE);
+        }
+        let dst = window + self.out % regs::WINDOW_SIZE;
+        self.out += out_len;
+        let mut d = [0u8; desc::SIZE];
+        d[desc::OPCODE] = self.op;
+        self.tag = self.tag.wrapping_add(1);
+        d[desc::TAG..desc::TAG + 4].copy_from_slice(&self.tag.to_le_bytes());
+        d[desc::SRC_ADDR..desc::SRC_ADDR + 8].copy_from_slice(&(region + src_off).to_le_bytes());
+        d[desc::SRC_LEN..desc::SRC_LEN + 4].copy_from_slice(&(rec.len() as u32).to_le_bytes());
+        d[desc::DST_CAP..desc::DST_CAP + 4].copy_from_slice(&(out_len as u32).to_le_bytes());
+        d[desc::DST_ADDR..desc::DST_ADDR + 8].copy_from_slice(&dst.to_le_bytes());
+        d[desc::STATE..desc::STATE + 32].copy_from_slice(&self.state);
+        let slot = self.tail as usize * desc::SIZE;
+        self.mem[slot..slot + desc::SIZE].copy_from_slice(&d);
+        self.tail = (self.tail + 1) % regs::GLUE_ENTRIES;
+        self.in_flight += 1;
+        Some(self.tail)
+    }
+
+    /// Consumes the completions the device wrote; returns how many reported an error.
+    fn reap(&mut self) -> u64 {
+        use testbed_regs::accel::cqe;
+        let mut errors = 0;
+        while self.in_flight > 0 {
+            let e = regs::GLUE_CQ as usize + self.cq_head as usize * cqe::SIZE;
+            if self.mem[e + cqe::PHASE] != self.phase {
+                break;
+            }
+            let status = u16::from_le_bytes([self.mem[e + cqe::STATUS], self.mem[e + cqe::STATUS + 1]]);
+            errors += (status != testbed_regs::accel::status::OK) as u64;
+            self.in_flight -= 1;
+            self.cq_head = (self.cq_head + 1) % regs::GLUE_ENTRIES;
+            if self.cq_head == 0 {
+                self.phase ^= 1;
+            }
+        }
+        errors
     }
 }

@@ -77,6 +77,9 @@ pub struct Phv {
     pub dest: Option<(u32, u64)>,
     /// Whether the destination is the stream's egress.
     pub egress: bool,
+    /// The destination is a glued device: (stream, its node index); the switch stages
+    /// the data and commands the device.
+    pub glue: Option<(usize, usize)>,
     /// Head credit to return: (port, pipe, head in flits).
     pub credit: Option<(u32, u32, u32)>,
     /// The ruling.
@@ -96,6 +99,7 @@ impl Phv {
             next: None,
             dest: None,
             egress: false,
+            glue: None,
             credit: None,
             verdict: Verdict::Undecided,
         }
@@ -121,7 +125,7 @@ impl Stage for MatchAddress {
         "address"
     }
     fn apply(&self, t: &Tables, phv: &mut Phv) {
-        let span = regs::WINDOW_BAR_SIZE;
+        let span = regs::WINDOWS_SIZE;
         match phv.addr.checked_sub(t.base) {
             Some(rel) if t.base != 0 && rel < span && rel + phv.len as u64 <= span => {
                 phv.stream = Some((rel / regs::WINDOW_SIZE) as usize);
@@ -205,6 +209,15 @@ impl Stage for Rewrite {
             return;
         }
         let Some(next) = phv.next else { return };
+        if next.kind == regs::reg::HOP_GLUE {
+            // Into the switch's own staging for the glued device.
+            if let (Some(s), Some(n)) = (phv.stream, phv.node) {
+                phv.dest = Some((next.port, phv.offset % regs::GLUE_STAGING_SIZE));
+                phv.glue = Some((s, n + 1));
+                phv.verdict = Verdict::Forward;
+            }
+            return;
+        }
         match t.ports.get(next.port as usize).and_then(|p| p.input.as_ref()) {
             Some(input) => {
                 phv.dest = Some((next.port, phv.offset % input.window()));

@@ -73,6 +73,20 @@ impl Switch {
             reg::HOP_PORT => hop.port,
             reg::HOP_KIND => hop.kind,
             reg::HOP_PIPE => hop.pipe,
+            reg::HOP_OP => hop.op,
+            reg::HOP_RING_LO | reg::HOP_RING_HI => {
+                drop(t);
+                let a = f.glue_ring(s, self.hop_sel as usize);
+                if off == reg::HOP_RING_LO {
+                    a as u32
+                } else {
+                    (a >> 32) as u32
+                }
+            }
+            o if (reg::HOP_STATE..reg::HOP_STATE + 32).contains(&o) => {
+                let i = (o - reg::HOP_STATE) as usize;
+                u32::from_le_bytes(hop.state[i..i + 4].try_into().unwrap_or_default())
+            }
             reg::STREAM_CTRL => stream.is_some_and(|st| st.open) as u32,
             reg::ACL => stream.map_or(0, |st| st.acl),
             reg::STREAM_EGRESS_LO => stats.map_or(0, |x| x.egress.load(Ordering::Relaxed) as u32),
@@ -131,10 +145,15 @@ impl Switch {
                 true
             }
             reg::HOP_PORT if !open && v < regs::MAX_PORTS => set_hop(&|h| h.port = v),
-            reg::HOP_KIND if !open && (reg::HOP_INGRESS..=reg::HOP_EGRESS).contains(&v) => {
+            reg::HOP_KIND if !open && (reg::HOP_INGRESS..=reg::HOP_GLUE).contains(&v) => {
                 set_hop(&|h| h.kind = v)
             }
             reg::HOP_PIPE if !open => set_hop(&|h| h.pipe = v),
+            reg::HOP_OP if !open => set_hop(&|h| h.op = v),
+            o if !open && (reg::HOP_STATE..reg::HOP_STATE + 32).contains(&o) => {
+                let i = (o - reg::HOP_STATE) as usize;
+                set_hop(&|h| h.state[i..i + 4].copy_from_slice(&v.to_le_bytes()))
+            }
             reg::ACL => {
                 // Allow lists may change while the stream runs (revoking a device).
                 f.tables_mut().streams[s].acl = v;

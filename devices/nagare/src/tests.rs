@@ -46,6 +46,7 @@ fn rig() -> Rig {
         pci_id: 0x1172_0000,
         input: Some(sinks[0].clone()),
         credits: Some(Arc::new(move |p, h| c2.lock().unwrap().push((p, h)))),
+        doorbell: None,
         counters: None,
     });
     let crypto = fabric.attach(Port {
@@ -130,7 +131,7 @@ fn stream_table_programming_and_validation() {
     assert_eq!(r.counter(c::BAD_REGISTER_WRITES), 1);
     // Invalid graphs are refused at open: egress first, a device twice, the CPU as a hop.
     let ports = r.sw.fabric().tables().ports.clone();
-    let h = |port, kind| Hop { port, kind, pipe: 0 };
+    let h = |port, kind| Hop { port, kind, ..Hop::default() };
     let (i, s, e) = (reg::HOP_INGRESS, reg::HOP_STREAM, reg::HOP_EGRESS);
     assert!(valid_graph(&[h(r.nic, i), h(r.crypto, s), h(r.nic, e)], &ports));
     assert!(!valid_graph(&[h(r.nic, e), h(r.crypto, s), h(r.nic, i)], &ports));
@@ -293,4 +294,76 @@ fn the_upstream_port_routes_stream_writes_and_passes_the_rest() {
     f.tables_mut().ports[r.ml as usize].input = Some(sink);
     assert_eq!(f.route(r.crypto, r.window(0), b"x"), Routed::Dropped);
     assert_eq!(r.counter(c::DELIVERY_DROPS), 1);
+}
+
+#[test]
+fn legacy_glue_writes_descriptors_rings_doorbells_and_reaps_completions() {
+    use testbed_regs::accel::{cqe, desc, status};
+    use testbed_regs::record::{Header, HEADER, KIND_SEALED};
+    let fabric = Fabric::new(PipelineConfig::default());
+    let rang = Arc::new(Mutex::new(Vec::new()));
+    let r2 = rang.clone();
+    let nic_in = Arc::new(Sink::default());
+    let nic = fabric.attach(Port { name: "nic".into(), input: Some(nic_in.clone()), ..Port::default() });
+    let qat = fabric.attach(Port {
+        name: "crypto".into(),
+        doorbell: Some(Arc::new(move |t| r2.lock().unwrap().push(t))),
+        ..Port::default()
+    });
+    {
+        let mut t = fabric.tables_mut();
+        t.base = BASE;
+        let key = [9u8; 32];
+        t.streams[0].hops = vec![
+            Hop { port: nic, kind: reg::HOP_INGRESS, ..Hop::default() },
+            Hop { port: qat, kind: reg::HOP_GLUE, op: desc::OP_DECRYPT as u32, state: key, ..Hop::default() },
+            Hop { port: nic, kind: reg::HOP_EGRESS, ..Hop::default() },
+        ];
+        t.streams[0].acl = (1 << nic) | (1 << qat);
+    }
+    assert!(fabric.open_stream(0));
+    let ring = fabric.glue_ring(0, 1);
+    assert_eq!(ring, BASE + regs::GLUE_SRAM + regs::GLUE_REGION, "stream 0, node 1");
+
+    // The NIC writes a record in two pieces: one command once it is complete.
+    let mut rec = vec![5u8; HEADER + 100];
+    Header { len: 100, seq: 1, kind: KIND_SEALED, stream: 0, nonce: [0; 12], tag: [0; 16] }.write(&mut rec);
+    assert_eq!(fabric.route(nic, BASE, &rec[..50]), Routed::Delivered("nagare".into()));
+    assert!(rang.lock().unwrap().is_empty());
+    fabric.route(nic, BASE + 50, &rec[50..]);
+    assert_eq!(*rang.lock().unwrap(), vec![1], "doorbell with tail 1");
+    assert_eq!(fabric.counters.get(c::GLUE_COMMANDS), 1);
+
+    // What the device sees: the descriptor, then the staged input, both in glue memory.
+    let mut d = [0u8; desc::SIZE];
+    assert!(fabric.glue_read(ring, &mut d));
+    assert_eq!(d[desc::OPCODE], desc::OP_DECRYPT);
+    assert_eq!(&d[desc::STATE..desc::STATE + 32], &[9u8; 32]);
+    let src = u64::from_le_bytes(d[desc::SRC_ADDR..desc::SRC_ADDR + 8].try_into().unwrap());
+    let len = u32::from_le_bytes(d[desc::SRC_LEN..desc::SRC_LEN + 4].try_into().unwrap());
+    let dst = u64::from_le_bytes(d[desc::DST_ADDR..desc::DST_ADDR + 8].try_into().unwrap());
+    let mut input = vec![0u8; len as usize];
+    assert!(fabric.glue_read(src, &mut input));
+    assert_eq!(input, rec);
+    assert_eq!(dst, BASE, "output into the stream's window");
+    // Its output goes on to the egress; its error completion is reaped and counted.
+    assert_eq!(fabric.route(qat, dst, b"out"), Routed::Delivered("nic".into()));
+    assert_eq!(nic_in.got.lock().unwrap()[0].1, b"out".to_vec());
+    let mut e = [0u8; cqe::SIZE];
+    e[cqe::STATUS..cqe::STATUS + 2].copy_from_slice(&status::AUTH_FAILED.to_le_bytes());
+    e[cqe::PHASE] = 1;
+    assert!(fabric.glue_write(ring + regs::GLUE_CQ, &e));
+    assert_eq!(fabric.counters.get(c::GLUE_ERRORS), 1);
+
+    // A full ring drops (and counts) records instead of overwriting commands.
+    let mut off = 192u64;
+    for _ in 0..regs::GLUE_ENTRIES {
+        fabric.route(nic, BASE + off, &rec);
+        off = (off + rec.len() as u64).next_multiple_of(64);
+    }
+    // (The first command completed: 63 more fit, the 64th record is dropped.)
+    assert_eq!(fabric.counters.get(c::GLUE_COMMANDS), regs::GLUE_ENTRIES as u64);
+    assert_eq!(fabric.counters.get(c::GLUE_DROPS), 1);
+    // Glue memory outside any glued node is not the device's to read.
+    assert!(!fabric.glue_read(BASE + regs::GLUE_SRAM, &mut d));
 }

@@ -227,20 +227,29 @@ impl OpTrace {
     }
 }
 
-/// The most common shape among `items` (by the sequence of dir/kind/role/bytes/critical)
-/// and how many items had it: a representative item of a run whose items are alike.
+/// The most common critical path among `items` (the sequence of their critical
+/// operations, which cause one another and so come in a fixed order), the number of items
+/// that had it, and, as the representative, the most common full trace among those items
+/// (off-path operations such as credits may land in a different place from item to item).
 pub fn typical(items: &[Vec<Op>]) -> Option<(Vec<Op>, usize)> {
+    let path = |it: &[Op]| -> Vec<Op> { it.iter().filter(|o| o.critical).cloned().collect() };
+    let paths: Vec<Vec<Op>> = items.iter().map(|it| path(it)).collect();
     let mut best: Option<(usize, usize)> = None;
-    for (i, it) in items.iter().enumerate() {
-        let n = items.iter().filter(|o| *o == it).count();
+    for (i, p) in paths.iter().enumerate() {
+        if best.is_some_and(|(b, _)| paths[b] == *p) {
+            continue;
+        }
+        let n = paths.iter().filter(|q| *q == p).count();
         if best.is_none_or(|(_, bn)| n > bn) {
             best = Some((i, n));
         }
-        if n * 2 > items.len() {
-            break;
-        }
     }
-    best.map(|(i, n)| (items[i].clone(), n))
+    let (b, n) = best?;
+    let members: Vec<&Vec<Op>> =
+        items.iter().zip(&paths).filter(|(_, p)| **p == paths[b]).map(|(it, _)| it).collect();
+    let rep =
+        members.iter().max_by_key(|m| members.iter().filter(|x| **x == **m).count()).map(|m| (*m).clone())?;
+    Some((rep, n))
 }
 
 #[cfg(test)]

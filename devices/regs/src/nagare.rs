@@ -30,8 +30,27 @@ pub const WINDOW_BAR: u8 = 2;
 pub const STREAMS: u32 = 8;
 /// Bytes of one stream window (an Ensō pipe fits: 2 MiB, 2 MiB aligned).
 pub const WINDOW_SIZE: u64 = 2 << 20;
-/// Size of BAR2.
-pub const WINDOW_BAR_SIZE: u64 = STREAMS as u64 * WINDOW_SIZE;
+/// Bytes of all stream windows (the start of BAR2).
+pub const WINDOWS_SIZE: u64 = STREAMS as u64 * WINDOW_SIZE;
+/// The glue memory: the switch's own SRAM, after the windows in BAR2. A legacy device in
+/// a graph ([`reg::HOP_GLUE`]) has its command ring, completion ring and input staging
+/// there, one [`GLUE_REGION`] per (stream, node); the switch writes its descriptors and
+/// rings its doorbell as the CPU would.
+pub const GLUE_SRAM: u64 = WINDOWS_SIZE;
+/// Bytes of glue memory per (stream, node).
+pub const GLUE_REGION: u64 = 256 << 10;
+/// Offset of the completion ring in a glue region (the command ring is at 0).
+pub const GLUE_CQ: u64 = 16 << 10;
+/// Offset of the input staging ring in a glue region.
+pub const GLUE_STAGING: u64 = 64 << 10;
+/// Size of the staging ring.
+pub const GLUE_STAGING_SIZE: u64 = 64 << 10;
+/// Offset of the bounce area (a record that wraps the staging ring is copied there).
+pub const GLUE_BOUNCE: u64 = 128 << 10;
+/// Entries of a glued device's rings.
+pub const GLUE_ENTRIES: u32 = 64;
+/// Size of BAR2: the windows, then the glue memory.
+pub const WINDOW_BAR_SIZE: u64 = 2 * WINDOWS_SIZE;
 /// Largest number of nodes in a stream's policy graph (ingress, devices, egress).
 pub const MAX_HOPS: u32 = 6;
 /// Ports of the fabric; port 0 is the CPU (root port).
@@ -90,6 +109,11 @@ pub mod reg {
     pub const HOP_STREAM: u32 = 2;
     /// Egress: the NIC's TX stream window.
     pub const HOP_EGRESS: u32 = 3;
+    /// A device with only a legacy command ring: the switch stages each record in its
+    /// glue memory, writes the descriptor and rings the doorbell; the device writes its
+    /// output into the stream's window (the descriptor's destination), which the switch
+    /// routes on.
+    pub const HOP_GLUE: u32 = 4;
     /// Write 1 to open the selected stream (validating its graph; BAD_POLICY if invalid),
     /// 0 to close it. Reads 1 while open.
     pub const STREAM_CTRL: u64 = 0x98;
@@ -101,6 +125,16 @@ pub mod reg {
     pub const STREAM_EGRESS_HI: u64 = 0xa4;
     /// Pushes denied on the selected stream by its allow list (read-only, 32 bits).
     pub const STREAM_DENIED: u64 = 0xa8;
+
+    /// Glue node: the opcode of the descriptors the switch writes.
+    pub const HOP_OP: u64 = 0xb0;
+    /// Glue node: bus address of its command ring, low half (read-only; program the
+    /// device's ring there; its completion ring is [`super::GLUE_CQ`] above).
+    pub const HOP_RING_LO: u64 = 0xb4;
+    /// High half.
+    pub const HOP_RING_HI: u64 = 0xb8;
+    /// Glue node: the 32 bytes of per-command state (key or model ID), eight words.
+    pub const HOP_STATE: u64 = 0xc0;
 
     /// Write 1 to zero every counter.
     pub const COUNTERS_CLEAR: u64 = 0xfc;
@@ -117,6 +151,8 @@ pub mod reg {
         pub const CPU_PUSHES: u32 = 2;
         /// Head credits returned to an ingress pipe.
         pub const CREDITS: u32 = 3;
+        /// Commands the switch wrote for glued devices.
+        pub const GLUE_COMMANDS: u32 = 4;
         /// First error counter.
         pub const FIRST_ERROR: u32 = 8;
         /// Pushes dropped by a stream's allow list.
@@ -131,15 +167,19 @@ pub mod reg {
         pub const BAD_REGISTER_WRITES: u32 = 12;
         /// Streams refused at open (invalid graph).
         pub const BAD_POLICY: u32 = 13;
+        /// Glued commands that completed with an error status.
+        pub const GLUE_ERRORS: u32 = 14;
+        /// Records dropped because a glued device's ring was full or the record malformed.
+        pub const GLUE_DROPS: u32 = 15;
         /// Number of counters.
-        pub const N: usize = 14;
+        pub const N: usize = 16;
         /// Names by index.
         pub const NAMES: [&str; N] = [
             "routed",
             "routed_bytes",
             "cpu_pushes",
             "credits",
-            "reserved4",
+            "glue_commands",
             "reserved5",
             "reserved6",
             "reserved7",
@@ -149,6 +189,8 @@ pub mod reg {
             "window_reads",
             "bad_register_writes",
             "bad_policy",
+            "glue_errors",
+            "glue_drops",
         ];
     }
 }

@@ -35,6 +35,9 @@ pub enum Mode {
     Cpu,
     /// The Nagare switch routes the devices' pushes; the CPU only configures and watches.
     Nagare,
+    /// The switch drives legacy-only accelerators: it writes the descriptors and rings
+    /// the doorbells the CPU would have.
+    Glue,
     /// cpu, then nagare, in one invocation.
     Both,
 }
@@ -45,6 +48,7 @@ impl Mode {
         match self {
             Mode::Cpu => "cpu",
             Mode::Nagare => "nagare",
+            Mode::Glue => "glue",
             Mode::Both => "both",
         }
     }
@@ -379,6 +383,7 @@ impl ChainRig {
                 pci_id: pci_id(en::VENDOR_ID, en::DEVICE_ID),
                 input: Some(Arc::new(NicTxInput(n.tx_stream_port()))),
                 credits: Some(Arc::new(move |pipe, head| credits.set_head(pipe, head))),
+                doorbell: None,
                 counters: Some(PciDevice::counters(&*n)),
             };
             (fabric.attach(port), PciDevice::counters(&*n))
@@ -386,11 +391,13 @@ impl ChainRig {
         let _ = nic_pcie;
         let accel_port = |d: &Arc<Mutex<Accelerator>>, name: &str, device: u16| {
             let a = d.lock().unwrap_or_else(|e| e.into_inner());
+            let bell = a.doorbell_port();
             fabric.attach(nagare::Port {
                 name: name.into(),
                 pci_id: pci_id(acc::VENDOR_ID, device),
                 input: Some(Arc::new(AccelInput(a.stream_port()))),
                 credits: None,
+                doorbell: Some(Arc::new(move |tail| bell.ring(tail))),
                 counters: Some(PciDevice::counters(&*a)),
             })
         };
@@ -560,9 +567,9 @@ impl Driver {
             _ => {
                 let sw = connect(&rig.sockets[0])?;
                 let flow = guest_apps::chain::Flow::default();
-                Driver::Nagare(
-                    guest_apps::chain::NagareChain::setup(nic, cr, ml, sw, params, flow).map_err(e)?,
-                )
+                let glue = mode == Mode::Glue;
+                let c = guest_apps::chain::NagareChain::setup_with(nic, cr, ml, sw, params, flow, glue);
+                Driver::Nagare(c.map_err(e)?)
             }
         })
     }

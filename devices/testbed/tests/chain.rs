@@ -125,3 +125,19 @@ fn the_cpu_pushes_into_a_stream_and_the_switch_forwards_it() {
     drop(chain);
     rig.stop();
 }
+
+#[test]
+fn legacy_glue_drives_unmodified_accelerators() {
+    let run = run_native(&opts(300, Shape::CryptoMl), Mode::Glue, &dir("chain-glue")).unwrap();
+    let (m, src) = (&run.mode, &run.source);
+    assert_eq!((src.matched, src.mismatched, src.lost), (300, 0, 0), "{src:?}");
+    // Each glued device: doorbell ½ + descriptor 1 + input 1 + output ½, plus the NIC's write.
+    assert_eq!((m.ops, m.rtt_units), (9, 6.5));
+    assert!(m.trace.iter().any(|o| o.dir == "nagare->crypto" && o.role == pcie_model::OpRole::Doorbell));
+    assert!(!m.trace.iter().any(|o| o.dir.contains("cpu")), "the CPU is on no item's path");
+    let c = run.rig.device_counters();
+    assert_eq!(c["crypto"]["commands"], 300, "the crypto device ran its legacy ring");
+    assert_eq!(c["nagare"]["glue_commands"], 600);
+    assert!(c["nagare"].get("glue_errors").is_none());
+    run.rig.stop();
+}

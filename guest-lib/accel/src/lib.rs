@@ -33,6 +33,9 @@ pub enum Error {
     /// The device refused the stream settings.
     #[error("the device refused the stream settings (ERROR_STATUS {0:#x})")]
     StreamRefused(u32),
+    /// The ring was handed to another driver (a switch).
+    #[error("the ring is driven by someone else now (delegated)")]
+    Delegated,
     /// Every slot holds a command not yet completed.
     #[error("the submission ring is full ({0} commands in flight)")]
     RingFull(u32),
@@ -147,6 +150,7 @@ pub struct Accel {
     next_tag: u32,
     function: Function,
     doorbells: u64,
+    delegated: bool,
     /// Kept last: the DMA buffers above unmap through it.
     access: Box<dyn DeviceAccess>,
 }
@@ -195,6 +199,7 @@ impl Accel {
             next_tag: 1,
             function,
             doorbells: 0,
+            delegated: false,
             access,
         })
     }
@@ -219,8 +224,30 @@ impl Accel {
         self.doorbells
     }
 
+    /// Hands the legacy ring to another driver: the rings at `sq` and `cq` (device
+    /// addresses, e.g. in a switch's memory) of `entries` slots. This driver then no
+    /// longer submits.
+    pub fn delegate_ring(&mut self, sq: u64, cq: u64, entries: u32) -> Result<()> {
+        let b = &self.bar0;
+        b.write32(reg::CTRL, 0)?;
+        b.write32(reg::SQ_BASE_LO, sq as u32)?;
+        b.write32(reg::SQ_BASE_HI, (sq >> 32) as u32)?;
+        b.write32(reg::CQ_BASE_LO, cq as u32)?;
+        b.write32(reg::CQ_BASE_HI, (cq >> 32) as u32)?;
+        b.write32(reg::RING_ENTRIES, entries)?;
+        b.write32(reg::CTRL, reg::CTRL_ENABLE)?;
+        if b.read32(reg::STATUS)? & reg::STATUS_ENABLED == 0 {
+            return Err(Error::RingRefused(entries, b.read32(reg::ERROR_STATUS)?));
+        }
+        self.delegated = true;
+        Ok(())
+    }
+
     /// Writes `cmd` into the next slot without ringing; returns its tag.
     pub fn post(&mut self, cmd: &Command) -> Result<u32> {
+        if self.delegated {
+            return Err(Error::Delegated);
+        }
         if self.in_flight == self.entries - 1 {
             return Err(Error::RingFull(self.in_flight));
         }

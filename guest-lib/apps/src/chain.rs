@@ -452,7 +452,9 @@ pub struct NagareChain {
 impl NagareChain {
     /// Sets up stream 0: the NIC's stream pipe fills the stream's window, each
     /// accelerator's stream interface pushes its output back into it, and the switch
-    /// forwards along `params.shape` to the NIC's TX stream window.
+    /// forwards along `params.shape` to the NIC's TX stream window. With `glue`, the
+    /// accelerators are used as legacy-only devices: the switch writes their descriptors
+    /// and rings their doorbells (their rings live in the switch's memory).
     pub fn setup(
         nic: Box<dyn DeviceAccess>,
         crypto: Box<dyn DeviceAccess>,
@@ -460,6 +462,19 @@ impl NagareChain {
         switch: Box<dyn DeviceAccess>,
         params: ChainParams,
         flow: Flow,
+    ) -> Result<NagareChain, ChainError> {
+        Self::setup_with(nic, crypto, ml, switch, params, flow, false)
+    }
+
+    /// As [`NagareChain::setup`], choosing streaming (`glue` false) or legacy glue.
+    pub fn setup_with(
+        nic: Box<dyn DeviceAccess>,
+        crypto: Box<dyn DeviceAccess>,
+        ml: Option<Box<dyn DeviceAccess>>,
+        switch: Box<dyn DeviceAccess>,
+        params: ChainParams,
+        flow: Flow,
+        glue: bool,
     ) -> Result<NagareChain, ChainError> {
         use testbed_regs::{accel as acc, enso as en};
         if (params.shape == Shape::CryptoMl) != ml.is_some() {
@@ -482,31 +497,41 @@ impl NagareChain {
         dev.start_tx_stream(&flow.reply_template())?;
         let ring = acc::STREAM_WINDOW_SIZE as u32;
         let mut crypto = Accel::open(crypto, 2)?;
-        crypto.start_stream(&accel_driver::StreamConfig {
-            op: acc::desc::OP_DECRYPT,
-            key: params.key,
-            model: 0,
-            dest: window,
-            dest_size: ring,
-        })?;
-        let mut devices = vec![crypto_port];
-        let ml = match ml {
-            Some(a) => {
-                let mut m = Accel::open(a, 2)?;
-                m.start_stream(&accel_driver::StreamConfig {
-                    op: acc::desc::OP_INFER,
-                    key: [0; 32],
-                    model: params.model,
-                    dest: window,
-                    dest_size: ring,
-                })?;
-                devices.push(sw.port_of(acc::VENDOR_ID, acc::ML_DEVICE_ID)?);
-                Some(m)
-            }
+        let mut ml = match ml {
+            Some(a) => Some((Accel::open(a, 2)?, sw.port_of(acc::VENDOR_ID, acc::ML_DEVICE_ID)?)),
             None => None,
         };
-        let policy = nagare_client::Policy::chain(nic_port, pipe.id(), &devices);
+        let mut model = [0u8; 32];
+        model[..4].copy_from_slice(&params.model.to_le_bytes());
+        let policy = if glue {
+            let mut devices = vec![(crypto_port, acc::desc::OP_DECRYPT, params.key)];
+            if let Some((_, port)) = &ml {
+                devices.push((*port, acc::desc::OP_INFER, model));
+            }
+            nagare_client::Policy::chain_glue(nic_port, pipe.id(), &devices)
+        } else {
+            let stream_to_window = |a: &mut Accel, op, key, model| {
+                a.start_stream(&accel_driver::StreamConfig { op, key, model, dest: window, dest_size: ring })
+            };
+            stream_to_window(&mut crypto, acc::desc::OP_DECRYPT, params.key, 0)?;
+            let mut devices = vec![crypto_port];
+            if let Some((m, port)) = ml.as_mut() {
+                stream_to_window(m, acc::desc::OP_INFER, [0; 32], params.model)?;
+                devices.push(*port);
+            }
+            nagare_client::Policy::chain(nic_port, pipe.id(), &devices)
+        };
         sw.open_stream(stream, &policy, policy.ports_mask())?;
+        if glue {
+            // The legacy rings now live in the switch, which drives them.
+            let (sq, cq, n) = sw.glue_ring(stream, 1)?;
+            crypto.delegate_ring(sq, cq, n)?;
+            if let Some((m, _)) = ml.as_mut() {
+                let (sq, cq, n) = sw.glue_ring(stream, 2)?;
+                m.delegate_ring(sq, cq, n)?;
+            }
+        }
+        let ml = ml.map(|(m, _)| m);
         Ok(NagareChain { sw, dev, _pipe: pipe, crypto, ml, stream, params })
     }
 
@@ -549,26 +574,28 @@ impl NagareChain {
             a.counters().ok().and_then(|c| c.into_iter().find(|(n, _)| *n == name)).map_or(0, |(_, v)| v)
         };
         s.auth_failures = failures(&self.crypto, "auth_failures");
-        s.accel_errors = failures(&self.crypto, "stream_bad_records")
-            + self.ml.as_ref().map_or(0, |m| failures(m, "stream_bad_records"));
+        let bad = |a: &Accel| failures(a, "stream_bad_records") + failures(a, "bad_descriptors");
+        s.accel_errors = bad(&self.crypto) + self.ml.as_ref().map_or(0, bad);
         Ok(s)
     }
 }
 
-/// The `chain` scenario on the switch (`mode=nagare`).
+/// The `chain` scenario on the switch (`mode=nagare`, or `mode=glue` with `glue`).
 pub fn run_nagare(
     nic: Box<dyn DeviceAccess>,
     crypto: Box<dyn DeviceAccess>,
     ml: Option<Box<dyn DeviceAccess>>,
     switch: Box<dyn DeviceAccess>,
     params: ChainParams,
+    glue: bool,
 ) -> Report {
     let mut r = Report::new("chain", nic.transport());
     r.value("shape", params.shape.name());
-    r.value("mode", "nagare");
+    r.value("mode", if glue { "glue" } else { "nagare" });
     let want = params.items;
     let shape = params.shape;
-    let result = NagareChain::setup(nic, crypto, ml, switch, params, Flow::default()).and_then(|mut c| {
+    let setup = NagareChain::setup_with(nic, crypto, ml, switch, params, Flow::default(), glue);
+    let result = setup.and_then(|mut c| {
         println!("{}", serde_json::json!({"event": "ready", "scenario": "chain", "chain": shape.name()}));
         use std::io::Write;
         let _ = std::io::stdout().flush();

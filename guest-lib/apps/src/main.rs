@@ -92,14 +92,14 @@ fn chain_scenario(args: &HashMap<String, String>) -> Report {
     };
     match args.get("mode").map_or("cpu", |m| m.as_str()) {
         "cpu" => chain::run(nic, crypto, ml, params),
-        "nagare" => {
+        mode @ ("nagare" | "glue") => {
             use testbed_regs::nagare as ng;
             match open_at(args, "switch_socket", ng::VENDOR_ID, ng::DEVICE_ID) {
-                Ok(sw) => chain::run_nagare(nic, crypto, ml, sw, params),
+                Ok(sw) => chain::run_nagare(nic, crypto, ml, sw, params, mode == "glue"),
                 Err(e) => open_failed("chain", args, e),
             }
         }
-        other => open_failed("chain", args, format!("mode={other}: expected cpu or nagare")),
+        other => open_failed("chain", args, format!("mode={other}: expected cpu, nagare or glue")),
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Node {
     pub kind: u32,
     /// Ingress: the NIC pipe that fills the stream's window.
     pub pipe: u32,
+    /// Glue: the opcode of the commands the switch writes for the device.
+    pub op: u8,
+    /// Glue: their state (key or model ID).
+    pub state: [u8; 32],
 }
 
 /// A stream's policy graph: ingress, devices in order, egress.
@@ -60,10 +64,21 @@ pub struct Policy {
 impl Policy {
     /// NIC pipe `pipe` on `nic` → `devices` in order → the NIC's TX stream window.
     pub fn chain(nic: u32, pipe: u32, devices: &[u32]) -> Policy {
-        let mut nodes = vec![Node { port: nic, kind: reg::HOP_INGRESS, pipe }];
-        nodes.extend(devices.iter().map(|&p| Node { port: p, kind: reg::HOP_STREAM, pipe: 0 }));
-        nodes.push(Node { port: nic, kind: reg::HOP_EGRESS, pipe: 0 });
+        let node = |port, kind, pipe| Node { port, kind, pipe, op: 0, state: [0; 32] };
+        let mut nodes = vec![node(nic, reg::HOP_INGRESS, pipe)];
+        nodes.extend(devices.iter().map(|&p| node(p, reg::HOP_STREAM, 0)));
+        nodes.push(node(nic, reg::HOP_EGRESS, 0));
         Policy { nodes }
+    }
+
+    /// As [`Policy::chain`], with legacy-only devices the switch drives: each given as
+    /// (port, opcode, state) for the commands it writes on the CPU's behalf.
+    pub fn chain_glue(nic: u32, pipe: u32, devices: &[(u32, u8, [u8; 32])]) -> Policy {
+        let mut p = Policy::chain(nic, pipe, &[]);
+        let glued =
+            devices.iter().map(|&(port, op, state)| Node { port, kind: reg::HOP_GLUE, pipe: 0, op, state });
+        p.nodes.splice(1..1, glued);
+        p
     }
 
     /// The ports of the graph, as an allow list.
@@ -140,6 +155,10 @@ impl Switch {
             b.write32(reg::HOP_PORT, n.port)?;
             b.write32(reg::HOP_KIND, n.kind)?;
             b.write32(reg::HOP_PIPE, n.pipe)?;
+            b.write32(reg::HOP_OP, n.op as u32)?;
+            for (k, w) in n.state.chunks(4).enumerate() {
+                b.write32(reg::HOP_STATE + 4 * k as u64, u32::from_le_bytes([w[0], w[1], w[2], w[3]]))?;
+            }
         }
         b.write32(reg::ACL, acl)?;
         b.write32(reg::STREAM_CTRL, 1)?;
@@ -147,6 +166,17 @@ impl Switch {
             return Err(Error::PolicyRefused(s, b.read32(reg::ERROR_STATUS)?));
         }
         Ok(())
+    }
+
+    /// The device addresses of glued node `node`'s command and completion rings (in the
+    /// switch's memory) and their size: program the legacy device's ring with them.
+    pub fn glue_ring(&self, s: u32, node: u32) -> Result<(u64, u64, u32)> {
+        self.select(s)?;
+        self.bar0.write32(reg::HOP_SEL, node)?;
+        let lo = self.bar0.read32(reg::HOP_RING_LO)? as u64;
+        let hi = self.bar0.read32(reg::HOP_RING_HI)? as u64;
+        let sq = hi << 32 | lo;
+        Ok((sq, sq + regs::GLUE_CQ, regs::GLUE_ENTRIES))
     }
 
     /// Closes stream `s`.
@@ -219,5 +249,9 @@ mod tests {
         assert_eq!(p.nodes[0].pipe, 63);
         assert_eq!(p.ports_mask(), 0b1110);
         assert_eq!(UNBUSSED_BASE % regs::WINDOW_SIZE, 0);
+        let g = Policy::chain_glue(1, 63, &[(2, 1, [7; 32]), (3, 3, [0; 32])]);
+        let kinds: Vec<u32> = g.nodes.iter().map(|n| n.kind).collect();
+        assert_eq!(kinds, vec![reg::HOP_INGRESS, reg::HOP_GLUE, reg::HOP_GLUE, reg::HOP_EGRESS]);
+        assert_eq!((g.nodes[1].op, g.nodes[1].state[0]), (1, 7));
     }
 }
