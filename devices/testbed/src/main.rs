@@ -197,7 +197,9 @@ enum Scenario {
     Chain {
         #[command(flatten)]
         vm: VmArgs,
-        /// Who moves data between the devices (cpu: the CPU mediates every step).
+        /// Who moves data between the devices: cpu (the CPU mediates every step), nagare
+        /// (the switch routes the devices' pushes), glue (the switch drives legacy
+        /// accelerators), both (cpu, then nagare).
         #[arg(long, value_enum, default_value = "cpu")]
         mode: testbed::chain::Mode,
         /// The chain's accelerators: crypto,ml or crypto.
@@ -433,9 +435,10 @@ fn demo(vm: &VmArgs) -> i32 {
     let packetized = finish(run::echo(&env, &vm.options(), packetized.options()), false, "echo");
     println!();
     eprintln!(
-        "[testbed] demo 4/4: the accelerator chain NIC → crypto → ML → NIC with the CPU in the middle (seed Table 2)"
+        "[testbed] demo 4/4: the accelerator chain NIC → crypto → ML → NIC, with the CPU in the middle (seed Table 2), then through the Nagare switch (Table 3)"
     );
-    let o = testbed::chain::ChainOptions { items: 100, ..Default::default() };
+    let o =
+        testbed::chain::ChainOptions { items: 100, mode: testbed::chain::Mode::Both, ..Default::default() };
     let chain = finish(testbed::chain::run(Some(&env), &vm.options(), &o), false, "chain");
     smoke.max(echo).max(packetized).max(chain)
 }
