@@ -308,3 +308,58 @@ fn stream_processes_records_in_order_and_pushes_output() {
     }
     assert_eq!(r.counter(c::STREAM_BAD_RECORDS), 0);
 }
+
+#[test]
+fn garbage_from_a_buggy_driver_is_counted_and_the_device_keeps_serving() {
+    let mut r = rig(Accelerator::ml().unwrap(), 4);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..5000 {
+        let v = next();
+        let off = (v >> 8) % regs::REG_BAR_SIZE;
+        let len = [1usize, 2, 4, 8][(v & 3) as usize];
+        let data = (v >> 32).to_le_bytes();
+        match v % 5 {
+            0 => r.dev.bar_write(regs::REG_BAR, off, &data[..len]),
+            1 => r.db.write32(db::SQ_TAIL, (v >> 40) as u32 % 16),
+            2 => {
+                let o = regs::STREAM_WINDOW + (v >> 16) % regs::STREAM_WINDOW_SIZE;
+                r.dev.bar_write(regs::DB_BAR, o, &data);
+            }
+            3 => {
+                let mut d = [0u8; desc::SIZE];
+                d.iter_mut().for_each(|b| *b = next() as u8);
+                r.put(SQ + (v >> 20) % 4 * desc::SIZE as u64, &d);
+            }
+            _ => {
+                let mut b = [0u8; 8];
+                r.dev.bar_read(regs::REG_BAR, off, &mut b[..len]);
+            }
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_ne!(r.r(reg::ERROR_STATUS), 0, "the garbage was flagged");
+    // A driver that starts over gets a working device.
+    r.w(reg::CTRL, 0);
+    r.w(reg::STREAM_CTRL, 0);
+    r.w(reg::COUNTERS_CLEAR, 1);
+    r.w(reg::SQ_BASE_LO, SQ as u32);
+    r.w(reg::SQ_BASE_HI, 0);
+    r.w(reg::CQ_BASE_LO, CQ as u32);
+    r.w(reg::CQ_BASE_HI, 0);
+    r.w(reg::RING_ENTRIES, 4);
+    r.w(reg::CTRL, reg::CTRL_ENABLE);
+    (r.tail, r.next_cqe, r.phase) = (0, 0, 1);
+    r.put(CQ, &[0; 64]);
+    let img = image_record(4);
+    r.put(IN, &img);
+    r.post(desc::OP_INFER, 42, IN, img.len() as u32, OUT, 4096, model_state());
+    r.ring();
+    assert_eq!(r.complete(), (42, status::OK, (record::HEADER + ml::RESULT_BYTES) as u32));
+    assert_eq!(r.r(reg::ERROR_STATUS), 0);
+}

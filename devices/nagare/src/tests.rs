@@ -367,3 +367,29 @@ fn legacy_glue_writes_descriptors_rings_doorbells_and_reaps_completions() {
     // Glue memory outside any glued node is not the device's to read.
     assert!(!fabric.glue_read(BASE + regs::GLUE_SRAM, &mut d));
 }
+
+#[test]
+fn garbage_register_writes_and_pushes_never_break_the_switch() {
+    let mut r = rig();
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    for _ in 0..20_000 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let off = ((x >> 8) % regs::REG_BAR_SIZE) & !3;
+        match x % 4 {
+            0 | 1 => r.w(off, (x >> 32) as u32),
+            2 => r.sw.bar_write(regs::WINDOW_BAR, (x >> 16) % regs::WINDOW_BAR_SIZE, &x.to_le_bytes()),
+            _ => {
+                let f = r.sw.fabric().clone();
+                let src = (x >> 40) as u32 % 6;
+                f.route(src, BASE + (x >> 12) % (2 * regs::WINDOW_BAR_SIZE), &[0u8; 40]);
+            }
+        }
+    }
+    // Reset (a new client) and a clean chain routes.
+    r.sw.reset();
+    r.chain(0, (1 << r.nic) | (1 << r.crypto) | (1 << r.ml));
+    let f = r.sw.fabric().clone();
+    assert_eq!(f.route(r.nic, r.window(0), b"ok"), Routed::Delivered("crypto".into()));
+}
