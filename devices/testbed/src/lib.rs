@@ -3,6 +3,7 @@
 //! and benchmarks use it directly.
 
 pub mod accel;
+pub mod apps;
 pub mod bench;
 pub mod cache;
 pub mod chain;

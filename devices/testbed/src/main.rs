@@ -126,6 +126,25 @@ enum Transport {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// The seed's applications (Table 1): maglev, nitrosketch, mica and logmon on both
+    /// NICs, with the Ensō/packetized ratio per app. Build it with `--release`.
+    Apps {
+        /// Where the apps run (native only).
+        #[arg(long, value_enum, default_value = "native")]
+        transport: Transport,
+        /// Frames per app and NIC.
+        #[arg(long, default_value_t = 200_000)]
+        frames: u64,
+        /// Frames in flight at most.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        /// Print one JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also write an SVG bar chart.
+        #[arg(long)]
+        plot: Option<PathBuf>,
+    },
     /// The Ensō echo: Mpps, Gbps, driver ns per packet, and the raw ring ceiling.
     Echo {
         /// Where the driver runs.
@@ -211,6 +230,30 @@ enum Scenario {
         /// Where the chain's driver runs: in a guest (vm) or in this process (native).
         #[arg(long, value_enum, default_value = "vm")]
         transport: testbed::chain::Transport,
+        /// Print one JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One of the seed's applications (maglev, nitrosketch, mica, logmon) on a NIC; the
+    /// host source checks every reply.
+    App {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// The app.
+        #[arg(long, value_parser = ["maglev", "nitrosketch", "mica", "logmon"])]
+        name: String,
+        /// The NIC model.
+        #[arg(long, value_enum, default_value = "enso")]
+        nic: run::NicKind,
+        /// Frames the source sends.
+        #[arg(long, default_value_t = 20_000)]
+        frames: u64,
+        /// Frames in flight at most.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Where the app's driver runs: in a guest (vm) or in this process (native).
+        #[arg(long, value_enum, default_value = "vm")]
+        transport: testbed::apps::Transport,
         /// Print one JSON object instead of the readable report.
         #[arg(long)]
         json: bool,
@@ -316,6 +359,42 @@ fn main() {
                     .and_then(|env| testbed::chain::run(Some(&env), &vm.options(), &o)),
             };
             finish(r, json, "chain")
+        }
+        Cmd::Run { scenario: Scenario::App { vm, name, nic, frames, window, transport, json } } => {
+            let o = testbed::apps::AppOptions { name, nic, frames, window };
+            let r = match transport {
+                testbed::apps::Transport::Native => testbed::apps::run(None, &vm.options(), &o, transport),
+                testbed::apps::Transport::Vm => run::Env::provision(vm.accel)
+                    .and_then(|env| testbed::apps::run(Some(&env), &vm.options(), &o, transport)),
+            };
+            finish(r, json, "app")
+        }
+        Cmd::Bench { bench: Bench::Apps { transport, frames, window, json, plot } } => {
+            if transport != Transport::Native {
+                eprintln!("error: bench apps runs natively only (--transport native)");
+                std::process::exit(2);
+            }
+            match testbed::apps::bench(frames, window) {
+                Ok(r) => {
+                    let mut failed = false;
+                    if let Some(path) = &plot {
+                        if let Err(e) = std::fs::write(path, testbed::apps::plot_bench(&r)) {
+                            eprintln!("error: cannot write {}: {e}", path.display());
+                            failed = true;
+                        }
+                    }
+                    if json {
+                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                    } else {
+                        print!("{}", testbed::apps::render_bench(&r));
+                    }
+                    i32::from(failed || !r.results.iter().all(|x| x.correct))
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    1
+                }
+            }
         }
         Cmd::Demo { vm } => demo(&vm),
         Cmd::Bench {

@@ -134,3 +134,15 @@ fn chain_in_guests_cpu_is_table_2_and_nagare_is_table_3() {
         "three pushes per item went through the switch"
     );
 }
+
+#[test]
+fn every_app_on_both_nics_in_a_guest() {
+    for name in ["maglev", "nitrosketch", "mica", "logmon"] {
+        for nic in ["enso", "packetized"] {
+            let v = run(&["run", "app", "--name", name, "--nic", nic, "--frames", "4000", "--json"]);
+            assert_eq!(v["guest"]["transport"], "vfio", "{name} on {nic} ran in the guest");
+            assert_eq!(assertion(&v, &format!("{name}:all_matched"))["pass"], true);
+            assert_eq!(v["traffic"]["matched"], 4000, "{name} on {nic}");
+        }
+    }
+}

@@ -7,6 +7,7 @@ pub mod capture;
 pub mod chain;
 pub mod echo;
 pub mod garbage;
+pub mod netapp;
 pub mod report;
 pub mod smoke;
 

@@ -176,11 +176,29 @@ fn main() {
             }
         }
         "chain" => chain_scenario(&args),
+        "app" => {
+            let name = args.get("name").cloned().unwrap_or_default();
+            let nic = args.get("nic").cloned().unwrap_or_else(|| "enso".into());
+            let limits = guest_apps::netapp::IoLimits {
+                frames: args.get("frames").and_then(|s| parse_u64(s)),
+                idle: millis(&args, "idle_ms", Some(3000)),
+                start_timeout: millis(&args, "timeout_ms", None),
+            };
+            let ids = if nic == "packetized" {
+                (testbed_regs::packetized::VENDOR_ID, testbed_regs::packetized::DEVICE_ID)
+            } else {
+                (testbed_regs::enso::VENDOR_ID, testbed_regs::enso::DEVICE_ID)
+            };
+            match open(&args, ids.0, ids.1) {
+                Ok(dev) => guest_apps::netapp::run(dev, &name, &nic, limits),
+                Err(e) => open_failed("app", &args, e),
+            }
+        }
         other => {
             let mut r = Report::new(other, "none");
             r.fail(
                 "scenario",
-                format!("unknown scenario '{other}' (known: smoke, echo, capture, garbage, chain)"),
+                format!("unknown scenario '{other}' (known: smoke, echo, capture, garbage, chain, app)"),
             );
             r
         }

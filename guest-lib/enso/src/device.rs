@@ -524,6 +524,23 @@ impl Device {
         n
     }
 
+    /// Frees `flits` of `pipe` that follow its bytes in flight without sending them: they
+    /// are added to the pipe's latest pending send (freed when it completes, since frees
+    /// move the head in order); with nothing of the pipe in flight they are freed now.
+    pub(crate) fn free_after_pending(&mut self, pipe: &Arc<RxShared>, flits: u32) {
+        let mut slot = self.tx_tail;
+        while slot != self.tx_done {
+            slot = self.notif_ring.sub(slot, 1);
+            if let Completion::Rx(p, f) = &mut self.completions[slot as usize] {
+                if Arc::ptr_eq(p, pipe) {
+                    *f += flits;
+                    return;
+                }
+            }
+        }
+        pipe.free_flits(flits);
+    }
+
     /// TX notifications posted and not yet completed.
     pub fn tx_in_flight(&self) -> u32 {
         self.notif_ring.distance(self.tx_done, self.tx_tail)

@@ -403,6 +403,22 @@ impl RxTxPipe {
         Ok(())
     }
 
+    /// Drops the oldest `n` received-and-unsent bytes without sending them (a frame the
+    /// application consumed or answered from elsewhere); their space is freed in order,
+    /// after any send before them completes.
+    pub fn skip(&mut self, dev: &mut Device, n: usize) -> Result<()> {
+        let received = self.unsent();
+        let flits = bytes_to_flits(n);
+        if flits * FLIT > received {
+            return Err(Error::SendExceedsReceived { requested: n, received });
+        }
+        if flits > 0 {
+            dev.free_after_pending(&self.core.shared, flits as u32);
+            self.sent = self.core.shared.ring.add(self.sent, flits as u32);
+        }
+        Ok(())
+    }
+
     /// As [`RxPipe::prefetch`].
     pub fn prefetch(&self) {
         self.core.prefetch();

@@ -43,6 +43,12 @@ impl Ring {
         i.wrapping_add(n) & self.mask
     }
 
+    /// `i - n`, wrapped.
+    #[inline]
+    pub const fn sub(self, i: u32, n: u32) -> u32 {
+        i.wrapping_sub(n) & self.mask
+    }
+
     /// Slots from `from` up to (not including) `to`, going forward.
     #[inline]
     pub const fn distance(self, from: u32, to: u32) -> u32 {

@@ -112,14 +112,28 @@ impl LogMonitor {
     }
 }
 
+impl LogMonitor {
+    /// The acknowledgement payload: lines so far, then the matches of each pattern, as
+    /// little-endian u64s (the stream's flow control, as a TCP-like receiver acks).
+    pub fn ack(&self) -> Vec<u8> {
+        std::iter::once(self.stats.lines)
+            .chain(self.stats.matches.iter().copied())
+            .flat_map(u64::to_le_bytes)
+            .collect()
+    }
+}
+
 impl PacketApp for LogMonitor {
-    /// Each UDP payload is the next piece of the stream.
-    fn handle(&mut self, frame: &mut [u8], _out: &mut Vec<u8>) -> Action {
-        if FiveTuple::parse(frame).is_some_and(|t| t.proto == 17) {
-            let piece = &frame[frame::L4 + 8..];
-            self.feed(piece);
+    /// Each UDP payload is the next piece of the stream; it is acknowledged with the
+    /// counts so far.
+    fn handle(&mut self, frame: &mut [u8], out: &mut Vec<u8>) -> Action {
+        if FiveTuple::parse(frame).is_none_or(|t| t.proto != 17) {
+            return Action::Consume;
         }
-        Action::Consume
+        let piece = &frame[frame::L4 + 8..];
+        self.feed(piece);
+        frame::udp_reply(frame, &self.ack(), out);
+        Action::Reply
     }
 }
 
@@ -174,10 +188,13 @@ mod tests {
         let mut m = LogMonitor::new(&PATTERNS, 1).unwrap();
         let t = FiveTuple { src_ip: 1, dst_ip: 2, src_port: 514, dst_port: 514, proto: 17 };
         let mut f = frame::udp_frame(&t, b"1 ERROR x\n2 ER");
-        assert_eq!(m.handle(&mut f, &mut Vec::new()), Action::Consume);
+        let mut out = Vec::new();
+        assert_eq!(m.handle(&mut f, &mut out), Action::Reply);
         let mut f = frame::udp_frame(&t, b"ROR y\n");
-        m.handle(&mut f, &mut Vec::new());
+        m.handle(&mut f, &mut out);
         assert_eq!((m.stats.lines, m.stats.matches[0], m.stats.alerts.len()), (2, 2, 2));
+        assert_eq!(&out[frame::L4 + 8..frame::L4 + 16], &2u64.to_le_bytes(), "acked with the line count");
+        assert_eq!(m.handle(&mut [0u8; 10], &mut out), Action::Consume);
         assert!(LogMonitor::new(&["("], 1).is_err());
     }
 }
