@@ -28,7 +28,7 @@ pub enum NetApp {
     Maglev(Maglev),
     Nitro(NitroSketch),
     Mica(Mica),
-    Logmon(LogMonitor),
+    Logmon(Box<LogMonitor>),
 }
 
 impl NetApp {
@@ -42,7 +42,7 @@ impl NetApp {
             )),
             "nitrosketch" => NetApp::Nitro(NitroSketch::new(5, 4096, 0.1, 64, 0x006e_6974_726f)),
             "mica" => NetApp::Mica(Mica::new(4, 4096, 8 << 20)),
-            "logmon" => NetApp::Logmon(LogMonitor::new(&LOG_PATTERNS, 100).ok()?),
+            "logmon" => NetApp::Logmon(Box::new(LogMonitor::new(&LOG_PATTERNS, 100).ok()?)),
             _ => return None,
         })
     }
@@ -67,7 +67,7 @@ impl NetApp {
             }),
             NetApp::Logmon(l) => json!({
                 "lines": l.stats.lines, "matches": l.stats.matches, "alerts": l.stats.alerts.len(),
-                "copied": l.stats.copied,
+                "bytes": l.stats.bytes,
             }),
         };
         v.as_object().cloned().unwrap_or_default()

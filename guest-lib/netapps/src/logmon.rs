@@ -1,113 +1,115 @@
 //! A log monitor (AWS CloudWatch-Logs-like): a byte stream of log lines is matched, line
-//! by line, against a set of patterns (the `regex` crate's `RegexSet`); matches are
-//! counted per pattern and a pattern raises an alert each time its count reaches a
-//! multiple of its threshold.
+//! by line, against a set of patterns; matches are counted per pattern, and a pattern
+//! raises an alert each time its count reaches a multiple of its threshold.
 //!
-//! Lines arrive in pieces (packets). [`LogMonitor::feed_contiguous`] processes every complete
-//! line of a contiguous byte range in place and reports how many bytes it consumed: a
-//! caller whose ring keeps the unconsumed tail in front of the next bytes (an Ensō pipe
-//! carrying the stream) gives it the rest of a straddling line with no copy.
-//! [`LogMonitor::feed`] is for discontiguous pieces: only the piece of a line that straddles
-//! two pieces is copied.
+//! Lines arrive in pieces (packets), and a line may straddle any number of them. The
+//! patterns are compiled into one multi-pattern DFA (`regex-automata`, `MatchKind::All`),
+//! and the matcher walks it byte by byte, keeping its state between pieces. So no line
+//! is ever reassembled: every byte is read once, in place, in the NIC's buffer (the Ensō RX
+//! ring, or an mbuf). [`LogMonitor::feed`] takes the next piece.
 
 use crate::frame::{self, FiveTuple};
 use crate::{Action, PacketApp};
-use regex::bytes::RegexSet;
+use regex_automata::dfa::{dense, Automaton};
+use regex_automata::util::primitives::StateID;
+use regex_automata::{Anchored, MatchKind};
 
 /// Counts and alerts.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogStats {
     /// Complete lines seen.
     pub lines: u64,
-    /// Matches per pattern.
+    /// Matches per pattern (a line counts once per pattern).
     pub matches: Vec<u64>,
     /// Alerts raised: (pattern, line number).
     pub alerts: Vec<(usize, u64)>,
-    /// Bytes copied to join lines that straddled pieces.
-    pub copied: u64,
-    /// Lines longer than the limit, dropped.
-    pub overlong: u64,
+    /// Bytes read.
+    pub bytes: u64,
 }
 
 /// The monitor.
 pub struct LogMonitor {
-    set: RegexSet,
+    dfa: dense::DFA<Vec<u32>>,
+    start: StateID,
+    /// The DFA state in the current line, carried across pieces.
+    state: StateID,
+    /// Patterns matched so far in the current line.
+    hit: Vec<bool>,
     threshold: u64,
-    carry: Vec<u8>,
-    max_line: usize,
     pub stats: LogStats,
 }
 
+/// Why the patterns were refused.
+#[derive(Debug)]
+pub struct PatternError(pub String);
+
+impl std::fmt::Display for PatternError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for PatternError {}
+
 impl LogMonitor {
-    /// Matches `patterns`; alerts every `threshold` matches of a pattern.
-    pub fn new(patterns: &[&str], threshold: u64) -> Result<LogMonitor, regex::Error> {
-        let set = RegexSet::new(patterns)?;
-        let n = set.len();
+    /// Matches `patterns` (regex syntax, no look-around); alerts every `threshold`
+    /// matches of a pattern.
+    pub fn new(patterns: &[&str], threshold: u64) -> Result<LogMonitor, PatternError> {
+        let dfa = dense::Builder::new()
+            .configure(dense::Config::new().match_kind(MatchKind::All))
+            .build_many(patterns)
+            .map_err(|e| PatternError(e.to_string()))?;
+        let start = dfa
+            .universal_start_state(Anchored::No)
+            .ok_or_else(|| PatternError("patterns with look-around are not supported".into()))?;
+        let n = patterns.len();
         Ok(LogMonitor {
-            set,
+            dfa,
+            start,
+            state: start,
+            hit: vec![false; n],
             threshold: threshold.max(1),
-            carry: Vec::new(),
-            max_line: 16 << 10,
             stats: LogStats { matches: vec![0; n], ..LogStats::default() },
         })
     }
 
-    fn line(&mut self, line: &[u8]) {
+    fn note_matches(&mut self, state: StateID) {
+        if self.dfa.is_match_state(state) {
+            for i in 0..self.dfa.match_len(state) {
+                self.hit[self.dfa.match_pattern(state, i).as_usize()] = true;
+            }
+        }
+    }
+
+    fn end_line(&mut self) {
+        let eoi = self.dfa.next_eoi_state(self.state);
+        self.note_matches(eoi);
         self.stats.lines += 1;
-        for i in self.set.matches(line).iter() {
-            self.stats.matches[i] += 1;
-            if self.stats.matches[i].is_multiple_of(self.threshold) {
-                self.stats.alerts.push((i, self.stats.lines));
+        for i in 0..self.hit.len() {
+            if std::mem::take(&mut self.hit[i]) {
+                self.stats.matches[i] += 1;
+                if self.stats.matches[i].is_multiple_of(self.threshold) {
+                    self.stats.alerts.push((i, self.stats.lines));
+                }
             }
         }
+        self.state = self.start;
     }
 
-    /// Processes the complete lines at the start of `bytes` in place; returns the bytes
-    /// consumed (through the last newline). The rest is an unfinished line.
-    pub fn feed_contiguous(&mut self, bytes: &[u8]) -> usize {
-        let mut start = 0;
-        while let Some(nl) = bytes[start..].iter().position(|&b| b == b'\n') {
-            let end = start + nl;
-            self.line(&bytes[start..end]);
-            start = end + 1;
-        }
-        if bytes.len() - start > self.max_line {
-            self.stats.overlong += 1;
-            return bytes.len();
-        }
-        start
-    }
-
-    /// Processes one piece of the stream (no ring behind it): complete lines in place,
-    /// the unfinished tail kept for the next piece.
+    /// Reads the next piece of the stream, in place.
     pub fn feed(&mut self, piece: &[u8]) {
-        let mut rest = piece;
-        if !self.carry.is_empty() {
-            match piece.iter().position(|&b| b == b'\n') {
-                Some(nl) => {
-                    let mut line = std::mem::take(&mut self.carry);
-                    line.extend_from_slice(&piece[..nl]);
-                    self.stats.copied += nl as u64;
-                    self.line(&line);
-                    line.clear();
-                    self.carry = line;
-                    rest = &piece[nl + 1..];
-                }
-                None => {
-                    self.stats.copied += piece.len() as u64;
-                    self.carry.extend_from_slice(piece);
-                    if self.carry.len() > self.max_line {
-                        self.stats.overlong += 1;
-                        self.carry.clear();
-                    }
-                    return;
-                }
+        self.stats.bytes += piece.len() as u64;
+        for &b in piece {
+            if b == b'\n' {
+                self.end_line();
+                continue;
             }
-        }
-        let used = self.feed_contiguous(rest);
-        if used < rest.len() {
-            self.stats.copied += (rest.len() - used) as u64;
-            self.carry.extend_from_slice(&rest[used..]);
+            if self.dfa.is_dead_state(self.state) {
+                // Nothing more can match in this line: skip to its end.
+                continue;
+            }
+            self.state = self.dfa.next_state(self.state, b);
+            self.note_matches(self.state);
         }
     }
 }
@@ -146,16 +148,18 @@ mod tests {
     fn log(n: usize) -> (Vec<u8>, Vec<u64>) {
         let mut s = String::new();
         let mut want = vec![0u64; 3];
+        let res: Vec<regex::bytes::Regex> =
+            PATTERNS.iter().map(|p| regex::bytes::Regex::new(p).unwrap()).collect();
         for i in 0..n {
             let line = match i % 7 {
                 0 => format!("{i} ERROR disk full on /dev/sd{}", i % 3),
                 1 => format!("{i} INFO user={} login failed", i % 100),
                 2 => format!("{i} INFO request done latency_ms={}", (i * 37) % 1200),
+                3 => format!("{i} ERROR user=7 login failed latency_ms=999"),
                 _ => format!("{i} DEBUG nothing to see here {}", ".".repeat(i % 40)),
             };
-            let b = line.as_bytes();
-            for (k, p) in PATTERNS.iter().enumerate() {
-                want[k] += regex::bytes::Regex::new(p).unwrap().is_match(b) as u64;
+            for (k, r) in res.iter().enumerate() {
+                want[k] += r.is_match(line.as_bytes()) as u64;
             }
             s.push_str(&line);
             s.push('\n');
@@ -164,23 +168,16 @@ mod tests {
     }
 
     #[test]
-    fn lines_split_anywhere_are_counted_once() {
+    fn lines_split_anywhere_are_counted_once_without_reassembly() {
         let (bytes, want) = log(5000);
         for piece in [1usize, 7, 100, 1400] {
             let mut m = LogMonitor::new(&PATTERNS, 100).unwrap();
             bytes.chunks(piece).for_each(|c| m.feed(c));
             assert_eq!(m.stats.lines, 5000);
-            assert_eq!(m.stats.matches, want, "pieces of {piece}");
+            assert_eq!(m.stats.matches, want, "pieces of {piece}: same counts as the regex crate per line");
             assert_eq!(m.stats.alerts.len() as u64, want.iter().map(|w| w / 100).sum::<u64>());
+            assert_eq!(m.stats.bytes, bytes.len() as u64);
         }
-        // In a ring, nothing is copied: the caller keeps the unfinished tail in place.
-        let mut m = LogMonitor::new(&PATTERNS, 100).unwrap();
-        let (mut start, mut end) = (0, 0);
-        while start < bytes.len() {
-            end = (end + 1400).min(bytes.len());
-            start += m.feed_contiguous(&bytes[start..end]);
-        }
-        assert_eq!((m.stats.matches.clone(), m.stats.copied), (want, 0));
     }
 
     #[test]
@@ -196,5 +193,6 @@ mod tests {
         assert_eq!(&out[frame::L4 + 8..frame::L4 + 16], &2u64.to_le_bytes(), "acked with the line count");
         assert_eq!(m.handle(&mut [0u8; 10], &mut out), Action::Consume);
         assert!(LogMonitor::new(&["("], 1).is_err());
+        assert!(LogMonitor::new(&[r"\bword\b"], 1).is_err(), "look-around refused");
     }
 }
