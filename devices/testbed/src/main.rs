@@ -136,7 +136,7 @@ enum Bench {
         #[arg(long, default_value_t = 200_000)]
         frames: u64,
         /// Frames in flight at most.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 256)]
         window: usize,
         /// Print one JSON object instead of the table.
         #[arg(long)]

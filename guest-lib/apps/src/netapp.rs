@@ -187,7 +187,8 @@ pub fn serve_enso(
     let mut out = Vec::new();
     // (action, bytes the frame occupies in the ring) of the batch in hand, and replies.
     let mut plan: Vec<(Action, usize)> = Vec::new();
-    let mut replies: Vec<Vec<u8>> = Vec::new();
+    // The batch's replies, back to back on flit boundaries (the TX stream's layout).
+    let mut replies: Vec<u8> = Vec::new();
     let limit = limits.frames.unwrap_or(u64::MAX);
     while s.frames < limit {
         let Some(id) = dev.next_rx_pipe_to_recv() else {
@@ -212,40 +213,45 @@ pub fn serve_enso(
             let step = flen.next_multiple_of(64).min(len - off);
             let action = app.handle(&mut buf[off..off + flen], &mut out);
             if action == Action::Reply {
-                replies.push(std::mem::take(&mut out));
+                replies.resize(replies.len().next_multiple_of(64), 0);
+                replies.extend_from_slice(&out);
             }
             plan.push((action, step));
             off += step;
         }
-        // Runs of forwarded frames go out in place; the others are skipped.
-        let mut run = 0;
-        let mut replies_it = replies.drain(..);
+        // Runs of forwarded frames go out in place; runs of the others are skipped.
+        let (mut fwd, mut skip) = (0usize, 0usize);
         for &(action, step) in &plan {
             if action == Action::Forward {
-                run += step;
-                s.forwarded += 1;
-                continue;
-            }
-            if run > 0 {
-                pipe.send_and_free(&mut dev, run)?;
-                run = 0;
-            }
-            pipe.skip(&mut dev, step)?;
-            match action {
-                Action::Reply => {
-                    if let Some(r) = replies_it.next() {
-                        let b = tx.allocate_buf(&mut dev, r.len())?;
-                        b[..r.len()].copy_from_slice(&r);
-                        tx.send_and_free(&mut dev, r.len())?;
-                    }
-                    s.replied += 1;
+                if skip > 0 {
+                    pipe.skip(&mut dev, std::mem::take(&mut skip))?;
                 }
-                _ => s.consumed += 1,
+                fwd += step;
+                s.forwarded += 1;
+            } else {
+                if fwd > 0 {
+                    pipe.send_and_free(&mut dev, std::mem::take(&mut fwd))?;
+                }
+                skip += step;
+                if action == Action::Reply {
+                    s.replied += 1;
+                } else {
+                    s.consumed += 1;
+                }
             }
         }
-        drop(replies_it);
-        if run > 0 {
-            pipe.send_and_free(&mut dev, run)?;
+        if fwd > 0 {
+            pipe.send_and_free(&mut dev, fwd)?;
+        }
+        if skip > 0 {
+            pipe.skip(&mut dev, skip)?;
+        }
+        // The batch's replies leave together: one TX buffer, each frame on a flit
+        // boundary, one send.
+        if !replies.is_empty() {
+            let b = tx.allocate_buf(&mut dev, replies.len())?;
+            b.copy_from_slice(&replies);
+            tx.send_and_free(&mut dev, replies.len())?;
         }
         s.frames += plan.len() as u64;
         if let Some(p) = progress {
