@@ -266,12 +266,7 @@ impl Accelerator {
                 u32::from_le_bytes(s.key[i..i + 4].try_into().unwrap_or_default())
             }
             o if (reg::COUNTERS..reg::COUNTERS + 8 * c::N as u64).contains(&o) => {
-                let v = self.shared.counters.get(((o - reg::COUNTERS) / 8) as u32);
-                if o.is_multiple_of(8) {
-                    v as u32
-                } else {
-                    (v >> 32) as u32
-                }
+                self.shared.counters.reg_word(o - reg::COUNTERS)
             }
             _ => 0,
         }

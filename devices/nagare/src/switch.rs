@@ -93,12 +93,7 @@ impl Switch {
             reg::STREAM_EGRESS_HI => stats.map_or(0, |x| (x.egress.load(Ordering::Relaxed) >> 32) as u32),
             reg::STREAM_DENIED => stats.map_or(0, |x| x.denied.load(Ordering::Relaxed) as u32),
             o if (reg::COUNTERS..reg::COUNTERS + 8 * c::N as u64).contains(&o) => {
-                let v = f.counters.get(((o - reg::COUNTERS) / 8) as u32);
-                if o.is_multiple_of(8) {
-                    v as u32
-                } else {
-                    (v >> 32) as u32
-                }
+                f.counters.reg_word(o - reg::COUNTERS)
             }
             _ => 0,
         }

@@ -32,6 +32,17 @@ impl<const N: usize> DeviceCounters<N> {
         }
     }
 
+    /// The 32-bit register word at byte `rel` of a counter block laid out as 64-bit
+    /// counters, low half first (0 past the end).
+    pub fn reg_word(&self, rel: u64) -> u32 {
+        let v = self.get((rel / 8) as u32);
+        if rel.is_multiple_of(8) {
+            v as u32
+        } else {
+            (v >> 32) as u32
+        }
+    }
+
     /// A copy of every counter.
     pub fn snapshot(&self) -> [u64; N] {
         std::array::from_fn(|i| self.values[i].load(Relaxed))

@@ -20,9 +20,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wire::{EthPort, Frame};
+use wire::Frame;
 
 /// Where an app's driver runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -356,7 +356,7 @@ struct Source {
     loss_timeout: Duration,
 }
 
-impl Source {
+impl wire::source::Source for Source {
     fn step(&mut self, to_nic: &mut VecDeque<Frame>) {
         let now = Instant::now();
         while self.in_flight.front().is_some_and(|&(_, t)| now - t > self.loss_timeout) {
@@ -390,7 +390,9 @@ impl Source {
         }
         self.last = Instant::now();
     }
+}
 
+impl Source {
     fn done(&self) -> bool {
         self.sent == self.frames && self.in_flight.is_empty()
     }
@@ -404,46 +406,19 @@ impl Source {
     }
 }
 
-/// The source as the NIC's Ethernet port.
-struct SourcePort {
-    src: Arc<Mutex<Source>>,
-    go: Arc<AtomicBool>,
-    to_nic: VecDeque<Frame>,
-}
-
-impl EthPort for SourcePort {
-    fn recv(&mut self, out: &mut Vec<Frame>, max: usize) -> usize {
-        if !self.go.load(Ordering::Acquire) {
-            return 0;
-        }
-        self.src.lock().unwrap_or_else(|e| e.into_inner()).step(&mut self.to_nic);
-        let n = max.min(self.to_nic.len());
-        out.extend(self.to_nic.drain(..n));
-        n
-    }
-
-    fn send(&mut self, frame: Frame) -> bool {
-        self.src.lock().unwrap_or_else(|e| e.into_inner()).check(&frame);
-        true
-    }
-
-    fn flush(&mut self) {}
-}
-
 /// A NIC serving one app run, with its source.
 pub struct AppRig {
     pub nic: NicUnderTest,
     server: vfio_server::ServerHandle,
     pub socket: std::path::PathBuf,
-    src: Arc<Mutex<Source>>,
-    go: Arc<AtomicBool>,
+    src: wire::source::SourceHandle<Source>,
 }
 
 impl AppRig {
     /// The NIC of `o.nic`, served on a socket in `dir`, its port the app's source.
     pub fn new(o: &AppOptions, dir: &std::path::Path) -> Result<AppRig> {
         let traffic = traffic(&o.name).with_context(|| format!("unknown app '{}'", o.name))?;
-        let src = Arc::new(Mutex::new(Source {
+        let (port, src) = wire::source::source_port(Source {
             traffic,
             frames: o.frames,
             window: o.window.max(1),
@@ -453,28 +428,26 @@ impl AppRig {
             first: None,
             last: Instant::now(),
             loss_timeout: Duration::from_secs(10),
-        }));
-        let go = Arc::new(AtomicBool::new(false));
-        let port = SourcePort { src: src.clone(), go: go.clone(), to_nic: VecDeque::new() };
+        });
         let nic = NicUnderTest::new(o.nic, Box::new(port))?;
         let socket = dir.join(format!("{}-{}.sock", o.name, o.nic.name()));
         let server = vfio_server::Server::bind(&socket, nic.device.clone())?.spawn();
-        Ok(AppRig { nic, server, socket, src, go })
+        Ok(AppRig { nic, server, socket, src })
     }
 
     /// Starts the traffic.
     pub fn start(&self) {
-        self.go.store(true, Ordering::Release);
+        self.src.start();
     }
 
     /// All frames answered (or written off).
     pub fn done(&self) -> bool {
-        self.src.lock().unwrap_or_else(|e| e.into_inner()).done()
+        self.src.lock().done()
     }
 
     /// The source's report.
     pub fn source(&self) -> SourceReport {
-        self.src.lock().unwrap_or_else(|e| e.into_inner()).report()
+        self.src.lock().report()
     }
 
     /// Stops the server.

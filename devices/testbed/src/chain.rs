@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use testbed_regs::record::{self, Header, FRAME_HEADER};
-use wire::{EthPort, Frame};
+use wire::Frame;
 
 /// Who moves the data between the devices.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -188,7 +188,7 @@ impl Source {
         self.report.first_mismatch.get_or_insert(why);
     }
 
-    fn check(&mut self, f: &[u8]) {
+    fn check_reply(&mut self, f: &[u8]) {
         self.report.received += 1;
         let rec = f.get(FRAME_HEADER..).and_then(|r| Header::parse(r).map(|h| (h, r)));
         let Some((h, rec)) = rec else {
@@ -212,9 +212,8 @@ impl Source {
         self.rtts.push(t0.elapsed().as_nanos() as u64);
     }
 
-    /// One step: check replies, write off late items, send the next one when none is in
-    /// flight.
-    fn step(&mut self, to_nic: &mut VecDeque<Frame>) {
+    /// One step: write off late items, send the next one when none is in flight.
+    fn next(&mut self, to_nic: &mut VecDeque<Frame>) {
         let now = Instant::now();
         while self.in_flight.front().is_some_and(|&(_, t)| now - t > self.loss_timeout) {
             self.in_flight.pop_front();
@@ -253,30 +252,14 @@ impl Source {
     }
 }
 
-/// The source as the NIC's Ethernet port.
-struct SourcePort {
-    src: Arc<Mutex<Source>>,
-    go: Arc<AtomicBool>,
-    to_nic: VecDeque<Frame>,
-}
-
-impl EthPort for SourcePort {
-    fn recv(&mut self, out: &mut Vec<Frame>, max: usize) -> usize {
-        if !self.go.load(Ordering::Acquire) {
-            return 0;
-        }
-        self.src.lock().unwrap_or_else(|e| e.into_inner()).step(&mut self.to_nic);
-        let n = max.min(self.to_nic.len());
-        out.extend(self.to_nic.drain(..n));
-        n
+impl wire::source::Source for Source {
+    fn step(&mut self, to_nic: &mut VecDeque<Frame>) {
+        self.next(to_nic);
     }
 
-    fn send(&mut self, frame: Frame) -> bool {
-        self.src.lock().unwrap_or_else(|e| e.into_inner()).check(&frame);
-        true
+    fn check(&mut self, frame: &[u8]) {
+        self.check_reply(frame);
     }
-
-    fn flush(&mut self) {}
 }
 
 /// The devices of one chain run, served over vfio-user, recording into one trace.
@@ -291,8 +274,7 @@ pub struct ChainRig {
     servers: Vec<(String, vfio_server::ServerHandle)>,
     /// Sockets: switch, NIC, crypto, ML (if any).
     pub sockets: Vec<PathBuf>,
-    src: Arc<Mutex<Source>>,
-    go: Arc<AtomicBool>,
+    src: wire::source::SourceHandle<Source>,
     pub key: crypto::Key,
 }
 
@@ -344,7 +326,7 @@ impl ChainRig {
     /// Builds and serves the devices for `o` with sockets in `dir`.
     pub fn new(o: &ChainOptions, dir: &Path) -> Result<ChainRig> {
         let key = crypto::stream_key(o.stream);
-        let src = Arc::new(Mutex::new(Source {
+        let (port, src) = wire::source::source_port(Source {
             items: o.items,
             shape: o.shape,
             stream: o.stream,
@@ -354,9 +336,7 @@ impl ChainRig {
             report: SourceReport::default(),
             rtts: Vec::new(),
             loss_timeout: Duration::from_secs(10),
-        }));
-        let go = Arc::new(AtomicBool::new(false));
-        let port = SourcePort { src: src.clone(), go: go.clone(), to_nic: VecDeque::new() };
+        });
         let nic =
             Arc::new(Mutex::new(enso_nic::EnsoNic::new(enso_nic::EnsoConfig::default(), Box::new(port))?));
         let crypto = Arc::new(Mutex::new(Accelerator::crypto()?));
@@ -412,7 +392,7 @@ impl ChainRig {
             sockets.push(dir.join("ml.sock"));
             servers.push(("ml".into(), serve(m, &sockets[3], Some((&fabric, port)))?));
         }
-        Ok(ChainRig { fabric, switch, nic, crypto, ml, trace, servers, sockets, src, go, key })
+        Ok(ChainRig { fabric, switch, nic, crypto, ml, trace, servers, sockets, src, key })
     }
 
     /// The sockets of the devices a guest needs for `mode`, in PCI slot order.
@@ -426,17 +406,17 @@ impl ChainRig {
     /// Starts the source.
     pub fn start(&self) {
         self.trace.clear();
-        self.go.store(true, Ordering::Release);
+        self.src.start();
     }
 
     /// Every item sent and answered (or written off).
     pub fn done(&self) -> bool {
-        self.src.lock().unwrap_or_else(|e| e.into_inner()).done()
+        self.src.lock().done()
     }
 
     /// The source's report.
     pub fn source(&self) -> SourceReport {
-        self.src.lock().unwrap_or_else(|e| e.into_inner()).report()
+        self.src.lock().report()
     }
 
     /// The devices' own counters (non-zero ones), by device.

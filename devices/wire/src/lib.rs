@@ -16,6 +16,7 @@ pub mod generator;
 pub mod loopback;
 pub mod pcap;
 pub mod ring;
+pub mod source;
 
 pub use cable::{cable, CableEnd};
 pub use generator::{GenConfig, GenReport, Generator};

@@ -360,17 +360,7 @@ impl Accel {
 
     /// The device's counters by name.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
-        let names = reg::counter::NAMES;
-        let mut out = Vec::with_capacity(names.len());
-        for (i, n) in names.iter().enumerate() {
-            if n.starts_with("reserved") {
-                continue;
-            }
-            let lo = self.bar0.read32(reg::COUNTERS + 8 * i as u64)? as u64;
-            let hi = self.bar0.read32(reg::COUNTERS + 8 * i as u64 + 4)? as u64;
-            out.push((*n, hi << 32 | lo));
-        }
-        Ok(out)
+        Ok(self.bar0.read_counters(reg::COUNTERS, &reg::counter::NAMES)?)
     }
 }
 

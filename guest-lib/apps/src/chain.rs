@@ -100,51 +100,23 @@ pub struct ChainStats {
 }
 
 /// Errors that stop the chain.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ChainError {
     /// The NIC driver failed.
-    Nic(enso::Error),
+    #[error("NIC: {0}")]
+    Nic(#[from] enso::Error),
     /// An accelerator driver failed.
-    Accel(accel_driver::Error),
+    #[error("accelerator: {0}")]
+    Accel(#[from] accel_driver::Error),
     /// The transport failed.
-    Access(device_access::Error),
+    #[error("transport: {0}")]
+    Access(#[from] device_access::Error),
     /// The chain's devices do not match its shape.
+    #[error("{0}")]
     Setup(String),
     /// The switch refused or failed.
-    Switch(nagare_client::Error),
-}
-
-impl std::fmt::Display for ChainError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ChainError::Nic(e) => write!(f, "NIC: {e}"),
-            ChainError::Accel(e) => write!(f, "accelerator: {e}"),
-            ChainError::Access(e) => write!(f, "transport: {e}"),
-            ChainError::Setup(e) => write!(f, "{e}"),
-            ChainError::Switch(e) => write!(f, "switch: {e}"),
-        }
-    }
-}
-
-impl From<enso::Error> for ChainError {
-    fn from(e: enso::Error) -> Self {
-        ChainError::Nic(e)
-    }
-}
-impl From<accel_driver::Error> for ChainError {
-    fn from(e: accel_driver::Error) -> Self {
-        ChainError::Accel(e)
-    }
-}
-impl From<nagare_client::Error> for ChainError {
-    fn from(e: nagare_client::Error) -> Self {
-        ChainError::Switch(e)
-    }
-}
-impl From<device_access::Error> for ChainError {
-    fn from(e: device_access::Error) -> Self {
-        ChainError::Access(e)
-    }
+    #[error("switch: {0}")]
+    Switch(#[from] nagare_client::Error),
 }
 
 /// Slot size of the intermediate buffer (one record between crypto and ML).

@@ -138,6 +138,21 @@ impl Bar {
         self.io.write(self.region, offset, &value.to_le_bytes())
     }
 
+    /// Reads a block of 64-bit counters (low half first, 8 bytes apart) at `base`, by
+    /// name; names starting with "reserved" are skipped.
+    pub fn read_counters(&self, base: u64, names: &[&'static str]) -> Result<Vec<(&'static str, u64)>> {
+        let mut out = Vec::with_capacity(names.len());
+        for (i, n) in names.iter().enumerate() {
+            if n.starts_with("reserved") {
+                continue;
+            }
+            let lo = self.read32(base + 8 * i as u64)? as u64;
+            let hi = self.read32(base + 8 * i as u64 + 4)? as u64;
+            out.push((*n, hi << 32 | lo));
+        }
+        Ok(out)
+    }
+
     /// Reads a 64-bit register.
     pub fn read64(&self, offset: u64) -> Result<u64> {
         self.check(offset, 8)?;

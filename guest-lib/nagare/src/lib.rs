@@ -209,16 +209,7 @@ impl Switch {
 
     /// The switch's counters by name.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>> {
-        let mut out = Vec::new();
-        for (i, n) in reg::counter::NAMES.iter().enumerate() {
-            if n.starts_with("reserved") {
-                continue;
-            }
-            let lo = self.bar0.read32(reg::COUNTERS + 8 * i as u64)? as u64;
-            let hi = self.bar0.read32(reg::COUNTERS + 8 * i as u64 + 4)? as u64;
-            out.push((*n, hi << 32 | lo));
-        }
-        Ok(out)
+        Ok(self.bar0.read_counters(reg::COUNTERS, &reg::counter::NAMES)?)
     }
 
     /// One counter by name (0 when unknown).
