@@ -10,7 +10,7 @@
 //! | logmon | a log stream cut into pieces at arbitrary bytes | the acknowledged counts equal the lines and matches in the stream |
 
 use crate::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
-use crate::vm::{Vm, VmSpec};
+use crate::vm::VmSpec;
 use anyhow::{Context, Result};
 use device_access::vfio_user::VfioUserDevice;
 use guest_apps::netapp::{self, IoLimits, IoStats, NetApp, Progress};
@@ -629,21 +629,8 @@ pub fn run(env: Option<&Env>, opts: &RunOptions, o: &AppOptions, transport: Tran
                 ],
                 dir: dir.clone(),
             };
-            let mut vm = Vm::start(&spec, &env.qemu, &env.image)?;
-            let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
-            let ready = vm.wait_for(opts.timeout, |ev| {
-                ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result")
-            });
-            let ready = ready && vm.events().0.iter().any(|e| e["event"] == "ready");
-            if ready {
-                rig.start();
-                let deadline = Instant::now() + opts.timeout;
-                while !rig.done() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-            let out = vm.wait(opts.timeout);
-            run::finish_guest_checks(&mut report, &out, &console, &qemu_log);
+            let (ready, _) =
+                run::drive_guest(env, &spec, opts.timeout, &mut report, || rig.start(), || rig.done())?;
             report.check("guest_ready", ready, "the guest's app set up its NIC");
             let app = report.guest["values"].as_object().cloned().unwrap_or_default();
             let src = rig.source();

@@ -10,7 +10,7 @@
 //! every image the NIC writes to the host.
 
 use crate::run::{self, Env, RunOptions, RunReport, VmLock};
-use crate::vm::{Vm, VmSpec};
+use crate::vm::VmSpec;
 use accel::{crypto, function, ml, Accelerator};
 use anyhow::{Context, Result};
 use device_access::vfio_user::VfioUserDevice;
@@ -650,21 +650,9 @@ fn run_vm_mode(
         ],
         dir: dir.to_path_buf(),
     };
-    let mut vm = Vm::start(&spec, &env.qemu, &env.image)?;
-    let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
-    let ready =
-        vm.wait_for(opts.timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
-    let ready = ready && vm.events().0.iter().any(|e| e["event"] == "ready");
-    if ready {
-        rig.start();
-        let deadline = Instant::now() + opts.timeout;
-        while !rig.done() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-    let out = vm.wait(opts.timeout);
     let mut sub = RunReport::native("chain", dir);
-    run::finish_guest_checks(&mut sub, &out, &console, &qemu_log);
+    let (ready, console) =
+        run::drive_guest(env, &spec, opts.timeout, &mut sub, || rig.start(), || rig.done())?;
     sub.check("guest_ready", ready, "the guest's chain set up its devices");
     for a in sub.assertions {
         report.check(&format!("{}:{}", mode.name(), a.name), a.pass, a.detail);

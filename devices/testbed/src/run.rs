@@ -227,6 +227,33 @@ pub(crate) fn finish_guest_checks(report: &mut RunReport, out: &VmOutcome, conso
     }
 }
 
+/// Boots `spec`, waits for the guest program's "ready" event, calls `start` and waits
+/// (bounded by `timeout`) until `done`, then waits for the guest to power off. Adds the
+/// guest checks to `report`; returns whether the guest became ready, and its console log.
+pub(crate) fn drive_guest(
+    env: &Env,
+    spec: &VmSpec,
+    timeout: Duration,
+    report: &mut RunReport,
+    start: impl FnOnce(),
+    done: impl Fn() -> bool,
+) -> Result<(bool, PathBuf)> {
+    let mut vm = Vm::start(spec, &env.qemu, &env.image)?;
+    let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
+    let ready = vm.wait_for(timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
+    let ready = ready && vm.events().0.iter().any(|e| e["event"] == "ready");
+    if ready {
+        start();
+        let deadline = Instant::now() + timeout;
+        while !done() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let out = vm.wait(timeout);
+    finish_guest_checks(report, &out, &console, &qemu_log);
+    Ok((ready, console))
+}
+
 /// `testbed run smoke`: the smoke device, the guest's smoke driver over VFIO.
 pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<RunReport> {
     let started = Instant::now();
