@@ -475,7 +475,7 @@ pub fn run_native(o: &AppOptions, dir: &std::path::Path) -> Result<NativeApp> {
     let p2 = progress.clone();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let driver = std::thread::Builder::new().name(format!("app-{name}")).spawn(move || {
-        let mut app = NetApp::by_name(&name).ok_or_else(|| format!("unknown app '{name}'"))?;
+        let mut app = NetApp::by_name(&name)?;
         let limits = IoLimits { frames: None, idle: None, start_timeout: None };
         let ready = move || {
             let _ = ready_tx.send(());

@@ -146,3 +146,14 @@ fn every_app_on_both_nics_in_a_guest() {
         }
     }
 }
+
+#[test]
+fn chain_glue_in_a_guest_drives_legacy_accelerators() {
+    let v = run(&["run", "chain", "--mode", "glue", "--items", "40", "--json"]);
+    let m = &v["modes"]["glue"];
+    assert_eq!((m["items"].as_u64(), m["matched"].as_u64()), (Some(40), Some(40)), "{m}");
+    assert_eq!((m["ops"].as_u64(), m["rtt_units"].as_f64()), (Some(9), Some(6.5)));
+    assert_eq!(recompute(m), (9, 6.5));
+    assert_eq!(v["devices"]["glue"]["crypto"]["commands"], 40, "the crypto device ran its legacy ring");
+    assert_eq!(v["devices"]["glue"]["nagare"]["glue_commands"], 80);
+}

@@ -33,8 +33,8 @@ pub enum NetApp {
 
 impl NetApp {
     /// The app called `name` (see [`NAMES`]).
-    pub fn by_name(name: &str) -> Option<NetApp> {
-        Some(match name {
+    pub fn by_name(name: &str) -> Result<NetApp, String> {
+        Ok(match name {
             "maglev" => NetApp::Maglev(Maglev::new(
                 netapps::maglev::DEFAULT_SIZE,
                 netapps::maglev::backends(MAGLEV_BACKENDS),
@@ -42,8 +42,10 @@ impl NetApp {
             )),
             "nitrosketch" => NetApp::Nitro(NitroSketch::new(5, 4096, 0.1, 64, 0x006e_6974_726f)),
             "mica" => NetApp::Mica(Mica::new(4, 4096, 8 << 20)),
-            "logmon" => NetApp::Logmon(Box::new(LogMonitor::new(&LOG_PATTERNS, 100).ok()?)),
-            _ => return None,
+            "logmon" => NetApp::Logmon(Box::new(
+                LogMonitor::new(&LOG_PATTERNS, 100).map_err(|e| format!("logmon patterns: {e}"))?,
+            )),
+            _ => return Err(format!("unknown app '{name}' (known: {})", NAMES.join(", "))),
         })
     }
 
@@ -343,9 +345,12 @@ pub fn run(access: Box<dyn DeviceAccess>, name: &str, nic: &str, limits: IoLimit
     let mut r = Report::new("app", access.transport());
     r.value("app", name);
     r.value("nic", nic);
-    let Some(mut app) = NetApp::by_name(name) else {
-        r.fail("app", format!("unknown app '{name}' (known: {})", NAMES.join(", ")));
-        return r;
+    let mut app = match NetApp::by_name(name) {
+        Ok(a) => a,
+        Err(e) => {
+            r.fail("app", e);
+            return r;
+        }
     };
     let stop = AtomicBool::new(false);
     let ready = || {
