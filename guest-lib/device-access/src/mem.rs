@@ -38,6 +38,14 @@ fn memfd(len: usize, huge: bool) -> Result<OwnedFd> {
     if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
         return Err(Error::last_os(format!("ftruncate memfd to {len} bytes")));
     }
+    if huge {
+        // Take the huge pages now: when the pool is empty this fails here, before any
+        // address space is touched, instead of in the MAP_FIXED mapping below.
+        // SAFETY: allocates our own memfd's pages; result checked.
+        if unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len as libc::off_t) } != 0 {
+            return Err(Error::last_os(format!("allocate {len} bytes of huge pages")));
+        }
+    }
     Ok(fd)
 }
 
@@ -103,8 +111,21 @@ impl SharedMem {
             };
             if p == libc::MAP_FAILED {
                 let e = Error::last_os("map DMA memory");
-                // SAFETY: releases the whole reservation.
-                unsafe { libc::munmap(start as *mut libc::c_void, span) };
+                // A failed MAP_FIXED may already have removed our reservation under `at`,
+                // and another thread's new mapping may sit in that hole now: release only
+                // what is certainly still ours (the copies mapped before, the reservation
+                // after), never the failed range.
+                // SAFETY: these ranges are our successful mappings and our untouched
+                // reservation.
+                unsafe {
+                    if i > 0 {
+                        libc::munmap(start as *mut libc::c_void, i * len);
+                    }
+                    let after = at + len;
+                    if after < start + span {
+                        libc::munmap(after as *mut libc::c_void, start + span - after);
+                    }
+                }
                 return Err(e);
             }
         }
@@ -263,5 +284,50 @@ impl Drop for DmaBuffer {
         if let Some(u) = self.unmap.take() {
             u.unmap(self.iova, self.mem.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Threads allocating (huge, mirrored) memory, which falls back when the huge-page
+    /// pool is empty, must never take away another thread's mappings: each thread keeps
+    /// writing and checking its own buffers while the others allocate.
+    #[test]
+    fn concurrent_allocations_never_unmap_each_other() {
+        let threads: Vec<_> = (0..4u8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut keep = Vec::new();
+                    for i in 0..60u8 {
+                        let opts = DmaOptions { huge: i % 2 == 0, mirrored: true, iova_align: 0 };
+                        let m = SharedMem::new(64 << 10, opts).unwrap();
+                        m.as_mut_slice().fill(t ^ i);
+                        keep.push((m, t ^ i));
+                        for (m, v) in &keep {
+                            // The mirror shows the same bytes.
+                            // SAFETY: the second copy of a mirrored mapping is `len` bytes
+                            // right after the first.
+                            let mirror = unsafe { *m.as_ptr().add(m.len()) };
+                            assert!(m.as_slice().iter().all(|b| b == v) && mirror == *v);
+                        }
+                        if keep.len() > 8 {
+                            keep.remove(0);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn reserved_ranges_are_skipped() {
+        reserve_iova(0x7000_0000_0000, 0x10_0000);
+        assert_eq!(skip_reserved(0x7000_0000_0000 - 0x1000, 0x2000, 0x1000), 0x7000_0010_0000);
+        assert_eq!(skip_reserved(0x10_0000, 0x1000, 0x1000), 0x10_0000);
     }
 }
