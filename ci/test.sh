@@ -18,4 +18,7 @@ cargo build -q -p testbed
 
 echo "== tests"
 cargo test --workspace 2>&1 | tee target/test.log
+
+echo "== RTL benches (Verilator)"
+./rtl/run-benches.sh
 echo "== all tests passed in $(( $(date +%s) - start ))s"
