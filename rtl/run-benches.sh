@@ -19,6 +19,15 @@ if [ ${#benches[@]} -eq 0 ]; then
 fi
 for tb in "${benches[@]}"; do
     dut=${tb%_tb}
+    dut=${dut%_diff}
+    args=()
+    case $tb in
+        nagare_pipeline_diff_tb)
+            # Vectors from the Rust model: the RTL must give every header the same verdict.
+            (cd .. && cargo run -q -p nagare --example vectors -- "target/rtl/nagare_vectors.txt" 100000)
+            args=("+vectors=$(cd "$out" && pwd)/nagare_vectors.txt")
+            ;;
+    esac
     src=$(find . -name "$dut.sv" -not -path "./tb/*" | head -1)
     [ -n "$src" ] || { echo "error: no RTL for bench $tb" >&2; exit 1; }
     echo "== $tb"
@@ -29,5 +38,5 @@ for tb in "${benches[@]}"; do
     verilator --binary --timing -Wno-fatal -Wno-WIDTH -Wno-UNUSEDSIGNAL -Wno-TIMESCALEMOD \
         --top-module "$tb" -Mdir "$out/$tb" "$src" "tb/$tb.sv" -o "$tb" > "$out/$tb.build.log" 2>&1 \
         || { tail -30 "$out/$tb.build.log"; exit 1; }
-    "$out/$tb/$tb"
+    "$out/$tb/$tb" "${args[@]}"
 done

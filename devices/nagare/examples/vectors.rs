@@ -1,0 +1,116 @@
+//! Writes test vectors for the RTL pipeline (rtl/nagare/nagare_pipeline.sv): the switch
+//! configuration as register writes, then random TLP headers with the verdict *this*
+//! model's pipeline gives each one. The RTL bench replays them and must agree on every
+//! header: a differential test between the Rust model and the RTL.
+//!
+//! Usage: `cargo run -p nagare --example vectors -- OUT [COUNT] [SEED]`.
+
+use nagare::fabric::{Ingress, Port};
+use nagare::pipeline::{Phv, Pipeline, PipelineConfig, Verdict};
+use nagare::{Fabric, Hop};
+use std::io::Write;
+use std::sync::Arc;
+use testbed_regs::nagare::{self as regs, reg};
+
+struct Window(u64);
+impl Ingress for Window {
+    fn push(&self, _: u64, _: &[u8]) -> bool {
+        true
+    }
+    fn window(&self) -> u64 {
+        self.0
+    }
+}
+
+const BASE: u64 = 0x40_0000_0000;
+
+fn main() -> std::io::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let out = args.first().map(String::as_str).unwrap_or("nagare_vectors.txt");
+    let count: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
+    let mut x: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
+
+    // Ports 1 NIC (TX window 32 KiB), 2 crypto and 3 ML (64 KiB), 4 a legacy device.
+    let fabric = Fabric::new(PipelineConfig::default());
+    let port = |name: &str, win: Option<u64>| Port {
+        name: name.into(),
+        input: win.map(|w| Arc::new(Window(w)) as Arc<dyn Ingress>),
+        ..Port::default()
+    };
+    for (name, win) in
+        [("nic", Some(1 << 15)), ("crypto", Some(1 << 16)), ("ml", Some(1 << 16)), ("legacy", None)]
+    {
+        fabric.attach(port(name, win));
+    }
+    // The same tables as register writes for the RTL (its flattened layout).
+    writeln!(f, "C 000 {:08x}", BASE as u32)?;
+    writeln!(f, "C 004 {:08x}", (BASE >> 32) as u32)?;
+    for (p, log2) in [(1u32, 15u32), (2, 16), (3, 16)] {
+        writeln!(f, "C {:03x} {:08x}", 0x40 + 4 * p, log2)?;
+    }
+    let h = |port, kind, pipe| Hop { port, kind, pipe, ..Hop::default() };
+    let (i, s, e, g) = (reg::HOP_INGRESS, reg::HOP_STREAM, reg::HOP_EGRESS, reg::HOP_GLUE);
+    let streams: [(usize, Vec<Hop>, u32, bool); 4] = [
+        (0, vec![h(1, i, 7), h(2, s, 0), h(3, s, 0), h(1, e, 0)], 0b1110, true),
+        (1, vec![h(1, i, 9), h(4, g, 0), h(1, e, 0)], 0b10011, true),
+        (2, vec![h(1, i, 3), h(3, s, 0), h(1, e, 0)], 0b1011, false),
+        (5, vec![h(2, i, 1), h(3, s, 0), h(2, s, 0), h(1, e, 0)], 0b1111, true),
+    ];
+    {
+        let mut t = fabric.tables_mut();
+        t.base = BASE;
+        for (sn, hops, acl, open) in &streams {
+            let st = &mut t.streams[*sn];
+            st.hops = hops.clone();
+            st.acl = *acl;
+            st.open = *open;
+        }
+    }
+    for (sn, hops, acl, open) in &streams {
+        let b = 0x100 + 0x40 * sn;
+        for (k, hop) in hops.iter().enumerate() {
+            writeln!(f, "C {:03x} {:08x}", b + 0x10 + 4 * k, hop.port | hop.kind << 4 | hop.pipe << 16)?;
+        }
+        writeln!(f, "C {:03x} {:08x}", b + 8, hops.len())?;
+        writeln!(f, "C {:03x} {:08x}", b + 4, acl)?;
+        writeln!(f, "C {:03x} {:08x}", b, *open as u32)?;
+    }
+
+    let t = fabric.tables().clone();
+    let pipeline = Pipeline::new(PipelineConfig::default());
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..count {
+        let r = next();
+        let src = (r & 7) as u32;
+        let stream = (r >> 3) % (regs::STREAMS as u64 + 2);
+        let len = 1 + ((r >> 8) & 2047) as usize;
+        let mut addr = BASE + stream * regs::WINDOW_SIZE + ((r >> 20) & 0x1f_ffff);
+        if (r >> 44) & 15 == 0 {
+            addr = 0x1000 + ((r >> 48) & 0xffff);
+        }
+        let mut p = Phv::new(src, addr, len);
+        pipeline.run(&t, &mut p);
+        let (verdict, reason) = match p.verdict {
+            Verdict::Memory | Verdict::Undecided => (0, 0),
+            Verdict::Forward => (1, 0),
+            Verdict::Drop(why) => (2, why),
+        };
+        let (dport, doff) = p.dest.unwrap_or((0, 0));
+        let (credit, cpipe, chead) = p.credit.map_or((0, 0, 0), |(_, pipe, head)| (1, pipe, head));
+        writeln!(
+            f,
+            "T {src} {addr:x} {len} {verdict} {reason} {dport} {doff:x} {} {} {credit} {cpipe} {chead}",
+            p.egress as u32,
+            p.glue.is_some() as u32,
+        )?;
+    }
+    f.flush()?;
+    eprintln!("wrote {count} vectors to {out}");
+    Ok(())
+}
