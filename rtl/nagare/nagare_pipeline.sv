@@ -67,6 +67,21 @@ module nagare_pipeline #(
     logic [3:0]  h_kind [STREAMS][MAX_HOPS];
     logic [15:0] h_pipe [STREAMS][MAX_HOPS];
 
+    // Configuration address decode (only the low bits of the indices are used: the
+    // range checks below bound them).
+    logic [11:0] cfg_rel;
+    /* verilator lint_off UNUSEDSIGNAL */
+    logic [11:0] cfg_s;
+    logic [5:0]  cfg_h;
+    /* verilator lint_on UNUSEDSIGNAL */
+    logic [5:0]  cfg_o;
+    always_comb begin
+        cfg_rel = cfg_addr - 12'h100;
+        cfg_s = cfg_rel >> 6;
+        cfg_o = cfg_rel[5:0];
+        cfg_h = (cfg_o - 6'h10) >> 2;
+    end
+
     always_ff @(posedge clk) begin
         if (rst) begin
             base <= '0;
@@ -82,20 +97,13 @@ module nagare_pipeline #(
             else if (cfg_addr >= 12'h040 && cfg_addr < 12'h040 + 12'(4 * PORTS))
                 port_win[(cfg_addr - 12'h040) >> 2] <= cfg_wdata[4:0];
             else if (cfg_addr >= 12'h100 && cfg_addr < 12'h100 + 12'(64 * STREAMS)) begin
-                /* verilator lint_off UNUSEDSIGNAL */
-                automatic int s = int'((cfg_addr - 12'h100) >> 6);
-                /* verilator lint_on UNUSEDSIGNAL */
-                automatic logic [5:0] o = 6'(cfg_addr - 12'h100);
-                if (o == 6'h00) s_open[s] <= cfg_wdata[0];
-                else if (o == 6'h04) s_acl[s] <= cfg_wdata;
-                else if (o == 6'h08) s_hops[s] <= cfg_wdata[3:0];
-                else if (o >= 6'h10 && o < 6'h10 + 6'(4 * MAX_HOPS)) begin
-                    /* verilator lint_off UNUSEDSIGNAL */
-                    automatic int h = int'((o - 6'h10) >> 2);
-                    /* verilator lint_on UNUSEDSIGNAL */
-                    h_port[s][h] <= cfg_wdata[3:0];
-                    h_kind[s][h] <= cfg_wdata[7:4];
-                    h_pipe[s][h] <= cfg_wdata[31:16];
+                if (cfg_o == 6'h00) s_open[cfg_s] <= cfg_wdata[0];
+                else if (cfg_o == 6'h04) s_acl[cfg_s] <= cfg_wdata;
+                else if (cfg_o == 6'h08) s_hops[cfg_s] <= cfg_wdata[3:0];
+                else if (cfg_o >= 6'h10 && cfg_o < 6'h10 + 6'(4 * MAX_HOPS)) begin
+                    h_port[cfg_s][cfg_h] <= cfg_wdata[3:0];
+                    h_kind[cfg_s][cfg_h] <= cfg_wdata[7:4];
+                    h_pipe[cfg_s][cfg_h] <= cfg_wdata[31:16];
                 end
             end
         end
@@ -137,104 +145,110 @@ module nagare_pipeline #(
         end
     end
 
+    // Each stage: the next vector (combinational), then its register.
+    phv_t nx [1:6];
+    logic [63:0] rel;
+
     // Stage 1: address.
-    always_ff @(posedge clk) begin
-        automatic phv_t p = st[0];
-        automatic logic [63:0] rel = addr_q - base;
-        if (base == '0 || addr_q < base || rel >= WINDOWS || rel + 64'(p.len) > WINDOWS)
-            p.verdict = V_MEMORY;
+    always_comb begin
+        nx[1] = st[0];
+        rel = addr_q - base;
+        if (base == '0 || addr_q < base || rel >= WINDOWS || rel + {48'd0, st[0].len} > WINDOWS)
+            nx[1].verdict = V_MEMORY;
         else begin
-            p.stream = 4'(rel >> WINDOW_LOG2);
-            p.offset = rel[20:0];
+            nx[1].stream = rel[24:21];
+            nx[1].offset = rel[20:0];
         end
-        st[1] <= rst ? '0 : p;
     end
 
     // Stage 2: stream.
-    always_ff @(posedge clk) begin
-        automatic phv_t p = st[1];
-        if (p.verdict == V_UNDECIDED && !s_open[p.stream]) begin
-            p.verdict = V_DROP;
-            p.reason = R_NO_ROUTE;
+    always_comb begin
+        nx[2] = st[1];
+        if (st[1].verdict == V_UNDECIDED && !s_open[st[1].stream]) begin
+            nx[2].verdict = V_DROP;
+            nx[2].reason = R_NO_ROUTE;
         end
-        st[2] <= rst ? '0 : p;
     end
 
     // Stage 3: access.
-    always_ff @(posedge clk) begin
-        automatic phv_t p = st[2];
-        if (p.verdict == V_UNDECIDED && !s_acl[p.stream][p.src]) begin
-            p.verdict = V_DROP;
-            p.reason = R_ACL;
+    always_comb begin
+        nx[3] = st[2];
+        if (st[2].verdict == V_UNDECIDED && !s_acl[st[2].stream][st[2].src]) begin
+            nx[3].verdict = V_DROP;
+            nx[3].reason = R_ACL;
         end
-        st[3] <= rst ? '0 : p;
     end
 
     // Stage 4: next hop.
-    always_ff @(posedge clk) begin
-        automatic phv_t p = st[3];
-        if (p.verdict == V_UNDECIDED) begin
-            automatic logic [3:0] last = s_hops[p.stream] - 4'd1;
-            automatic logic found = 1'b0;
-            automatic logic [3:0] node = '0;
-            if (s_hops[p.stream] >= 4'd2) begin
-                if (p.src == 4'd0) begin
-                    found = 1'b1;
-                    node = '0;
-                end else begin
-                    for (int h = MAX_HOPS - 1; h >= 0; h--) begin
-                        if (4'(h) < last && h_port[p.stream][h] == p.src) begin
-                            found = 1'b1;
-                            node = 4'(h);
-                        end
+    logic [3:0] last4, node4;
+    logic found4;
+    always_comb begin
+        nx[4] = st[3];
+        last4 = s_hops[st[3].stream] - 4'd1;
+        found4 = 1'b0;
+        node4 = '0;
+        if (s_hops[st[3].stream] >= 4'd2) begin
+            if (st[3].src == 4'd0) found4 = 1'b1;
+            else begin
+                for (int h = MAX_HOPS - 1; h >= 0; h--) begin
+                    if (4'(h) < last4 && h_port[st[3].stream][h] == st[3].src) begin
+                        found4 = 1'b1;
+                        node4 = 4'(h);
                     end
                 end
             end
-            if (found) begin
-                p.node = node;
-                p.next_port = h_port[p.stream][node + 4'd1];
-                p.next_kind = h_kind[p.stream][node + 4'd1];
-                p.egress = (node + 4'd1 == last);
+        end
+        if (st[3].verdict == V_UNDECIDED) begin
+            if (found4) begin
+                nx[4].node = node4;
+                nx[4].next_port = h_port[st[3].stream][node4 + 4'd1];
+                nx[4].next_kind = h_kind[st[3].stream][node4 + 4'd1];
+                nx[4].egress = (node4 + 4'd1 == last4);
             end else begin
-                p.verdict = V_DROP;
-                p.reason = R_NO_ROUTE;
+                nx[4].verdict = V_DROP;
+                nx[4].reason = R_NO_ROUTE;
             end
         end
-        st[4] <= rst ? '0 : p;
     end
 
     // Stage 5: rewrite.
-    always_ff @(posedge clk) begin
-        automatic phv_t p = st[4];
-        if (p.verdict == V_UNDECIDED) begin
-            if (p.next_kind == K_GLUE) begin
-                p.glue = 1'b1;
-                p.dest_offset = {5'd0, p.offset[15:0]};
-                p.verdict = V_FORWARD;
-            end else if (port_win[p.next_port] == '0) begin
-                p.verdict = V_DROP;
-                p.reason = R_NO_ROUTE;
+    logic [20:0] mask5;
+    always_comb begin
+        nx[5] = st[4];
+        mask5 = 21'((64'd1 << port_win[st[4].next_port]) - 64'd1);
+        if (st[4].verdict == V_UNDECIDED) begin
+            if (st[4].next_kind == K_GLUE) begin
+                nx[5].glue = 1'b1;
+                nx[5].dest_offset = {5'd0, st[4].offset[15:0]};
+                nx[5].verdict = V_FORWARD;
+            end else if (port_win[st[4].next_port] == '0) begin
+                nx[5].verdict = V_DROP;
+                nx[5].reason = R_NO_ROUTE;
             end else begin
-                p.dest_offset = p.offset & 21'((64'd1 << port_win[p.next_port]) - 64'd1);
-                p.verdict = V_FORWARD;
+                nx[5].dest_offset = st[4].offset & mask5;
+                nx[5].verdict = V_FORWARD;
             end
         end
-        st[5] <= rst ? '0 : p;
     end
 
     // Stage 6: credit.
-    always_ff @(posedge clk) begin
-        automatic phv_t p = st[5];
-        if (p.verdict == V_FORWARD && p.node == '0 && p.src != 4'd0
-            && h_kind[p.stream][0] == K_INGRESS && h_port[p.stream][0] == p.src) begin
-            /* verilator lint_off UNUSEDSIGNAL */
-            automatic logic [21:0] end_ = 22'(p.offset) + 22'(p.len) + 22'd63;
-            /* verilator lint_on UNUSEDSIGNAL */
-            p.credit = 1'b1;
-            p.credit_pipe = h_pipe[p.stream][0];
-            p.credit_head = end_[20:6];
+    /* verilator lint_off UNUSEDSIGNAL */
+    logic [21:0] end6;
+    /* verilator lint_on UNUSEDSIGNAL */
+    always_comb begin
+        nx[6] = st[5];
+        end6 = {1'b0, st[5].offset} + {6'd0, st[5].len} + 22'd63;
+        if (st[5].verdict == V_FORWARD && st[5].node == '0 && st[5].src != 4'd0
+            && h_kind[st[5].stream][0] == K_INGRESS && h_port[st[5].stream][0] == st[5].src) begin
+            nx[6].credit = 1'b1;
+            nx[6].credit_pipe = h_pipe[st[5].stream][0];
+            nx[6].credit_head = end6[20:6];
         end
-        st[6] <= rst ? '0 : p;
+    end
+
+    // The stage registers.
+    always_ff @(posedge clk) begin
+        for (int i = 1; i <= 6; i++) st[i] <= rst ? '0 : nx[i];
     end
 
     // Stages 7..STAGES: no tables, latency only.
