@@ -129,53 +129,56 @@ module nagare_pipeline #(
         logic [14:0] credit_head;
     } phv_t;
 
-    phv_t st [STAGES + 1];
+    phv_t st_0, st_1, st_2, st_3, st_4, st_5, st_6;
+    // Stages 7..STAGES only delay: plain vectors.
+    localparam int PHV_BITS = 119;  // $bits(phv_t), spelled out for yosys
+    logic [PHV_BITS-1:0] dly [6:STAGES];
     logic [63:0] addr_q;
 
     // Stage 0 input register.
     always_ff @(posedge clk) begin
-        if (rst) st[0] <= '0;
+        if (rst) st_0 <= '0;
         else begin
-            st[0] <= '0;
-            st[0].valid <= in_valid;
-            st[0].src <= in_src;
-            st[0].len <= in_len;
-            st[0].verdict <= V_UNDECIDED;
+            st_0 <= '0;
+            st_0.valid <= in_valid;
+            st_0.src <= in_src;
+            st_0.len <= in_len;
+            st_0.verdict <= V_UNDECIDED;
             addr_q <= in_addr;
         end
     end
 
     // Each stage: the next vector (combinational), then its register.
-    phv_t nx [1:6];
+    phv_t nx_1, nx_2, nx_3, nx_4, nx_5, nx_6;
     logic [63:0] rel;
 
     // Stage 1: address.
     always_comb begin
-        nx[1] = st[0];
+        nx_1 = st_0;
         rel = addr_q - base;
-        if (base == '0 || addr_q < base || rel >= WINDOWS || rel + {48'd0, st[0].len} > WINDOWS)
-            nx[1].verdict = V_MEMORY;
+        if (base == '0 || addr_q < base || rel >= WINDOWS || rel + {48'd0, st_0.len} > WINDOWS)
+            nx_1.verdict = V_MEMORY;
         else begin
-            nx[1].stream = rel[24:21];
-            nx[1].offset = rel[20:0];
+            nx_1.stream = rel[24:21];
+            nx_1.offset = rel[20:0];
         end
     end
 
     // Stage 2: stream.
     always_comb begin
-        nx[2] = st[1];
-        if (st[1].verdict == V_UNDECIDED && !s_open[st[1].stream]) begin
-            nx[2].verdict = V_DROP;
-            nx[2].reason = R_NO_ROUTE;
+        nx_2 = st_1;
+        if (st_1.verdict == V_UNDECIDED && !s_open[st_1.stream]) begin
+            nx_2.verdict = V_DROP;
+            nx_2.reason = R_NO_ROUTE;
         end
     end
 
     // Stage 3: access.
     always_comb begin
-        nx[3] = st[2];
-        if (st[2].verdict == V_UNDECIDED && !s_acl[st[2].stream][st[2].src]) begin
-            nx[3].verdict = V_DROP;
-            nx[3].reason = R_ACL;
+        nx_3 = st_2;
+        if (st_2.verdict == V_UNDECIDED && !s_acl[st_2.stream][st_2.src]) begin
+            nx_3.verdict = V_DROP;
+            nx_3.reason = R_ACL;
         end
     end
 
@@ -183,30 +186,30 @@ module nagare_pipeline #(
     logic [3:0] last4, node4;
     logic found4;
     always_comb begin
-        nx[4] = st[3];
-        last4 = s_hops[st[3].stream] - 4'd1;
+        nx_4 = st_3;
+        last4 = s_hops[st_3.stream] - 4'd1;
         found4 = 1'b0;
         node4 = '0;
-        if (s_hops[st[3].stream] >= 4'd2) begin
-            if (st[3].src == 4'd0) found4 = 1'b1;
+        if (s_hops[st_3.stream] >= 4'd2) begin
+            if (st_3.src == 4'd0) found4 = 1'b1;
             else begin
                 for (int h = MAX_HOPS - 1; h >= 0; h--) begin
-                    if (4'(h) < last4 && h_port[st[3].stream][h] == st[3].src) begin
+                    if (4'(h) < last4 && h_port[st_3.stream][h] == st_3.src) begin
                         found4 = 1'b1;
                         node4 = 4'(h);
                     end
                 end
             end
         end
-        if (st[3].verdict == V_UNDECIDED) begin
+        if (st_3.verdict == V_UNDECIDED) begin
             if (found4) begin
-                nx[4].node = node4;
-                nx[4].next_port = h_port[st[3].stream][node4 + 4'd1];
-                nx[4].next_kind = h_kind[st[3].stream][node4 + 4'd1];
-                nx[4].egress = (node4 + 4'd1 == last4);
+                nx_4.node = node4;
+                nx_4.next_port = h_port[st_3.stream][node4 + 4'd1];
+                nx_4.next_kind = h_kind[st_3.stream][node4 + 4'd1];
+                nx_4.egress = (node4 + 4'd1 == last4);
             end else begin
-                nx[4].verdict = V_DROP;
-                nx[4].reason = R_NO_ROUTE;
+                nx_4.verdict = V_DROP;
+                nx_4.reason = R_NO_ROUTE;
             end
         end
     end
@@ -214,19 +217,19 @@ module nagare_pipeline #(
     // Stage 5: rewrite.
     logic [20:0] mask5;
     always_comb begin
-        nx[5] = st[4];
-        mask5 = 21'((64'd1 << port_win[st[4].next_port]) - 64'd1);
-        if (st[4].verdict == V_UNDECIDED) begin
-            if (st[4].next_kind == K_GLUE) begin
-                nx[5].glue = 1'b1;
-                nx[5].dest_offset = {5'd0, st[4].offset[15:0]};
-                nx[5].verdict = V_FORWARD;
-            end else if (port_win[st[4].next_port] == '0) begin
-                nx[5].verdict = V_DROP;
-                nx[5].reason = R_NO_ROUTE;
+        nx_5 = st_4;
+        mask5 = 21'((64'd1 << port_win[st_4.next_port]) - 64'd1);
+        if (st_4.verdict == V_UNDECIDED) begin
+            if (st_4.next_kind == K_GLUE) begin
+                nx_5.glue = 1'b1;
+                nx_5.dest_offset = {5'd0, st_4.offset[15:0]};
+                nx_5.verdict = V_FORWARD;
+            end else if (port_win[st_4.next_port] == '0) begin
+                nx_5.verdict = V_DROP;
+                nx_5.reason = R_NO_ROUTE;
             end else begin
-                nx[5].dest_offset = st[4].offset & mask5;
-                nx[5].verdict = V_FORWARD;
+                nx_5.dest_offset = st_4.offset & mask5;
+                nx_5.verdict = V_FORWARD;
             end
         end
     end
@@ -236,35 +239,45 @@ module nagare_pipeline #(
     logic [21:0] end6;
     /* verilator lint_on UNUSEDSIGNAL */
     always_comb begin
-        nx[6] = st[5];
-        end6 = {1'b0, st[5].offset} + {6'd0, st[5].len} + 22'd63;
-        if (st[5].verdict == V_FORWARD && st[5].node == '0 && st[5].src != 4'd0
-            && h_kind[st[5].stream][0] == K_INGRESS && h_port[st[5].stream][0] == st[5].src) begin
-            nx[6].credit = 1'b1;
-            nx[6].credit_pipe = h_pipe[st[5].stream][0];
-            nx[6].credit_head = end6[20:6];
+        nx_6 = st_5;
+        end6 = {1'b0, st_5.offset} + {6'd0, st_5.len} + 22'd63;
+        if (st_5.verdict == V_FORWARD && st_5.node == '0 && st_5.src != 4'd0
+            && h_kind[st_5.stream][0] == K_INGRESS && h_port[st_5.stream][0] == st_5.src) begin
+            nx_6.credit = 1'b1;
+            nx_6.credit_pipe = h_pipe[st_5.stream][0];
+            nx_6.credit_head = end6[20:6];
         end
     end
 
     // The stage registers.
     always_ff @(posedge clk) begin
-        for (int i = 1; i <= 6; i++) st[i] <= rst ? '0 : nx[i];
+        st_1 <= rst ? '0 : nx_1;
+        st_2 <= rst ? '0 : nx_2;
+        st_3 <= rst ? '0 : nx_3;
+        st_4 <= rst ? '0 : nx_4;
+        st_5 <= rst ? '0 : nx_5;
+        st_6 <= rst ? '0 : nx_6;
     end
 
     // Stages 7..STAGES: no tables, latency only.
+    assign dly[6] = st_6;
     for (genvar i = 7; i <= STAGES; i++) begin : g_delay
-        always_ff @(posedge clk) st[i] <= rst ? '0 : st[i - 1];
+        always_ff @(posedge clk) dly[i] <= rst ? '0 : dly[i - 1];
     end
+    /* verilator lint_off UNUSEDSIGNAL */
+    phv_t last;  // its working fields (node, next kind, ...) are not outputs
+    /* verilator lint_on UNUSEDSIGNAL */
+    assign last = dly[STAGES];
 
-    assign out_valid = st[STAGES].valid;
-    assign out_verdict = st[STAGES].verdict == V_UNDECIDED ? V_DROP : st[STAGES].verdict;
-    assign out_reason = st[STAGES].verdict == V_UNDECIDED ? R_NO_ROUTE : st[STAGES].reason;
-    assign out_stream = st[STAGES].stream;
-    assign out_dest_port = st[STAGES].next_port;
-    assign out_dest_offset = st[STAGES].dest_offset;
-    assign out_egress = st[STAGES].egress;
-    assign out_glue = st[STAGES].glue;
-    assign out_credit = st[STAGES].credit;
-    assign out_credit_pipe = st[STAGES].credit_pipe;
-    assign out_credit_head = st[STAGES].credit_head;
+    assign out_valid = last.valid;
+    assign out_verdict = last.verdict == V_UNDECIDED ? V_DROP : last.verdict;
+    assign out_reason = last.verdict == V_UNDECIDED ? R_NO_ROUTE : last.reason;
+    assign out_stream = last.stream;
+    assign out_dest_port = last.next_port;
+    assign out_dest_offset = last.dest_offset;
+    assign out_egress = last.egress;
+    assign out_glue = last.glue;
+    assign out_credit = last.credit;
+    assign out_credit_pipe = last.credit_pipe;
+    assign out_credit_head = last.credit_head;
 endmodule
