@@ -16,7 +16,7 @@
 use crate::function::Function;
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
 use pcie_model::device_counters::{DeviceCounters, LocalCounts};
-use pcie_model::device_thread::DeviceThread;
+use pcie_model::device_thread::Worker;
 use pcie_model::{BarBacking, Counters, DeviceContext, Dma, DmaClass, OpKind, OpRole, PciDevice, ShmRegion};
 use std::sync::{Arc, Mutex, MutexGuard};
 use testbed_regs::accel::reg::counter as c;
@@ -123,8 +123,15 @@ impl DoorbellPort {
     }
 }
 
-struct Worker {
-    func: Box<dyn Function>,
+fn lock_func(f: &Mutex<Box<dyn Function>>) -> MutexGuard<'_, Box<dyn Function>> {
+    f.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The device thread's state.
+struct Datapath {
+    /// Shared with the device, so a thread that panicked can be replaced by a fresh state
+    /// computing the same function.
+    func: Arc<Mutex<Box<dyn Function>>>,
     last_tail: u32,
     bad_tail: Option<u32>,
     input: Vec<u8>,
@@ -138,8 +145,8 @@ pub struct Accelerator {
     name: &'static str,
     func_id: u32,
     shared: Arc<Shared>,
-    idle: Option<Worker>,
-    worker: Option<DeviceThread<Worker>>,
+    func: Arc<Mutex<Box<dyn Function>>>,
+    worker: Worker<Datapath>,
     ctx: Option<DeviceContext>,
 }
 
@@ -173,15 +180,9 @@ impl Accelerator {
             pcie: Arc::new(Counters::default()),
         });
         let (name, func_id) = (func.name(), func.id());
-        let idle = Some(Worker {
-            func,
-            last_tail: 0,
-            bad_tail: None,
-            input: Vec::new(),
-            output: Vec::new(),
-            local: LocalCounts::default(),
-        });
-        Ok(Accelerator { config, name, func_id, shared, idle, worker: None, ctx: None })
+        let func = Arc::new(Mutex::new(func));
+        let worker = Worker::new(Datapath::new(&func));
+        Ok(Accelerator { config, name, func_id, shared, func, worker, ctx: None })
     }
 
     /// The crypto accelerator.
@@ -209,24 +210,20 @@ impl Accelerator {
         StreamPort { shared: self.shared.clone() }
     }
 
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            if let Some(st) = w.stop() {
-                self.idle = Some(st);
-            }
-        }
+    /// Stops the device thread; true when it was running. Should the model ever panic
+    /// anyway, it comes back with a fresh datapath rather than dead.
+    fn stop_worker(&mut self) -> bool {
+        let func = &self.func;
+        self.worker.stop(|| Datapath::new(func))
     }
 
     fn start_worker(&mut self) {
-        let (Some(ctx), Some(st)) = (self.ctx.clone(), self.idle.take()) else {
-            return;
-        };
+        let Some(ctx) = self.ctx.clone() else { return };
         let shared = self.shared.clone();
-        let t = DeviceThread::spawn(self.name, st, move |mut st, stop| {
+        self.worker.start(self.name, move |mut st, stop| {
             pcie_model::poll::poll_until(&stop, || st.round(&shared, &ctx.dma));
             st
         });
-        self.worker = Some(t.expect("spawn the accelerator device thread"));
     }
 
     fn bad_write(&self) {
@@ -346,7 +343,18 @@ impl Accelerator {
     }
 }
 
-impl Worker {
+impl Datapath {
+    fn new(func: &Arc<Mutex<Box<dyn Function>>>) -> Datapath {
+        Datapath {
+            func: func.clone(),
+            last_tail: 0,
+            bad_tail: None,
+            input: Vec::new(),
+            output: Vec::new(),
+            local: LocalCounts::default(),
+        }
+    }
+
     /// One polling round: the doorbell, the ring's commands, the stream's records.
     fn round(&mut self, shared: &Shared, dma: &Dma) -> bool {
         let mut work = false;
@@ -450,7 +458,7 @@ impl Worker {
             return (status::DMA_ERROR, 0);
         }
         let state: [u8; 32] = d[desc::STATE..desc::STATE + 32].try_into().unwrap_or([0; 32]);
-        let st = self.func.execute(op, &state, &self.input, &mut self.output);
+        let st = lock_func(&self.func).execute(op, &state, &self.input, &mut self.output);
         match st {
             status::OK => {}
             status::AUTH_FAILED => {
@@ -505,10 +513,10 @@ impl Worker {
     /// Computes one stream record and pushes the output to the destination ring at `off`.
     fn stream_record(&mut self, cfg: &StreamCfg, rec: &[u8], dest: u64, size: u64, off: &mut u64, dma: &Dma) {
         let mut state = cfg.key;
-        if self.func.id() == reg::FUNCTION_ML {
+        if lock_func(&self.func).id() == reg::FUNCTION_ML {
             state[..4].copy_from_slice(&cfg.model.to_le_bytes());
         }
-        let st = self.func.execute(cfg.op as u8, &state, rec, &mut self.output);
+        let st = lock_func(&self.func).execute(cfg.op as u8, &state, rec, &mut self.output);
         if st != status::OK {
             self.local
                 .add(if st == status::AUTH_FAILED { c::AUTH_FAILURES } else { c::STREAM_BAD_RECORDS }, 1);
@@ -601,12 +609,11 @@ impl PciDevice for Accelerator {
     }
 
     fn reset(&mut self) {
-        let running = self.worker.is_some();
-        self.stop_worker();
+        let running = self.stop_worker();
         *self.shared.state() = State::default();
         self.shared.db.clear();
         self.shared.counters.clear();
-        if let Some(w) = self.idle.as_mut() {
+        if let Some(w) = self.worker.parked_mut() {
             w.last_tail = 0;
             w.bad_tail = None;
         }

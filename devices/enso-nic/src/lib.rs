@@ -49,6 +49,7 @@ mod tests;
 
 use engine::{BehavioralEngine, QueueEngine};
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
+use pcie_model::device_thread::Worker;
 use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
 use stats::NicCounters;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -119,9 +120,8 @@ pub(crate) struct Shared {
 pub struct EnsoNic {
     config: ConfigSpace,
     shared: Arc<Shared>,
-    /// The device thread's state while it is not running.
-    idle: Option<worker::DeviceState>,
-    worker: Option<pcie_model::device_thread::DeviceThread<worker::DeviceState>>,
+    /// The device thread and its state.
+    worker: Worker<worker::DeviceState>,
     ctx: Option<DeviceContext>,
     /// Latched high half of the last 64-bit register whose low half was read.
     latch: (u64, u32),
@@ -161,8 +161,8 @@ impl EnsoNic {
             clock: mac::Clock::default(),
             stream: Arc::default(),
         });
-        let idle = Some(worker::DeviceState::new(&shared, Self::new_engine(&cfg), port));
-        Ok(EnsoNic { config, shared, idle, worker: None, ctx: None, latch: (u64::MAX, 0) })
+        let worker = Worker::new(worker::DeviceState::new(&shared, Self::new_engine(&cfg), port));
+        Ok(EnsoNic { config, shared, worker, ctx: None, latch: (u64::MAX, 0) })
     }
 
     fn new_engine(cfg: &EnsoConfig) -> Box<dyn QueueEngine> {
@@ -204,9 +204,8 @@ impl EnsoNic {
     /// are kept. Frames queued in the old port stay there.
     pub fn replace_port(&mut self, port: Box<dyn EthPort>) -> Box<dyn EthPort> {
         let running = self.stop_worker();
-        let st = self.idle.get_or_insert_with(|| {
-            worker::DeviceState::new(&self.shared, Self::new_engine(&self.shared.cfg), Box::new(Disconnected))
-        });
+        let shared = &self.shared;
+        let st = self.worker.parked_or(|| Self::unplugged(shared));
         let old = std::mem::replace(&mut st.port, port);
         if running {
             self.start_worker();
@@ -220,28 +219,22 @@ impl EnsoNic {
         self.replace_port(Box::new(Disconnected))
     }
 
-    /// Stops the device thread; true when it was running.
+    /// Power-on datapath state with the port unplugged.
+    fn unplugged(shared: &Shared) -> worker::DeviceState {
+        worker::DeviceState::new(shared, Self::new_engine(&shared.cfg), Box::new(Disconnected))
+    }
+
+    /// Stops the device thread; true when it was running. Should the model ever panic
+    /// anyway, it comes back unplugged rather than taking the process down.
     fn stop_worker(&mut self) -> bool {
-        let Some(w) = self.worker.take() else {
-            return false;
-        };
-        // Should the model ever panic anyway, come back unplugged rather than take the
-        // process down.
-        self.idle = Some(w.stop().unwrap_or_else(|| {
-            worker::DeviceState::new(&self.shared, Self::new_engine(&self.shared.cfg), Box::new(Disconnected))
-        }));
-        true
+        let shared = &self.shared;
+        self.worker.stop(|| Self::unplugged(shared))
     }
 
     fn start_worker(&mut self) {
-        let (Some(ctx), Some(st)) = (self.ctx.clone(), self.idle.take()) else {
-            return;
-        };
+        let Some(ctx) = self.ctx.clone() else { return };
         let shared = self.shared.clone();
-        let thread = pcie_model::device_thread::DeviceThread::spawn("enso-nic", st, move |st, stop| {
-            worker::run(st, shared, ctx.dma, stop)
-        });
-        self.worker = Some(thread.expect("spawn the enso-nic device thread"));
+        self.worker.start("enso-nic", move |st, stop| worker::run(st, shared, ctx.dma, stop));
     }
 
     /// Zeroes the shared pages (a hole punch keeps the sparse BAR2 file sparse).
@@ -440,7 +433,10 @@ impl PciDevice for EnsoNic {
 
     fn reset(&mut self) {
         let running = self.stop_worker();
-        let port = self.idle.take().map_or_else(|| Box::new(Disconnected) as Box<dyn EthPort>, |st| st.port);
+        let port = self
+            .worker
+            .take_parked()
+            .map_or_else(|| Box::new(Disconnected) as Box<dyn EthPort>, |st| st.port);
         self.clear_shared();
         self.shared.counters.clear();
         self.shared.notif_mode.store(ext::MODE_REACTIVE, Ordering::Relaxed);
@@ -450,7 +446,7 @@ impl PciDevice for EnsoNic {
         self.shared.stream.rx_gen.fetch_add(1, Ordering::AcqRel);
         *self.shared.stream.tx() = stream::TxStream::default();
         self.latch = (u64::MAX, 0);
-        self.idle = Some(worker::DeviceState::new(&self.shared, Self::new_engine(&self.shared.cfg), port));
+        self.worker.park(worker::DeviceState::new(&self.shared, Self::new_engine(&self.shared.cfg), port));
         if running {
             self.start_worker();
         }

@@ -42,6 +42,7 @@ mod worker;
 mod tests;
 
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
+use pcie_model::device_thread::Worker;
 use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
 use stats::NicCounters;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -112,9 +113,8 @@ impl Shared {
 pub struct PacketNic {
     config: ConfigSpace,
     shared: Arc<Shared>,
-    /// The device thread's state while it is not running.
-    idle: Option<worker::DeviceState>,
-    worker: Option<pcie_model::device_thread::DeviceThread<worker::DeviceState>>,
+    /// The device thread and its state.
+    worker: Worker<worker::DeviceState>,
     ctx: Option<DeviceContext>,
     /// Latched high half of the last 64-bit counter whose low half was read.
     latch: (u64, u32),
@@ -151,8 +151,8 @@ impl PacketNic {
             rss_gen: AtomicU32::new(0),
         });
         shared.power_on();
-        let idle = Some(worker::DeviceState::new(&shared, port));
-        Ok(PacketNic { config, shared, idle, worker: None, ctx: None, latch: (u64::MAX, 0) })
+        let worker = Worker::new(worker::DeviceState::new(&shared, port));
+        Ok(PacketNic { config, shared, worker, ctx: None, latch: (u64::MAX, 0) })
     }
 
     /// The device configuration.
@@ -175,8 +175,8 @@ impl PacketNic {
     /// Frames queued in the old port stay there.
     pub fn replace_port(&mut self, port: Box<dyn EthPort>) -> Box<dyn EthPort> {
         let running = self.stop_worker();
-        let st =
-            self.idle.get_or_insert_with(|| worker::DeviceState::new(&self.shared, Box::new(Disconnected)));
+        let shared = &self.shared;
+        let st = self.worker.parked_or(|| worker::DeviceState::new(shared, Box::new(Disconnected)));
         let old = std::mem::replace(&mut st.port, port);
         if running {
             self.start_worker();
@@ -190,27 +190,17 @@ impl PacketNic {
         self.replace_port(Box::new(Disconnected))
     }
 
-    /// Stops the device thread; true when it was running.
+    /// Stops the device thread; true when it was running. Should the model ever panic
+    /// anyway, it comes back unplugged rather than taking the process down.
     fn stop_worker(&mut self) -> bool {
-        let Some(w) = self.worker.take() else {
-            return false;
-        };
-        // Should the model ever panic anyway, come back unplugged rather than take the
-        // process down.
-        self.idle =
-            Some(w.stop().unwrap_or_else(|| worker::DeviceState::new(&self.shared, Box::new(Disconnected))));
-        true
+        let shared = &self.shared;
+        self.worker.stop(|| worker::DeviceState::new(shared, Box::new(Disconnected)))
     }
 
     fn start_worker(&mut self) {
-        let (Some(ctx), Some(st)) = (self.ctx.clone(), self.idle.take()) else {
-            return;
-        };
+        let Some(ctx) = self.ctx.clone() else { return };
         let shared = self.shared.clone();
-        let thread = pcie_model::device_thread::DeviceThread::spawn("packet-nic", st, move |st, stop| {
-            worker::run(st, shared, ctx.dma, stop)
-        });
-        self.worker = Some(thread.expect("spawn the packet-nic device thread"));
+        self.worker.start("packet-nic", move |st, stop| worker::run(st, shared, ctx.dma, stop));
     }
 
     fn bad_write(&self) {
@@ -348,12 +338,15 @@ impl PciDevice for PacketNic {
 
     fn reset(&mut self) {
         let running = self.stop_worker();
-        let port = self.idle.take().map_or_else(|| Box::new(Disconnected) as Box<dyn EthPort>, |st| st.port);
+        let port = self
+            .worker
+            .take_parked()
+            .map_or_else(|| Box::new(Disconnected) as Box<dyn EthPort>, |st| st.port);
         self.shared.bar2.clear();
         self.shared.counters.clear();
         self.shared.power_on();
         self.latch = (u64::MAX, 0);
-        self.idle = Some(worker::DeviceState::new(&self.shared, port));
+        self.worker.park(worker::DeviceState::new(&self.shared, port));
         if running {
             self.start_worker();
         }
