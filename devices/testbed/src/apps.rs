@@ -24,14 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wire::Frame;
 
-/// Where an app's driver runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Transport {
-    /// In a QEMU guest, over VFIO.
-    Vm,
-    /// In this process, over vfio-user.
-    Native,
-}
+pub use crate::run::Transport;
 
 /// Parameters of one app run.
 #[derive(Clone, Debug)]

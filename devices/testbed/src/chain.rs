@@ -62,14 +62,7 @@ impl Mode {
     }
 }
 
-/// Where the chain's driver runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Transport {
-    /// In a QEMU guest, over VFIO.
-    Vm,
-    /// In this process, over vfio-user sockets.
-    Native,
-}
+pub use crate::run::Transport;
 
 /// Parameters of `testbed run chain`.
 #[derive(Clone, Debug)]

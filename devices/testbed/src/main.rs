@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use testbed::accel::AccelChoice;
+use testbed::run::Transport;
 use testbed::{cache, image, qemu, run};
 
 #[derive(Parser)]
@@ -114,14 +115,6 @@ impl EchoArgs {
             nic: self.nic,
         }
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Transport {
-    /// The driver natively on the host, over the vfio-user client.
-    Native,
-    /// The driver in a QEMU guest over VFIO (one guest per NIC, size and run; slow under TCG).
-    Vm,
 }
 
 #[derive(Subcommand)]

@@ -369,6 +369,15 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
     Ok(report)
 }
 
+/// Where a scenario's (or benchmark's) driver runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// In a QEMU guest, over VFIO (one guest per run; slow under TCG).
+    Vm,
+    /// In this process, over the vfio-user client.
+    Native,
+}
+
 /// Which NIC model a traffic scenario runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
