@@ -408,7 +408,7 @@ impl PciDevice for EnsoNic {
         let tx_window = ext::STREAM_TX_WINDOW..ext::STREAM_TX_WINDOW + ext::STREAM_TX_WINDOW_SIZE;
         if index == regs::EXT_BAR && tx_window.contains(&offset) {
             // The TX stream window (a refused write is counted as TX_DROP_STREAM).
-            self.shared.stream.tx().push(offset - ext::STREAM_TX_WINDOW, data);
+            self.shared.stream.push_tx(offset - ext::STREAM_TX_WINDOW, data);
             return;
         }
         let ok = index == regs::EXT_BAR

@@ -4,7 +4,7 @@
 //! template). Registers in `testbed_regs::enso::ext`.
 
 use pcie_model::ShmRegion;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use testbed_regs::enso::ext::{STREAM_ENABLE, STREAM_RX_SLOTS, STREAM_TX_WINDOW_SIZE};
 use testbed_regs::enso::{pipe_page, queue};
@@ -18,6 +18,9 @@ pub struct StreamRegs {
     /// Bumped on every slot change, so the device thread re-reads them.
     pub rx_gen: AtomicU32,
     pub tx: Mutex<TxStream>,
+    /// Set by every write to the TX window, so the device thread takes the window's
+    /// lock only when there is something to do.
+    pub tx_pending: AtomicBool,
 }
 
 /// The TX stream window held bytes that do not parse as a record.
@@ -48,6 +51,13 @@ impl Default for TxStream {
 impl StreamRegs {
     pub fn tx(&self) -> MutexGuard<'_, TxStream> {
         self.tx.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A write of `data` at TX window `offset` (see [`TxStream::push`]).
+    pub fn push_tx(&self, offset: u64, data: &[u8]) -> bool {
+        let ok = self.tx().push(offset, data);
+        self.tx_pending.store(true, Ordering::Release);
+        ok
     }
 
     /// The enabled stream pipes.
@@ -127,7 +137,7 @@ pub struct TxStreamPort {
 impl TxStreamPort {
     /// Delivers a write at window `offset`; false (counted as TX_DROP_STREAM) if refused.
     pub fn push(&self, offset: u64, data: &[u8]) -> bool {
-        self.regs.tx().push(offset, data)
+        self.regs.push_tx(offset, data)
     }
 }
 

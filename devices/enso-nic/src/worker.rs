@@ -435,6 +435,9 @@ impl DeviceState {
                 }
             }
         }
+        if !shared.stream.tx_pending.swap(false, Ordering::AcqRel) {
+            return false;
+        }
         let mut tx = shared.stream.tx();
         let mut work = false;
         if tx.drops > 0 {

@@ -95,6 +95,8 @@ pub type SwitchCounters = DeviceCounters<{ c::N }>;
 
 /// The fabric.
 pub struct Fabric {
+    /// The switch's own name in traces (what its memory and drops answer as).
+    name: Arc<str>,
     tables: RwLock<Tables>,
     /// Glued devices' state, by (stream, node).
     glue: std::sync::Mutex<std::collections::HashMap<(usize, usize), Glue>>,
@@ -125,6 +127,7 @@ impl Fabric {
             ports: vec![Port { name: "cpu".into(), ..Port::default() }],
         };
         Arc::new(Fabric {
+            name: "nagare".into(),
             tables: RwLock::new(tables),
             glue: Default::default(),
             pipeline: Pipeline::new(config),
@@ -223,7 +226,7 @@ impl Fabric {
                 }
                 if phv.glue.is_some() {
                     // The data landed in the switch's staging memory.
-                    return Routed::Delivered("nagare".into());
+                    return Routed::Delivered(self.name.clone());
                 }
                 Routed::Delivered(p.name.clone())
             }
@@ -404,7 +407,7 @@ impl DmaSpace for FabricSpace {
 
     fn read_routed(&self, addr: u64, buf: &mut [u8]) -> Result<Option<Arc<str>>, DmaError> {
         if self.fabric.glue_read(addr, buf) {
-            return Ok(Some("nagare".into()));
+            return Ok(Some(self.fabric.name.clone()));
         }
         if self.fabric.claims(addr) {
             // Stream windows are write-only.
@@ -416,12 +419,12 @@ impl DmaSpace for FabricSpace {
 
     fn write_routed(&self, addr: u64, data: &[u8]) -> Result<Option<Arc<str>>, DmaError> {
         if self.fabric.glue_write(addr, data) {
-            return Ok(Some("nagare".into()));
+            return Ok(Some(self.fabric.name.clone()));
         }
         match self.fabric.route(self.port, addr, data) {
             Routed::Memory => self.mem.write(addr, data).map(|()| None),
             Routed::Delivered(name) => Ok(Some(name)),
-            Routed::Dropped => Ok(Some("nagare".into())),
+            Routed::Dropped => Ok(Some(self.fabric.name.clone())),
         }
     }
 }
