@@ -10,6 +10,16 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 
+echo "== host tools"
+# tshark parses the peer-capture scenario's pcap (Debian's package; installed when missing).
+if ! command -v tshark >/dev/null; then
+    as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        echo "error: need root to install tshark: $*" >&2; exit 1; fi; }
+    echo "installing tshark"
+    as_root apt-get update -q
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends tshark
+fi
+
 echo "== provisioning (QEMU, guest image, accelerator)"
 cargo build -q -p testbed
 ./target/debug/testbed qemu

@@ -65,7 +65,7 @@ mkdir -p "$src/build"
     --without-default-devices --with-devices-x86_64=testbed --enable-kvm --enable-tcg \
     --enable-pixman --disable-fdt -Dwrap_mode=nodownload --disable-docs --disable-werror \
     --disable-debug-info --disable-user --disable-tools --disable-guest-agent \
-    --disable-install-blobs)
+    --disable-install-blobs --enable-vhost-user --enable-vhost-net)
 
 step "compile ($jobs jobs)"
 ninja -C "$src/build" -j "$jobs" qemu-system-x86_64

@@ -44,6 +44,8 @@ fn probe(qemu: &Qemu, image: &Image) -> Result<(), String> {
         scenario: "probe".into(),
         args: vec![],
         dir: dir.clone(),
+        net: vec![],
+        files: vec![],
     };
     let vm = Vm::start(&spec, qemu, image).map_err(|e| e.to_string())?;
     let qemu_log = vm.qemu_log.clone();

@@ -621,6 +621,8 @@ pub fn run(env: Option<&Env>, opts: &RunOptions, o: &AppOptions, transport: Tran
                     "idle_ms=3000".into(),
                 ],
                 dir: dir.clone(),
+                net: vec![],
+                files: vec![],
             };
             let (ready, _) =
                 run::drive_guest(env, &spec, opts.timeout, &mut report, || rig.start(), || rig.done())?;

@@ -642,6 +642,8 @@ fn run_vm_mode(
             "idle_ms=5000".into(),
         ],
         dir: dir.to_path_buf(),
+        net: vec![],
+        files: vec![],
     };
     let mut sub = RunReport::native("chain", dir);
     let (ready, console) =

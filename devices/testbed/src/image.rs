@@ -29,7 +29,7 @@ pub struct Image {
 }
 
 /// Bump when the way the image is put together changes.
-const FORMAT_VERSION: &str = "testbed-image-v1";
+const FORMAT_VERSION: &str = "testbed-image-v3";
 
 /// The modules the guest loads (their dependencies are added from the kernel package).
 /// virtio_pci is needed for virtio_net to find a virtio-net-pci device (it is a module in
@@ -42,6 +42,15 @@ deb http://deb.debian.org/debian bookworm-updates main\n\
 deb http://deb.debian.org/debian-security bookworm-security main\n";
 
 const KERNEL_META: &str = "linux-image-amd64";
+/// Stock Debian tools for the peer guest (`testbed run peer-*`), with the shared libraries
+/// they need: OpenBSD netcat (busybox's `nc` has no UDP mode).
+const TOOL_PKGS: &[&str] = &["netcat-openbsd", "libbsd0", "libmd0", "libc6"];
+/// The tool binaries, by their path in a package and in the image.
+const TOOL_BINS: &[(&str, &str)] = &[("bin/nc.openbsd", "usr/bin/nc.openbsd")];
+/// The shared libraries, installed as `lib/x86_64-linux-gnu/NAME` (found by their soname in
+/// the packages' `lib/x86_64-linux-gnu` or `usr/lib/x86_64-linux-gnu`).
+const TOOL_LIBS: &[&str] =
+    &["ld-linux-x86-64.so.2", "libc.so.6", "libresolv.so.2", "libbsd.so.0", "libmd.so.0"];
 const BUSYBOX_PKG: &str = "busybox-static";
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const WHAT: &str = "guest image";
@@ -59,6 +68,17 @@ struct Resolved {
     kernel_deb: String,
     busybox_version: String,
     busybox_deb: String,
+    /// The peer tools' packages (TOOL_PKGS, in that order).
+    #[serde(default)]
+    tools: Vec<ToolDeb>,
+}
+
+/// One tool package: name, version, .deb file name.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+struct ToolDeb {
+    package: String,
+    version: String,
+    deb: String,
 }
 
 /// What is recorded next to the kernel part (`kernel/<key>/kernel.json`).
@@ -71,6 +91,8 @@ struct KernelMeta {
     modules: Vec<String>,
     /// Busybox applet paths (e.g. `sbin/poweroff`); empty if busybox could not run here.
     applets: Vec<String>,
+    /// Peer tool files by image path (stored under `tools/` with the same path).
+    tools: Vec<String>,
 }
 
 /// What is recorded next to a built image (`image/<key>/image.json`).
@@ -93,6 +115,9 @@ pub fn ensure_image(guest_bin: &Path) -> Result<Image> {
     let init_path = images_dir.join("init");
     let init =
         std::fs::read(&init_path).with_context(|| format!("{WHAT}: cannot read {}", init_path.display()))?;
+    let peer_path = images_dir.join("peer");
+    let peer =
+        std::fs::read(&peer_path).with_context(|| format!("{WHAT}: cannot read {}", peer_path.display()))?;
     let guest = std::fs::read(guest_bin)
         .with_context(|| format!("{WHAT}: cannot read the guest program {}", guest_bin.display()))?;
     check_static_elf(&guest).with_context(|| {
@@ -114,6 +139,7 @@ pub fn ensure_image(guest_bin: &Path) -> Result<Image> {
         .add("kernel", resolved.kernel_package.as_bytes())
         .add("kernel-version", resolved.kernel_package_version.as_bytes())
         .add("busybox", resolved.busybox_version.as_bytes())
+        .add("tools", serde_json::to_string(&resolved.tools)?.as_bytes())
         .add("modules", MODULES.join(",").as_bytes());
     if let Ok(s) = std::fs::read(&unxz) {
         kh.add("unxz", &s);
@@ -125,6 +151,7 @@ pub fn ensure_image(guest_bin: &Path) -> Result<Image> {
     h.add("format", FORMAT_VERSION.as_bytes())
         .add("kernel-part", kkey.as_bytes())
         .add("init", &init)
+        .add("peer", &peer)
         .add("guest", &guest);
     let key = h.hex16();
     let dir = root.join("image").join(&key);
@@ -143,7 +170,7 @@ pub fn ensure_image(guest_bin: &Path) -> Result<Image> {
         }
     };
     in_temp_dir(&dir, |tmp| {
-        let meta = build_image(tmp, &kdir, &kmeta, &init, &guest)?;
+        let meta = build_image(tmp, &kdir, &kmeta, &init, &peer, &guest)?;
         std::fs::write(tmp.join("image.json"), serde_json::to_vec_pretty(&meta)?)?;
         Ok(())
     })?;
@@ -233,6 +260,23 @@ pub fn build_guest_binary(workspace: &Path) -> Result<PathBuf> {
     Ok(bin)
 }
 
+/// Writes `out`: the image's initrd followed by a second gzip'ed cpio holding `files`
+/// (image path, bytes). The kernel unpacks concatenated archives in order, so the files
+/// appear in the guest's root file system: how a run hands the guest its inputs (e.g. a
+/// pcap to replay) without rebuilding the image.
+pub fn initrd_with_files(image: &Image, files: &[(String, Vec<u8>)], out: &Path) -> Result<()> {
+    let mut bytes =
+        std::fs::read(&image.initrd).with_context(|| format!("read {}", image.initrd.display()))?;
+    let mut cpio = Cpio::default();
+    for (path, data) in files {
+        cpio.file(path, 0o644, data.clone());
+    }
+    let mut gz = flate2::GzBuilder::new().mtime(0).write(Vec::new(), flate2::Compression::fast());
+    cpio.write_to(&mut gz)?;
+    bytes.extend(gz.finish()?);
+    std::fs::write(out, bytes).with_context(|| format!("write {}", out.display()))
+}
+
 fn load_image(dir: &Path) -> Option<Image> {
     let meta: ImageMeta = serde_json::from_slice(&std::fs::read(dir.join("image.json")).ok()?).ok()?;
     let kernel = dir.join(&meta.kernel_file);
@@ -265,6 +309,8 @@ fn resolve_packages(debs: &Path) -> Result<Resolved> {
             r.sources == APT_SOURCES
                 && debs.join(&r.kernel_deb).is_file()
                 && debs.join(&r.busybox_deb).is_file()
+                && r.tools.iter().map(|t| t.package.as_str()).eq(TOOL_PKGS.iter().copied())
+                && r.tools.iter().all(|t| debs.join(&t.deb).is_file())
         });
     if let Some(r) = &old {
         if now_secs().saturating_sub(r.resolved_at) < DAY.as_secs() {
@@ -359,6 +405,14 @@ fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
     let busybox_deb = find_deb(&dl, BUSYBOX_PKG)?;
     let busybox_version = deb_field(&busybox_deb, "Version")?;
     std::fs::rename(&busybox_deb, debs.join(file_name(&busybox_deb)))?;
+    download(TOOL_PKGS)?;
+    let mut tools = vec![];
+    for pkg in TOOL_PKGS {
+        let deb = find_deb(&dl, pkg)?;
+        let version = deb_field(&deb, "Version")?;
+        std::fs::rename(&deb, debs.join(file_name(&deb)))?;
+        tools.push(ToolDeb { package: pkg.to_string(), version, deb: file_name(&deb) });
+    }
     // The kernel .deb is ~70 MB: keep the one we have when the metapackage still wants it.
     let wanted_version = depends_version(&depends, &kernel_package);
     let (kernel_deb, kernel_package_version) = match old {
@@ -385,6 +439,7 @@ fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
         kernel_package,
         kernel_deb,
         busybox_deb: file_name(&busybox_deb),
+        tools,
     };
     let _ = std::fs::remove_dir_all(&dl);
     Ok(r)
@@ -397,7 +452,8 @@ fn prune_debs(debs: &Path, r: &Resolved) {
     };
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".deb") && name != r.kernel_deb && name != r.busybox_deb {
+        let used = name == r.kernel_deb || name == r.busybox_deb || r.tools.iter().any(|t| t.deb == name);
+        if name.ends_with(".deb") && !used {
             let _ = std::fs::remove_file(e.path());
         }
     }
@@ -516,12 +572,16 @@ fn build_kernel_part(tmp: &Path, debs: &Path, r: &Resolved, unxz: &Path) -> Resu
 
     std::fs::remove_dir_all(&kpkg)?;
     std::fs::remove_dir_all(&bpkg)?;
+    let tools = step(WHAT, "collect peer tools (netcat-openbsd and its libraries)", || {
+        collect_tools(tmp, debs, &r.tools)
+    })?;
     let meta = KernelMeta {
         kernel_file: kernel_file.to_string(),
         kernel_version: release,
         kernel_is_vmlinux: is_vmlinux,
         modules,
         applets,
+        tools,
     };
     std::fs::write(tmp.join("kernel.json"), serde_json::to_vec_pretty(&meta)?)?;
     Ok(meta)
@@ -529,7 +589,14 @@ fn build_kernel_part(tmp: &Path, debs: &Path, r: &Resolved, unxz: &Path) -> Resu
 
 /// Writes the image into `tmp`: the kernel (a hard link to the shared kernel part) and the
 /// initrd.
-fn build_image(tmp: &Path, kdir: &Path, k: &KernelMeta, init: &[u8], guest: &[u8]) -> Result<ImageMeta> {
+fn build_image(
+    tmp: &Path,
+    kdir: &Path,
+    k: &KernelMeta,
+    init: &[u8],
+    peer: &[u8],
+    guest: &[u8],
+) -> Result<ImageMeta> {
     let kernel = kdir.join(&k.kernel_file);
     if std::fs::hard_link(&kernel, tmp.join(&k.kernel_file)).is_err() {
         std::fs::copy(&kernel, tmp.join(&k.kernel_file))
@@ -556,7 +623,12 @@ fn build_image(tmp: &Path, kdir: &Path, k: &KernelMeta, init: &[u8], guest: &[u8
         }
         let order: String = k.modules.iter().map(|m| format!("{m}.ko\n")).collect();
         cpio.file("etc/modules.order", 0o644, order.into_bytes());
+        for t in &k.tools {
+            cpio.file(t, 0o755, read(kdir.join("tools").join(t))?);
+        }
+        cpio.symlink("lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
         cpio.file("init", 0o755, init.to_vec());
+        cpio.file("bin/testbed-peer", 0o755, peer.to_vec());
         cpio.file("bin/testbed-guest", 0o755, guest.to_vec());
         let f = std::fs::File::create(tmp.join("initrd.gz"))?;
         let mut gz = flate2::GzBuilder::new().mtime(0).write(f, flate2::Compression::default());
@@ -570,6 +642,46 @@ fn build_image(tmp: &Path, kdir: &Path, k: &KernelMeta, init: &[u8], guest: &[u8
         kernel_is_vmlinux: k.kernel_is_vmlinux,
         modules: k.modules.clone(),
     })
+}
+
+/// Unpacks the tool packages and copies the tool binaries and libraries into `tmp/tools/`
+/// under their image paths; returns those paths.
+fn collect_tools(tmp: &Path, debs: &Path, tools: &[ToolDeb]) -> Result<Vec<String>> {
+    let root = tmp.join("tools-pkg");
+    for t in tools {
+        dpkg_extract(&debs.join(&t.deb), &root)?;
+    }
+    let mut out = vec![];
+    let mut put = |image_path: String, from: &Path| -> Result<()> {
+        // Follow the package's relative symlinks (libfoo.so.0 -> libfoo.so.0.1.2).
+        let real = std::fs::canonicalize(from).with_context(|| format!("resolve {}", from.display()))?;
+        if !real.starts_with(std::fs::canonicalize(&root)?) {
+            bail!("{} points outside the unpacked packages", from.display());
+        }
+        let dest = tmp.join("tools").join(&image_path);
+        std::fs::create_dir_all(dest.parent().unwrap_or(tmp))?;
+        std::fs::copy(&real, &dest).with_context(|| format!("copy {}", real.display()))?;
+        out.push(image_path);
+        Ok(())
+    };
+    for (in_pkg, in_image) in TOOL_BINS {
+        let alt = format!("usr/{in_pkg}");
+        let from = [root.join(in_pkg), root.join(alt)]
+            .into_iter()
+            .find(|p| p.exists())
+            .ok_or_else(|| anyhow!("the tool packages have no {in_pkg}"))?;
+        put(in_image.to_string(), &from)?;
+    }
+    for lib in TOOL_LIBS {
+        let from = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
+            .iter()
+            .map(|d| root.join(d).join(lib))
+            .find(|p| p.exists())
+            .ok_or_else(|| anyhow!("the tool packages have no {lib}"))?;
+        put(format!("lib/x86_64-linux-gnu/{lib}"), &from)?;
+    }
+    std::fs::remove_dir_all(&root)?;
+    Ok(out)
 }
 
 fn dpkg_extract(deb: &Path, dest: &Path) -> Result<()> {

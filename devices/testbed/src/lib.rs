@@ -9,6 +9,7 @@ pub mod cache;
 pub mod chain;
 pub mod image;
 pub mod latency;
+pub mod peer;
 pub mod plot;
 pub mod qemu;
 pub mod run;

@@ -251,6 +251,55 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
+    /// A stock Linux peer guest (virtio-net on our vhost-user backend, cabled to the Ensō
+    /// NIC) runs arping, ping and OpenBSD nc against the Rust responder behind the Ensō NIC;
+    /// both the peer's tools and the host's wire tap check every reply.
+    PeerEcho {
+        #[command(flatten)]
+        vm: VmArgs,
+        #[command(flatten)]
+        peer: PeerArgs,
+        /// Print one JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The peer's traffic is captured by the Ensō guest into a pcap that tshark parses.
+    PeerCapture {
+        #[command(flatten)]
+        vm: VmArgs,
+        #[command(flatten)]
+        peer: PeerArgs,
+        /// Print one JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// EnsōGen in one guest, echo in another, NIC to NIC over the emulated wire: sent,
+    /// received, lost and the RTT histogram from the NIC's timestamps.
+    GenEcho {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Frames EnsōGen sends.
+        #[arg(long, default_value_t = 2000)]
+        packets: u64,
+        /// Frame size in bytes (60..=1514; generated flows only).
+        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(60..=1514))]
+        size: u64,
+        /// UDP flows (generated flows only).
+        #[arg(long, default_value_t = 16)]
+        flows: u32,
+        /// Frames per second; 0 sends as fast as the NIC takes them.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Replay the frames of this pcap (cycled) instead of generated flows.
+        #[arg(long)]
+        pcap: Option<PathBuf>,
+        /// Where the two apps run: in two guests (vm) or in this process (native).
+        #[arg(long, value_enum, default_value = "vm")]
+        transport: Transport,
+        /// Print one JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
     /// The smoke device: ID, scratch, DMA both ways, MSI-X, a refused DMA.
     Smoke {
         #[command(flatten)]
@@ -263,6 +312,25 @@ enum Scenario {
         #[arg(long)]
         kill_first_guest: bool,
     },
+}
+
+#[derive(clap::Args, Clone, Copy)]
+struct PeerArgs {
+    /// ARP requests the peer's arping sends.
+    #[arg(long, default_value_t = 3)]
+    arps: u32,
+    /// ICMP echo requests per size (56 and 1400 bytes).
+    #[arg(long, default_value_t = 10)]
+    pings: u32,
+    /// UDP datagrams the peer's nc sends.
+    #[arg(long, default_value_t = 40)]
+    datagrams: u32,
+}
+
+impl PeerArgs {
+    fn options(self) -> testbed::peer::PeerOptions {
+        testbed::peer::PeerOptions { arps: self.arps, pings: self.pings, datagrams: self.datagrams }
+    }
 }
 
 fn finish(report: Result<run::RunReport>, json: bool, scenario: &str) -> i32 {
@@ -332,6 +400,28 @@ fn main() {
             let r = run::Env::provision(vm.accel)
                 .and_then(|env| run::smoke(&env, &vm.options(), kill_first_guest));
             finish(r, json, "smoke")
+        }
+        Cmd::Run { scenario: Scenario::PeerEcho { vm, peer, json } } => {
+            let r = run::Env::provision(vm.accel)
+                .and_then(|env| testbed::peer::peer_echo(&env, &vm.options(), peer.options()));
+            finish(r, json, "peer-echo")
+        }
+        Cmd::Run { scenario: Scenario::PeerCapture { vm, peer, json } } => {
+            let r = run::Env::provision(vm.accel)
+                .and_then(|env| testbed::peer::peer_capture(&env, &vm.options(), peer.options()));
+            finish(r, json, "peer-capture")
+        }
+        Cmd::Run {
+            scenario: Scenario::GenEcho { vm, packets, size, flows, rate, pcap, transport, json },
+        } => {
+            let o =
+                testbed::peer::GenEchoOptions { packets, size: size as usize, flows, rate, pcap, transport };
+            let r = match transport {
+                Transport::Native => testbed::peer::gen_echo(None, &vm.options(), &o),
+                Transport::Vm => run::Env::provision(vm.accel)
+                    .and_then(|env| testbed::peer::gen_echo(Some(&env), &vm.options(), &o)),
+            };
+            finish(r, json, "gen-echo")
         }
         Cmd::Run { scenario: Scenario::Echo { vm, echo, json } } => {
             let r =

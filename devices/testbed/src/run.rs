@@ -272,6 +272,8 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
         scenario: "smoke".into(),
         args: vec![format!("scratch={scratch:#x}"), format!("seed={seed}"), format!("hold_ms={hold_ms}")],
         dir: dir.clone(),
+        net: vec![],
+        files: vec![],
     };
     let mut report = RunReport::new("smoke", env, &dir);
 
@@ -495,6 +497,8 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
             scenario: "garbage".into(),
             args: vec![],
             dir: dir.clone(),
+            net: vec![],
+            files: vec![],
         };
         let vm = Vm::start(&spec, &env.qemu, &env.image)?;
         let out = vm.wait(opts.timeout);
@@ -529,6 +533,8 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
             format!("nic={}", p.nic.name()),
         ],
         dir: dir.clone(),
+        net: vec![],
+        files: vec![],
     };
     let mut vm = Vm::start(&spec, &env.qemu, &env.image)?;
     let (console, qemu_log) = (vm.console.clone(), vm.qemu_log.clone());
@@ -683,6 +689,8 @@ pub fn render(r: &RunReport) -> String {
                 s += &format!("    CPU per item: {:.0} ns\n", m.cpu_ns_per_item);
             }
         }
+    } else if !r.traffic.is_null() && r.traffic.get("matched").is_none() {
+        s += &format!("  traffic: {}\n", r.traffic);
     } else if !r.traffic.is_null() {
         let t = &r.traffic;
         s += &format!(

@@ -44,6 +44,18 @@ pub struct VmSpec {
     pub args: Vec<String>,
     /// Folder for the console log, the result file and QEMU's own output.
     pub dir: PathBuf,
+    /// virtio-net-pci NICs whose backend is a vhost-user socket (ours: `vhost-net`).
+    pub net: Vec<VhostNet>,
+    /// Extra files for the guest's root file system (image path, bytes), appended to the
+    /// initrd for this run only.
+    pub files: Vec<(String, Vec<u8>)>,
+}
+
+/// A virtio-net-pci device backed by a vhost-user-net socket.
+#[derive(Clone, Debug)]
+pub struct VhostNet {
+    pub socket: PathBuf,
+    pub mac: [u8; 6],
 }
 
 /// A running guest.
@@ -70,7 +82,7 @@ pub struct VmOutcome {
 }
 
 impl VmSpec {
-    fn command(&self, qemu: &Qemu, image: &Image, console: &Path, result: &Path) -> Command {
+    fn command(&self, qemu: &Qemu, image: &Image, initrd: &Path, console: &Path, result: &Path) -> Command {
         let mut c = Command::new(&qemu.bin);
         let mem = format!("{}M", self.memory_mb);
         let machine = match self.accel {
@@ -89,7 +101,7 @@ impl VmSpec {
         if let Some(fw) = &qemu.firmware {
             c.arg("-L").arg(fw);
         }
-        c.arg("-kernel").arg(&image.kernel).arg("-initrd").arg(&image.initrd);
+        c.arg("-kernel").arg(&image.kernel).arg("-initrd").arg(initrd);
         let mut append = String::from("console=ttyS0 quiet panic=-1 intel_iommu=on");
         append.push_str(&format!(" testbed.scenario={}", self.scenario));
         if !self.args.is_empty() {
@@ -104,6 +116,16 @@ impl VmSpec {
                 "socket": {"path": s.display().to_string(), "type": "unix"},
             });
             c.args(["-device", &dev.to_string()]);
+        }
+        for (i, n) in self.net.iter().enumerate() {
+            // The guest's RAM is a shared memfd (above), so the backend can map it. No option
+            // ROM: the guest boots from -kernel, not the network.
+            c.args(["-chardev", &format!("socket,id=vhost{i},path={}", n.socket.display())]);
+            c.args(["-netdev", &format!("vhost-user,id=net{i},chardev=vhost{i}")]);
+            let m = n.mac;
+            let mac =
+                format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5]);
+            c.args(["-device", &format!("virtio-net-pci,netdev=net{i},mac={mac},mrg_rxbuf=on,romfile=")]);
         }
         c
     }
@@ -120,7 +142,14 @@ impl Vm {
             let _ = std::fs::remove_file(f);
         }
         let log = std::fs::File::create(&qemu_log)?;
-        let mut cmd = spec.command(qemu, image, &console, &result);
+        let initrd = if spec.files.is_empty() {
+            image.initrd.clone()
+        } else {
+            let p = spec.dir.join(format!("{}.initrd.gz", spec.name));
+            crate::image::initrd_with_files(image, &spec.files, &p)?;
+            p
+        };
+        let mut cmd = spec.command(qemu, image, &initrd, &console, &result);
         cmd.stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
         let child = cmd.spawn().with_context(|| format!("start {}", qemu.bin.display()))?;
         Ok(Vm { child, console, result, qemu_log, started: Instant::now(), boot_s: None })

@@ -170,6 +170,8 @@ fn pcap_replayed_into_the_nic_comes_out_of_the_capture_app_byte_for_byte() {
         packets: Some(frames.len() as u64),
         idle: None,
         start_timeout: Some(Duration::from_secs(60)),
+        until_done: false,
+        upload: false,
     };
     let access = Box::new(VfioUserDevice::connect(&r.sock).unwrap());
     let stop = Arc::new(AtomicBool::new(false));
@@ -203,4 +205,50 @@ fn pcap_replayed_into_the_nic_comes_out_of_the_capture_app_byte_for_byte() {
     if let Ok(o) = std::process::Command::new("tshark").arg("-r").arg(&out).arg("-q").output() {
         assert!(o.status.success(), "tshark reads the capture");
     }
+}
+
+/// EnsōGen against the echo, NIC to NIC, both apps in this process.
+#[test]
+fn gen_echo_native_generated_and_pcap_replay() {
+    let bin = env!("CARGO_BIN_EXE_testbed");
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["run", "gen-echo", "--transport", "native", "--json", "--packets", "3000"];
+        args.extend_from_slice(extra);
+        let out = std::process::Command::new(bin).args(&args).output().unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "no JSON ({e}): {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(v["pass"] == true, "{}", serde_json::to_string_pretty(&v).unwrap());
+        v
+    };
+    let v = run(&["--size", "256", "--flows", "4"]);
+    assert_eq!(v["traffic"]["received"], 3000);
+    assert_eq!(v["traffic"]["source"], "generated");
+    let hist: u64 =
+        v["traffic"]["rtt_histogram"].as_array().unwrap().iter().map(|b| b["count"].as_u64().unwrap()).sum();
+    assert_eq!(hist, 3000, "every returned frame is in the histogram");
+
+    // A pcap of three frames (two UDP sizes and one TCP), replayed cyclically.
+    let dir = std::env::temp_dir().join(format!("gen-echo-pcap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("replay.pcap");
+    let mut w = wire::PcapCapture::create(&path).unwrap();
+    for (len, proto) in [(64usize, 17u8), (300, 17), (1000, 6)] {
+        let mut f = vec![0u8; len];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&((len - 14) as u16).to_be_bytes());
+        f[23] = proto;
+        w.write_frame(&f, Duration::ZERO).unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    let v = run(&["--pcap", path.to_str().unwrap()]);
+    assert_eq!(v["traffic"]["source"], "pcap");
+    assert_eq!(v["traffic"]["received"], 3000);
+    let _ = std::fs::remove_dir_all(&dir);
 }

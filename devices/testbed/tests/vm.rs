@@ -157,3 +157,53 @@ fn chain_glue_in_a_guest_drives_legacy_accelerators() {
     assert_eq!(v["devices"]["glue"]["crypto"]["commands"], 40, "the crypto device ran its legacy ring");
     assert_eq!(v["devices"]["glue"]["nagare"]["glue_commands"], 80);
 }
+
+#[test]
+fn peer_echo_stock_linux_tools_get_every_reply() {
+    let v = run(&["run", "peer-echo", "--json"]);
+    // The peer's own tools saw the replies...
+    for name in [
+        "peer:guest:link",
+        "peer:guest:arping",
+        "peer:guest:ping_56",
+        "peer:guest:ping_1400",
+        "peer:guest:udp_echo",
+        "enso:guest:peer_done",
+        "wire:arp",
+        "wire:icmp",
+        "wire:udp",
+        "wire:nothing_else",
+        "enso:counts_match_wire",
+        "enso:no_drops",
+        "backend:no_faults",
+    ] {
+        assert_eq!(assertion(&v, name)["pass"], true, "{name}");
+    }
+    // ...and the host's tap saw each of them on the wire: 10 pings per size by default.
+    assert_eq!(v["traffic"]["icmp"]["requests"], 20);
+    assert_eq!(v["traffic"]["icmp"]["replies_ok"], 20);
+    assert!(v["traffic"]["udp"]["replies_ok"].as_u64() >= Some(1));
+    assert_eq!(v["guest"]["peer"]["transport"], "virtio-net");
+    assert_eq!(v["guest"]["enso"]["transport"], "vfio");
+}
+
+#[test]
+fn peer_capture_is_parsed_by_tshark() {
+    let v = run(&["run", "peer-capture", "--json"]);
+    for name in ["capture:frames_match_wire", "tshark:parsed", "tshark:protocols", "enso:guest:peer_done"] {
+        assert_eq!(assertion(&v, name)["pass"], true, "{name}");
+    }
+    assert!(v["traffic"]["arp"].as_u64() >= Some(3));
+    assert_eq!(v["traffic"]["icmp"], 20);
+}
+
+#[test]
+fn gen_echo_between_two_guests_loses_nothing() {
+    let v = run(&["run", "gen-echo", "--json"]);
+    for name in ["gen:zero_loss", "gen:intact", "gen:rtt_histogram", "nics:no_drops", "echo:guest_result"] {
+        assert_eq!(assertion(&v, name)["pass"], true, "{name}");
+    }
+    assert_eq!(v["traffic"]["sent"], 2000);
+    assert_eq!(v["traffic"]["lost"], 0);
+    assert!(v["traffic"]["rtt_ns"]["p99"].as_u64() >= v["traffic"]["rtt_ns"]["p50"].as_u64());
+}

@@ -226,6 +226,8 @@ impl<P: NetPort> VhostUserBackend for VhostNetBackend<P> {
             | (1 << VIRTIO_NET_F_MAC)
             | (1 << VIRTIO_NET_F_STATUS)
             | (1 << VIRTIO_NET_F_MRG_RXBUF)
+            // QEMU's vhost-user-net needs SET_VRING_ENABLE, hence protocol features (see
+            // crate::shim for the ordering the shim smooths over).
             | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits()
     }
 
@@ -234,9 +236,9 @@ impl<P: NetPort> VhostUserBackend for VhostNetBackend<P> {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIG
+        // Not CONFIG: QEMU's virtio-net keeps the config space itself (MAC from -device,
+        // link status from the vhost-user connection) and warns when a backend offers it.
+        VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS | VhostUserProtocolFeatures::REPLY_ACK
     }
 
     fn reset_device(&self) {
@@ -280,6 +282,7 @@ impl<P: NetPort> VhostUserBackend for VhostNetBackend<P> {
         vrings: &[VringRwLock],
         _thread_id: usize,
     ) -> io::Result<()> {
+        tracing::trace!("vhost-net: event {device_event} {evset:?}");
         if evset != EventSet::IN {
             return Ok(());
         }
@@ -332,9 +335,13 @@ pub fn serve<P: NetPort + 'static>(
 ) -> Result<(), ServeError> {
     let pump = spawn_rx_pump(backend.clone(), stop.clone());
     let result = (|| {
-        // One listener for all connections: the socket never disappears, and a front end
-        // connecting while the previous one is being torn down waits in the backlog.
-        let mut listener = Listener::new(socket, true).map_err(|e| ServeError::Daemon(e.to_string()))?;
+        // The vhost crate's handler listens on a private socket; the public one is ours,
+        // and each front end is relayed through the shim (see [`crate::shim`]).
+        let internal = socket.with_extension("backend.sock");
+        let mut listener = Listener::new(&internal, true).map_err(|e| ServeError::Daemon(e.to_string()))?;
+        let _ = std::fs::remove_file(socket);
+        let public = std::os::unix::net::UnixListener::bind(socket)
+            .map_err(|e| ServeError::Daemon(format!("bind {}: {e}", socket.display())))?;
         while !stop.load(Ordering::Relaxed) {
             let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
             let mut daemon = VhostUserDaemon::new("vhost-net".into(), backend.clone(), mem)
@@ -347,13 +354,27 @@ pub fn serve<P: NetPort + 'static>(
                 )
                 .map_err(|e| ServeError::Daemon(e.to_string()))?;
             }
+            // A front end connecting while the previous one is torn down waits in the
+            // public socket's backlog.
+            let (front, _) = public.accept().map_err(|e| ServeError::Daemon(format!("accept: {e}")))?;
+            let back = std::os::unix::net::UnixStream::connect(&internal)
+                .map_err(|e| ServeError::Daemon(format!("connect {}: {e}", internal.display())))?;
+            let relay = std::thread::spawn(move || crate::shim::relay(front, back));
             daemon.start(&mut listener).map_err(|e| ServeError::Daemon(e.to_string()))?;
             let r = daemon.wait();
-            // Dropping the daemon ends its vring worker threads.
+            // Dropping the daemon ends its vring worker threads (and closes its end of
+            // the relay).
             drop(daemon);
             backend.forget_guest();
+            match relay.join() {
+                Ok(Ok(early)) => {
+                    tracing::debug!("vhost-net: front end done ({early} early ring enables answered)")
+                }
+                Ok(Err(e)) => tracing::debug!("vhost-net: relay ended with: {e}"),
+                Err(_) => tracing::warn!("vhost-net: relay thread panicked"),
+            }
             if let Err(e) = r {
-                tracing::warn!("vhost-net: front end ended with: {e}");
+                tracing::debug!("vhost-net: front end ended with: {e}");
             }
         }
         Ok(())
@@ -375,6 +396,7 @@ mod tests {
         for bit in [VIRTIO_F_VERSION_1, VIRTIO_NET_F_MAC, VIRTIO_NET_F_STATUS, VIRTIO_NET_F_MRG_RXBUF] {
             assert_ne!(f & (1 << bit), 0, "feature bit {bit}");
         }
+        assert_ne!(f & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits(), 0);
         assert!(be.protocol_features().contains(VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS));
         assert_eq!(be.get_config(0, 6), NetConfig::default().mac.to_vec());
         assert_eq!(be.get_config(6, 2), vec![1, 0], "link up");

@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod frames;
+pub mod shim;
 
 pub use backend::{serve, spawn_rx_pump, NetConfig, NetPort, VhostNetBackend};
 pub use frames::{NetStats, RxOutcome};

@@ -17,6 +17,7 @@ pub mod loopback;
 pub mod pcap;
 pub mod ring;
 pub mod source;
+pub mod tap;
 
 pub use cable::{cable, CableEnd};
 pub use generator::{GenConfig, GenReport, Generator};

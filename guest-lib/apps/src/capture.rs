@@ -22,6 +22,12 @@ pub struct CaptureParams {
     pub idle: Option<Duration>,
     /// Give up when no packet arrives at all for this long (None: wait forever).
     pub start_timeout: Option<Duration>,
+    /// Stop after capturing the peer's "done" datagram (UDP to the discard port carrying
+    /// `testbed:done`, see [`crate::responder`]).
+    pub until_done: bool,
+    /// After the capture, write the pcap to stdout (the result channel) as base64 chunks:
+    /// `{"event":"pcap","seq":N,"data":"..."}` lines, then the report.
+    pub upload: bool,
 }
 
 /// What the capture did.
@@ -35,6 +41,8 @@ pub struct CaptureStats {
     pub malformed_bytes: u64,
     /// From setup to the end.
     pub elapsed: Duration,
+    /// The peer's "done" datagram was captured.
+    pub done: bool,
 }
 
 /// Captures until `params` or `stop` say so.
@@ -55,13 +63,16 @@ pub fn run_for(
         index[p.id() as usize] = i;
     }
     dev.configure_fallback_queues(n, false).map_err(|e| e.to_string())?;
+    println!("{}", serde_json::json!({"event": "ready", "scenario": "capture"}));
 
     let mut s = CaptureStats::default();
     let start = Instant::now();
     let mut last = start;
     let mut empty = 0u32;
     let limit = params.packets.unwrap_or(u64::MAX);
-    while s.packets < limit {
+    let mut scratch = vec![0u8; 2048];
+    let me = crate::responder::Identity { mac: [0; 6], ip: [0; 4] };
+    while s.packets < limit && !s.done {
         let Some(id) = dev.next_rx_pipe_to_recv() else {
             empty = empty.wrapping_add(1);
             if empty & 255 == 0 {
@@ -96,6 +107,9 @@ pub fn run_for(
                 .map_err(|e| format!("pcap write: {e}"))?;
             s.packets += 1;
             s.bytes += pkt.len() as u64;
+            if params.until_done && is_done_datagram(pkt, &me, &mut scratch) {
+                s.done = true;
+            }
         }
         s.malformed_bytes += it.remaining() as u64;
         pipe.confirm_bytes(len).map_err(|e| e.to_string())?;
@@ -105,6 +119,25 @@ pub fn run_for(
     s.elapsed = start.elapsed();
     w.into_writer().flush().map_err(|e| format!("flush {}: {e}", params.path.display()))?;
     Ok(s)
+}
+
+/// Whether `frame` is the peer's "done" datagram (to any address).
+fn is_done_datagram(frame: &[u8], me: &crate::responder::Identity, scratch: &mut [u8]) -> bool {
+    // The responder answers only frames for its address: pose as the destination.
+    let Some(dst) = frame.get(30..34) else { return false };
+    let me = crate::responder::Identity { ip: dst.try_into().unwrap_or(me.ip), ..*me };
+    crate::responder::respond(frame, &me, scratch) == crate::responder::Answer::Done
+}
+
+/// Writes `bytes` to stdout as base64 `pcap` events of at most `chunk` input bytes.
+pub fn upload(bytes: &[u8], chunk: usize) {
+    use base64::Engine;
+    let mut out = std::io::stdout().lock();
+    for (seq, c) in bytes.chunks(chunk.max(1)).enumerate() {
+        let data = base64::engine::general_purpose::STANDARD.encode(c);
+        let _ = writeln!(out, "{}", serde_json::json!({"event": "pcap", "seq": seq, "data": data}));
+    }
+    let _ = out.flush();
 }
 
 /// Runs the capture and reports.
@@ -123,6 +156,19 @@ pub fn run(access: Box<dyn DeviceAccess>, params: CaptureParams) -> Report {
             r.value("bytes", s.bytes);
             r.value("malformed_bytes", s.malformed_bytes);
             r.value("elapsed_s", s.elapsed.as_secs_f64());
+            r.value("done_seen", s.done);
+            if params.until_done {
+                r.check("peer_done", s.done, "the peer's done datagram was captured");
+            }
+            if params.upload {
+                match std::fs::read(&params.path) {
+                    Ok(b) => {
+                        r.value("pcap_bytes", b.len() as u64);
+                        upload(&b, 3072);
+                    }
+                    Err(e) => r.fail("upload", format!("read {}: {e}", params.path.display())),
+                }
+            }
         }
         Err(e) => r.fail("capture", e),
     }

@@ -6,9 +6,11 @@
 pub mod capture;
 pub mod chain;
 pub mod echo;
+pub mod ensogen;
 pub mod garbage;
 pub mod netapp;
 pub mod report;
+pub mod responder;
 pub mod smoke;
 
 pub use report::{Check, Report};

@@ -6,7 +6,7 @@
 //! `testbed-guest chain chain=crypto,ml key=<hex> items=N [socket=NIC crypto_socket=.. ml_socket=..]`.
 
 use device_access::{vfio::VfioDevice, vfio_user::VfioUserDevice, DeviceAccess};
-use guest_apps::{capture, chain, echo, garbage, smoke, Report};
+use guest_apps::{capture, chain, echo, ensogen, garbage, responder, smoke, Report};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -169,6 +169,8 @@ fn main() {
                 packets: args.get("packets").and_then(|s| parse_u64(s)),
                 idle: millis(&args, "idle_ms", Some(3000)),
                 start_timeout: millis(&args, "timeout_ms", None),
+                until_done: args.get("until_done").is_some_and(|v| v == "1"),
+                upload: args.get("upload").is_some_and(|v| v == "1"),
             };
             match open(&args, VENDOR_ID, DEVICE_ID) {
                 Ok(dev) => capture::run(dev, params),
@@ -176,6 +178,44 @@ fn main() {
             }
         }
         "chain" => chain_scenario(&args),
+        "responder" => {
+            use testbed_regs::enso::{DEVICE_ID, VENDOR_ID};
+            let (Some(mac), Some(ip)) = (
+                args.get("mac").and_then(|m| parse_mac(m)),
+                args.get("ip").and_then(|i| i.parse::<std::net::Ipv4Addr>().ok()),
+            ) else {
+                exit_with(open_failed("responder", &args, "mac=aa:bb:.. and ip=a.b.c.d are required".into()));
+            };
+            let params = responder::ResponderParams {
+                me: responder::Identity { mac, ip: ip.octets() },
+                limit: millis(&args, "limit_ms", Some(300_000)).unwrap_or(Duration::MAX),
+            };
+            match open(&args, VENDOR_ID, DEVICE_ID) {
+                Ok(dev) => responder::run(dev, params),
+                Err(e) => open_failed("responder", &args, e),
+            }
+        }
+        "ensogen" => {
+            use testbed_regs::enso::{DEVICE_ID, VENDOR_ID};
+            let d = ensogen::GenParams::default();
+            let params = ensogen::GenParams {
+                packets: args.get("packets").and_then(|s| parse_u64(s)).unwrap_or(d.packets),
+                size: args.get("size").and_then(|s| parse_u64(s)).map_or(d.size, |v| v as usize),
+                flows: args.get("flows").and_then(|s| parse_u32(s)).unwrap_or(d.flows),
+                rate_pps: match args.get("rate").and_then(|s| parse_u64(s)) {
+                    Some(0) => None,
+                    Some(r) => Some(r),
+                    None => d.rate_pps,
+                },
+                pcap: args.get("pcap").map(Into::into),
+                drain: millis(&args, "drain_ms", None).unwrap_or(d.drain),
+                limit: millis(&args, "limit_ms", None).unwrap_or(d.limit),
+            };
+            match open(&args, VENDOR_ID, DEVICE_ID) {
+                Ok(dev) => ensogen::run(dev, params),
+                Err(e) => open_failed("ensogen", &args, e),
+            }
+        }
         "app" => {
             let name = args.get("name").cloned().unwrap_or_default();
             let nic = args.get("nic").cloned().unwrap_or_else(|| "enso".into());
@@ -198,12 +238,25 @@ fn main() {
             let mut r = Report::new(other, "none");
             r.fail(
                 "scenario",
-                format!("unknown scenario '{other}' (known: smoke, echo, capture, garbage, chain, app)"),
+                format!(
+                    "unknown scenario '{other}' (known: smoke, echo, capture, garbage, chain, app, \
+                     responder, ensogen)"
+                ),
             );
             r
         }
     };
+    exit_with(report)
+}
+
+fn exit_with(report: Report) -> ! {
     eprintln!("testbed-guest: {} {}", report.scenario, if report.pass { "passed" } else { "FAILED" });
     println!("{}", report.to_json_line());
     std::process::exit(if report.pass { 0 } else { 1 });
+}
+
+/// `02:00:00:00:00:02` → bytes.
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let v: Vec<u8> = s.split([':', '-']).map(|p| u8::from_str_radix(p, 16).ok()).collect::<Option<_>>()?;
+    v.try_into().ok()
 }

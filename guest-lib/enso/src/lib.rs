@@ -33,7 +33,7 @@ mod regs;
 pub mod ring;
 
 pub use device::{Counters, Device, DeviceInfo, DeviceOptions, DeviceStats, NotificationMode, StreamPipe};
-pub use packet::{PacketIter, PacketIterMut};
+pub use packet::{frame_len, PacketIter, PacketIterMut};
 pub use pipe::{RxPipe, RxTxPipe, TxPipe};
 
 use std::time::Duration;

@@ -11,17 +11,34 @@ const IPV4_TOTAL_LEN: usize = ETH_HEADER + 2;
 /// Smallest IPv4 header.
 const IPV4_MIN_HEADER: usize = 20;
 
-/// Length of the frame starting at `buf[0]`, from its IPv4 total length, if `buf` holds
-/// the whole frame.
+/// Ethertypes whose length rule differs from IPv4's.
+const ETHERTYPE_ARP: [u8; 2] = [0x08, 0x06];
+const ETHERTYPE_IPV6: [u8; 2] = [0x86, 0xdd];
+/// An ARP frame for IPv4 over Ethernet (without the padding to 60 bytes).
+const ARP_LEN: usize = 42;
+
+/// Length of the frame starting at `buf[0]`, if `buf` holds the whole frame: the IPv4
+/// total length + 14, as the device delimits frames; for ARP 42 bytes and for IPv6 the
+/// payload length + 54, as the device's TX path does (a host stack needs ARP).
 #[inline]
 pub fn frame_len(buf: &[u8]) -> Option<usize> {
-    let hi = *buf.get(IPV4_TOTAL_LEN)?;
-    let lo = *buf.get(IPV4_TOTAL_LEN + 1)?;
-    let total = u16::from_be_bytes([hi, lo]) as usize;
-    if total < IPV4_MIN_HEADER {
-        return None;
-    }
-    let len = total + ETH_HEADER;
+    let ty = [*buf.get(12)?, *buf.get(13)?];
+    let len = match ty {
+        ETHERTYPE_ARP => ARP_LEN,
+        ETHERTYPE_IPV6 => {
+            let p = u16::from_be_bytes([*buf.get(ETH_HEADER + 4)?, *buf.get(ETH_HEADER + 5)?]) as usize;
+            p + ETH_HEADER + 40
+        }
+        _ => {
+            let hi = *buf.get(IPV4_TOTAL_LEN)?;
+            let lo = *buf.get(IPV4_TOTAL_LEN + 1)?;
+            let total = u16::from_be_bytes([hi, lo]) as usize;
+            if total < IPV4_MIN_HEADER {
+                return None;
+            }
+            total + ETH_HEADER
+        }
+    };
     (len <= buf.len()).then_some(len)
 }
 
@@ -164,6 +181,24 @@ pub(crate) mod tests {
         assert_eq!(PacketIter::new(&b).count(), 0);
         assert_eq!(PacketIter::new(&[]).count(), 0);
         assert_eq!(PacketIter::new(&[0u8; 10]).count(), 0);
+    }
+
+    #[test]
+    fn arp_and_ipv6_frames_between_ipv4_ones() {
+        let mut b = batch(&[100]);
+        let mut arp = vec![0u8; 60];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        arp[16..18].copy_from_slice(&[0x08, 0x00]); // ptype: not a length
+        b.extend_from_slice(&arp);
+        b.resize(round_up_to_flit(b.len()), 0);
+        let mut v6 = vec![0u8; 54 + 30];
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        v6[18..20].copy_from_slice(&30u16.to_be_bytes());
+        b.extend_from_slice(&v6);
+        b.resize(round_up_to_flit(b.len()), 0);
+        b.extend_from_slice(&frame(70, 9));
+        let lens: Vec<usize> = PacketIter::new(&b).map(|p| p.len()).collect();
+        assert_eq!(lens, [100, 42, 84, 70]);
     }
 
     #[test]

@@ -1,0 +1,863 @@
+//! Real peers on the wire: a second guest whose standard `virtio-net-pci` NIC is backed by
+//! our vhost-user-net backend, cabled to the emulated Ensō NIC's Ethernet port, so stock
+//! Linux tools (busybox `ping`/`arping`, OpenBSD `nc`) talk to the Rust app behind the
+//! Ensō NIC; and EnsōGen, the packet generator, against `echo` NIC to NIC.
+//!
+//! ```text
+//!  peer guest (Linux stack)            tap (host)            Ensō guest (Rust app)
+//!  virtio-net ─ vhost-user ─ backend ══ cable ══ tap ══ cable ══ Ensō NIC ─ vfio-user ─ VFIO
+//! ```
+//!
+//! The tap keeps a copy of every frame, so the host checks each exchange from outside both
+//! machines (and writes it as `wire.pcap` next to the logs).
+
+use crate::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
+use crate::vm::{VhostNet, Vm, VmOutcome, VmSpec};
+use anyhow::{bail, Context, Result};
+use guest_apps::ensogen;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vhost_net::{NetConfig, VhostNetBackend};
+use wire::tap::{Dir, TapLog};
+
+/// The Ensō guest's address on the wire.
+pub const ENSO_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// The Ensō guest's IPv4 address.
+pub const ENSO_IP: [u8; 4] = [10, 0, 0, 2];
+/// The peer guest's virtio-net MAC.
+pub const PEER_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+/// The peer guest's IPv4 address.
+pub const PEER_IP: [u8; 4] = [10, 0, 0, 1];
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn ip_text(ip: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(ip).to_string()
+}
+
+/// What the peer sends.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerOptions {
+    /// arping requests.
+    pub arps: u32,
+    /// ICMP echo requests per size (56 and 1400 bytes).
+    pub pings: u32,
+    /// UDP datagrams to the echo port.
+    pub datagrams: u32,
+}
+
+impl Default for PeerOptions {
+    fn default() -> Self {
+        PeerOptions { arps: 3, pings: 10, datagrams: 40 }
+    }
+}
+
+/// The cabling of a peer scenario: vhost-user backend ⇄ tap ⇄ Ensō NIC.
+struct PeerWire {
+    nic: NicUnderTest,
+    server: vfio_server::ServerHandle,
+    enso_sock: PathBuf,
+    net_sock: PathBuf,
+    backend: Arc<VhostNetBackend<wire::CableEnd>>,
+    net_stop: Arc<AtomicBool>,
+    net_thread: std::thread::JoinHandle<Result<(), vhost_net::backend::ServeError>>,
+    tap_stop: Arc<AtomicBool>,
+    tap: std::thread::JoinHandle<TapLog>,
+}
+
+impl PeerWire {
+    fn new(dir: &Path) -> Result<PeerWire> {
+        let (peer_end, tap_a) = wire::cable(1024);
+        let (tap_b, nic_end) = wire::cable(1024);
+        let tap_stop = Arc::new(AtomicBool::new(false));
+        let tap = wire::tap::spawn(tap_a, tap_b, tap_stop.clone());
+        let nic = NicUnderTest::new(NicKind::Enso, Box::new(nic_end))?;
+        let enso_sock = dir.join("enso.sock");
+        let server = vfio_server::Server::bind(&enso_sock, nic.device.clone())?.spawn();
+        let backend = Arc::new(
+            VhostNetBackend::new(NetConfig { mac: PEER_MAC, queue_size: 256 }, peer_end)
+                .context("create the vhost-user-net backend")?,
+        );
+        let net_sock = dir.join("net.sock");
+        let net_stop = Arc::new(AtomicBool::new(false));
+        let net_thread = {
+            let (b, s, stop) = (backend.clone(), net_sock.clone(), net_stop.clone());
+            std::thread::spawn(move || vhost_net::serve(b, &s, stop))
+        };
+        // The peer's QEMU must find the socket listening.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !net_sock.exists() {
+            if Instant::now() > deadline || net_thread.is_finished() {
+                bail!("the vhost-user-net backend did not listen on {}", net_sock.display());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(PeerWire { nic, server, enso_sock, net_sock, backend, net_stop, net_thread, tap_stop, tap })
+    }
+
+    /// Stops the backend and the tap; returns the tap's log and the backend's result.
+    fn stop(self, report: &mut RunReport) -> TapLog {
+        self.net_stop.store(true, Ordering::Relaxed);
+        // The backend checks its stop flag between front ends: one more connection ends it.
+        let _ = std::os::unix::net::UnixStream::connect(&self.net_sock);
+        match self.net_thread.join() {
+            Ok(Ok(())) => report.check("backend:served", true, "vhost-user-net backend ended cleanly"),
+            Ok(Err(e)) => report.check("backend:served", false, e.to_string()),
+            Err(_) => report.check("backend:served", false, "the backend thread panicked"),
+        }
+        let st = self.backend.stats();
+        report.check("backend:no_faults", st.rx_malformed == 0 && st.tx_malformed == 0, format!("{st:?}"));
+        report.servers.insert("vhost_net".into(), json!(format!("{st:?}")));
+        self.tap_stop.store(true, Ordering::Relaxed);
+        let log = self.tap.join().unwrap_or_default();
+        let counters = self.nic.counters();
+        let drops: Vec<String> = counters
+            .iter()
+            .filter(|(n, v)| n.contains("drop") && *v > 0)
+            .map(|(n, v)| format!("{n} {v}"))
+            .collect();
+        report.check(
+            "enso:no_drops",
+            drops.is_empty() && log.dropped_a_to_b == 0 && log.dropped_b_to_a == 0,
+            if drops.is_empty() {
+                format!("no NIC drops; tap dropped {}/{}", log.dropped_a_to_b, log.dropped_b_to_a)
+            } else {
+                drops.join(", ")
+            },
+        );
+        report.devices.insert(
+            "enso".into(),
+            Value::Object(counters.iter().map(|(n, v)| ((*n).to_string(), json!(v))).collect()),
+        );
+        report.servers.insert("enso".into(), serde_json::to_value(self.server.stats()).unwrap_or_default());
+        self.server.stop();
+        log
+    }
+}
+
+/// Adds one guest's checks to `report` with a prefix ("enso", "peer"); returns its result.
+fn guest_checks(report: &mut RunReport, who: &str, out: &VmOutcome, vm_logs: (&Path, &Path)) -> Value {
+    let mut r = report.clone();
+    r.assertions.clear();
+    r.pass = true;
+    run::finish_guest_checks(&mut r, out, vm_logs.0, vm_logs.1);
+    for a in r.assertions {
+        report.check(&format!("{who}:{}", a.name), a.pass, a.detail);
+    }
+    if report.boot_s.is_none() {
+        report.boot_s = r.boot_s;
+    }
+    r.guest
+}
+
+/// How long the first guest may take to finish after the second powered off.
+const FIRST_GUEST_GRACE: Duration = Duration::from_secs(90);
+
+/// Boots `first` and waits for its `ready` event, then boots `second`; waits for both to
+/// power off (the second first). Returns both outcomes with their log paths.
+fn two_guests(
+    env: &Env,
+    opts: &RunOptions,
+    first: &VmSpec,
+    second: &VmSpec,
+) -> Result<[(VmOutcome, PathBuf, PathBuf); 2]> {
+    let mut a = Vm::start(first, &env.qemu, &env.image)?;
+    let ready =
+        a.wait_for(opts.timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
+    let b = if ready && a.events().0.iter().any(|e| e["event"] == "ready") {
+        Some(Vm::start(second, &env.qemu, &env.image)?)
+    } else {
+        None
+    };
+    let logs_a = (a.console.clone(), a.qemu_log.clone());
+    let out_b = match b {
+        Some(b) => {
+            let logs = (b.console.clone(), b.qemu_log.clone());
+            (b.wait(opts.timeout), logs.0, logs.1)
+        }
+        None => (
+            VmOutcome { exited: false, boot_s: None, events: vec![], garbage_lines: 0 },
+            PathBuf::from("(not started: the first guest never became ready)"),
+            PathBuf::new(),
+        ),
+    };
+    // The first guest ends on its own once the second is done with it; if the second
+    // never ran or failed, do not wait the whole time limit for it.
+    let out_a = a.wait(opts.timeout.min(FIRST_GUEST_GRACE));
+    Ok([(out_a, logs_a.0, logs_a.1), out_b])
+}
+
+fn spec(env: &Env, dir: &Path, name: &str, scenario: &str, args: Vec<String>) -> VmSpec {
+    VmSpec {
+        name: name.into(),
+        accel: env.accel,
+        memory_mb: 512,
+        vfio_user: vec![],
+        scenario: scenario.into(),
+        args,
+        dir: dir.to_path_buf(),
+        net: vec![],
+        files: vec![],
+    }
+}
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
+}
+
+/// The Internet checksum of `data` (0 when `data` includes a correct checksum).
+fn inet_checksum(data: &[u8]) -> u16 {
+    guest_apps::responder::checksum(data)
+}
+
+/// An IPv4 frame's parts: (header, protocol, src, dst, L4 bytes), trimmed to its length.
+type Ipv4Parts<'a> = (&'a [u8], u8, [u8; 4], [u8; 4], &'a [u8]);
+
+fn ipv4(f: &[u8]) -> Option<Ipv4Parts<'_>> {
+    if be16(f, 12)? != 0x0800 {
+        return None;
+    }
+    let ihl = usize::from(*f.get(14)? & 0xf) * 4;
+    let total = usize::from(be16(f, 16)?);
+    let ip = f.get(14..14 + total)?;
+    let hdr = ip.get(..ihl)?;
+    Some((hdr, ip[9], ip[12..16].try_into().ok()?, ip[16..20].try_into().ok()?, ip.get(ihl..)?))
+}
+
+/// What the tap saw of the peer's exchanges with the Ensō guest, checked frame by frame.
+#[derive(Debug, Default)]
+pub struct Exchanges {
+    pub arp_requests: u64,
+    pub arp_replies_ok: u64,
+    pub icmp_requests: u64,
+    pub icmp_replies_ok: u64,
+    pub udp_requests: u64,
+    pub udp_replies_ok: u64,
+    /// Replies that were malformed or matched no request.
+    pub bad: Vec<String>,
+}
+
+/// Pairs every request the peer sent to the Ensō guest with its reply on the wire and
+/// checks the reply independently of the app: addresses swapped, identifiers and payload
+/// kept, checksums valid.
+pub fn check_exchanges(log: &TapLog) -> Exchanges {
+    let mut x = Exchanges::default();
+    let mut replies: Vec<&[u8]> = log.dir(Dir::BtoA).map(|s| s.frame.as_slice()).collect();
+    let mut take = |pred: &dyn Fn(&[u8]) -> bool| -> bool {
+        match replies.iter().position(|r| pred(r)) {
+            Some(i) => {
+                replies.remove(i);
+                true
+            }
+            None => false,
+        }
+    };
+    for s in log.dir(Dir::AtoB) {
+        let f = s.frame.as_slice();
+        if be16(f, 12) == Some(0x0806) && f.len() >= 42 && be16(f, 20) == Some(1) && f[38..42] == ENSO_IP {
+            x.arp_requests += 1;
+            let ok = take(&|r: &[u8]| {
+                r.len() >= 42
+                    && be16(r, 12) == Some(0x0806)
+                    && be16(r, 20) == Some(2)
+                    && r[0..6] == f[6..12]
+                    && r[22..28] == ENSO_MAC
+                    && r[28..32] == ENSO_IP
+                    && r[32..38] == f[22..28]
+                    && r[38..42] == f[28..32]
+            });
+            x.arp_replies_ok += u64::from(ok);
+            if !ok {
+                x.bad.push(format!("ARP request at {:?} got no correct reply", s.at));
+            }
+            continue;
+        }
+        let Some((_, proto, src, dst, l4)) = ipv4(f) else { continue };
+        if dst != ENSO_IP {
+            continue;
+        }
+        fn reply_ip<'r>(r: &'r [u8], f: &[u8], proto: u8, src: [u8; 4], dst: [u8; 4]) -> Option<&'r [u8]> {
+            let (hdr, p, rs, rd, rl4) = ipv4(r)?;
+            (p == proto && rs == dst && rd == src && inet_checksum(hdr) == 0 && r[0..6] == f[6..12])
+                .then_some(rl4)
+        }
+        let reply_ip_ok = |r: &[u8]| reply_ip(r, f, proto, src, dst).map(<[u8]>::to_vec);
+        match proto {
+            1 if l4.first() == Some(&8) => {
+                x.icmp_requests += 1;
+                let ok = take(&|r: &[u8]| {
+                    reply_ip_ok(r).is_some_and(|rl4| {
+                        rl4.len() == l4.len()
+                            && rl4[0] == 0
+                            && rl4[4..] == l4[4..]
+                            && inet_checksum(&rl4) == 0
+                    })
+                });
+                x.icmp_replies_ok += u64::from(ok);
+                if !ok {
+                    x.bad.push(format!("ICMP echo seq {:?} got no correct reply", be16(l4, 6)));
+                }
+            }
+            17 if be16(l4, 2) == Some(guest_apps::responder::ECHO_PORT) => {
+                x.udp_requests += 1;
+                let ok = take(&|r: &[u8]| {
+                    reply_ip_ok(r).is_some_and(|rl4| {
+                        rl4.len() == l4.len()
+                            && rl4[0..2] == l4[2..4]
+                            && rl4[2..4] == l4[0..2]
+                            && rl4[8..] == l4[8..]
+                    })
+                });
+                x.udp_replies_ok += u64::from(ok);
+                if !ok {
+                    x.bad.push(format!("UDP datagram at {:?} got no correct echo", s.at));
+                }
+            }
+            _ => {}
+        }
+    }
+    for r in replies {
+        x.bad.push(format!("unrequested frame from the Ensō guest ({} bytes)", r.len()));
+    }
+    x
+}
+
+/// `testbed run peer-echo`: the peer's arping, ping and UDP datagrams are answered by the
+/// Rust responder behind the Ensō NIC; the peer checks every reply with its own tools, the
+/// host checks every exchange on the wire.
+pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunReport> {
+    let started = Instant::now();
+    let _lock = VmLock::acquire()?;
+    let dir = run::private_dir("peer-echo")?;
+    let mut report = RunReport::new("peer-echo", env, &dir);
+    let w = PeerWire::new(&dir)?;
+    let mut enso = spec(
+        env,
+        &dir,
+        "enso",
+        "responder",
+        vec![
+            format!("mac={}", mac_text(ENSO_MAC)),
+            format!("ip={}", ip_text(ENSO_IP)),
+            "limit_ms=600000".into(),
+        ],
+    );
+    enso.vfio_user = vec![w.enso_sock.clone()];
+    let mut peer = spec(
+        env,
+        &dir,
+        "peer",
+        "peer-echo",
+        vec![
+            format!("ip={}", ip_text(PEER_IP)),
+            format!("target={}", ip_text(ENSO_IP)),
+            format!("arps={}", p.arps),
+            format!("pings={}", p.pings),
+            format!("datagrams={}", p.datagrams),
+        ],
+    );
+    peer.net = vec![VhostNet { socket: w.net_sock.clone(), mac: PEER_MAC }];
+    let [(enso_out, ec, eq), (peer_out, pc, pq)] = two_guests(env, opts, &enso, &peer)?;
+    let log = w.stop(&mut report);
+    let responder = guest_checks(&mut report, "enso", &enso_out, (&ec, &eq));
+    let peer_result = guest_checks(&mut report, "peer", &peer_out, (&pc, &pq));
+    let _ = log.write_pcap(&dir.join("wire.pcap"));
+
+    let x = check_exchanges(&log);
+    let want = |n: u32| u64::from(n);
+    report.check(
+        "wire:arp",
+        x.arp_requests >= want(p.arps) && x.arp_replies_ok == x.arp_requests,
+        format!(
+            "{} ARP requests for {}, {} correct replies",
+            x.arp_requests,
+            ip_text(ENSO_IP),
+            x.arp_replies_ok
+        ),
+    );
+    report.check(
+        "wire:icmp",
+        x.icmp_requests == 2 * want(p.pings) && x.icmp_replies_ok == x.icmp_requests,
+        format!("{} echo requests, {} correct replies", x.icmp_requests, x.icmp_replies_ok),
+    );
+    report.check(
+        "wire:udp",
+        x.udp_requests >= 1 && x.udp_replies_ok == x.udp_requests,
+        format!("{} datagrams to port 7, {} correct echoes", x.udp_requests, x.udp_replies_ok),
+    );
+    report.check(
+        "wire:nothing_else",
+        x.bad.is_empty(),
+        if x.bad.is_empty() {
+            "every reply matched a request".to_string()
+        } else {
+            x.bad[..x.bad.len().min(5)].join("; ")
+        },
+    );
+    let rv = &responder["values"];
+    report.check(
+        "enso:counts_match_wire",
+        rv["icmp_replies"].as_u64() == Some(x.icmp_requests)
+            && rv["udp_replies"].as_u64() == Some(x.udp_requests),
+        format!(
+            "responder answered {} ICMP and {} UDP; the wire carried {} and {}",
+            rv["icmp_replies"], rv["udp_replies"], x.icmp_requests, x.udp_requests
+        ),
+    );
+    report.guest = json!({"enso": responder, "peer": peer_result});
+    report.traffic = json!({
+        "frames_peer_to_enso": log.dir(Dir::AtoB).count(),
+        "frames_enso_to_peer": log.dir(Dir::BtoA).count(),
+        "arp": {"requests": x.arp_requests, "replies_ok": x.arp_replies_ok},
+        "icmp": {"requests": x.icmp_requests, "replies_ok": x.icmp_replies_ok},
+        "udp": {"requests": x.udp_requests, "replies_ok": x.udp_replies_ok},
+    });
+    if opts.console {
+        for c in [&pc, &ec] {
+            eprintln!("----- {} -----\n{}", c.display(), std::fs::read_to_string(c).unwrap_or_default());
+        }
+    }
+    report.finish(&dir, opts.keep, started);
+    Ok(report)
+}
+
+/// Reassembles the pcap a guest uploaded as `pcap` events.
+pub fn uploaded_pcap(events: &[Value]) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let mut chunks: Vec<(u64, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "pcap")
+        .filter_map(|e| Some((e["seq"].as_u64()?, e["data"].as_str()?)))
+        .collect();
+    chunks.sort_by_key(|c| c.0);
+    if chunks.is_empty() {
+        bail!("the guest uploaded no pcap");
+    }
+    let mut out = vec![];
+    for (i, (seq, data)) in chunks.iter().enumerate() {
+        if *seq != i as u64 {
+            bail!("pcap chunk {i} is missing (next is {seq})");
+        }
+        out.extend(
+            base64::engine::general_purpose::STANDARD.decode(data).context("pcap chunk is not base64")?,
+        );
+    }
+    Ok(out)
+}
+
+/// `tshark -r FILE`: per frame, its protocol stack (`eth:ethertype:ip:icmp:data`).
+pub fn tshark_protocols(pcap: &Path) -> Result<Vec<String>> {
+    let out = std::process::Command::new("tshark")
+        .args(["-n", "-r"])
+        .arg(pcap)
+        .args(["-T", "fields", "-e", "frame.protocols"])
+        .output()
+        .context("cannot run tshark (install it: apt-get install tshark)")?;
+    if !out.status.success() {
+        bail!("tshark -r {}: {}", pcap.display(), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect())
+}
+
+/// `testbed run peer-capture`: the peer's traffic is captured by the Ensō guest into a
+/// pcap, uploaded to the host and parsed by `tshark`.
+pub fn peer_capture(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunReport> {
+    let started = Instant::now();
+    let _lock = VmLock::acquire()?;
+    let dir = run::private_dir("peer-capture")?;
+    let mut report = RunReport::new("peer-capture", env, &dir);
+    let w = PeerWire::new(&dir)?;
+    let mut enso = spec(
+        env,
+        &dir,
+        "enso",
+        "capture",
+        vec![
+            "path=/tmp/capture.pcap".into(),
+            "pipes=1".into(),
+            "until_done=1".into(),
+            "upload=1".into(),
+            "idle_ms=0".into(),
+            "timeout_ms=600000".into(),
+        ],
+    );
+    enso.vfio_user = vec![w.enso_sock.clone()];
+    let mut peer = spec(
+        env,
+        &dir,
+        "peer",
+        "peer-traffic",
+        vec![
+            format!("ip={}", ip_text(PEER_IP)),
+            format!("target={}", ip_text(ENSO_IP)),
+            format!("target_mac={}", mac_text(ENSO_MAC)),
+            format!("arps={}", p.arps),
+            format!("pings={}", p.pings),
+            format!("datagrams={}", p.datagrams),
+        ],
+    );
+    peer.net = vec![VhostNet { socket: w.net_sock.clone(), mac: PEER_MAC }];
+    let [(enso_out, ec, eq), (peer_out, pc, pq)] = two_guests(env, opts, &enso, &peer)?;
+    let log = w.stop(&mut report);
+    let capture = guest_checks(&mut report, "enso", &enso_out, (&ec, &eq));
+    let peer_result = guest_checks(&mut report, "peer", &peer_out, (&pc, &pq));
+    let _ = log.write_pcap(&dir.join("wire.pcap"));
+
+    let sent: Vec<&[u8]> = log.dir(Dir::AtoB).map(|s| s.frame.as_slice()).collect();
+    let pcap_path = dir.join("capture.pcap");
+    let mut protocols = vec![];
+    match uploaded_pcap(&enso_out.events) {
+        Ok(bytes) => {
+            std::fs::write(&pcap_path, &bytes)?;
+            // The capture holds exactly the frames the peer put on the wire, in order
+            // (each as long as its IPv4/ARP length says: the Ethernet padding stays out).
+            let captured = wire::PcapReplay::open(&pcap_path).map(|r| r.frames().to_vec());
+            match captured {
+                Ok(frames) => {
+                    let same = frames.len() == sent.len()
+                        && frames.iter().zip(&sent).all(|(c, s)| s.len() >= c.len() && s[..c.len()] == c[..]);
+                    report.check(
+                        "capture:frames_match_wire",
+                        same,
+                        format!("{} frames captured, {} sent by the peer", frames.len(), sent.len()),
+                    );
+                }
+                Err(e) => report.check("capture:frames_match_wire", false, e.to_string()),
+            }
+            match tshark_protocols(&pcap_path) {
+                Ok(p) => protocols = p,
+                Err(e) => report.check("tshark:parsed", false, format!("{e:#}")),
+            }
+        }
+        Err(e) => report.check("capture:uploaded", false, format!("{e:#}")),
+    }
+    if !protocols.is_empty() || report.assertions.iter().all(|a| a.name != "tshark:parsed") {
+        let count =
+            |proto: &str| protocols.iter().filter(|l| l.split(':').any(|p| p == proto)).count() as u64;
+        let (arp, icmp, udp) = (count("arp"), count("icmp"), count("udp"));
+        report.check(
+            "tshark:parsed",
+            protocols.len() == sent.len() && !sent.is_empty(),
+            format!("tshark read {} frames; the peer sent {}", protocols.len(), sent.len()),
+        );
+        report.check(
+            "tshark:protocols",
+            arp >= u64::from(p.arps) && icmp == 2 * u64::from(p.pings) && udp > u64::from(p.datagrams) / 2,
+            format!("arp {arp} (sent {}), icmp {icmp} (sent {}), udp {udp}", p.arps, 2 * p.pings),
+        );
+        report.traffic = json!({"frames": protocols.len(), "arp": arp, "icmp": icmp, "udp": udp});
+    }
+    report.guest = json!({"enso": capture, "peer": peer_result});
+    report.finish(&dir, opts.keep, started);
+    Ok(report)
+}
+
+/// Parameters of `testbed run gen-echo`.
+#[derive(Clone, Debug)]
+pub struct GenEchoOptions {
+    pub packets: u64,
+    pub size: usize,
+    pub flows: u32,
+    /// Frames per second; 0: as fast as possible.
+    pub rate: u64,
+    /// Replay this pcap instead of generated flows.
+    pub pcap: Option<PathBuf>,
+    pub transport: run::Transport,
+}
+
+/// `testbed run gen-echo`: EnsōGen in one guest, `echo` in another, their Ensō NICs
+/// cabled back to back.
+pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Result<RunReport> {
+    let started = Instant::now();
+    let dir = run::private_dir("gen-echo")?;
+    let mut report = match env {
+        Some(env) => RunReport::new("gen-echo", env, &dir),
+        None => RunReport::native("gen-echo", &dir),
+    };
+    let pcap_bytes = match &o.pcap {
+        Some(p) => {
+            let b = std::fs::read(p).with_context(|| format!("read {}", p.display()))?;
+            // Refuse a capture EnsōGen cannot send before booting anything.
+            let tmp = dir.join("replay.pcap");
+            std::fs::write(&tmp, &b)?;
+            ensogen::load_pcap(&tmp).map_err(anyhow::Error::msg)?;
+            Some(b)
+        }
+        None => None,
+    };
+    let (gen_end, echo_end) = wire::cable(1024);
+    let gen_nic = NicUnderTest::new(NicKind::Enso, Box::new(gen_end))?;
+    let echo_nic = NicUnderTest::new(NicKind::Enso, Box::new(echo_end))?;
+    let gen_sock = dir.join("gen.sock");
+    let echo_sock = dir.join("echo.sock");
+    let gen_server = vfio_server::Server::bind(&gen_sock, gen_nic.device.clone())?.spawn();
+    let echo_server = vfio_server::Server::bind(&echo_sock, echo_nic.device.clone())?.spawn();
+    let gen_args = |pcap: Option<&str>| {
+        let mut a = vec![
+            format!("packets={}", o.packets),
+            format!("size={}", o.size),
+            format!("flows={}", o.flows),
+            format!("rate={}", o.rate),
+        ];
+        if let Some(p) = pcap {
+            a.push(format!("pcap={p}"));
+        }
+        a
+    };
+    let echo_args = vec![format!("pipes=2"), format!("packets={}", o.packets), "idle_ms=5000".into()];
+    let gen_result = match (o.transport, env) {
+        (run::Transport::Vm, Some(env)) => {
+            let _lock = VmLock::acquire()?;
+            let mut echo = spec(env, &dir, "echo", "echo", echo_args);
+            echo.vfio_user = vec![echo_sock.clone()];
+            let mut gen = spec(
+                env,
+                &dir,
+                "ensogen",
+                "ensogen",
+                gen_args(pcap_bytes.as_ref().map(|_| "/data/replay.pcap")),
+            );
+            gen.vfio_user = vec![gen_sock.clone()];
+            if let Some(b) = &pcap_bytes {
+                gen.files = vec![("data/replay.pcap".into(), b.clone())];
+            }
+            let [(echo_out, ec, eq), (gen_out, gc, gq)] = two_guests(env, opts, &echo, &gen)?;
+            let _ = guest_checks(&mut report, "echo", &echo_out, (&ec, &eq));
+            guest_checks(&mut report, "ensogen", &gen_out, (&gc, &gq))
+        }
+        (run::Transport::Vm, None) => bail!("gen-echo --transport vm needs a provisioned environment"),
+        (run::Transport::Native, _) => {
+            let connect = |s: &Path| -> Result<Box<dyn device_access::DeviceAccess>> {
+                Ok(Box::new(
+                    device_access::vfio_user::VfioUserDevice::connect(s).map_err(anyhow::Error::msg)?,
+                ))
+            };
+            let params = guest_apps::echo::EchoParams {
+                pipes: 2,
+                packets: Some(o.packets),
+                idle: Some(Duration::from_secs(5)),
+                start_timeout: Some(opts.timeout),
+            };
+            let echo_dev = connect(&echo_sock)?;
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+            let echo = std::thread::spawn(move || {
+                let stop = AtomicBool::new(false);
+                let r = guest_apps::echo::Echo::setup(echo_dev, &params).map_err(|e| e.to_string());
+                let _ = ready_tx.send(r.is_ok());
+                r.and_then(|mut e| e.run(&params, &stop).map_err(|e| e.to_string()))
+            });
+            if ready_rx.recv() != Ok(true) {
+                let e = echo.join().map_err(|_| anyhow::anyhow!("echo thread panicked"))?;
+                bail!("the echo did not set up: {:?}", e.err());
+            }
+            let mut gp = ensogen::GenParams {
+                packets: o.packets,
+                size: o.size,
+                flows: o.flows,
+                rate_pps: (o.rate > 0).then_some(o.rate),
+                ..Default::default()
+            };
+            if pcap_bytes.is_some() {
+                gp.pcap = Some(dir.join("replay.pcap"));
+            }
+            let r = ensogen::run_with(connect(&gen_sock)?, gp, || {});
+            match echo.join() {
+                Ok(Ok((s, _))) => report.check("echo:ran", true, format!("{} packets echoed", s.packets)),
+                Ok(Err(e)) => report.check("echo:ran", false, e),
+                Err(_) => report.check("echo:ran", false, "the echo thread panicked"),
+            }
+            for c in &r.checks {
+                report.check(&format!("ensogen:guest:{}", c.name), c.pass, c.detail.clone());
+            }
+            serde_json::to_value(&r)?
+        }
+    };
+    let v = &gen_result["values"];
+    let (sent, received, lost) = (v["sent"].as_u64(), v["received"].as_u64(), v["lost"].as_u64());
+    report.check(
+        "gen:zero_loss",
+        sent == Some(o.packets) && received == sent && lost == Some(0),
+        format!("sent {sent:?}, received {received:?}, lost {lost:?}"),
+    );
+    let bad = ["corrupted", "duplicated", "reordered", "unexpected"]
+        .map(|k| (k, v[k].as_u64().unwrap_or(u64::MAX)));
+    report.check(
+        "gen:intact",
+        bad.iter().all(|(_, n)| *n == 0),
+        bad.iter().map(|(k, n)| format!("{k} {n}")).collect::<Vec<_>>().join(", "),
+    );
+    let hist_total: u64 =
+        v["rtt_histogram"].as_array().into_iter().flatten().filter_map(|b| b["count"].as_u64()).sum();
+    let rtt = &v["rtt_ns"];
+    report.check(
+        "gen:rtt_histogram",
+        hist_total == received.unwrap_or(0)
+            && hist_total > 0
+            && rtt["p50"].as_u64() > Some(0)
+            && rtt["p99"].as_u64() >= rtt["p50"].as_u64(),
+        format!("{hist_total} samples, p50 {} ns, p99 {} ns", rtt["p50"], rtt["p99"]),
+    );
+    let mut drops = vec![];
+    for (name, nic) in [("gen_nic", &gen_nic), ("echo_nic", &echo_nic)] {
+        let c = nic.counters();
+        for (n, val) in &c {
+            if n.contains("drop") && *val > 0 {
+                drops.push(format!("{name}.{n} {val}"));
+            }
+        }
+        report.devices.insert(
+            name.into(),
+            Value::Object(c.iter().map(|(n, v)| ((*n).to_string(), json!(v))).collect()),
+        );
+    }
+    report.check(
+        "nics:no_drops",
+        drops.is_empty(),
+        if drops.is_empty() { "none".into() } else { drops.join(", ") },
+    );
+    report.traffic = json!({
+        "sent": v["sent"], "received": v["received"], "lost": v["lost"],
+        "rate_pps": o.rate, "tx_pps": v["tx_pps"], "size": o.size, "flows": o.flows,
+        "source": v["source"], "rtt_ns": v["rtt_ns"], "rtt_histogram": v["rtt_histogram"],
+    });
+    report.guest = gen_result;
+    gen_server.stop();
+    echo_server.stop();
+    report.finish(&dir, opts.keep, started);
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guest_apps::responder::{checksum, respond, Identity};
+    use wire::tap::Seen;
+
+    const ME: Identity = Identity { mac: ENSO_MAC, ip: ENSO_IP };
+
+    fn ipv4_frame(proto: u8, l4: &[u8]) -> Vec<u8> {
+        let mut f = ENSO_MAC.to_vec();
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&[0x08, 0x00]);
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&((20 + l4.len()) as u16).to_be_bytes());
+        h[8] = 64;
+        h[9] = proto;
+        h[12..16].copy_from_slice(&PEER_IP);
+        h[16..20].copy_from_slice(&ENSO_IP);
+        let c = checksum(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        f.extend_from_slice(&h);
+        f.extend_from_slice(l4);
+        f
+    }
+
+    fn ping(seq: u16) -> Vec<u8> {
+        let mut icmp = vec![8, 0, 0, 0, 0, 9, 0, seq as u8];
+        icmp.extend((0..56u8).map(|i| i ^ seq as u8));
+        let c = checksum(&icmp);
+        icmp[2..4].copy_from_slice(&c.to_be_bytes());
+        ipv4_frame(1, &icmp)
+    }
+
+    fn udp(payload: &[u8]) -> Vec<u8> {
+        let mut u = vec![0x9c, 0x40, 0, 7];
+        u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        u.extend_from_slice(&[0, 0]);
+        u.extend_from_slice(payload);
+        ipv4_frame(17, &u)
+    }
+
+    fn arp() -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&[0x08, 0x06, 0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&PEER_MAC);
+        f.extend_from_slice(&PEER_IP);
+        f.extend_from_slice(&[0; 6]);
+        f.extend_from_slice(&ENSO_IP);
+        f
+    }
+
+    fn reply(req: &[u8]) -> Vec<u8> {
+        let mut out = vec![0u8; 2048];
+        let n = match respond(req, &ME, &mut out) {
+            guest_apps::responder::Answer::Arp(n)
+            | guest_apps::responder::Answer::Icmp(n)
+            | guest_apps::responder::Answer::Udp(n) => n,
+            other => panic!("no reply: {other:?}"),
+        };
+        out.truncate(n);
+        out
+    }
+
+    fn log(frames: Vec<(Dir, Vec<u8>)>) -> TapLog {
+        TapLog {
+            frames: frames
+                .into_iter()
+                .enumerate()
+                .map(|(i, (dir, frame))| Seen { dir, at: Duration::from_micros(i as u64), frame })
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_request_paired_with_a_correct_reply() {
+        let reqs = [arp(), ping(1), ping(2), udp(b"one"), udp(b"two")];
+        let mut frames = vec![];
+        for r in &reqs {
+            frames.push((Dir::AtoB, r.clone()));
+            frames.push((Dir::BtoA, reply(r)));
+        }
+        let x = check_exchanges(&log(frames));
+        assert_eq!((x.arp_requests, x.arp_replies_ok), (1, 1));
+        assert_eq!((x.icmp_requests, x.icmp_replies_ok), (2, 2));
+        assert_eq!((x.udp_requests, x.udp_replies_ok), (2, 2));
+        assert!(x.bad.is_empty(), "{:?}", x.bad);
+    }
+
+    #[test]
+    fn wrong_missing_and_unrequested_replies_are_reported() {
+        let p1 = ping(1);
+        let mut bad_payload = reply(&p1);
+        let last = bad_payload.len() - 1;
+        bad_payload[last] ^= 0xff; // ICMP checksum now wrong too
+        let u = udp(b"datagram");
+        let mut bad_ip = reply(&u);
+        bad_ip[24] ^= 1; // IPv4 header checksum
+        let x = check_exchanges(&log(vec![
+            (Dir::AtoB, p1),
+            (Dir::BtoA, bad_payload),
+            (Dir::AtoB, ping(2)), // no reply at all
+            (Dir::AtoB, u),
+            (Dir::BtoA, bad_ip),
+            (Dir::BtoA, reply(&ping(7))), // nobody asked
+        ]));
+        assert_eq!((x.icmp_requests, x.icmp_replies_ok), (2, 0));
+        assert_eq!((x.udp_requests, x.udp_replies_ok), (1, 0));
+        // Three unanswered requests plus three frames that matched nothing.
+        assert_eq!(x.bad.len(), 6, "{:?}", x.bad);
+    }
+
+    #[test]
+    fn uploaded_pcap_reassembles_in_order_and_refuses_gaps() {
+        use base64::Engine;
+        let b64 = |d: &[u8]| base64::engine::general_purpose::STANDARD.encode(d);
+        let ev = vec![
+            json!({"event": "pcap", "seq": 1, "data": b64(b"world")}),
+            json!({"event": "ready"}),
+            json!({"event": "pcap", "seq": 0, "data": b64(b"hello ")}),
+        ];
+        assert_eq!(uploaded_pcap(&ev).unwrap(), b"hello world");
+        let gap = vec![json!({"event": "pcap", "seq": 1, "data": b64(b"x")})];
+        assert!(uploaded_pcap(&gap).is_err());
+        assert!(uploaded_pcap(&[]).is_err());
+    }
+}
