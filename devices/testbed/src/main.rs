@@ -316,6 +316,10 @@ enum Scenario {
 
 #[derive(clap::Args, Clone, Copy)]
 struct PeerArgs {
+    /// The NIC cabled to the peer (peer-echo: the responder runs on either; peer-capture:
+    /// enso only).
+    #[arg(long, value_enum, default_value = "enso")]
+    nic: run::NicKind,
     /// ARP requests the peer's arping sends.
     #[arg(long, default_value_t = 3)]
     arps: u32,
@@ -329,7 +333,12 @@ struct PeerArgs {
 
 impl PeerArgs {
     fn options(self) -> testbed::peer::PeerOptions {
-        testbed::peer::PeerOptions { arps: self.arps, pings: self.pings, datagrams: self.datagrams }
+        testbed::peer::PeerOptions {
+            nic: self.nic,
+            arps: self.arps,
+            pings: self.pings,
+            datagrams: self.datagrams,
+        }
     }
 }
 

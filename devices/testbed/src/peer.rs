@@ -40,9 +40,11 @@ fn ip_text(ip: [u8; 4]) -> String {
     std::net::Ipv4Addr::from(ip).to_string()
 }
 
-/// What the peer sends.
+/// What the peer sends, and to which NIC.
 #[derive(Clone, Copy, Debug)]
 pub struct PeerOptions {
+    /// The NIC the responder runs on (peer-capture always uses the Ensō NIC).
+    pub nic: NicKind,
     /// arping requests.
     pub arps: u32,
     /// ICMP echo requests per size (56 and 1400 bytes).
@@ -53,13 +55,15 @@ pub struct PeerOptions {
 
 impl Default for PeerOptions {
     fn default() -> Self {
-        PeerOptions { arps: 3, pings: 10, datagrams: 40 }
+        PeerOptions { nic: NicKind::Enso, arps: 3, pings: 10, datagrams: 40 }
     }
 }
 
 /// The cabling of a peer scenario: vhost-user backend ⇄ tap ⇄ Ensō NIC.
 struct PeerWire {
     nic: NicUnderTest,
+    /// "enso" or "packetized": the prefix of the NIC side's checks.
+    who: &'static str,
     server: vfio_server::ServerHandle,
     enso_sock: PathBuf,
     net_sock: PathBuf,
@@ -71,13 +75,13 @@ struct PeerWire {
 }
 
 impl PeerWire {
-    fn new(dir: &Path) -> Result<PeerWire> {
+    fn new(dir: &Path, kind: NicKind) -> Result<PeerWire> {
         let (peer_end, tap_a) = wire::cable(1024);
         let (tap_b, nic_end) = wire::cable(1024);
         let tap_stop = Arc::new(AtomicBool::new(false));
         let tap = wire::tap::spawn(tap_a, tap_b, tap_stop.clone());
-        let nic = NicUnderTest::new(NicKind::Enso, Box::new(nic_end))?;
-        let enso_sock = dir.join("enso.sock");
+        let nic = NicUnderTest::new(kind, Box::new(nic_end))?;
+        let enso_sock = dir.join(format!("{}.sock", kind.name()));
         let server = vfio_server::Server::bind(&enso_sock, nic.device.clone())?.spawn();
         let backend = Arc::new(
             VhostNetBackend::new(NetConfig { mac: PEER_MAC, queue_size: 256 }, peer_end)
@@ -97,7 +101,18 @@ impl PeerWire {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        Ok(PeerWire { nic, server, enso_sock, net_sock, backend, net_stop, net_thread, tap_stop, tap })
+        Ok(PeerWire {
+            nic,
+            who: kind.name(),
+            server,
+            enso_sock,
+            net_sock,
+            backend,
+            net_stop,
+            net_thread,
+            tap_stop,
+            tap,
+        })
     }
 
     /// Stops the backend and the tap; returns the tap's log and the backend's result.
@@ -122,7 +137,7 @@ impl PeerWire {
             .map(|(n, v)| format!("{n} {v}"))
             .collect();
         report.check(
-            "enso:no_drops",
+            &format!("{}:no_drops", self.who),
             drops.is_empty() && log.dropped_a_to_b == 0 && log.dropped_b_to_a == 0,
             if drops.is_empty() {
                 format!("no NIC drops; tap dropped {}/{}", log.dropped_a_to_b, log.dropped_b_to_a)
@@ -131,16 +146,17 @@ impl PeerWire {
             },
         );
         report.devices.insert(
-            "enso".into(),
+            self.who.into(),
             Value::Object(counters.iter().map(|(n, v)| ((*n).to_string(), json!(v))).collect()),
         );
-        report.servers.insert("enso".into(), serde_json::to_value(self.server.stats()).unwrap_or_default());
+        report.servers.insert(self.who.into(), serde_json::to_value(self.server.stats()).unwrap_or_default());
         self.server.stop();
         log
     }
 }
 
-/// Adds one guest's checks to `report` with a prefix ("enso", "peer"); returns its result.
+/// Adds one guest's checks to `report` with a prefix ("enso", "peer", ...); returns its
+/// result.
 fn guest_checks(report: &mut RunReport, who: &str, out: &VmOutcome, vm_logs: (&Path, &Path)) -> Value {
     let mut r = report.clone();
     r.assertions.clear();
@@ -335,16 +351,18 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
     let _lock = VmLock::acquire()?;
     let dir = run::private_dir("peer-echo")?;
     let mut report = RunReport::new("peer-echo", env, &dir);
-    let w = PeerWire::new(&dir)?;
+    let w = PeerWire::new(&dir, p.nic)?;
+    let who = w.who;
     let mut enso = spec(
         env,
         &dir,
-        "enso",
+        who,
         "responder",
         vec![
             format!("mac={}", mac_text(ENSO_MAC)),
             format!("ip={}", ip_text(ENSO_IP)),
-            "limit_ms=600000".into(),
+            format!("nic={who}"),
+            "limit_ms=60000".into(),
         ],
     );
     enso.vfio_user = vec![w.enso_sock.clone()];
@@ -364,7 +382,7 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
     peer.net = vec![VhostNet { socket: w.net_sock.clone(), mac: PEER_MAC }];
     let [(enso_out, ec, eq), (peer_out, pc, pq)] = two_guests(env, opts, &enso, &peer)?;
     let log = w.stop(&mut report);
-    let responder = guest_checks(&mut report, "enso", &enso_out, (&ec, &eq));
+    let responder = guest_checks(&mut report, who, &enso_out, (&ec, &eq));
     let peer_result = guest_checks(&mut report, "peer", &peer_out, (&pc, &pq));
     let _ = log.write_pcap(&dir.join("wire.pcap"));
 
@@ -401,7 +419,7 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
     );
     let rv = &responder["values"];
     report.check(
-        "enso:counts_match_wire",
+        &format!("{who}:counts_match_wire"),
         rv["icmp_replies"].as_u64() == Some(x.icmp_requests)
             && rv["udp_replies"].as_u64() == Some(x.udp_requests),
         format!(
@@ -409,7 +427,7 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
             rv["icmp_replies"], rv["udp_replies"], x.icmp_requests, x.udp_requests
         ),
     );
-    report.guest = json!({"enso": responder, "peer": peer_result});
+    report.guest = json!({who: responder, "peer": peer_result});
     report.traffic = json!({
         "frames_peer_to_enso": log.dir(Dir::AtoB).count(),
         "frames_enso_to_peer": log.dir(Dir::BtoA).count(),
@@ -471,7 +489,10 @@ pub fn peer_capture(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunR
     let _lock = VmLock::acquire()?;
     let dir = run::private_dir("peer-capture")?;
     let mut report = RunReport::new("peer-capture", env, &dir);
-    let w = PeerWire::new(&dir)?;
+    if p.nic != NicKind::Enso {
+        bail!("peer-capture runs the Ensō capture app: use it with --nic enso");
+    }
+    let w = PeerWire::new(&dir, NicKind::Enso)?;
     let mut enso = spec(
         env,
         &dir,

@@ -190,8 +190,14 @@ fn main() {
                 me: responder::Identity { mac, ip: ip.octets() },
                 limit: millis(&args, "limit_ms", Some(300_000)).unwrap_or(Duration::MAX),
             };
-            match open(&args, VENDOR_ID, DEVICE_ID) {
-                Ok(dev) => responder::run(dev, params),
+            let nic = args.get("nic").map_or("enso", |n| n.as_str());
+            let ids = if nic == "packetized" {
+                (testbed_regs::packetized::VENDOR_ID, testbed_regs::packetized::DEVICE_ID)
+            } else {
+                (VENDOR_ID, DEVICE_ID)
+            };
+            match open(&args, ids.0, ids.1) {
+                Ok(dev) => responder::run(dev, params, nic),
                 Err(e) => open_failed("responder", &args, e),
             }
         }

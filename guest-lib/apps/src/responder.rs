@@ -3,12 +3,17 @@
 //! (ping) and UDP datagrams to the echo port (7), and stops when a datagram to the discard
 //! port (9) says `testbed:done`. Everything else is counted and ignored, as a host would.
 //!
-//! [`respond`] is the per-frame logic (no device), [`run`] the loop on an Ensō NIC.
+//! [`respond`] is the per-frame logic (no device); [`Responder`] wraps it as a
+//! [`PacketApp`], which [`run`] serves on the Ensō NIC (the peer scenarios) or the
+//! packetized one.
 
+use crate::netapp::{serve_enso, serve_packetized, IoLimits};
 use crate::report::Report;
 use device_access::DeviceAccess;
-use enso::{Device, PacketIter, RxPipe, TxPipe};
-use std::time::{Duration, Instant};
+use netapps::{Action, PacketApp};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// UDP echo (RFC 862).
 pub const ECHO_PORT: u16 = 7;
@@ -190,7 +195,7 @@ fn reply_ip(frame: &[u8], me: &Identity, out: &mut [u8], len: usize, ihl: usize)
 #[derive(Clone, Debug)]
 pub struct ResponderParams {
     pub me: Identity,
-    /// Give up after this long in all (the peer's "done" normally ends the run).
+    /// Give up when nothing arrives for this long (the peer's "done" normally ends the run).
     pub limit: Duration,
 }
 
@@ -203,99 +208,99 @@ pub struct ResponderStats {
     pub udp: u64,
     pub ignored: u64,
     pub bad_checksum: u64,
-    pub done: bool,
 }
 
-/// Runs the responder on an Ensō NIC (all traffic on one fallback pipe).
-pub fn run(access: Box<dyn DeviceAccess>, params: ResponderParams) -> Report {
+/// The responder as a [`PacketApp`], so it runs on either NIC's I/O wrapper.
+pub struct Responder {
+    me: Identity,
+    pub stats: ResponderStats,
+    /// Raised by the peer's "done" datagram; the I/O loop stops on it.
+    pub done: Arc<AtomicBool>,
+}
+
+impl Responder {
+    pub fn new(me: Identity) -> Self {
+        Responder { me, stats: ResponderStats::default(), done: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+impl PacketApp for Responder {
+    fn handle(&mut self, frame: &mut [u8], out: &mut Vec<u8>) -> Action {
+        self.stats.frames += 1;
+        out.clear();
+        out.resize(2048, 0);
+        let s = &mut self.stats;
+        let n = match respond(frame, &self.me, out) {
+            Answer::Arp(n) => {
+                s.arp += 1;
+                n
+            }
+            Answer::Icmp(n) => {
+                s.icmp += 1;
+                n
+            }
+            Answer::Udp(n) => {
+                s.udp += 1;
+                n
+            }
+            Answer::Done => {
+                self.done.store(true, Ordering::Relaxed);
+                return Action::Consume;
+            }
+            Answer::Ignored => {
+                s.ignored += 1;
+                return Action::Consume;
+            }
+            Answer::BadChecksum => {
+                s.bad_checksum += 1;
+                return Action::Consume;
+            }
+        };
+        out.truncate(n);
+        Action::Reply
+    }
+}
+
+/// Runs the responder on the NIC `nic` ("enso": one fallback pipe; "packetized": one
+/// queue pair) until the peer says it is done.
+pub fn run(access: Box<dyn DeviceAccess>, params: ResponderParams, nic: &str) -> Report {
     let mut r = Report::new("responder", access.transport());
-    match serve(access, &params) {
-        Ok(s) => {
-            r.check(
-                "peer_done",
-                s.done,
-                format!("{} frames; the peer's done datagram seen: {}", s.frames, s.done),
-            );
+    r.value("nic", nic);
+    let mut app = Responder::new(params.me);
+    let limits = IoLimits { frames: None, idle: Some(params.limit), start_timeout: Some(params.limit) };
+    let ready = || {
+        println!("{}", serde_json::json!({"event": "ready", "scenario": "responder", "nic": nic}));
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    };
+    // The app's own flag is the loop's stop flag: "done" ends the run once the NIC is idle.
+    let stop = app.done.clone();
+    let stop = &*stop;
+    let res = match nic {
+        "packetized" => {
+            serve_packetized(access, 1, &mut app, limits, stop, None, ready).map_err(|e| e.to_string())
+        }
+        _ => serve_enso(access, 1, &mut app, limits, stop, None, ready).map_err(|e| e.to_string()),
+    };
+    let s = &app.stats;
+    match res {
+        Ok(_) => {
+            let done = app.done.load(Ordering::Relaxed);
+            r.check("peer_done", done, format!("{} frames; the peer's done datagram seen: {done}", s.frames));
             r.check(
                 "answered",
                 s.arp + s.icmp + s.udp > 0,
                 format!("arp {}, icmp {}, udp {}", s.arp, s.icmp, s.udp),
             );
-            r.value("frames", s.frames);
-            r.value("arp_replies", s.arp);
-            r.value("icmp_replies", s.icmp);
-            r.value("udp_replies", s.udp);
-            r.value("ignored", s.ignored);
-            r.value("bad_checksum", s.bad_checksum);
         }
         Err(e) => r.fail("responder", e),
     }
+    r.value("frames", s.frames);
+    r.value("arp_replies", s.arp);
+    r.value("icmp_replies", s.icmp);
+    r.value("udp_replies", s.udp);
+    r.value("ignored", s.ignored);
+    r.value("bad_checksum", s.bad_checksum);
     r
-}
-
-fn serve(access: Box<dyn DeviceAccess>, params: &ResponderParams) -> Result<ResponderStats, String> {
-    let e = |e: enso::Error| e.to_string();
-    let mut dev = Device::new(access, 0).map_err(e)?;
-    let mut rx: RxPipe = dev.alloc_rx_pipe().map_err(e)?;
-    let mut tx: TxPipe = dev.alloc_tx_pipe().map_err(e)?;
-    dev.configure_fallback_queues(1, false).map_err(e)?;
-    println!("{}", serde_json::json!({"event": "ready", "scenario": "responder"}));
-    let mut s = ResponderStats::default();
-    let mut reply = vec![0u8; 2048];
-    let start = Instant::now();
-    let mut idle = 0u32;
-    while !s.done && start.elapsed() < params.limit {
-        if dev.next_rx_pipe_to_recv().is_none() {
-            idle = idle.wrapping_add(1);
-            if idle & 15 == 0 {
-                std::thread::yield_now();
-            }
-            std::hint::spin_loop();
-            continue;
-        }
-        let buf = rx.recv(usize::MAX);
-        let len = buf.len();
-        let mut answers = vec![];
-        for frame in PacketIter::new(buf) {
-            s.frames += 1;
-            let a = respond(frame, &params.me, &mut reply);
-            let n = match a {
-                Answer::Arp(n) => {
-                    s.arp += 1;
-                    n
-                }
-                Answer::Icmp(n) => {
-                    s.icmp += 1;
-                    n
-                }
-                Answer::Udp(n) => {
-                    s.udp += 1;
-                    n
-                }
-                Answer::Done => {
-                    s.done = true;
-                    continue;
-                }
-                Answer::Ignored => {
-                    s.ignored += 1;
-                    continue;
-                }
-                Answer::BadChecksum => {
-                    s.bad_checksum += 1;
-                    continue;
-                }
-            };
-            answers.push(reply[..n].to_vec());
-        }
-        rx.confirm_bytes(len).map_err(e)?;
-        for a in answers {
-            let out = tx.allocate_buf(&mut dev, a.len()).map_err(e)?;
-            out.copy_from_slice(&a);
-            tx.send_and_free(&mut dev, a.len()).map_err(e)?;
-        }
-    }
-    dev.wait_tx_idle(Duration::from_secs(5)).map_err(e)?;
-    Ok(s)
 }
 
 #[cfg(test)]
