@@ -207,3 +207,12 @@ fn gen_echo_between_two_guests_loses_nothing() {
     assert_eq!(v["traffic"]["lost"], 0);
     assert!(v["traffic"]["rtt_ns"]["p99"].as_u64() >= v["traffic"]["rtt_ns"]["p50"].as_u64());
 }
+
+#[test]
+fn peer_echo_on_the_packetized_nic() {
+    let v = run(&["run", "peer-echo", "--nic", "packetized", "--json"]);
+    for name in ["peer:guest:ping_1400", "peer:guest:udp_echo", "wire:icmp", "packetized:counts_match_wire"] {
+        assert_eq!(assertion(&v, name)["pass"], true, "{name}");
+    }
+    assert_eq!(v["guest"]["packetized"]["values"]["nic"], "packetized");
+}
