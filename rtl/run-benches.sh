@@ -27,6 +27,12 @@ for tb in "${benches[@]}"; do
             (cd .. && cargo run -q -p nagare --example vectors -- "target/rtl/nagare_vectors.txt" 100000)
             args=("+vectors=$(cd "$out" && pwd)/nagare_vectors.txt")
             ;;
+        enso_queue_engine_diff_tb)
+            # 100 000 random engine calls with what the Rust engine did for each: the RTL
+            # must emit the same events, in the same order.
+            (cd .. && cargo run -q -p enso-nic --example engine_vectors -- "target/rtl/enso_engine_vectors.txt" 100000)
+            args=("+vectors=$(cd "$out" && pwd)/enso_engine_vectors.txt")
+            ;;
     esac
     src=$(find . -name "$dut.sv" -not -path "./tb/*" | head -1)
     [ -n "$src" ] || { echo "error: no RTL for bench $tb" >&2; exit 1; }
