@@ -8,8 +8,9 @@
 //! publishes, frames it transmits, configuration notifications it forwards, counters.
 
 pub mod behavioral;
+pub mod workload;
 
-pub use behavioral::BehavioralEngine;
+pub use behavioral::{BehavioralEngine, TxFramer, TX_BATCH};
 use pcie_model::DmaClass;
 
 /// A register the device owns and publishes in a queue page.

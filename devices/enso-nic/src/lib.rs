@@ -120,6 +120,8 @@ pub(crate) struct Shared {
 pub struct EnsoNic {
     config: ConfigSpace,
     shared: Arc<Shared>,
+    /// Makes the queue engine (a fresh one at power-on and every reset).
+    engines: EngineFactory,
     /// The device thread and its state.
     worker: Worker<worker::DeviceState>,
     ctx: Option<DeviceContext>,
@@ -127,12 +129,26 @@ pub struct EnsoNic {
     latch: (u64, u32),
 }
 
+/// Makes a queue engine for a configuration: the behavioural one, or another behind the
+/// same seam (the RTL's, co-simulated).
+pub type EngineFactory = Arc<dyn Fn(&EnsoConfig) -> Box<dyn QueueEngine> + Send + Sync>;
+
 /// BAR0 shared-memory size (pages 0–3; page 0 is trapped, the others mmap'd).
 const BAR0_SHM: usize = regs::EXT_SHARED_END as usize;
 
 impl EnsoNic {
     /// A NIC in its power-on state, its Ethernet port connected to `port`.
     pub fn new(cfg: EnsoConfig, port: Box<dyn EthPort>) -> std::io::Result<EnsoNic> {
+        Self::with_engines(cfg, port, Arc::new(Self::behavioral))
+    }
+
+    /// As [`EnsoNic::new`], with queue engines from `engines` (e.g. the RTL's, co-simulated);
+    /// they must serve `cfg`'s pipes, pairs and ring sizes.
+    pub fn with_engines(
+        cfg: EnsoConfig,
+        port: Box<dyn EthPort>,
+        engines: EngineFactory,
+    ) -> std::io::Result<EnsoNic> {
         cfg.check()?;
         let config = ConfigSpaceBuilder::new(regs::VENDOR_ID, regs::DEVICE_ID)
             .class(regs::CLASS_CODE)
@@ -161,11 +177,12 @@ impl EnsoNic {
             clock: mac::Clock::default(),
             stream: Arc::default(),
         });
-        let worker = Worker::new(worker::DeviceState::new(&shared, Self::new_engine(&cfg), port));
-        Ok(EnsoNic { config, shared, worker, ctx: None, latch: (u64::MAX, 0) })
+        let worker = Worker::new(worker::DeviceState::new(&shared, engines(&cfg), port));
+        Ok(EnsoNic { config, shared, engines, worker, ctx: None, latch: (u64::MAX, 0) })
     }
 
-    fn new_engine(cfg: &EnsoConfig) -> Box<dyn QueueEngine> {
+    /// The behavioural queue engine for `cfg`.
+    pub fn behavioral(cfg: &EnsoConfig) -> Box<dyn QueueEngine> {
         Box::new(BehavioralEngine::new(cfg.num_pipes, cfg.num_nb_pairs, cfg.pipe_flits, cfg.notif_entries))
     }
 
@@ -204,8 +221,8 @@ impl EnsoNic {
     /// are kept. Frames queued in the old port stay there.
     pub fn replace_port(&mut self, port: Box<dyn EthPort>) -> Box<dyn EthPort> {
         let running = self.stop_worker();
-        let shared = &self.shared;
-        let st = self.worker.parked_or(|| Self::unplugged(shared));
+        let (shared, engines) = (&self.shared, &self.engines);
+        let st = self.worker.parked_or(|| Self::unplugged(shared, engines));
         let old = std::mem::replace(&mut st.port, port);
         if running {
             self.start_worker();
@@ -220,15 +237,15 @@ impl EnsoNic {
     }
 
     /// Power-on datapath state with the port unplugged.
-    fn unplugged(shared: &Shared) -> worker::DeviceState {
-        worker::DeviceState::new(shared, Self::new_engine(&shared.cfg), Box::new(Disconnected))
+    fn unplugged(shared: &Shared, engines: &EngineFactory) -> worker::DeviceState {
+        worker::DeviceState::new(shared, engines(&shared.cfg), Box::new(Disconnected))
     }
 
     /// Stops the device thread; true when it was running. Should the model ever panic
     /// anyway, it comes back unplugged rather than taking the process down.
     fn stop_worker(&mut self) -> bool {
-        let shared = &self.shared;
-        self.worker.stop(|| Self::unplugged(shared))
+        let (shared, engines) = (&self.shared, &self.engines);
+        self.worker.stop(|| Self::unplugged(shared, engines))
     }
 
     fn start_worker(&mut self) {
@@ -446,7 +463,7 @@ impl PciDevice for EnsoNic {
         self.shared.stream.rx_gen.fetch_add(1, Ordering::AcqRel);
         *self.shared.stream.tx() = stream::TxStream::default();
         self.latch = (u64::MAX, 0);
-        self.worker.park(worker::DeviceState::new(&self.shared, Self::new_engine(&self.shared.cfg), port));
+        self.worker.park(worker::DeviceState::new(&self.shared, (self.engines)(&self.shared.cfg), port));
         if running {
             self.start_worker();
         }

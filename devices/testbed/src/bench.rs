@@ -397,6 +397,7 @@ fn vm_run(vm: &VmBench, o: &BenchOptions, nic: NicKind, notify: Notify, size: us
         window: window_for(o, size),
         garbage_first: false,
         nic,
+        model: crate::run::EngineModel::Rust,
     };
     let r = crate::run::echo(vm.env, &vm.options, p)?;
     let d = &r.datapath;

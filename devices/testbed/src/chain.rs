@@ -77,6 +77,8 @@ pub struct ChainOptions {
     pub stream: u8,
     /// Where the driver runs.
     pub transport: Transport,
+    /// The Ensō NIC's queue engine.
+    pub model: run::EngineModel,
 }
 
 impl Default for ChainOptions {
@@ -87,6 +89,7 @@ impl Default for ChainOptions {
             mode: Mode::Cpu,
             stream: 1,
             transport: Transport::Vm,
+            model: run::EngineModel::Rust,
         }
     }
 }
@@ -261,6 +264,8 @@ pub struct ChainRig {
     /// The switch's management function (what the CPU's MMIO to it reaches).
     pub switch: Arc<Mutex<nagare::Switch>>,
     pub nic: Arc<Mutex<enso_nic::EnsoNic>>,
+    /// Clock cycles of the NIC's RTL queue engine (`--model rtl`).
+    pub rtl_cycles: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub crypto: Arc<Mutex<Accelerator>>,
     pub ml: Option<Arc<Mutex<Accelerator>>>,
     pub trace: Arc<OpTrace>,
@@ -330,8 +335,8 @@ impl ChainRig {
             rtts: Vec::new(),
             loss_timeout: Duration::from_secs(10),
         });
-        let nic =
-            Arc::new(Mutex::new(enso_nic::EnsoNic::new(enso_nic::EnsoConfig::default(), Box::new(port))?));
+        let (nic, rtl_cycles) = run::enso_nic_with(o.model, Box::new(port))?;
+        let nic = Arc::new(Mutex::new(nic));
         let crypto = Arc::new(Mutex::new(Accelerator::crypto()?));
         let ml = match o.shape {
             Shape::CryptoMl => Some(Arc::new(Mutex::new(Accelerator::ml()?))),
@@ -385,7 +390,7 @@ impl ChainRig {
             sockets.push(dir.join("ml.sock"));
             servers.push(("ml".into(), serve(m, &sockets[3], Some((&fabric, port)))?));
         }
-        Ok(ChainRig { fabric, switch, nic, crypto, ml, trace, servers, sockets, src, key })
+        Ok(ChainRig { fabric, switch, nic, rtl_cycles, crypto, ml, trace, servers, sockets, src, key })
     }
 
     /// The sockets of the devices a guest needs for `mode`, in PCI slot order.
@@ -705,6 +710,14 @@ pub fn run(env: Option<&Env>, opts: &RunOptions, o: &ChainOptions) -> Result<Run
             }
         };
         check_mode(&mut report, mode.name(), o, &m, &src);
+        if let Some(cycles) = &rig.rtl_cycles {
+            let n = cycles.load(std::sync::atomic::Ordering::Relaxed);
+            report.check(
+                &format!("{}:rtl_clocked", mode.name()),
+                n > 0,
+                format!("the NIC's RTL queue engine ran {n} clock cycles"),
+            );
+        }
         devices.insert(mode.name().into(), Value::Object(rig.device_counters()));
         servers.insert(mode.name().into(), Value::Object(rig.stop()));
         sources.insert(mode.name().into(), serde_json::to_value(&src)?);

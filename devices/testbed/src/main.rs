@@ -101,6 +101,10 @@ struct EchoArgs {
     /// The NIC model the guest's echo runs on.
     #[arg(long, value_enum, default_value = "enso")]
     nic: run::NicKind,
+    /// The Ensō NIC's queue engine: the Rust model, or the RTL (rtl/enso/enso_queue_engine.sv)
+    /// co-simulated under Verilator and clocked by the device thread.
+    #[arg(long, value_enum, default_value = "rust")]
+    model: run::EngineModel,
 }
 
 impl EchoArgs {
@@ -113,6 +117,7 @@ impl EchoArgs {
             window: self.window,
             garbage_first: self.garbage_first,
             nic: self.nic,
+            model: self.model,
         }
     }
 }
@@ -223,6 +228,10 @@ enum Scenario {
         /// Where the chain's driver runs: in a guest (vm) or in this process (native).
         #[arg(long, value_enum, default_value = "vm")]
         transport: testbed::chain::Transport,
+        /// The Ensō NIC's queue engine: the Rust model, or the RTL co-simulated under
+        /// Verilator.
+        #[arg(long, value_enum, default_value = "rust")]
+        model: run::EngineModel,
         /// Print one JSON object instead of the readable report.
         #[arg(long)]
         json: bool,
@@ -437,13 +446,14 @@ fn main() {
                 run::Env::provision(vm.accel).and_then(|env| run::echo(&env, &vm.options(), echo.options()));
             finish(r, json, "echo")
         }
-        Cmd::Run { scenario: Scenario::Chain { vm, mode, chain, items, transport, json } } => {
+        Cmd::Run { scenario: Scenario::Chain { vm, mode, chain, items, transport, model, json } } => {
             let o = testbed::chain::ChainOptions {
                 items,
                 shape: guest_apps::chain::Shape::parse(&chain).unwrap_or(guest_apps::chain::Shape::CryptoMl),
                 mode,
                 stream: 1,
                 transport,
+                model,
             };
             let r = match transport {
                 testbed::chain::Transport::Native => testbed::chain::run(None, &vm.options(), &o),
@@ -578,6 +588,7 @@ fn echo_args() -> EchoArgs {
         window: 256,
         garbage_first: false,
         nic: run::NicKind::Enso,
+        model: run::EngineModel::Rust,
     }
 }
 

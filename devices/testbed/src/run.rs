@@ -400,26 +400,68 @@ impl NicKind {
     }
 }
 
+/// Which queue engine the Ensō NIC model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineModel {
+    /// The behavioural Rust engine.
+    Rust,
+    /// The RTL engine (rtl/enso/enso_queue_engine.sv), co-simulated under Verilator.
+    Rtl,
+}
+
+/// The Ensō NIC with the queue engine `model`; with the RTL, also the counter of the
+/// RTL's clock cycles.
+pub fn enso_nic_with(
+    model: EngineModel,
+    port: Box<dyn wire::EthPort>,
+) -> Result<(enso_nic::EnsoNic, Option<Arc<std::sync::atomic::AtomicU64>>)> {
+    let cfg = enso_nic::EnsoConfig::default();
+    Ok(match model {
+        EngineModel::Rust => (enso_nic::EnsoNic::new(cfg, port)?, None),
+        EngineModel::Rtl => {
+            let cycles = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let engines =
+                rtl_cosim::RtlEngine::factory(&cfg, Some(cycles.clone())).map_err(anyhow::Error::msg)?;
+            (enso_nic::EnsoNic::with_engines(cfg, port, engines)?, Some(cycles))
+        }
+    })
+}
+
 /// A NIC model under test: the device to serve, and its counters by name.
 pub struct NicUnderTest {
     pub kind: NicKind,
     pub device: Arc<Mutex<dyn PciDevice>>,
     counters: Box<dyn Fn() -> Vec<(&'static str, u64)> + Send>,
+    /// Clock cycles the RTL queue engine ran (`--model rtl`).
+    pub rtl_cycles: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl NicUnderTest {
     /// A NIC of `kind` cabled to `port`.
     pub fn new(kind: NicKind, port: Box<dyn wire::EthPort>) -> Result<NicUnderTest> {
+        Self::with_model(kind, port, EngineModel::Rust)
+    }
+
+    /// A NIC of `kind` cabled to `port`, the Ensō NIC's queue engine being `model`.
+    pub fn with_model(
+        kind: NicKind,
+        port: Box<dyn wire::EthPort>,
+        model: EngineModel,
+    ) -> Result<NicUnderTest> {
+        if model == EngineModel::Rtl && kind != NicKind::Enso {
+            anyhow::bail!("--model rtl co-simulates the Ensō NIC's queue engine: use it with --nic enso");
+        }
         Ok(match kind {
             NicKind::Enso => {
-                let nic =
-                    Arc::new(Mutex::new(enso_nic::EnsoNic::new(enso_nic::EnsoConfig::default(), port)?));
+                let (nic, rtl_cycles) = enso_nic_with(model, port)?;
+                let nic = Arc::new(Mutex::new(nic));
                 let n2 = nic.clone();
                 let counters = Box::new(move || {
                     let c = n2.lock().unwrap_or_else(|e| e.into_inner()).counters();
                     testbed_regs::enso::ext::counter::NAMES.iter().copied().zip(c).collect()
                 });
-                NicUnderTest { kind, device: nic, counters }
+                NicUnderTest { kind, device: nic, counters, rtl_cycles }
             }
             NicKind::Packetized => {
                 let nic = Arc::new(Mutex::new(packet_nic::PacketNic::new(
@@ -431,7 +473,7 @@ impl NicUnderTest {
                     let c = n2.lock().unwrap_or_else(|e| e.into_inner()).counters();
                     testbed_regs::packetized::reg::counter::NAMES.iter().copied().zip(c).collect()
                 });
-                NicUnderTest { kind, device: nic, counters }
+                NicUnderTest { kind, device: nic, counters, rtl_cycles: None }
             }
         })
     }
@@ -470,6 +512,8 @@ pub struct EchoOptions {
     pub garbage_first: bool,
     /// The NIC model.
     pub nic: NicKind,
+    /// The Ensō NIC's queue engine.
+    pub model: EngineModel,
 }
 
 /// `testbed run echo`: a NIC model served to a guest running the `echo` app (the same
@@ -484,7 +528,7 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     let _lock = VmLock::acquire()?;
     let dir = private_dir("echo")?;
     let (nic_end, mut gen_end) = wire::cable(1024);
-    let nic = NicUnderTest::new(p.nic, Box::new(nic_end))?;
+    let nic = NicUnderTest::with_model(p.nic, Box::new(nic_end), p.model)?;
     let sock = dir.join(format!("{}.sock", p.nic.name()));
     let server = vfio_server::Server::bind(&sock, nic.device.clone())?.spawn();
     let mut report = RunReport::new("echo", env, &dir);
@@ -596,6 +640,17 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
                 nic_drops == 0 && t.lost == 0,
                 format!("NIC drops {nic_drops}, lost {}", t.lost),
             );
+            if let Some(cycles) = &nic.rtl_cycles {
+                let n = cycles.load(std::sync::atomic::Ordering::Relaxed);
+                report.check(
+                    "rtl:clocked",
+                    n > 0,
+                    format!(
+                        "the RTL queue engine ran {n} clock cycles ({:.1} per packet)",
+                        n as f64 / t.matched.max(1) as f64
+                    ),
+                );
+            }
             report.check(
                 "datapath:trapped_mmio",
                 trapped * 1000 <= t.sent.max(1),
@@ -610,6 +665,7 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
                 "dropped": dropped,
                 "size": p.size,
                 "flows": p.flows,
+                "model": p.model,
                 "window": p.window,
                 "mpps": t.rx_mpps,
                 "latency_us": {"p50": t.latency_p50_us, "p99": t.latency_p99_us, "max": t.latency_max_us},

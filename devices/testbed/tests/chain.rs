@@ -5,7 +5,14 @@ use guest_apps::chain::Shape;
 use testbed::chain::{run_native, ChainOptions, Mode, NativeRun, Transport};
 
 fn opts(items: u64, shape: Shape) -> ChainOptions {
-    ChainOptions { items, shape, mode: Mode::Cpu, stream: 3, transport: Transport::Native }
+    ChainOptions {
+        items,
+        shape,
+        mode: Mode::Cpu,
+        stream: 3,
+        transport: Transport::Native,
+        ..Default::default()
+    }
 }
 
 fn dir(tag: &str) -> std::path::PathBuf {

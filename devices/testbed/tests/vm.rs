@@ -216,3 +216,20 @@ fn peer_echo_on_the_packetized_nic() {
     }
     assert_eq!(v["guest"]["packetized"]["values"]["nic"], "packetized");
 }
+
+#[test]
+fn echo_on_the_rtl_queue_engine_matches_every_packet() {
+    let v = run(&["run", "echo", "--model", "rtl", "--packets", "2000", "--json"]);
+    assert_eq!(v["traffic"]["matched"], 2000);
+    assert_eq!(v["traffic"]["model"], "rtl");
+    assert_eq!(assertion(&v, "rtl:clocked")["pass"], true);
+    assert_eq!(assertion(&v, "traffic:no_drops")["pass"], true);
+}
+
+#[test]
+fn chain_on_the_rtl_queue_engine_in_a_guest() {
+    let v = run(&["run", "chain", "--mode", "both", "--model", "rtl", "--items", "20", "--json"]);
+    for name in ["cpu:all_matched", "cpu:rtl_clocked", "nagare:all_matched", "nagare:rtl_clocked"] {
+        assert_eq!(assertion(&v, name)["pass"], true, "{name}");
+    }
+}

@@ -42,6 +42,59 @@ struct TxStream {
     pending: Vec<u8>,
 }
 
+/// The TX framer: cuts each pair's transfers into frames and transmits them. It is the
+/// data path after the queue engine (the engine validates a send and reads its bytes), so
+/// the behavioural engine and the RTL engine's wrapper share it.
+#[derive(Clone, Debug)]
+pub struct TxFramer {
+    streams: Vec<TxStream>,
+}
+
+impl TxFramer {
+    /// A framer for `nbs` notification-buffer pairs.
+    pub fn new(nbs: u32) -> Self {
+        TxFramer { streams: vec![TxStream::default(); nbs as usize] }
+    }
+
+    /// Forgets pair `nb`'s unfinished frame (the pair was enabled or disabled).
+    pub fn reset(&mut self, nb: u32) {
+        if let Some(st) = self.streams.get_mut(nb as usize) {
+            *st = TxStream::default();
+        }
+    }
+
+    /// Frames one transfer of pair `nb`, continuing a frame the previous one left
+    /// unfinished; transmits every whole frame, counts TX_DROP_BAD_FRAME for garbage.
+    pub fn push(&mut self, nb_id: u32, data: &[u8], io: &mut dyn EngineIo) {
+        let Some(stream) = self.streams.get_mut(nb_id as usize) else { return };
+        let mut data = data;
+        let joined;
+        if !stream.pending.is_empty() {
+            // Finish the frame the last transfer started (at most one frame is copied).
+            stream.pending.extend_from_slice(data);
+            joined = std::mem::take(&mut stream.pending);
+            data = &joined;
+        }
+        let mut off = 0;
+        while off < data.len() {
+            match tx_frame(&data[off..]) {
+                TxFrame::Complete(flen) => {
+                    io.transmit(&data[off..off + flen]);
+                    off += flen.next_multiple_of(FLIT);
+                }
+                TxFrame::Partial => {
+                    stream.pending.extend_from_slice(&data[off..]);
+                    return;
+                }
+                TxFrame::Invalid => {
+                    io.count(c::TX_DROP_BAD_FRAME, 1);
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// The behavioural engine.
 #[derive(Debug)]
 pub struct BehavioralEngine {
@@ -49,7 +102,7 @@ pub struct BehavioralEngine {
     /// Stream pipes (no notifications), by pipe index.
     stream: Vec<bool>,
     nbs: Vec<Nb>,
-    streams: Vec<TxStream>,
+    framer: TxFramer,
     pipe_flits: u32,
     entries: u32,
     per_packet: bool,
@@ -66,7 +119,7 @@ impl BehavioralEngine {
             pipes: vec![Pipe::default(); pipes as usize],
             stream: vec![false; pipes as usize],
             nbs: vec![Nb::default(); nbs as usize],
-            streams: vec![TxStream::default(); nbs as usize],
+            framer: TxFramer::new(nbs),
             pipe_flits: pipe_flits.max(2),
             entries: entries.max(2),
             per_packet: false,
@@ -137,32 +190,7 @@ impl BehavioralEngine {
             io.count(c::TX_DROP_DMA, 1);
             return;
         }
-        let Some(stream) = self.streams.get_mut(nb_id as usize) else { return };
-        let mut data = &self.data[..];
-        let joined;
-        if !stream.pending.is_empty() {
-            // Finish the frame the last transfer started (at most one frame is copied).
-            stream.pending.extend_from_slice(data);
-            joined = std::mem::take(&mut stream.pending);
-            data = &joined;
-        }
-        let mut off = 0;
-        while off < data.len() {
-            match tx_frame(&data[off..]) {
-                TxFrame::Complete(flen) => {
-                    io.transmit(&data[off..off + flen]);
-                    off += flen.next_multiple_of(FLIT);
-                }
-                TxFrame::Partial => {
-                    stream.pending.extend_from_slice(&data[off..]);
-                    return;
-                }
-                TxFrame::Invalid => {
-                    io.count(c::TX_DROP_BAD_FRAME, 1);
-                    return;
-                }
-            }
-        }
+        self.framer.push(nb_id, &self.data, io);
     }
 }
 
@@ -199,18 +227,14 @@ impl QueueEngine for BehavioralEngine {
                 tx_head: s.tx_head % n,
             };
         }
-        if let Some(st) = self.streams.get_mut(nb as usize) {
-            *st = TxStream::default();
-        }
+        self.framer.reset(nb);
     }
 
     fn disable_nb(&mut self, nb: u32) {
         if let Some(b) = self.nbs.get_mut(nb as usize) {
             *b = Nb::default();
         }
-        if let Some(st) = self.streams.get_mut(nb as usize) {
-            *st = TxStream::default();
-        }
+        self.framer.reset(nb);
     }
 
     fn set_per_packet(&mut self, per_packet: bool) {
