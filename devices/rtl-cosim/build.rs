@@ -13,7 +13,9 @@ fn main() {
     println!("cargo::rustc-check-cfg=cfg(verilated)");
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let sv = manifest.join("../../rtl/enso/enso_queue_engine.sv");
+    let nagare = manifest.join("../../rtl/nagare/nagare_pipeline.sv");
     println!("cargo:rerun-if-changed={}", sv.display());
+    println!("cargo:rerun-if-changed={}", nagare.display());
     println!("cargo:rerun-if-changed=csrc/engine.cpp");
     println!("cargo:rerun-if-env-changed=PATH");
     let Some(verilator) = which("verilator") else {
@@ -27,30 +29,24 @@ fn main() {
     };
     println!("cargo:rerun-if-changed={}", verilator.display());
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
-    // Two instances: the NIC's sizes (the module's defaults) and the small one the
-    // differential workload uses (enso_nic::engine::workload).
-    let instances: [(&str, &[&str]); 2] = [
-        ("Venso_queue_engine", &[]),
-        ("Venso_queue_engine_small", &["-GNPIPES=8", "-GNNB=4", "-GPIPE_LOG2=6", "-GENTRIES_LOG2=4"]),
+    // The queue engine twice: the NIC's sizes (the module's defaults) and the small one the
+    // differential workload uses (enso_nic::engine::workload); the Nagare pipeline once.
+    let small: &[&str] = &["-GNPIPES=8", "-GNNB=4", "-GPIPE_LOG2=6", "-GENTRIES_LOG2=4"];
+    let instances: [(&str, &str, &Path, &[&str]); 3] = [
+        ("Venso_queue_engine", "enso_queue_engine", &sv, &[]),
+        ("Venso_queue_engine_small", "enso_queue_engine", &sv, small),
+        ("Vnagare_pipeline", "nagare_pipeline", &nagare, &[]),
     ];
     let mut objs = vec![];
-    for (prefix, params) in instances {
+    for (prefix, top, sv, params) in instances {
         let obj = out.join(prefix);
         let _ = std::fs::remove_dir_all(&obj);
         let status = Command::new(&verilator)
-            .args([
-                "--cc",
-                "--top-module",
-                "enso_queue_engine",
-                "-Wno-fatal",
-                "-Wno-WIDTH",
-                "--prefix",
-                prefix,
-            ])
+            .args(["--cc", "--top-module", top, "-Wno-fatal", "-Wno-WIDTH", "--prefix", prefix])
             .args(params)
             .arg("-Mdir")
             .arg(&obj)
-            .arg(&sv)
+            .arg(sv)
             .output()
             .expect("run verilator");
         if !status.status.success() {

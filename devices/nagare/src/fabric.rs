@@ -6,7 +6,7 @@
 //! else passes through to the device's own DMA space. A posted write cannot fail from the
 //! writer's point of view, so a dropped one is only counted.
 
-use crate::pipeline::{Phv, Pipeline, PipelineConfig, Verdict};
+use crate::pipeline::{Phv, Pipeline, PipelineConfig, PipelineModel, Verdict};
 use pcie_model::device_counters::DeviceCounters;
 use pcie_model::{Counters, DmaError, DmaSpace};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -101,6 +101,8 @@ pub struct Fabric {
     /// Glued devices' state, by (stream, node).
     glue: std::sync::Mutex<std::collections::HashMap<(usize, usize), Glue>>,
     pipeline: Pipeline,
+    /// What rules on each header: `pipeline` unless another model was given.
+    model: Option<Box<dyn PipelineModel>>,
     /// The switch's own counters.
     pub counters: SwitchCounters,
     /// Per stream.
@@ -121,6 +123,16 @@ pub enum Routed {
 impl Fabric {
     /// A fabric with the CPU on port 0 and no devices yet.
     pub fn new(config: PipelineConfig) -> Arc<Fabric> {
+        Self::build(config, None)
+    }
+
+    /// As [`Fabric::new`], with `model` ruling on every header instead of the Rust
+    /// pipeline (which still gives the timing model its stages).
+    pub fn with_model(config: PipelineConfig, model: Box<dyn PipelineModel>) -> Arc<Fabric> {
+        Self::build(config, Some(model))
+    }
+
+    fn build(config: PipelineConfig, model: Option<Box<dyn PipelineModel>>) -> Arc<Fabric> {
         let tables = Tables {
             base: 0,
             streams: vec![StreamEntry::default(); regs::STREAMS as usize],
@@ -131,6 +143,7 @@ impl Fabric {
             tables: RwLock::new(tables),
             glue: Default::default(),
             pipeline: Pipeline::new(config),
+            model,
             counters: SwitchCounters::default(),
             stats: (0..regs::STREAMS).map(|_| StreamStats::default()).collect(),
         })
@@ -185,7 +198,10 @@ impl Fabric {
     pub fn route(&self, src: u32, addr: u64, data: &[u8]) -> Routed {
         let t = self.tables();
         let mut phv = Phv::new(src, addr, data.len());
-        self.pipeline.run(&t, &mut phv);
+        match &self.model {
+            Some(m) => m.run(&t, &mut phv),
+            None => self.pipeline.run(&t, &mut phv),
+        }
         match phv.verdict {
             Verdict::Memory | Verdict::Undecided => Routed::Memory,
             Verdict::Drop(why) => {

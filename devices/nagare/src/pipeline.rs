@@ -257,6 +257,20 @@ impl Stage for Empty {
     fn apply(&self, _t: &Tables, _phv: &mut Phv) {}
 }
 
+/// What rules on a TLP header: the Rust pipeline, or another behind the same seam (the
+/// RTL's, co-simulated). The fabric uses `stream`, `dest`, `egress`, `glue`, `credit` and
+/// `verdict` of the vector.
+pub trait PipelineModel: Send + Sync {
+    /// Runs `phv` through the pipeline against tables `t`.
+    fn run(&self, t: &Tables, phv: &mut Phv);
+}
+
+impl PipelineModel for Pipeline {
+    fn run(&self, t: &Tables, phv: &mut Phv) {
+        Pipeline::run(self, t, phv)
+    }
+}
+
 /// The pipeline: its stages in order.
 pub struct Pipeline {
     pub config: PipelineConfig,

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include "Venso_queue_engine.h"
 #include "Venso_queue_engine_small.h"
+#include "Vnagare_pipeline.h"
 #include "verilated.h"
 
 extern "C" {
@@ -95,6 +96,50 @@ void eqe_free(void* p, int small) {
 void eqe_cycle(void* p, int small, EqePins* s) {
     if (small) model_cycle<Venso_queue_engine_small>(p, s);
     else model_cycle<Venso_queue_engine>(p, s);
+}
+
+
+// The Nagare match-action pipeline. Must match `PipelinePins` in src/lib.rs.
+struct NplPins {
+    uint64_t in_addr;
+    uint32_t cfg_wdata;
+    uint16_t cfg_addr, in_len;
+    uint8_t rst, cfg_we, in_valid, in_src;
+    // Outputs.
+    uint32_t out_dest_offset;
+    uint16_t out_credit_pipe, out_credit_head;
+    uint8_t out_valid, out_verdict, out_reason, out_stream, out_dest_port, out_egress, out_glue, out_credit;
+};
+
+void* npl_new(void) { return model_new<Vnagare_pipeline>(); }
+
+void npl_free(void* p) { model_free<Vnagare_pipeline>(p); }
+
+void npl_cycle(void* p, NplPins* s) {
+    Vnagare_pipeline* t = static_cast<EqeModel<Vnagare_pipeline>*>(p)->top;
+    t->rst = s->rst;
+    t->cfg_we = s->cfg_we;
+    t->cfg_addr = s->cfg_addr;
+    t->cfg_wdata = s->cfg_wdata;
+    t->in_valid = s->in_valid;
+    t->in_src = s->in_src;
+    t->in_addr = s->in_addr;
+    t->in_len = s->in_len;
+    t->clk = 0;
+    t->eval();
+    t->clk = 1;
+    t->eval();
+    s->out_valid = t->out_valid;
+    s->out_verdict = t->out_verdict;
+    s->out_reason = t->out_reason;
+    s->out_stream = t->out_stream;
+    s->out_dest_port = t->out_dest_port;
+    s->out_dest_offset = t->out_dest_offset;
+    s->out_egress = t->out_egress;
+    s->out_glue = t->out_glue;
+    s->out_credit = t->out_credit;
+    s->out_credit_pipe = t->out_credit_pipe;
+    s->out_credit_head = t->out_credit_head;
 }
 
 }  // extern "C"

@@ -63,7 +63,28 @@ pub fn unsupported(cfg: &EnsoConfig) -> Option<String> {
 }
 
 #[cfg(verilated)]
+pub use pipeline::RtlPipeline;
+#[cfg(verilated)]
 pub use sim::RtlEngine;
+
+/// The Nagare switch's pipeline as the RTL (rtl/nagare/nagare_pipeline.sv), for
+/// [`nagare::Fabric::with_model`]; with `headers`, every header it rules on is counted
+/// there.
+pub fn nagare_pipeline(
+    headers: Option<Arc<AtomicU64>>,
+) -> Result<Box<dyn nagare::pipeline::PipelineModel>, String> {
+    #[cfg(verilated)]
+    {
+        Ok(Box::new(RtlPipeline::new(headers)))
+    }
+    #[cfg(not(verilated))]
+    {
+        let _ = headers;
+        Err("this build has no RTL co-simulation: Verilator was not installed when it was built \
+             (apt-get install verilator, then rebuild)"
+            .into())
+    }
+}
 
 /// What [`RtlEngine`] needs to know when the model is not built.
 #[cfg(not(verilated))]
@@ -76,6 +97,178 @@ impl RtlEngine {
         Err("this build has no RTL co-simulation: Verilator was not installed when it was built \
              (apt-get install verilator, then rebuild)"
             .into())
+    }
+}
+
+#[cfg(verilated)]
+mod pipeline {
+    use nagare::fabric::Tables;
+    use nagare::pipeline::{Phv, PipelineModel, Verdict};
+    use std::collections::HashMap;
+    use std::ffi::c_void;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+    use testbed_regs::nagare as regs;
+
+    /// The pins, as csrc/engine.cpp's NplPins lays them out.
+    #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy)]
+    struct Pins {
+        in_addr: u64,
+        cfg_wdata: u32,
+        cfg_addr: u16,
+        in_len: u16,
+        rst: u8,
+        cfg_we: u8,
+        in_valid: u8,
+        in_src: u8,
+        out_dest_offset: u32,
+        out_credit_pipe: u16,
+        out_credit_head: u16,
+        out_valid: u8,
+        out_verdict: u8,
+        out_reason: u8,
+        out_stream: u8,
+        out_dest_port: u8,
+        out_egress: u8,
+        out_glue: u8,
+        out_credit: u8,
+    }
+
+    extern "C" {
+        fn npl_new() -> *mut c_void;
+        fn npl_free(m: *mut c_void);
+        fn npl_cycle(m: *mut c_void, pins: *mut Pins);
+    }
+
+    struct Model(*mut c_void);
+
+    // SAFETY: a plain C++ object without thread affinity, used under the Mutex below.
+    unsafe impl Send for Model {}
+
+    impl Drop for Model {
+        fn drop(&mut self) {
+            // SAFETY: from npl_new, freed once here.
+            unsafe { npl_free(self.0) }
+        }
+    }
+
+    struct Sim {
+        model: Model,
+        pins: Pins,
+        /// The configuration registers as last written.
+        regs: HashMap<u16, u32>,
+    }
+
+    impl Sim {
+        fn cycle(&mut self) {
+            // SAFETY: live model; `pins` is laid out as NplPins.
+            unsafe { npl_cycle(self.model.0, &mut self.pins) }
+        }
+    }
+
+    /// The verilated Nagare pipeline behind [`PipelineModel`]: the fabric's tables are
+    /// written into its configuration registers (only what changed), each header goes in,
+    /// and the verdict comes out `STAGES` cycles later.
+    pub struct RtlPipeline {
+        sim: Mutex<Sim>,
+        headers: Option<Arc<AtomicU64>>,
+    }
+
+    impl RtlPipeline {
+        /// A fresh pipeline, reset.
+        pub fn new(headers: Option<Arc<AtomicU64>>) -> Self {
+            // SAFETY: npl_new has no preconditions; the result is owned by `Model`.
+            let model = Model(unsafe { npl_new() });
+            let mut sim = Sim { model, pins: Pins { rst: 1, ..Pins::default() }, regs: HashMap::new() };
+            sim.cycle();
+            sim.cycle();
+            sim.pins.rst = 0;
+            sim.cycle();
+            RtlPipeline { sim: Mutex::new(sim), headers }
+        }
+    }
+
+    /// The tables as the RTL's register writes (its flattened layout).
+    fn registers(t: &Tables) -> Vec<(u16, u32)> {
+        let mut r = vec![(0x000, t.base as u32), (0x004, (t.base >> 32) as u32)];
+        for p in 0..8u16 {
+            let win = t
+                .ports
+                .get(p as usize)
+                .and_then(|p| p.input.as_ref())
+                .map_or(0, |i| i.window().trailing_zeros());
+            r.push((0x40 + 4 * p, win));
+        }
+        for s in 0..regs::STREAMS as u16 {
+            let e = t.streams.get(s as usize).cloned().unwrap_or_default();
+            let b = 0x100 + 0x40 * s;
+            for h in 0..regs::MAX_HOPS as u16 {
+                let v = e.hops.get(h as usize).map_or(0, |h| h.port | h.kind << 4 | h.pipe << 16);
+                r.push((b + 0x10 + 4 * h, v));
+            }
+            r.push((b + 8, e.hops.len() as u32));
+            r.push((b + 4, e.acl));
+            r.push((b, e.open as u32));
+        }
+        r
+    }
+
+    impl PipelineModel for RtlPipeline {
+        fn run(&self, t: &Tables, phv: &mut Phv) {
+            let mut sim = self.sim.lock().unwrap_or_else(|e| e.into_inner());
+            for (addr, value) in registers(t) {
+                if sim.regs.get(&addr) != Some(&value) {
+                    (sim.pins.cfg_we, sim.pins.cfg_addr, sim.pins.cfg_wdata) = (1, addr, value);
+                    sim.cycle();
+                    sim.regs.insert(addr, value);
+                }
+            }
+            sim.pins.cfg_we = 0;
+            (sim.pins.in_valid, sim.pins.in_src, sim.pins.in_addr, sim.pins.in_len) =
+                (1, phv.src as u8, phv.addr, phv.len.min(u16::MAX as usize) as u16);
+            sim.cycle();
+            sim.pins.in_valid = 0;
+            let mut waited = 0;
+            while sim.pins.out_valid == 0 {
+                sim.cycle();
+                waited += 1;
+                assert!(waited < 1000, "the RTL pipeline gave no verdict");
+            }
+            if let Some(h) = &self.headers {
+                h.fetch_add(1, Ordering::Relaxed);
+            }
+            let p = sim.pins;
+            phv.verdict = match p.out_verdict {
+                0 => Verdict::Memory,
+                1 => Verdict::Forward,
+                _ => Verdict::Drop(u32::from(p.out_reason)),
+            };
+            if phv.verdict == Verdict::Memory {
+                return;
+            }
+            let stream = p.out_stream as usize;
+            phv.stream = Some(stream);
+            if phv.verdict != Verdict::Forward {
+                return;
+            }
+            phv.dest = Some((u32::from(p.out_dest_port), u64::from(p.out_dest_offset)));
+            phv.egress = p.out_egress == 1;
+            if p.out_glue == 1 {
+                // The glued node follows the requester's (the CPU enters at the ingress).
+                let hops = t.streams.get(stream).map_or(&[][..], |s| &s.hops[..]);
+                let last = hops.len().saturating_sub(1);
+                let node = if phv.src == regs::CPU_PORT {
+                    Some(0)
+                } else {
+                    hops[..last].iter().position(|h| h.port == phv.src)
+                };
+                phv.glue = node.map(|n| (stream, n + 1));
+            }
+            if p.out_credit == 1 {
+                phv.credit = Some((phv.src, u32::from(p.out_credit_pipe), u32::from(p.out_credit_head)));
+            }
+        }
     }
 }
 
@@ -472,5 +665,105 @@ mod tests {
         let odd = EnsoConfig { num_pipes: 32, ..EnsoConfig::default() };
         assert!(RtlEngine::new(&odd).is_err());
         assert!(RtlEngine::factory(&odd, None).is_err());
+    }
+}
+
+#[cfg(all(test, verilated))]
+mod pipeline_tests {
+    use super::*;
+    use nagare::fabric::{Hop, Ingress, Port, StreamEntry, Tables};
+    use nagare::pipeline::{Phv, Pipeline, PipelineConfig, PipelineModel};
+    use testbed_regs::nagare::{self as regs, reg};
+
+    struct Window(u64);
+    impl Ingress for Window {
+        fn push(&self, _: u64, _: &[u8]) -> bool {
+            true
+        }
+        fn window(&self) -> u64 {
+            self.0
+        }
+    }
+
+    /// What the fabric uses of a ruling: the verdict; for a drop, the stream (its denied
+    /// count); for a forward, the destination, egress, glue and credit too.
+    fn ruling(p: &Phv) -> String {
+        use nagare::pipeline::Verdict;
+        match p.verdict {
+            Verdict::Memory | Verdict::Undecided => "memory".into(),
+            Verdict::Drop(why) => format!("drop {why} stream {:?}", p.stream),
+            Verdict::Forward => {
+                format!("forward {:?} {:?} {} {:?} {:?}", p.stream, p.dest, p.egress, p.glue, p.credit)
+            }
+        }
+    }
+
+    /// The Rust pipeline and the RTL side by side: 100 000 random headers (in and out of
+    /// the windows, every requester) with the stream tables rewritten at random between
+    /// them; every ruling must be the same.
+    #[test]
+    fn rtl_pipeline_matches_the_rust_pipeline_under_table_updates() {
+        let mut x: u64 = 0x5eed_1234;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        const BASE: u64 = 0x40_0000_0000;
+        let port = |name: &str, win: Option<u64>| Port {
+            name: name.into(),
+            input: win.map(|w| Arc::new(Window(w)) as Arc<dyn Ingress>),
+            ..Port::default()
+        };
+        let mut t = Tables {
+            base: BASE,
+            streams: vec![StreamEntry::default(); regs::STREAMS as usize],
+            ports: vec![
+                port("cpu", None),
+                port("nic", Some(1 << 15)),
+                port("crypto", Some(1 << 16)),
+                port("ml", Some(1 << 16)),
+                port("legacy", None),
+            ],
+        };
+        let rust = Pipeline::new(PipelineConfig::default());
+        let rtl = RtlPipeline::new(None);
+        let kinds = [reg::HOP_INGRESS, reg::HOP_STREAM, reg::HOP_GLUE, reg::HOP_EGRESS];
+        let mut forwarded = 0;
+        for i in 0..100_000u32 {
+            if i % 500 == 0 {
+                // Rewrite a few streams: graphs of 2..=6 nodes, allow lists, open or not.
+                for _ in 0..3 {
+                    let r = next();
+                    let s = (r % u64::from(regs::STREAMS)) as usize;
+                    let n = 2 + (r >> 8) as usize % 5;
+                    let hops = (0..n)
+                        .map(|k| Hop {
+                            port: (next() % 5) as u32,
+                            kind: if k == 0 { reg::HOP_INGRESS } else { kinds[(next() % 4) as usize] },
+                            pipe: (next() % 64) as u32,
+                            ..Hop::default()
+                        })
+                        .collect();
+                    t.streams[s] =
+                        StreamEntry { open: (r >> 20) % 5 != 0, hops, acl: (r >> 24) as u32 & 0x1f };
+                }
+            }
+            let r = next();
+            let src = (r & 7) as u32;
+            let stream = (r >> 3) % (u64::from(regs::STREAMS) + 2);
+            let len = 1 + ((r >> 8) & 2047) as usize;
+            let mut addr = BASE + stream * regs::WINDOW_SIZE + ((r >> 20) & 0x1f_ffff);
+            if (r >> 44) & 15 == 0 {
+                addr = 0x1000 + ((r >> 48) & 0xffff);
+            }
+            let (mut a, mut b) = (Phv::new(src, addr, len), Phv::new(src, addr, len));
+            rust.run(&t, &mut a);
+            PipelineModel::run(&rtl, &t, &mut b);
+            assert_eq!(ruling(&a), ruling(&b), "header {i}: src {src} addr {addr:#x} len {len}");
+            forwarded += u32::from(a.verdict == nagare::pipeline::Verdict::Forward);
+        }
+        assert!(forwarded > 5_000, "{forwarded} headers forwarded: the workload must route");
     }
 }

@@ -266,6 +266,8 @@ pub struct ChainRig {
     pub nic: Arc<Mutex<enso_nic::EnsoNic>>,
     /// Clock cycles of the NIC's RTL queue engine (`--model rtl`).
     pub rtl_cycles: Option<Arc<std::sync::atomic::AtomicU64>>,
+    /// Headers the switch's RTL pipeline ruled on (`--model rtl`).
+    pub rtl_headers: Option<Arc<std::sync::atomic::AtomicU64>>,
     pub crypto: Arc<Mutex<Accelerator>>,
     pub ml: Option<Arc<Mutex<Accelerator>>>,
     pub trace: Arc<OpTrace>,
@@ -352,7 +354,17 @@ impl ChainRig {
         }
         // The switch, with every device behind one of its ports.
         use testbed_regs::{accel as acc, enso as en};
-        let fabric = nagare::Fabric::new(nagare::PipelineConfig::default());
+        // With the RTL, both co-simulated parts: the NIC's queue engine and the switch's
+        // match-action pipeline.
+        let rtl_headers =
+            (o.model == run::EngineModel::Rtl).then(|| Arc::new(std::sync::atomic::AtomicU64::new(0)));
+        let fabric = match &rtl_headers {
+            Some(h) => nagare::Fabric::with_model(
+                nagare::PipelineConfig::default(),
+                rtl_cosim::nagare_pipeline(Some(h.clone())).map_err(anyhow::Error::msg)?,
+            ),
+            None => nagare::Fabric::new(nagare::PipelineConfig::default()),
+        };
         let (nic_port, nic_pcie) = {
             let n = nic.lock().unwrap_or_else(|e| e.into_inner());
             let credits = n.credit_port();
@@ -390,7 +402,20 @@ impl ChainRig {
             sockets.push(dir.join("ml.sock"));
             servers.push(("ml".into(), serve(m, &sockets[3], Some((&fabric, port)))?));
         }
-        Ok(ChainRig { fabric, switch, nic, rtl_cycles, crypto, ml, trace, servers, sockets, src, key })
+        Ok(ChainRig {
+            fabric,
+            switch,
+            nic,
+            rtl_cycles,
+            rtl_headers,
+            crypto,
+            ml,
+            trace,
+            servers,
+            sockets,
+            src,
+            key,
+        })
     }
 
     /// The sockets of the devices a guest needs for `mode`, in PCI slot order.
@@ -716,6 +741,14 @@ pub fn run(env: Option<&Env>, opts: &RunOptions, o: &ChainOptions) -> Result<Run
                 &format!("{}:rtl_clocked", mode.name()),
                 n > 0,
                 format!("the NIC's RTL queue engine ran {n} clock cycles"),
+            );
+        }
+        if let Some(h) = &rig.rtl_headers {
+            let n = h.load(std::sync::atomic::Ordering::Relaxed);
+            report.check(
+                &format!("{}:rtl_pipeline", mode.name()),
+                n > 0,
+                format!("the switch's RTL pipeline ruled on {n} TLP headers"),
             );
         }
         devices.insert(mode.name().into(), Value::Object(rig.device_counters()));

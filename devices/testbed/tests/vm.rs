@@ -229,7 +229,13 @@ fn echo_on_the_rtl_queue_engine_matches_every_packet() {
 #[test]
 fn chain_on_the_rtl_queue_engine_in_a_guest() {
     let v = run(&["run", "chain", "--mode", "both", "--model", "rtl", "--items", "20", "--json"]);
-    for name in ["cpu:all_matched", "cpu:rtl_clocked", "nagare:all_matched", "nagare:rtl_clocked"] {
+    for name in [
+        "cpu:all_matched",
+        "cpu:rtl_clocked",
+        "nagare:all_matched",
+        "nagare:rtl_clocked",
+        "nagare:rtl_pipeline",
+    ] {
         assert_eq!(assertion(&v, name)["pass"], true, "{name}");
     }
 }
