@@ -12,7 +12,6 @@
 //! Built when Verilator is installed (see build.rs); otherwise [`RtlEngine::factory`]
 //! says so.
 
-use enso_nic::engine::{EngineIo, NbSetup, PipeSetup, QueueEngine, RxOutcome};
 use enso_nic::{EngineFactory, EnsoConfig};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -25,6 +24,11 @@ pub const NB_PAIRS: u32 = 16;
 pub const PIPE_FLITS: u32 = 1 << 15;
 /// Notification ring entries.
 pub const NOTIF_ENTRIES: u32 = 1 << 14;
+
+/// What a build without the verilated models says when asked for one.
+#[cfg(not(verilated))]
+const NOT_BUILT: &str = "this build has no RTL co-simulation: Verilator was not installed when it was built, \
+                         or the `verilator` feature of rtl-cosim was off (apt-get install verilator, then rebuild)";
 
 /// Whether this build has the verilated model.
 pub fn available() -> bool {
@@ -80,9 +84,7 @@ pub fn nagare_pipeline(
     #[cfg(not(verilated))]
     {
         let _ = headers;
-        Err("this build has no RTL co-simulation: Verilator was not installed when it was built \
-             (apt-get install verilator, then rebuild)"
-            .into())
+        Err(NOT_BUILT.into())
     }
 }
 
@@ -94,9 +96,7 @@ pub struct RtlEngine;
 impl RtlEngine {
     /// Always an error here: this build has no verilated model.
     pub fn factory(_cfg: &EnsoConfig, _cycles: Option<Arc<AtomicU64>>) -> Result<EngineFactory, String> {
-        Err("this build has no RTL co-simulation: Verilator was not installed when it was built \
-             (apt-get install verilator, then rebuild)"
-            .into())
+        Err(NOT_BUILT.into())
     }
 }
 
@@ -275,7 +275,7 @@ mod pipeline {
 #[cfg(verilated)]
 mod sim {
     use super::*;
-    use enso_nic::engine::{Published, TxFramer};
+    use enso_nic::engine::{EngineIo, NbSetup, PipeSetup, Published, QueueEngine, RxOutcome, TxFramer};
     use pcie_model::DmaClass;
     use std::ffi::c_void;
     use testbed_regs::enso::NOTIFICATION_SIZE;

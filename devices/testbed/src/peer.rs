@@ -115,6 +115,26 @@ impl PeerWire {
         })
     }
 
+    /// Boots the NIC's guest (`nic`, given the NIC's socket here) and, once it is ready,
+    /// the peer; then stops the wire. Returns both guests' results, the tap's log, the NIC
+    /// guest's outcome and the consoles (peer, NIC).
+    fn run(
+        self,
+        env: &Env,
+        opts: &RunOptions,
+        report: &mut RunReport,
+        mut nic: VmSpec,
+        peer: VmSpec,
+    ) -> Result<(Value, Value, TapLog, VmOutcome, [PathBuf; 2])> {
+        nic.vfio_user = vec![self.enso_sock.clone()];
+        let who = self.who;
+        let [(nic_out, nc, nq), (peer_out, pc, pq)] = two_guests(env, opts, &nic, &peer)?;
+        let log = self.stop(report);
+        let nic_result = guest_checks(report, who, &nic_out, (&nc, &nq));
+        let peer_result = guest_checks(report, "peer", &peer_out, (&pc, &pq));
+        Ok((nic_result, peer_result, log, nic_out, [pc, nc]))
+    }
+
     /// Stops the backend and the tap; returns the tap's log and the backend's result.
     fn stop(self, report: &mut RunReport) -> TapLog {
         self.net_stop.store(true, Ordering::Relaxed);
@@ -220,6 +240,23 @@ fn spec(env: &Env, dir: &Path, name: &str, scenario: &str, args: Vec<String>) ->
         net: vec![],
         files: vec![],
     }
+}
+
+/// The peer guest running `scenario` of images/peer, its NIC on the wire's backend.
+fn peer_spec(env: &Env, dir: &Path, w: &PeerWire, scenario: &str, p: &PeerOptions) -> VmSpec {
+    let mut args = vec![format!("ip={}", ip_text(PEER_IP)), format!("target={}", ip_text(ENSO_IP))];
+    if scenario == "peer-traffic" {
+        // Nobody answers ARP there: a static neighbour entry lets ping and nc send.
+        args.push(format!("target_mac={}", mac_text(ENSO_MAC)));
+    }
+    args.extend([
+        format!("arps={}", p.arps),
+        format!("pings={}", p.pings),
+        format!("datagrams={}", p.datagrams),
+    ]);
+    let mut peer = spec(env, dir, "peer", scenario, args);
+    peer.net = vec![VhostNet { socket: w.net_sock.clone(), mac: PEER_MAC }];
+    peer
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -353,7 +390,7 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
     let mut report = RunReport::new("peer-echo", env, &dir);
     let w = PeerWire::new(&dir, p.nic)?;
     let who = w.who;
-    let mut enso = spec(
+    let enso = spec(
         env,
         &dir,
         who,
@@ -365,25 +402,8 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
             "limit_ms=60000".into(),
         ],
     );
-    enso.vfio_user = vec![w.enso_sock.clone()];
-    let mut peer = spec(
-        env,
-        &dir,
-        "peer",
-        "peer-echo",
-        vec![
-            format!("ip={}", ip_text(PEER_IP)),
-            format!("target={}", ip_text(ENSO_IP)),
-            format!("arps={}", p.arps),
-            format!("pings={}", p.pings),
-            format!("datagrams={}", p.datagrams),
-        ],
-    );
-    peer.net = vec![VhostNet { socket: w.net_sock.clone(), mac: PEER_MAC }];
-    let [(enso_out, ec, eq), (peer_out, pc, pq)] = two_guests(env, opts, &enso, &peer)?;
-    let log = w.stop(&mut report);
-    let responder = guest_checks(&mut report, who, &enso_out, (&ec, &eq));
-    let peer_result = guest_checks(&mut report, "peer", &peer_out, (&pc, &pq));
+    let peer = peer_spec(env, &dir, &w, "peer-echo", &p);
+    let (responder, peer_result, log, _, [pc, ec]) = w.run(env, opts, &mut report, enso, peer)?;
     let _ = log.write_pcap(&dir.join("wire.pcap"));
 
     let x = check_exchanges(&log);
@@ -493,7 +513,7 @@ pub fn peer_capture(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunR
         bail!("peer-capture runs the Ensō capture app: use it with --nic enso");
     }
     let w = PeerWire::new(&dir, NicKind::Enso)?;
-    let mut enso = spec(
+    let enso = spec(
         env,
         &dir,
         "enso",
@@ -507,26 +527,8 @@ pub fn peer_capture(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunR
             "timeout_ms=600000".into(),
         ],
     );
-    enso.vfio_user = vec![w.enso_sock.clone()];
-    let mut peer = spec(
-        env,
-        &dir,
-        "peer",
-        "peer-traffic",
-        vec![
-            format!("ip={}", ip_text(PEER_IP)),
-            format!("target={}", ip_text(ENSO_IP)),
-            format!("target_mac={}", mac_text(ENSO_MAC)),
-            format!("arps={}", p.arps),
-            format!("pings={}", p.pings),
-            format!("datagrams={}", p.datagrams),
-        ],
-    );
-    peer.net = vec![VhostNet { socket: w.net_sock.clone(), mac: PEER_MAC }];
-    let [(enso_out, ec, eq), (peer_out, pc, pq)] = two_guests(env, opts, &enso, &peer)?;
-    let log = w.stop(&mut report);
-    let capture = guest_checks(&mut report, "enso", &enso_out, (&ec, &eq));
-    let peer_result = guest_checks(&mut report, "peer", &peer_out, (&pc, &pq));
+    let peer = peer_spec(env, &dir, &w, "peer-traffic", &p);
+    let (capture, peer_result, log, enso_out, _) = w.run(env, opts, &mut report, enso, peer)?;
     let _ = log.write_pcap(&dir.join("wire.pcap"));
 
     let sent: Vec<&[u8]> = log.dir(Dir::AtoB).map(|s| s.frame.as_slice()).collect();
