@@ -593,8 +593,8 @@ fn echo_args() -> EchoArgs {
 }
 
 /// The demo: the smoke device (every testbed path), the Ensō NIC echoing traffic from the
-/// host generator through the guest's driver, the packetized baseline, and the
-/// accelerator chain.
+/// host generator through the guest's driver, the packetized baseline, the accelerator
+/// chain, a stock Linux peer on the wire, and the RTL queue engine in the loop.
 fn demo(vm: &VmArgs) -> i32 {
     let env = match run::Env::provision(vm.accel) {
         Ok(env) => env,
@@ -604,25 +604,49 @@ fn demo(vm: &VmArgs) -> i32 {
         }
     };
     eprintln!(
-        "[testbed] demo 1/4: the smoke device, served over vfio-user to a QEMU guest running our driver"
+        "[testbed] demo 1/6: the smoke device, served over vfio-user to a QEMU guest running our driver"
     );
     let smoke = finish(run::smoke(&env, &vm.options(), false), false, "smoke");
     println!();
-    eprintln!("[testbed] demo 2/4: the Ensō NIC; the guest's echo app answers 20000 packets from the host generator");
+    eprintln!("[testbed] demo 2/6: the Ensō NIC; the guest's echo app answers 20000 packets from the host generator");
     let echo = echo_args();
     let echo = finish(run::echo(&env, &vm.options(), echo.options()), false, "echo");
     println!();
-    eprintln!("[testbed] demo 3/4: the same echo on the packetized baseline NIC (per-packet descriptors and buffers)");
+    eprintln!("[testbed] demo 3/6: the same echo on the packetized baseline NIC (per-packet descriptors and buffers)");
     let packetized = EchoArgs { nic: run::NicKind::Packetized, ..echo_args() };
     let packetized = finish(run::echo(&env, &vm.options(), packetized.options()), false, "echo");
     println!();
     eprintln!(
-        "[testbed] demo 4/4: the accelerator chain NIC → crypto → ML → NIC, with the CPU in the middle (seed Table 2), then through the Nagare switch (Table 3)"
+        "[testbed] demo 4/6: the accelerator chain NIC → crypto → ML → NIC, with the CPU in the middle (seed Table 2), then through the Nagare switch (Table 3)"
     );
     let o =
         testbed::chain::ChainOptions { items: 100, mode: testbed::chain::Mode::Both, ..Default::default() };
     let chain = finish(testbed::chain::run(Some(&env), &vm.options(), &o), false, "chain");
-    smoke.max(echo).max(packetized).max(chain)
+    println!();
+    eprintln!(
+        "[testbed] demo 5/6: a second guest with a stock Linux stack on virtio-net (our vhost-user backend), \
+         cabled to the Ensō NIC: its ping, arping and nc are answered by the Rust responder"
+    );
+    let peer = finish(
+        testbed::peer::peer_echo(&env, &vm.options(), testbed::peer::PeerOptions::default()),
+        false,
+        "peer-echo",
+    );
+    println!();
+    let rtl = if rtl_cosim::available() {
+        eprintln!(
+            "[testbed] demo 6/6: the echo again, the Ensō NIC's queue engine being the RTL under Verilator"
+        );
+        let o = EchoArgs { packets: 2000, model: run::EngineModel::Rtl, ..echo_args() };
+        finish(run::echo(&env, &vm.options(), o.options()), false, "echo")
+    } else {
+        eprintln!(
+            "[testbed] demo 6/6: not run: this testbed was built without Verilator, so the RTL \
+             co-simulation is absent (apt-get install verilator, rebuild, run the demo again)"
+        );
+        0
+    };
+    smoke.max(echo).max(packetized).max(chain).max(peer).max(rtl)
 }
 
 fn serve(device: &str, socket: &std::path::Path) -> i32 {
