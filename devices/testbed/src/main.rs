@@ -338,6 +338,10 @@ struct PeerArgs {
     /// UDP datagrams the peer's nc sends.
     #[arg(long, default_value_t = 40)]
     datagrams: u32,
+    /// peer-echo: first boot a peer and kill it in the middle of its traffic; the next peer
+    /// must be served as if nothing happened.
+    #[arg(long)]
+    kill_first_peer: bool,
 }
 
 impl PeerArgs {
@@ -347,6 +351,7 @@ impl PeerArgs {
             arps: self.arps,
             pings: self.pings,
             datagrams: self.datagrams,
+            kill_first_peer: self.kill_first_peer,
         }
     }
 }

@@ -51,11 +51,14 @@ pub struct PeerOptions {
     pub pings: u32,
     /// UDP datagrams to the echo port.
     pub datagrams: u32,
+    /// peer-echo: first boot a peer and kill it (QEMU gone, the vhost-user connection cut)
+    /// in the middle of its traffic; the next peer must be served as if nothing happened.
+    pub kill_first_peer: bool,
 }
 
 impl Default for PeerOptions {
     fn default() -> Self {
-        PeerOptions { nic: NicKind::Enso, arps: 3, pings: 10, datagrams: 40 }
+        PeerOptions { nic: NicKind::Enso, arps: 3, pings: 10, datagrams: 40, kill_first_peer: false }
     }
 }
 
@@ -116,8 +119,9 @@ impl PeerWire {
     }
 
     /// Boots the NIC's guest (`nic`, given the NIC's socket here) and, once it is ready,
-    /// the peer; then stops the wire. Returns both guests' results, the tap's log, the NIC
-    /// guest's outcome and the consoles (peer, NIC).
+    /// the peer (with `kill_first`, a peer killed mid-run before it); then stops the wire.
+    /// Returns both guests' results, the tap's log, the NIC guest's outcome and the
+    /// consoles (peer, NIC).
     fn run(
         self,
         env: &Env,
@@ -125,10 +129,34 @@ impl PeerWire {
         report: &mut RunReport,
         mut nic: VmSpec,
         peer: VmSpec,
+        kill_first: bool,
     ) -> Result<(Value, Value, TapLog, VmOutcome, [PathBuf; 2])> {
         nic.vfio_user = vec![self.enso_sock.clone()];
         let who = self.who;
-        let [(nic_out, nc, nq), (peer_out, pc, pq)] = two_guests(env, opts, &nic, &peer)?;
+        let backend = self.backend.clone();
+        let mut killed = None;
+        let mut interlude = || -> Result<()> {
+            if !kill_first {
+                return Ok(());
+            }
+            let victim = VmSpec { name: "peer-killed".into(), ..peer.clone() };
+            let mut vm = Vm::start(&victim, &env.qemu, &env.image)?;
+            // Mid-run: the peer's stack has put frames on the wire through the backend.
+            let reached = vm.wait_for(opts.timeout, |_| backend.stats().tx_frames >= 8);
+            let frames = backend.stats().tx_frames;
+            vm.kill();
+            killed = Some((reached, frames));
+            Ok(())
+        };
+        let [(nic_out, nc, nq), (peer_out, pc, pq)] = two_guests(env, opts, &nic, &peer, &mut interlude)?;
+        if let Some((reached, frames)) = killed {
+            report.check(
+                "backend:peer_killed_mid_run",
+                reached,
+                format!("the first peer's QEMU was killed after {frames} frames; the next peer was served"),
+            );
+            report.restarts = 1;
+        }
         let log = self.stop(report);
         let nic_result = guest_checks(report, who, &nic_out, (&nc, &nq));
         let peer_result = guest_checks(report, "peer", &peer_out, (&pc, &pq));
@@ -194,18 +222,21 @@ fn guest_checks(report: &mut RunReport, who: &str, out: &VmOutcome, vm_logs: (&P
 /// How long the first guest may take to finish after the second powered off.
 const FIRST_GUEST_GRACE: Duration = Duration::from_secs(90);
 
-/// Boots `first` and waits for its `ready` event, then boots `second`; waits for both to
-/// power off (the second first). Returns both outcomes with their log paths.
+/// Boots `first` and waits for its `ready` event, runs `interlude`, then boots `second`;
+/// waits for both to power off (the second first). Returns both outcomes with their log
+/// paths.
 fn two_guests(
     env: &Env,
     opts: &RunOptions,
     first: &VmSpec,
     second: &VmSpec,
+    interlude: &mut dyn FnMut() -> Result<()>,
 ) -> Result<[(VmOutcome, PathBuf, PathBuf); 2]> {
     let mut a = Vm::start(first, &env.qemu, &env.image)?;
     let ready =
         a.wait_for(opts.timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
     let b = if ready && a.events().0.iter().any(|e| e["event"] == "ready") {
+        interlude()?;
         Some(Vm::start(second, &env.qemu, &env.image)?)
     } else {
         None
@@ -403,7 +434,8 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
         ],
     );
     let peer = peer_spec(env, &dir, &w, "peer-echo", &p);
-    let (responder, peer_result, log, _, [pc, ec]) = w.run(env, opts, &mut report, enso, peer)?;
+    let (responder, peer_result, log, _, [pc, ec]) =
+        w.run(env, opts, &mut report, enso, peer, p.kill_first_peer)?;
     let _ = log.write_pcap(&dir.join("wire.pcap"));
 
     let x = check_exchanges(&log);
@@ -420,7 +452,9 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
     );
     report.check(
         "wire:icmp",
-        x.icmp_requests == 2 * want(p.pings) && x.icmp_replies_ok == x.icmp_requests,
+        // A killed first peer adds its own requests (all answered too).
+        (x.icmp_requests == 2 * want(p.pings) || p.kill_first_peer && x.icmp_requests >= 2 * want(p.pings))
+            && x.icmp_replies_ok == x.icmp_requests,
         format!("{} echo requests, {} correct replies", x.icmp_requests, x.icmp_replies_ok),
     );
     report.check(
@@ -512,6 +546,9 @@ pub fn peer_capture(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunR
     if p.nic != NicKind::Enso {
         bail!("peer-capture runs the Ensō capture app: use it with --nic enso");
     }
+    if p.kill_first_peer {
+        bail!("--kill-first-peer is a peer-echo option");
+    }
     let w = PeerWire::new(&dir, NicKind::Enso)?;
     let enso = spec(
         env,
@@ -528,7 +565,7 @@ pub fn peer_capture(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunR
         ],
     );
     let peer = peer_spec(env, &dir, &w, "peer-traffic", &p);
-    let (capture, peer_result, log, enso_out, _) = w.run(env, opts, &mut report, enso, peer)?;
+    let (capture, peer_result, log, enso_out, _) = w.run(env, opts, &mut report, enso, peer, false)?;
     let _ = log.write_pcap(&dir.join("wire.pcap"));
 
     let sent: Vec<&[u8]> = log.dir(Dir::AtoB).map(|s| s.frame.as_slice()).collect();
@@ -649,7 +686,7 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
             if let Some(b) = &pcap_bytes {
                 gen.files = vec![("data/replay.pcap".into(), b.clone())];
             }
-            let [(echo_out, ec, eq), (gen_out, gc, gq)] = two_guests(env, opts, &echo, &gen)?;
+            let [(echo_out, ec, eq), (gen_out, gc, gq)] = two_guests(env, opts, &echo, &gen, &mut || Ok(()))?;
             let _ = guest_checks(&mut report, "echo", &echo_out, (&ec, &eq));
             guest_checks(&mut report, "ensogen", &gen_out, (&gc, &gq))
         }

@@ -239,3 +239,18 @@ fn chain_on_the_rtl_queue_engine_in_a_guest() {
         assert_eq!(assertion(&v, name)["pass"], true, "{name}");
     }
 }
+
+#[test]
+fn a_peer_killed_mid_run_does_not_take_the_wire_down() {
+    let v = run(&["run", "peer-echo", "--kill-first-peer", "--json"]);
+    assert_eq!(v["restarts"], 1);
+    for name in [
+        "backend:peer_killed_mid_run",
+        "backend:served",
+        "peer:guest:ping_56",
+        "peer:guest:udp_echo",
+        "wire:icmp",
+    ] {
+        assert_eq!(assertion(&v, name)["pass"], true, "{name}");
+    }
+}
