@@ -6,7 +6,7 @@
 //! Usage: `cargo run -p nagare --example vectors -- OUT [COUNT] [SEED]`.
 
 use nagare::fabric::{Ingress, Port};
-use nagare::pipeline::{Phv, Pipeline, PipelineConfig, Verdict};
+use nagare::pipeline::{rtl_registers, Phv, Pipeline, PipelineConfig, Verdict};
 use nagare::{Fabric, Hop};
 use std::io::Write;
 use std::sync::Arc;
@@ -43,12 +43,6 @@ fn main() -> std::io::Result<()> {
     {
         fabric.attach(port(name, win));
     }
-    // The same tables as register writes for the RTL (its flattened layout).
-    writeln!(f, "C 000 {:08x}", BASE as u32)?;
-    writeln!(f, "C 004 {:08x}", (BASE >> 32) as u32)?;
-    for (p, log2) in [(1u32, 15u32), (2, 16), (3, 16)] {
-        writeln!(f, "C {:03x} {:08x}", 0x40 + 4 * p, log2)?;
-    }
     let h = |port, kind, pipe| Hop { port, kind, pipe, ..Hop::default() };
     let (i, s, e, g) = (reg::HOP_INGRESS, reg::HOP_STREAM, reg::HOP_EGRESS, reg::HOP_GLUE);
     let streams: [(usize, Vec<Hop>, u32, bool); 4] = [
@@ -67,14 +61,9 @@ fn main() -> std::io::Result<()> {
             st.open = *open;
         }
     }
-    for (sn, hops, acl, open) in &streams {
-        let b = 0x100 + 0x40 * sn;
-        for (k, hop) in hops.iter().enumerate() {
-            writeln!(f, "C {:03x} {:08x}", b + 0x10 + 4 * k, hop.port | hop.kind << 4 | hop.pipe << 16)?;
-        }
-        writeln!(f, "C {:03x} {:08x}", b + 8, hops.len())?;
-        writeln!(f, "C {:03x} {:08x}", b + 4, acl)?;
-        writeln!(f, "C {:03x} {:08x}", b, *open as u32)?;
+    // The same tables as register writes for the RTL (its flattened layout).
+    for (addr, value) in rtl_registers(&fabric.tables()) {
+        writeln!(f, "C {addr:03x} {value:08x}")?;
     }
 
     let t = fabric.tables().clone();

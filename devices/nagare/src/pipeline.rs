@@ -257,6 +257,31 @@ impl Stage for Empty {
     fn apply(&self, _t: &Tables, _phv: &mut Phv) {}
 }
 
+/// The tables as register writes into the RTL pipeline (rtl/nagare/nagare_pipeline.sv), in
+/// its flattened layout: window base, each port's input window (log2), each stream's nodes,
+/// node count, allow list and open bit (written last). Every register is listed, so the
+/// writes set the whole configuration.
+pub fn rtl_registers(t: &Tables) -> Vec<(u16, u32)> {
+    let mut r = vec![(0x000, t.base as u32), (0x004, (t.base >> 32) as u32)];
+    for p in 0..8u16 {
+        let win =
+            t.ports.get(p as usize).and_then(|p| p.input.as_ref()).map_or(0, |i| i.window().trailing_zeros());
+        r.push((0x40 + 4 * p, win));
+    }
+    for s in 0..regs::STREAMS as u16 {
+        let e = t.streams.get(s as usize).cloned().unwrap_or_default();
+        let b = 0x100 + 0x40 * s;
+        for h in 0..regs::MAX_HOPS as u16 {
+            let v = e.hops.get(h as usize).map_or(0, |h| h.port | h.kind << 4 | h.pipe << 16);
+            r.push((b + 0x10 + 4 * h, v));
+        }
+        r.push((b + 8, e.hops.len() as u32));
+        r.push((b + 4, e.acl));
+        r.push((b, e.open as u32));
+    }
+    r
+}
+
 /// What rules on a TLP header: the Rust pipeline, or another behind the same seam (the
 /// RTL's, co-simulated). The fabric uses `stream`, `dest`, `egress`, `glue`, `credit` and
 /// `verdict` of the vector.

@@ -189,35 +189,10 @@ mod pipeline {
         }
     }
 
-    /// The tables as the RTL's register writes (its flattened layout).
-    fn registers(t: &Tables) -> Vec<(u16, u32)> {
-        let mut r = vec![(0x000, t.base as u32), (0x004, (t.base >> 32) as u32)];
-        for p in 0..8u16 {
-            let win = t
-                .ports
-                .get(p as usize)
-                .and_then(|p| p.input.as_ref())
-                .map_or(0, |i| i.window().trailing_zeros());
-            r.push((0x40 + 4 * p, win));
-        }
-        for s in 0..regs::STREAMS as u16 {
-            let e = t.streams.get(s as usize).cloned().unwrap_or_default();
-            let b = 0x100 + 0x40 * s;
-            for h in 0..regs::MAX_HOPS as u16 {
-                let v = e.hops.get(h as usize).map_or(0, |h| h.port | h.kind << 4 | h.pipe << 16);
-                r.push((b + 0x10 + 4 * h, v));
-            }
-            r.push((b + 8, e.hops.len() as u32));
-            r.push((b + 4, e.acl));
-            r.push((b, e.open as u32));
-        }
-        r
-    }
-
     impl PipelineModel for RtlPipeline {
         fn run(&self, t: &Tables, phv: &mut Phv) {
             let mut sim = self.sim.lock().unwrap_or_else(|e| e.into_inner());
-            for (addr, value) in registers(t) {
+            for (addr, value) in nagare::pipeline::rtl_registers(t) {
                 if sim.regs.get(&addr) != Some(&value) {
                     (sim.pins.cfg_we, sim.pins.cfg_addr, sim.pins.cfg_wdata) = (1, addr, value);
                     sim.cycle();
