@@ -70,8 +70,6 @@ pub fn run_for(
     let mut last = start;
     let mut empty = 0u32;
     let limit = params.packets.unwrap_or(u64::MAX);
-    let mut scratch = vec![0u8; 2048];
-    let me = crate::responder::Identity { mac: [0; 6], ip: [0; 4] };
     while s.packets < limit && !s.done {
         let Some(id) = dev.next_rx_pipe_to_recv() else {
             empty = empty.wrapping_add(1);
@@ -107,7 +105,7 @@ pub fn run_for(
                 .map_err(|e| format!("pcap write: {e}"))?;
             s.packets += 1;
             s.bytes += pkt.len() as u64;
-            if params.until_done && is_done_datagram(pkt, &me, &mut scratch) {
+            if params.until_done && crate::responder::is_done_datagram(pkt) {
                 s.done = true;
             }
         }
@@ -119,14 +117,6 @@ pub fn run_for(
     s.elapsed = start.elapsed();
     w.into_writer().flush().map_err(|e| format!("flush {}: {e}", params.path.display()))?;
     Ok(s)
-}
-
-/// Whether `frame` is the peer's "done" datagram (to any address).
-fn is_done_datagram(frame: &[u8], me: &crate::responder::Identity, scratch: &mut [u8]) -> bool {
-    // The responder answers only frames for its address: pose as the destination.
-    let Some(dst) = frame.get(30..34) else { return false };
-    let me = crate::responder::Identity { ip: dst.try_into().unwrap_or(me.ip), ..*me };
-    crate::responder::respond(frame, &me, scratch) == crate::responder::Answer::Done
 }
 
 /// Writes `bytes` to stdout as base64 `pcap` events of at most `chunk` input bytes.

@@ -340,6 +340,23 @@ pub fn serve_packetized(
     Ok(s)
 }
 
+/// Runs `app` with one queue on NIC `nic` ("packetized", or the Ensō NIC otherwise).
+pub fn serve_on(
+    nic: &str,
+    access: Box<dyn DeviceAccess>,
+    app: &mut dyn PacketApp,
+    limits: IoLimits,
+    stop: &AtomicBool,
+    ready: impl FnOnce(),
+) -> Result<IoStats, String> {
+    match nic {
+        "packetized" => {
+            serve_packetized(access, 1, app, limits, stop, None, ready).map_err(|e| e.to_string())
+        }
+        _ => serve_enso(access, 1, app, limits, stop, None, ready).map_err(|e| e.to_string()),
+    }
+}
+
 /// The `app` scenario: runs app `name` on NIC `nic` ("enso" or "packetized").
 pub fn run(access: Box<dyn DeviceAccess>, name: &str, nic: &str, limits: IoLimits) -> Report {
     let mut r = Report::new("app", access.transport());
@@ -358,12 +375,7 @@ pub fn run(access: Box<dyn DeviceAccess>, name: &str, nic: &str, limits: IoLimit
         use std::io::Write;
         let _ = std::io::stdout().flush();
     };
-    let res = match nic {
-        "packetized" => {
-            serve_packetized(access, 1, &mut app, limits, &stop, None, ready).map_err(|e| e.to_string())
-        }
-        _ => serve_enso(access, 1, &mut app, limits, &stop, None, ready).map_err(|e| e.to_string()),
-    };
+    let res = serve_on(nic, access, &mut app, limits, &stop, ready);
     match res {
         Ok(s) => {
             let ok = limits.frames.map_or(s.frames > 0, |n| s.frames >= n);

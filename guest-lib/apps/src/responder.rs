@@ -7,7 +7,7 @@
 //! [`PacketApp`], which [`run`] serves on the Ensō NIC (the peer scenarios) or the
 //! packetized one.
 
-use crate::netapp::{serve_enso, serve_packetized, IoLimits};
+use crate::netapp::{serve_on, IoLimits};
 use crate::report::Report;
 use device_access::DeviceAccess;
 use netapps::{Action, PacketApp};
@@ -114,23 +114,49 @@ fn arp(frame: &[u8], me: &Identity, out: &mut [u8]) -> Answer {
     Answer::Arp(pad(out, ETH_HDR + 28))
 }
 
-fn ipv4(frame: &[u8], me: &Identity, out: &mut [u8]) -> Answer {
-    let ip = &frame[ETH_HDR..];
+/// The header and total lengths of the IPv4 packet in `frame` (after the Ethernet header),
+/// when it is whole, addressed to `to` (any address when None), its header checksum right
+/// and not a fragment; otherwise what to make of it.
+fn ipv4_packet(frame: &[u8], to: Option<[u8; 4]>) -> Result<(usize, usize), Answer> {
+    let ip = frame.get(ETH_HDR..).unwrap_or_default();
     if ip.len() < 20 || ip[0] >> 4 != 4 {
-        return Answer::Ignored;
+        return Err(Answer::Ignored);
     }
     let ihl = usize::from(ip[0] & 0xf) * 4;
     let total = usize::from(be16(ip, 2));
-    if ihl < 20 || total < ihl || total > ip.len() || ip[16..20] != me.ip {
-        return Answer::Ignored;
+    if ihl < 20 || total < ihl || total > ip.len() || to.is_some_and(|to| ip[16..20] != to) {
+        return Err(Answer::Ignored);
     }
     if checksum(&ip[..ihl]) != 0 {
-        return Answer::BadChecksum;
+        return Err(Answer::BadChecksum);
     }
     // Fragments are not reassembled here.
     if be16(ip, 6) & 0x3fff != 0 {
-        return Answer::Ignored;
+        return Err(Answer::Ignored);
     }
+    Ok((ihl, total))
+}
+
+/// Whether a UDP datagram (header and payload) is the peer's "done".
+fn is_done(udp: &[u8]) -> bool {
+    udp.len() >= 8 && be16(udp, 2) == DONE_PORT && udp[8..].starts_with(DONE_MARK)
+}
+
+/// Whether `frame` is a peer's "done" datagram, to any address (what a capture stops on).
+pub fn is_done_datagram(frame: &[u8]) -> bool {
+    frame.len() >= ETH_HDR
+        && be16(frame, 12) == ETHERTYPE_IPV4
+        && ipv4_packet(frame, None).is_ok_and(|(ihl, total)| {
+            frame[ETH_HDR + 9] == PROTO_UDP && is_done(&frame[ETH_HDR + ihl..ETH_HDR + total])
+        })
+}
+
+fn ipv4(frame: &[u8], me: &Identity, out: &mut [u8]) -> Answer {
+    let (ihl, total) = match ipv4_packet(frame, Some(me.ip)) {
+        Ok(lengths) => lengths,
+        Err(a) => return a,
+    };
+    let ip = &frame[ETH_HDR..];
     let len = ETH_HDR + total;
     let body = ihl..total;
     match ip[9] {
@@ -157,11 +183,10 @@ fn ipv4(frame: &[u8], me: &Identity, out: &mut [u8]) -> Answer {
             if udp.len() < 8 {
                 return Answer::Ignored;
             }
-            let dport = be16(udp, 2);
-            if dport == DONE_PORT && udp[8..].starts_with(DONE_MARK) {
+            if is_done(udp) {
                 return Answer::Done;
             }
-            if dport != ECHO_PORT {
+            if be16(udp, 2) != ECHO_PORT {
                 return Answer::Ignored;
             }
             reply_ip(frame, me, out, len, ihl);
@@ -274,13 +299,7 @@ pub fn run(access: Box<dyn DeviceAccess>, params: ResponderParams, nic: &str) ->
     };
     // The app's own flag is the loop's stop flag: "done" ends the run once the NIC is idle.
     let stop = app.done.clone();
-    let stop = &*stop;
-    let res = match nic {
-        "packetized" => {
-            serve_packetized(access, 1, &mut app, limits, stop, None, ready).map_err(|e| e.to_string())
-        }
-        _ => serve_enso(access, 1, &mut app, limits, stop, None, ready).map_err(|e| e.to_string()),
-    };
+    let res = serve_on(nic, access, &mut app, limits, &stop, ready);
     let s = &app.stats;
     match res {
         Ok(_) => {
@@ -437,6 +456,18 @@ mod tests {
     fn done_other_ports_bad_checksums_and_fragments() {
         let mut out = vec![0u8; 2048];
         assert_eq!(respond(&udp(5555, DONE_PORT, b"testbed:done\n"), &ME, &mut out), Answer::Done);
+        // A capture stops on it whoever it is addressed to, but only on a valid one.
+        let mut elsewhere = udp(5555, DONE_PORT, b"testbed:done\n");
+        elsewhere[30..34].copy_from_slice(&[10, 0, 0, 9]);
+        elsewhere[24..26].fill(0);
+        let c = checksum(&elsewhere[14..34]);
+        elsewhere[24..26].copy_from_slice(&c.to_be_bytes());
+        assert!(is_done_datagram(&elsewhere));
+        assert_eq!(respond(&elsewhere, &ME, &mut out), Answer::Ignored);
+        elsewhere[25] ^= 1;
+        assert!(!is_done_datagram(&elsewhere), "bad checksum");
+        assert!(!is_done_datagram(&udp(5555, DONE_PORT, b"other")));
+        assert!(!is_done_datagram(&[0u8; 10]));
         assert_eq!(respond(&udp(5555, DONE_PORT, b"other"), &ME, &mut out), Answer::Ignored);
         assert_eq!(respond(&udp(5555, 53, b"dns?"), &ME, &mut out), Answer::Ignored);
         let mut bad = ping(b"x");
