@@ -679,14 +679,12 @@ fn run_vm_mode(
     let (ready, console) =
         run::drive_guest(env, &spec, opts.timeout, &mut sub, || rig.start(), || rig.done())?;
     sub.check("guest_ready", ready, "the guest's chain set up its devices");
-    for a in sub.assertions {
-        report.check(&format!("{}:{}", mode.name(), a.name), a.pass, a.detail);
-    }
     report.boot_s = sub.boot_s;
+    let sub_guest = report.absorb(mode.name(), sub);
+    let cpu = sub_guest["values"]["cpu_ns_per_item"].as_f64().unwrap_or(0.0);
     let mut guest = report.guest.as_object().cloned().unwrap_or_default();
-    guest.insert(mode.name().into(), sub.guest.clone());
+    guest.insert(mode.name().into(), sub_guest);
     report.guest = Value::Object(guest);
-    let cpu = sub.guest["values"]["cpu_ns_per_item"].as_f64().unwrap_or(0.0);
     let src = rig.source();
     let m = mode_report(&rig.trace, &src, cpu);
     if opts.console {

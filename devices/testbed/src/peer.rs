@@ -11,10 +11,12 @@
 //! The tap keeps a copy of every frame, so the host checks each exchange from outside both
 //! machines (and writes it as `wire.pcap` next to the logs).
 
+use crate::chain::connect;
 use crate::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
 use crate::vm::{VhostNet, Vm, VmOutcome, VmSpec};
 use anyhow::{bail, Context, Result};
 use guest_apps::ensogen;
+use guest_apps::responder::checksum;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -179,11 +181,7 @@ impl PeerWire {
         self.tap_stop.store(true, Ordering::Relaxed);
         let log = self.tap.join().unwrap_or_default();
         let counters = self.nic.counters();
-        let drops: Vec<String> = counters
-            .iter()
-            .filter(|(n, v)| n.contains("drop") && *v > 0)
-            .map(|(n, v)| format!("{n} {v}"))
-            .collect();
+        let drops = run::nonzero_drops(&counters);
         report.check(
             &format!("{}:no_drops", self.who),
             drops.is_empty() && log.dropped_a_to_b == 0 && log.dropped_b_to_a == 0,
@@ -193,10 +191,7 @@ impl PeerWire {
                 drops.join(", ")
             },
         );
-        report.devices.insert(
-            self.who.into(),
-            Value::Object(counters.iter().map(|(n, v)| ((*n).to_string(), json!(v))).collect()),
-        );
+        report.devices.insert(self.who.into(), Value::Object(run::counters_json(&counters)));
         report.servers.insert(self.who.into(), serde_json::to_value(self.server.stats()).unwrap_or_default());
         self.server.stop();
         log
@@ -206,17 +201,12 @@ impl PeerWire {
 /// Adds one guest's checks to `report` with a prefix ("enso", "peer", ...); returns its
 /// result.
 fn guest_checks(report: &mut RunReport, who: &str, out: &VmOutcome, vm_logs: (&Path, &Path)) -> Value {
-    let mut r = report.clone();
-    r.assertions.clear();
-    r.pass = true;
+    let mut r = RunReport::native(who, vm_logs.0);
     run::finish_guest_checks(&mut r, out, vm_logs.0, vm_logs.1);
-    for a in r.assertions {
-        report.check(&format!("{who}:{}", a.name), a.pass, a.detail);
-    }
     if report.boot_s.is_none() {
         report.boot_s = r.boot_s;
     }
-    r.guest
+    report.absorb(who, r)
 }
 
 /// How long the first guest may take to finish after the second powered off.
@@ -294,11 +284,6 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-/// The Internet checksum of `data` (0 when `data` includes a correct checksum).
-fn inet_checksum(data: &[u8]) -> u16 {
-    guest_apps::responder::checksum(data)
-}
-
 /// An IPv4 frame's parts: (header, protocol, src, dst, L4 bytes), trimmed to its length.
 type Ipv4Parts<'a> = (&'a [u8], u8, [u8; 4], [u8; 4], &'a [u8]);
 
@@ -365,21 +350,25 @@ pub fn check_exchanges(log: &TapLog) -> Exchanges {
         if dst != ENSO_IP {
             continue;
         }
-        fn reply_ip<'r>(r: &'r [u8], f: &[u8], proto: u8, src: [u8; 4], dst: [u8; 4]) -> Option<&'r [u8]> {
-            let (hdr, p, rs, rd, rl4) = ipv4(r)?;
-            (p == proto && rs == dst && rd == src && inet_checksum(hdr) == 0 && r[0..6] == f[6..12])
-                .then_some(rl4)
-        }
-        let reply_ip_ok = |r: &[u8]| reply_ip(r, f, proto, src, dst).map(<[u8]>::to_vec);
+        // Whether `r`'s Ethernet and IPv4 headers answer the request's and its L4 bytes
+        // pass `l4_ok`.
+        let answers = |r: &[u8], l4_ok: &dyn Fn(&[u8]) -> bool| match ipv4(r) {
+            Some((hdr, p, rs, rd, rl4)) => {
+                p == proto
+                    && rs == dst
+                    && rd == src
+                    && checksum(hdr) == 0
+                    && r[0..6] == f[6..12]
+                    && l4_ok(rl4)
+            }
+            None => false,
+        };
         match proto {
             1 if l4.first() == Some(&8) => {
                 x.icmp_requests += 1;
                 let ok = take(&|r: &[u8]| {
-                    reply_ip_ok(r).is_some_and(|rl4| {
-                        rl4.len() == l4.len()
-                            && rl4[0] == 0
-                            && rl4[4..] == l4[4..]
-                            && inet_checksum(&rl4) == 0
+                    answers(r, &|rl4| {
+                        rl4.len() == l4.len() && rl4[0] == 0 && rl4[4..] == l4[4..] && checksum(rl4) == 0
                     })
                 });
                 x.icmp_replies_ok += u64::from(ok);
@@ -390,7 +379,7 @@ pub fn check_exchanges(log: &TapLog) -> Exchanges {
             17 if be16(l4, 2) == Some(guest_apps::responder::ECHO_PORT) => {
                 x.udp_requests += 1;
                 let ok = take(&|r: &[u8]| {
-                    reply_ip_ok(r).is_some_and(|rl4| {
+                    answers(r, &|rl4| {
                         rl4.len() == l4.len()
                             && rl4[0..2] == l4[2..4]
                             && rl4[2..4] == l4[0..2]
@@ -692,11 +681,6 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
         }
         (run::Transport::Vm, None) => bail!("gen-echo --transport vm needs a provisioned environment"),
         (run::Transport::Native, _) => {
-            let connect = |s: &Path| -> Result<Box<dyn device_access::DeviceAccess>> {
-                Ok(Box::new(
-                    device_access::vfio_user::VfioUserDevice::connect(s).map_err(anyhow::Error::msg)?,
-                ))
-            };
             let params = guest_apps::echo::EchoParams {
                 pipes: 2,
                 packets: Some(o.packets),
@@ -765,15 +749,8 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
     let mut drops = vec![];
     for (name, nic) in [("gen_nic", &gen_nic), ("echo_nic", &echo_nic)] {
         let c = nic.counters();
-        for (n, val) in &c {
-            if n.contains("drop") && *val > 0 {
-                drops.push(format!("{name}.{n} {val}"));
-            }
-        }
-        report.devices.insert(
-            name.into(),
-            Value::Object(c.iter().map(|(n, v)| ((*n).to_string(), json!(v))).collect()),
-        );
+        drops.extend(run::nonzero_drops(&c).into_iter().map(|d| format!("{name}.{d}")));
+        report.devices.insert(name.into(), Value::Object(run::counters_json(&c)));
     }
     report.check(
         "nics:no_drops",

@@ -124,6 +124,15 @@ impl RunReport {
         self.pass &= pass;
         self.assertions.push(Assertion { name: name.into(), pass, detail: detail.into() });
     }
+
+    /// Adds the assertions of `sub` (one guest, or one mode, of this run) under
+    /// `prefix:`; returns what that guest reported.
+    pub(crate) fn absorb(&mut self, prefix: &str, sub: RunReport) -> Value {
+        for a in sub.assertions {
+            self.check(&format!("{prefix}:{}", a.name), a.pass, a.detail);
+        }
+        sub.guest
+    }
 }
 
 /// Everything a VM scenario needs, provisioned once.
@@ -489,6 +498,16 @@ impl NicUnderTest {
     }
 }
 
+/// Named counters as a JSON object.
+pub(crate) fn counters_json(c: &[(&'static str, u64)]) -> serde_json::Map<String, Value> {
+    c.iter().map(|(n, v)| ((*n).to_string(), json!(v))).collect()
+}
+
+/// The drop counters that are not zero, as "name value".
+pub(crate) fn nonzero_drops(c: &[(&'static str, u64)]) -> Vec<String> {
+    c.iter().filter(|(n, v)| n.contains("drop") && *v > 0).map(|(n, v)| format!("{n} {v}")).collect()
+}
+
 fn counter_of(c: &[(&'static str, u64)], name: &str) -> u64 {
     c.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
 }
@@ -691,8 +710,7 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
         }
         None => report.check("traffic:all_matched", false, "no traffic: the guest never became ready"),
     }
-    let nic_counters: serde_json::Map<String, Value> =
-        nic_after.iter().map(|(n, v)| ((*n).to_string(), json!(v))).collect();
+    let nic_counters = counters_json(&nic_after);
     let name = p.nic.name();
     report.devices.insert(name.into(), Value::Object(nic_counters));
     report.devices.insert(format!("{name}_pcie"), serde_json::to_value(pc)?);
