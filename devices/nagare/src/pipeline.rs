@@ -269,15 +269,16 @@ pub fn rtl_registers(t: &Tables) -> Vec<(u16, u32)> {
         r.push((0x40 + 4 * p, win));
     }
     for s in 0..regs::STREAMS as u16 {
-        let e = t.streams.get(s as usize).cloned().unwrap_or_default();
+        let e = t.streams.get(s as usize);
+        let hops = e.map_or(&[][..], |e| &e.hops[..]);
         let b = 0x100 + 0x40 * s;
         for h in 0..regs::MAX_HOPS as u16 {
-            let v = e.hops.get(h as usize).map_or(0, |h| h.port | h.kind << 4 | h.pipe << 16);
+            let v = hops.get(h as usize).map_or(0, |h| h.port | h.kind << 4 | h.pipe << 16);
             r.push((b + 0x10 + 4 * h, v));
         }
-        r.push((b + 8, e.hops.len() as u32));
-        r.push((b + 4, e.acl));
-        r.push((b, e.open as u32));
+        r.push((b + 8, hops.len() as u32));
+        r.push((b + 4, e.map_or(0, |e| e.acl)));
+        r.push((b, e.is_some_and(|e| e.open) as u32));
     }
     r
 }
