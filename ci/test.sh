@@ -8,13 +8,15 @@ start=$(date +%s)
 
 echo "== host tools"
 # Debian packages the tests need, installed when missing: tshark parses the peer-capture
-# scenario's pcap; verilator (with g++ and make) builds the RTL benches and the
-# co-simulation (--model rtl).
+# scenario's pcap. Verilator (with g++ and make) is provisioned by `testbed rtl` below, as
+# the demo provisions it, and by rtl/run-benches.sh.
 need=()
 command -v tshark >/dev/null || need+=(tshark)
-command -v verilator >/dev/null || need+=(verilator)
-command -v g++ >/dev/null || need+=(g++)     # verilated C++ (benches, co-simulation)
-command -v make >/dev/null || need+=(make)
+# valgrind: `bench echo` counts instructions per packet under callgrind (tests/bench.rs).
+command -v valgrind >/dev/null || need+=(valgrind)
+# iproute2 (`ip`): the peer-echo VM test over UDP makes two network namespaces and a veth
+# pair (tests/vm.rs), and runs the peer's QEMU in one of them.
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
     as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
         echo "error: need root to install: $*" >&2; exit 1; fi; }
@@ -27,14 +29,21 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 
-echo "== provisioning (QEMU, guest image, accelerator)"
+echo "== provisioning (QEMU, guest image, accelerator, RTL co-simulation)"
 cargo build -q -p testbed
 ./target/debug/testbed qemu
 ./target/debug/testbed image
 ./target/debug/testbed accel
+./target/debug/testbed rtl
 
 echo "== tests"
 cargo test --workspace 2>&1 | tee target/test.log
+
+echo "== fuzzing (cargo fuzz: every target for at most 30 s, at most 6 minutes in all)"
+./ci/fuzz.sh
+
+echo "== soak (hostile, killed and well-behaved clients against long-lived servers; < 3 minutes)"
+./target/debug/testbed soak --minutes 2.5 --seed "${SOAK_SEED:-17}"
 
 echo "== RTL benches (Verilator)"
 ./rtl/run-benches.sh

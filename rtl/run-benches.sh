@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Builds and runs the self-checking RTL benches with Verilator (Debian's `verilator`,
-# installed here when missing). Each bench exits non-zero on its first mismatch.
+# Builds and runs the self-checking RTL benches with Verilator (Debian's `verilator`, with
+# g++ and make, installed here when missing). Each bench exits non-zero on its first mismatch.
 # Usage: rtl/run-benches.sh [bench ...]   (default: all of rtl/tb/*_tb.sv)
 set -euo pipefail
 cd "$(dirname "$0")"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
     echo "error: need root to install verilator: $*" >&2; exit 1; fi; }
-if ! command -v verilator >/dev/null; then
-    echo "installing verilator"
+need=()
+for tool in verilator g++ make; do command -v "$tool" >/dev/null || need+=("$tool"); done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]}"
     as_root apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q verilator
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
 fi
 out=../target/rtl
 mkdir -p "$out"

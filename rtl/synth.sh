@@ -3,7 +3,7 @@
 # (full configuration), then yosys + nextpnr-ice40 for a reduced configuration on an
 # iCE40 HX8K (the only Debian 12 place-and-route with timing). Installs yosys and
 # nextpnr-ice40 when missing. Prints the table rows.
-# Usage: rtl/synth.sh [module ...]   (default: nagare_pipeline enso_queue_engine)
+# Usage: rtl/synth.sh [module ...]   (default: nagare_pipeline enso_queue_engine enso_queue_regs)
 set -euo pipefail
 cd "$(dirname "$0")"
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -14,7 +14,8 @@ done
 out=../target/rtl/synth
 mkdir -p "$out"
 
-# row MODULE SOURCE "GENERIC chparam" "ICE40 chparam" "configuration text"
+# row MODULE SOURCE "GENERIC chparam" "ICE40 chparam" "configuration text" [PINS HARNESS]
+# (ICE40 chparam "-": no iCE40 columns, the design has more ports than the part has pins.)
 row() {
     local top=$1 src=$2 full=$3 small=$4 what=$5 dir="$out/$1" pins=${6:-} ptop=$1
     [ -z "$pins" ] || ptop=${top}_pins
@@ -26,6 +27,10 @@ row() {
     ffs=$(awk '/\$_[A-Z]*DFF/ {n+=$2} END {print n}' "$dir/generic.stat")
     mems=$(awk '/Number of memories/ {n=$4} END {print n}' "$dir/generic.stat")
     depth=$(grep -o 'length=[0-9]*' "$dir/generic.ltp" | tail -1 | cut -d= -f2)
+    if [ "$small" = "-" ]; then
+        echo "| $top | $what | $cells | $ffs | $mems | $depth | - | - | - |"
+        return 0
+    fi
     yosys -q -p "read_verilog -sv $src $pins; ${small:+chparam $small $ptop;} synth_ice40 -top $ptop -json $dir/ice40.json" > /dev/null
     nextpnr-ice40 --hx8k --package ct256 --json "$dir/ice40.json" --pcf-allow-unconstrained --freq 12 --seed 1 \
         > "$dir/ice40.log" 2>&1 || { tail -5 "$dir/ice40.log" >&2; return 1; }
@@ -36,7 +41,7 @@ row() {
 }
 
 modules=("$@")
-[ ${#modules[@]} -gt 0 ] || modules=(nagare_pipeline enso_queue_engine)
+[ ${#modules[@]} -gt 0 ] || modules=(nagare_pipeline enso_queue_engine enso_queue_regs)
 echo "| module | configuration | cells (generic) | flip-flops | memories | logic depth | iCE40 HX8K LCs | iCE40 RAMs | iCE40 fmax |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for m in "${modules[@]}"; do
@@ -49,6 +54,9 @@ for m in "${modules[@]}"; do
             "-set NPIPES 4 -set NNB 2 -set PIPE_LOG2 10 -set ENTRIES_LOG2 8" \
             "64 pipes of 32768 flits, 16 pairs of 16384-entry rings (generic); 4 pipes of 1024, 2 pairs of 256, ports behind shift registers (iCE40)" \
             enso/enso_queue_engine_pins.sv ;;
+    enso_queue_regs)
+        row enso_queue_regs "enso/enso_queue_regs.sv enso/enso_queue_engine.sv" "" "-" \
+            "the register front end and the engine behind it: 64 pipe slots, 16 pair slots (generic only: its ports outnumber the iCE40's pins)" ;;
     *) echo "error: unknown module $m" >&2; exit 2 ;;
     esac
 done

@@ -287,7 +287,8 @@ module enso_queue_engine #(
             S_N_START: begin
                 nb <= p_nb[pq];
                 sent <= 1'b0;
-                if (p_nb[pq] >= NNB || !n_en[p_nb[pq]])
+                // Nowhere to write it: the pair is not live, or its RX ring address is 0.
+                if (p_nb[pq] >= NNB || !n_en[p_nb[pq]] || n_rx_ring[p_nb[pq]] == 64'd0)
                     emit(IO_COUNT, 0, 0, 1, C_DMA_ERRORS, 0, 0, 0, S_N_END);
                 else begin
                     next_rx <= n_rx_tail_inc;

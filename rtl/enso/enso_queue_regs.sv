@@ -1,22 +1,32 @@
 // The register front end of the Ensō queue engine: the queue pages of ENSO-INTERFACE.md
 // (one 64-byte QueueRegs block per queue: rx_tail, rx_head, rx_mem_low, rx_mem_high,
 // tx_tail, tx_head, tx_mem_low, tx_mem_high; queue i < 8192 is pipe i, 8192 + j is
-// notification-buffer pair j) decoded into enso_queue_engine calls, as the FPGA's register
-// block would do for MMIO writes:
-//   pipe rx_mem_low with the enable bit  ENABLE_PIPE (base = rx_mem_high:rx_mem_low's
-//                                        address bits, pair = its low bits, head, tail);
-//                without                 DISABLE_PIPE
-//   pipe rx_head                         RX_HEAD (enabled pipes)
-//   pair rx_mem_low with the enable bit  ENABLE_NB (both rings, heads, tail); without: DISABLE_NB
-//   pair tx_tail                         TX_TAIL, repeated until the engine caught up
+// notification-buffer pair j) decoded into enso_queue_engine calls with the card's
+// semantics, as the FPGA's register block would do for MMIO writes, one write at a time:
+//   a queue is live while its address is non-zero (a pipe: rx_mem_high:rx_mem_low, the
+//     pair ID in its low bits included; a pair: its RX or its TX ring address), so any
+//     write order works; a write of either half re-reads both:
+//     pipe  becomes live ENABLE_PIPE (base = the address without the pair ID bits, pair
+//                        = those bits, head, tail); moves: ENABLE_PIPE again; stops:
+//                        DISABLE_PIPE
+//     pair  becomes live or moves: NB_TX_RING, ENABLE_NB (then TX_TAIL if the TX ring is
+//                        set and entries wait); stops: DISABLE_NB
+//   a write of a register the device owns (a pipe's or pair's rx_tail, a pair's tx_head)
+//     sets the device's value: the live queue restarts from the registers
+//   pipe rx_head                         RX_HEAD (live pipes; the unchanged value is the
+//                                        card's prefetch)
+//   pair tx_tail                         TX_TAIL (live pairs with a TX ring), repeated
+//                                        until the engine caught up
 //   pair rx_head                         kept here: the engine's head-refresh requests
 //                                        (NB_RX_HEAD) are answered from it
-// Our extension (its own codes, not in the upstream block): reg 0x20 the prefetch doorbell
-// (data = pipe), reg 0x24 the notification mode (bit 0: per packet). Frames steered to a
-// pipe come in on rx_*. What the engine publishes (pipe rx_tail, pair rx_tail and tx_head)
-// is kept for the read port. Every other engine event passes out on io_*. A write the
-// engine cannot take (enable with a pair out of range, prefetch of a disabled pipe) is
-// counted in bad_writes.
+// Our extensions (their own codes, not in the upstream block, any queue): reg 0x20 the
+// prefetch doorbell (data = pipe), 0x24 the notification mode (bit 0: per packet), 0x28 a
+// stream pipe (data = pipe | on << 31), 0x2c the extension bits (bit 0: a queue is live
+// while bit 20 of rx_mem_low is set, and that bit is not an address bit). Read code 0x30
+// gives whether the queue is live. Frames steered to a pipe come in on rx_*. What the engine
+// publishes (pipe rx_tail, pair rx_tail and tx_head) is kept for the read port. Every other
+// engine event passes out on io_*. A write the engine cannot take (a pipe naming a pair out
+// of range, a prefetch of a pipe that is not live) is counted in bad_writes.
 module enso_queue_regs #(
     parameter int NPIPES = 64,
     parameter int NNB = 16,
@@ -61,10 +71,29 @@ module enso_queue_regs #(
     output logic [31:0] bad_writes
 );
     localparam logic [31:0] ENABLE = 32'h0010_0000, NB_ID_MASK = 32'h3ff;
-    localparam logic [31:0] PIPE_ADDR_MASK = ~32'h001f_ffff, NB_ADDR_MASK = ~32'h000f_ffff;
     localparam logic [5:0] R_RX_TAIL = 6'h00, R_RX_HEAD = 6'h04, R_RX_MEM_LOW = 6'h08,
         R_RX_MEM_HIGH = 6'h0c, R_TX_TAIL = 6'h10, R_TX_HEAD = 6'h14, R_TX_MEM_LOW = 6'h18,
-        R_TX_MEM_HIGH = 6'h1c, R_PREFETCH = 6'h20, R_MODE = 6'h24;
+        R_TX_MEM_HIGH = 6'h1c, R_PREFETCH = 6'h20, R_MODE = 6'h24, R_STREAM = 6'h28, R_EXT = 6'h2c,
+        R_LIVE = 6'h30;
+
+    // The ENABLE-bit extension in force (0: the card's rule).
+    logic ext_en;
+
+    // A pipe's address registers: live, and the buffer's address.
+    function automatic logic pipe_live(input logic [31:0] lo, input logic [31:0] hi, input logic ext);
+        pipe_live = ext ? (lo & ENABLE) != 0 : {hi, lo} != 64'd0;
+    endfunction
+    function automatic logic [63:0] pipe_base(input logic [31:0] lo, input logic [31:0] hi, input logic ext);
+        pipe_base = {hi, lo & ~NB_ID_MASK & (ext ? ~ENABLE : 32'hffff_ffff)};
+    endfunction
+    // A pair's RX ring address (the TX ring's is its registers as written).
+    function automatic logic [63:0] rx_ring(input logic [31:0] lo, input logic [31:0] hi, input logic ext);
+        rx_ring = {hi, lo & (ext ? ~ENABLE : 32'hffff_ffff)};
+    endfunction
+    function automatic logic nb_live(input logic [31:0] rlo, input logic [31:0] rhi, input logic [31:0] tlo,
+                                     input logic [31:0] thi, input logic ext);
+        nb_live = ext ? (rlo & ENABLE) != 0 : ({rhi, rlo} != 64'd0 || {thi, tlo} != 64'd0);
+    endfunction
     localparam logic [3:0] IO_PUBLISH = 3, IO_NB_RX_HEAD = 4, IO_DONE = 9;
 
     // ---- the register file --------------------------------------------------------
@@ -108,6 +137,7 @@ module enso_queue_regs #(
     logic [13:0] q;
     logic [31:0] nb_q;               // the pair a write addresses
     logic        is_tx;          // the call in hand is TX_TAIL (repeated until caught up)
+    logic        tx_after;       // after this pair (re)start: TX_TAIL if entries wait
 
     assign wr_ready = state == S_IDLE && !rst;
     assign rx_ready = state == S_IDLE && !rst && !wr_valid;
@@ -121,7 +151,10 @@ module enso_queue_regs #(
 
     always_comb begin
         rd_data = 0;
-        if (rq < NPIPES) begin
+        if (rd_reg == R_LIVE) begin
+            if (rq < NPIPES) rd_data = {31'b0, pipe_en[rq]};
+            else if (rq >= 8192 && rq - 8192 < NNB) rd_data = {31'b0, nb_en[rq - 8192]};
+        end else if (rq < NPIPES) begin
             case (rd_reg)
                 R_RX_TAIL: rd_data = p_rx_tail[rq];
                 R_RX_HEAD: rd_data = p_rx_head[rq];
@@ -150,6 +183,8 @@ module enso_queue_regs #(
             cmd_valid <= 1'b0;
             answer <= 1'b0;
             bad_writes <= 0;
+            ext_en <= 1'b0;
+            tx_after <= 1'b0;
             for (int k = 0; k < NPIPES; k++) begin
                 pipe_en[k] <= 0; p_rx_tail[k] <= 0; p_rx_head[k] <= 0; p_rx_low[k] <= 0; p_rx_high[k] <= 0;
             end
@@ -175,40 +210,81 @@ module enso_queue_regs #(
                     if (is_tx && e_io_b == 0) begin
                         cmd_valid <= 1'b1;
                         state <= S_CMD;
+                    end else if (tx_after) begin
+                        // A pair (re)started: serve the entries that wait for it.
+                        tx_after <= 1'b0;
+                        if ({n_tx_high[q - 8192], n_tx_low[q - 8192]} != 64'd0
+                            && n_tx_tail[q - 8192] != n_tx_head[q - 8192]) begin
+                            is_tx <= 1'b1;
+                            cmd_op <= 11; cmd_q <= 32'(q) - 32'd8192; cmd_b <= n_tx_tail[q - 8192];
+                            cmd_valid <= 1'b1;
+                            state <= S_CMD;
+                        end else state <= S_IDLE;
                     end else state <= S_IDLE;
                 end
             end
             case (state)
             S_IDLE:
-                if (wr_valid) begin
+                if (wr_valid) begin : decode
+                    logic [31:0] lo, hi, tlo, thi;
                     q <= wr_queue;
                     is_tx <= 1'b0;
+                    tx_after <= 1'b0;
                     cmd_q <= wq; cmd_a <= 0; cmd_b <= wr_data; cmd_c <= 0; cmd_d <= 0;
                     if (wr_reg == R_MODE) begin
                         cmd_op <= 6; cmd_valid <= 1'b1; state <= S_CMD;
+                    end else if (wr_reg == R_EXT) begin
+                        ext_en <= wr_data[0];
+                    end else if (wr_reg == R_STREAM) begin
+                        if ({1'b0, wr_data[30:0]} < NPIPES) begin
+                            cmd_op <= 7; cmd_q <= {1'b0, wr_data[30:0]}; cmd_b <= {31'b0, wr_data[31]};
+                            cmd_valid <= 1'b1; state <= S_CMD;
+                        end else bad_writes <= bad_writes + 1;
                     end else if (wr_reg == R_PREFETCH) begin
                         if (wr_data < NPIPES && pipe_en[wr_data]) begin
                             cmd_op <= 10; cmd_q <= wr_data; cmd_valid <= 1'b1; state <= S_CMD;
                         end else bad_writes <= bad_writes + 1;
                     end else if (wq < NPIPES) begin
+                        lo = wr_reg == R_RX_MEM_LOW ? wr_data : p_rx_low[wq];
+                        hi = wr_reg == R_RX_MEM_HIGH ? wr_data : p_rx_high[wq];
                         case (wr_reg)
-                        R_RX_TAIL: p_rx_tail[wq] <= wr_data;
+                        R_RX_TAIL: begin
+                            // The device's tail, set by software: the live pipe restarts.
+                            p_rx_tail[wq] <= wr_data;
+                            if (pipe_en[wq]) begin
+                                cmd_op <= 1;
+                                cmd_a <= pipe_base(lo, hi, ext_en);
+                                cmd_b <= lo & NB_ID_MASK;
+                                cmd_c <= p_rx_head[wq];
+                                cmd_d <= wr_data;
+                                cmd_valid <= 1'b1;
+                                state <= S_CMD;
+                            end
+                        end
                         R_RX_HEAD: begin
                             p_rx_head[wq] <= wr_data;
                             if (pipe_en[wq]) begin
                                 cmd_op <= 9; cmd_valid <= 1'b1; state <= S_CMD;
                             end
                         end
-                        R_RX_MEM_HIGH: p_rx_high[wq] <= wr_data;
-                        R_RX_MEM_LOW: begin
-                            p_rx_low[wq] <= wr_data;
-                            if ((wr_data & ENABLE) != 0) begin
-                                if ((wr_data & NB_ID_MASK) >= NNB) bad_writes <= bad_writes + 1;
-                                else begin
+                        R_RX_MEM_LOW, R_RX_MEM_HIGH: begin
+                            p_rx_low[wq] <= lo;
+                            p_rx_high[wq] <= hi;
+                            if (pipe_live(lo, hi, ext_en) && (lo & NB_ID_MASK) >= NNB) begin
+                                // Names a pair this instance does not have.
+                                bad_writes <= bad_writes + 1;
+                                if (pipe_en[wq]) begin
+                                    pipe_en[wq] <= 1'b0;
+                                    cmd_op <= 2; cmd_valid <= 1'b1; state <= S_CMD;
+                                end
+                            end else if (pipe_live(lo, hi, ext_en)) begin
+                                if (!pipe_en[wq]
+                                    || pipe_base(lo, hi, ext_en) != pipe_base(p_rx_low[wq], p_rx_high[wq], ext_en)
+                                    || (lo & NB_ID_MASK) != (p_rx_low[wq] & NB_ID_MASK)) begin
                                     pipe_en[wq] <= 1'b1;
                                     cmd_op <= 1;
-                                    cmd_a <= {p_rx_high[wq], wr_data & PIPE_ADDR_MASK};
-                                    cmd_b <= wr_data & NB_ID_MASK;
+                                    cmd_a <= pipe_base(lo, hi, ext_en);
+                                    cmd_b <= lo & NB_ID_MASK;
                                     cmd_c <= p_rx_head[wq];
                                     cmd_d <= p_rx_tail[wq];
                                     cmd_valid <= 1'b1;
@@ -222,30 +298,37 @@ module enso_queue_regs #(
                         default: ;
                         endcase
                     end else if (wq >= 8192 && wq - 8192 < NNB) begin
+                        lo = wr_reg == R_RX_MEM_LOW ? wr_data : n_rx_low[nb_q];
+                        hi = wr_reg == R_RX_MEM_HIGH ? wr_data : n_rx_high[nb_q];
+                        tlo = wr_reg == R_TX_MEM_LOW ? wr_data : n_tx_low[nb_q];
+                        thi = wr_reg == R_TX_MEM_HIGH ? wr_data : n_tx_high[nb_q];
                         cmd_q <= nb_q;
                         case (wr_reg)
-                        R_RX_TAIL: n_rx_tail[nb_q] <= wr_data;
                         R_RX_HEAD: n_rx_head[nb_q] <= wr_data;
-                        R_RX_MEM_HIGH: n_rx_high[nb_q] <= wr_data;
-                        R_TX_HEAD: n_tx_head[nb_q] <= wr_data;
-                        R_TX_MEM_LOW: n_tx_low[nb_q] <= wr_data;
-                        R_TX_MEM_HIGH: n_tx_high[nb_q] <= wr_data;
                         R_TX_TAIL: begin
                             n_tx_tail[nb_q] <= wr_data;
-                            if (nb_en[nb_q]) begin
+                            if (nb_en[nb_q] && {thi, tlo} != 64'd0) begin
                                 is_tx <= 1'b1;
                                 cmd_op <= 11; cmd_valid <= 1'b1; state <= S_CMD;
                             end
                         end
-                        R_RX_MEM_LOW: begin
-                            n_rx_low[nb_q] <= wr_data;
-                            if ((wr_data & ENABLE) != 0) begin
-                                // The TX ring is latched first, then the pair enabled.
-                                nb_en[nb_q] <= 1'b1;
-                                cmd_op <= 3;
-                                cmd_a <= {n_tx_high[nb_q], n_tx_low[nb_q] & NB_ADDR_MASK};
-                                cmd_valid <= 1'b1;
-                                state <= S_CMD;
+                        R_RX_TAIL, R_TX_HEAD, R_RX_MEM_LOW, R_RX_MEM_HIGH, R_TX_MEM_LOW, R_TX_MEM_HIGH: begin
+                            if (wr_reg == R_RX_TAIL) n_rx_tail[nb_q] <= wr_data;
+                            if (wr_reg == R_TX_HEAD) n_tx_head[nb_q] <= wr_data;
+                            n_rx_low[nb_q] <= lo; n_rx_high[nb_q] <= hi;
+                            n_tx_low[nb_q] <= tlo; n_tx_high[nb_q] <= thi;
+                            if (nb_live(lo, hi, tlo, thi, ext_en)) begin
+                                // Becomes live, moves, or (a device register written) restarts:
+                                // the TX ring is latched, then the pair enabled.
+                                if (!nb_en[nb_q] || wr_reg == R_RX_TAIL || wr_reg == R_TX_HEAD
+                                    || rx_ring(lo, hi, ext_en) != rx_ring(n_rx_low[nb_q], n_rx_high[nb_q], ext_en)
+                                    || {thi, tlo} != {n_tx_high[nb_q], n_tx_low[nb_q]}) begin
+                                    nb_en[nb_q] <= 1'b1;
+                                    cmd_op <= 3;
+                                    cmd_a <= {thi, tlo};
+                                    cmd_valid <= 1'b1;
+                                    state <= S_CMD;
+                                end
                             end else if (nb_en[nb_q]) begin
                                 nb_en[nb_q] <= 1'b0;
                                 cmd_op <= 5; cmd_valid <= 1'b1; state <= S_CMD;
@@ -256,6 +339,7 @@ module enso_queue_regs #(
                     end
                 end else if (rx_valid) begin
                     is_tx <= 1'b0;
+                    tx_after <= 1'b0;
                     cmd_op <= 8; cmd_q <= rx_pipe; cmd_b <= rx_len; cmd_valid <= 1'b1;
                     state <= S_CMD;
                 end
@@ -265,10 +349,12 @@ module enso_queue_regs #(
                     state <= (cmd_op == 3) ? S_ENABLE_NB : S_WAIT;
                 end
             S_ENABLE_NB:
-                // NB_TX_RING is done when the engine is idle again: enable the pair.
+                // NB_TX_RING is done when the engine is idle again: enable the pair, then
+                // serve the TX entries that wait (tx_after).
                 if (e_io_valid && e_io_kind == IO_DONE) begin
                     cmd_op <= 4;
-                    cmd_a <= {n_rx_high[q - 8192], n_rx_low[q - 8192] & NB_ADDR_MASK & ~ENABLE};
+                    tx_after <= 1'b1;
+                    cmd_a <= rx_ring(n_rx_low[q - 8192], n_rx_high[q - 8192], ext_en);
                     cmd_b <= n_rx_head[q - 8192];
                     cmd_c <= n_rx_tail[q - 8192];
                     cmd_d <= n_tx_head[q - 8192];

@@ -1,6 +1,8 @@
-// Directed, self-checking bench of enso_queue_regs (and the engine behind it): software's
-// register writes in the order the driver makes them, frames, head writes, a prefetch, a TX
-// request, a failing DMA, disables and bad writes. Every event the design puts out is
+// Directed, self-checking bench of enso_queue_regs (and the engine behind it), with the
+// card's semantics: software's register writes in upstream's order (a queue is live once its
+// address is non-zero, whichever half comes first), frames, head writes, a prefetch by the
+// unchanged head and by our doorbell code, a TX request, a failing DMA, a tail set by
+// software, disables, bad writes, and the ENABLE-bit extension. Every event the design puts out is
 // checked against the expected one, in order, and the registers software reads back are
 // checked after each step.
 `timescale 1ns / 1ps
@@ -120,20 +122,24 @@ module enso_queue_regs_tb;
         repeat (3) @(posedge clk);
         rst = 0;
 
-        // Pipe 3 -> pair 1, set up as the driver does: heads and tails, high half, then
-        // the low half with the enable bit and the pair in its low bits.
+        // Pipe 3 -> pair 1, set up as upstream's library does: tail and head, then the low
+        // half (address + pair ID: live at once, at the half-written address), then the
+        // high half (the pipe moves to the full address).
         write(3, 6'h00, 0);
         write(3, 6'h04, 0);
+        write(3, 6'h08, 32'h0040_0000 | 1);
+        check_reg(3, 6'h30, 1, "pipe 3 live from its low half");
         write(3, 6'h0c, 32'h1);
-        write(3, 6'h08, 32'h0040_0000 | ENABLE | 1);
-        write(NB1, 6'h0c, 32'h2);
-        write(NB1, 6'h1c, 32'h2);
-        write(NB1, 6'h18, 32'h0010_0000);
-        write(NB1, 6'h04, 0);
+        // Pair 1: rx_mem_low (0: the ring's low half), rx_mem_high, tx_mem_low, tx_mem_high.
         write(NB1, 6'h00, 0);
-        write(NB1, 6'h14, 0);
-        write(NB1, 6'h08, ENABLE);
-        settle("pipe 3 and pair 1 enabled through their registers");
+        write(NB1, 6'h04, 0);
+        write(NB1, 6'h08, 0);
+        check_reg(NB1, 6'h30, 0, "pair 1 not live at address 0");
+        write(NB1, 6'h0c, 32'h2);
+        write(NB1, 6'h18, 32'h0010_0000);
+        write(NB1, 6'h1c, 32'h2);
+        settle("pipe 3 and pair 1 live by their addresses, in upstream's order");
+        check_reg(NB1, 6'h30, 1, "pair 1 live");
 
         // A 100-byte frame: the data, the tail, a notification (body, then signal).
         expect_ev(1, 0, PIPE_BASE, 100, 0, 0, 0);
@@ -197,18 +203,74 @@ module enso_queue_regs_tb;
         settle("a failed DMA drops the frame");
         check_reg(3, 6'h00, 3, "pipe 3 rx_tail after the failed DMA");
 
-        // Disabled through its register: frames for it are dropped and counted.
+        // The card's prefetch: with a notification outstanding and data behind it, a write
+        // of the unchanged head notifies with the current tail.
+        expect_ev(1, 0, PIPE_BASE + 192, 64, 0, 0, 0);
+        expect_ev(3, 3, 0, 4, 0);
+        expect_ev(1, 0, RX_RING + 128 + 8, 56, 1, 3, 4);
+        expect_ev(1, 0, RX_RING + 128, 8, 1, 1, 0);
+        expect_ev(3, 1, 0, 3, 1);
+        expect_ev(5, 0, 0, 1, 4);
+        packet(3, 64);
+        expect_ev(1, 0, PIPE_BASE + 256, 64, 0, 0, 0);
+        expect_ev(3, 3, 0, 5, 0);
+        packet(3, 64);
+        settle("one notification outstanding, data behind it");
+        expect_ev(5, 0, 0, 1, 7);
+        expect_ev(1, 0, RX_RING + 192 + 8, 56, 1, 3, 5);
+        expect_ev(1, 0, RX_RING + 192, 8, 1, 1, 0);
+        expect_ev(3, 1, 0, 4, 1);
+        expect_ev(5, 0, 0, 1, 4);
+        write(3, 6'h04, 3);
+        settle("a same-value head write is a prefetch");
+
+        // Software sets the device's tail (a register the device owns): the pipe restarts
+        // there and the next frame lands at flit 8.
+        expect_ev(5, 0, 0, 1, 7);
+        write(3, 6'h04, 5);
+        write(3, 6'h00, 8);
+        settle("caught up, then the tail set by software");
+        check_reg(3, 6'h00, 8, "pipe 3 rx_tail as software set it");
+        expect_ev(1, 0, PIPE_BASE + 512, 64, 0, 0, 0);
+        expect_ev(3, 3, 0, 9, 0);
+        expect_ev(1, 0, RX_RING + 256 + 8, 56, 1, 3, 9);
+        expect_ev(1, 0, RX_RING + 256, 8, 1, 1, 0);
+        expect_ev(3, 1, 0, 5, 1);
+        expect_ev(5, 0, 0, 1, 4);
+        packet(3, 64);
+        settle("the next frame lands at the tail software set");
+
+        // Only the low half cleared: the address is still non-zero, the pipe moves there
+        // (the card would DMA to it); both halves cleared: it stops, frames are dropped.
         write(3, 6'h08, 0);
+        check_reg(3, 6'h30, 1, "pipe 3 still live on its high half");
+        write(3, 6'h0c, 0);
+        check_reg(3, 6'h30, 0, "pipe 3 stopped");
         expect_ev(5, 0, 0, 1, 9);
         packet(3, 80);
-        settle("a disabled pipe drops frames");
+        settle("a stopped pipe drops frames");
 
-        // Enabling with a pair that does not exist is refused.
-        write(4, 6'h08, 32'h0040_0000 | ENABLE | 7);
+        // A pipe naming a pair that does not exist is refused.
+        write(4, 6'h08, 32'h0040_0000 | 7);
         expect_ev(5, 0, 0, 1, 9);
         packet(4, 80);
         settle("an enable naming a missing pair is refused");
         if (bad_writes != 2) $fatal(1, "bad_writes %0d, expected 2", bad_writes);
+
+        // The ENABLE-bit extension: bit 20 enables and is not an address bit.
+        write(0, 6'h2c, 1);
+        write(5, 6'h0c, 32'h1);
+        write(5, 6'h08, 32'h0040_0000 | 1);
+        check_reg(5, 6'h30, 0, "without bit 20 the pipe is not live under the extension");
+        write(5, 6'h08, 32'h0040_0000 | ENABLE | 1);
+        expect_ev(1, 0, PIPE_BASE, 64, 0, 0, 0);
+        expect_ev(3, 5, 0, 1, 0);
+        expect_ev(1, 0, RX_RING + 320 + 8, 56, 1, 5, 1);
+        expect_ev(1, 0, RX_RING + 320, 8, 1, 1, 0);
+        expect_ev(3, 1, 0, 6, 1);
+        expect_ev(5, 0, 0, 1, 4);
+        packet(5, 64);
+        settle("the ENABLE-bit extension");
 
         $display("enso_queue_regs: PASS, %0d events checked", seen);
         $finish;

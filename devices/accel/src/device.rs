@@ -7,6 +7,9 @@
 //! - A completion is two DMA writes: bytes 8..16 first, then 0..8 (tag, status, phase),
 //!   so the phase byte is the last thing the driver can see change.
 //! - A doorbell naming a tail outside the ring is ignored and counted once per value.
+//! - Every enable starts a new ring, even when the device thread never saw it disabled (a
+//!   disable, resize and enable between two polls): the previous ring's tail is forgotten.
+//!   The thread runs at most 64 commands per hold of the state lock.
 //! - Ring registers are read-only while the ring runs (writes counted as
 //!   BAD_REGISTER_WRITES); enable with invalid registers is refused (BAD_CONFIG).
 //! - Stream records start on 64-byte boundaries of the destination ring. A malformed
@@ -25,6 +28,9 @@ use testbed_regs::record::{self, Header};
 
 /// Largest command input.
 pub const MAX_INPUT: u32 = 64 << 10;
+/// Commands run per polling round before the state lock is let go (the register side and
+/// the stream wait on it).
+const COMMANDS_PER_ROUND: u32 = 64;
 /// Counters of the device.
 pub type AccelCounters = DeviceCounters<{ c::N }>;
 
@@ -36,6 +42,9 @@ struct Ring {
     enabled: bool,
     head: u32,
     phase: u8,
+    /// Which enable this ring came from: the device thread restarts its tail tracking when
+    /// it changes, even if it never saw the ring disabled in between.
+    generation: u32,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -65,6 +74,8 @@ struct State {
     sq_base: u64,
     cq_base: u64,
     entries: u32,
+    /// Enables so far (the next ring's generation).
+    enables: u32,
 }
 
 struct Shared {
@@ -134,6 +145,8 @@ struct Datapath {
     func: Arc<Mutex<Box<dyn Function>>>,
     last_tail: u32,
     bad_tail: Option<u32>,
+    /// The generation of the ring `last_tail` belongs to.
+    ring_generation: u32,
     input: Vec<u8>,
     output: Vec<u8>,
     local: LocalCounts<{ c::N }>,
@@ -293,6 +306,7 @@ impl Accelerator {
                     self.shared.counters.add(c::BAD_CONFIG, 1);
                     return true;
                 }
+                st.enables = st.enables.wrapping_add(1);
                 st.ring = Ring {
                     sq_base: st.sq_base,
                     cq_base: st.cq_base,
@@ -300,6 +314,7 @@ impl Accelerator {
                     enabled: true,
                     head: 0,
                     phase: 1,
+                    generation: st.enables,
                 };
                 // Start from an empty ring: the tail the driver writes next counts.
                 self.shared.db.write32(db::SQ_TAIL, 0);
@@ -349,6 +364,7 @@ impl Datapath {
             func: func.clone(),
             last_tail: 0,
             bad_tail: None,
+            ring_generation: 0,
             input: Vec::new(),
             output: Vec::new(),
             local: LocalCounts::default(),
@@ -358,10 +374,17 @@ impl Datapath {
     /// One polling round: the doorbell, the ring's commands, the stream's records.
     fn round(&mut self, shared: &Shared, dma: &Dma) -> bool {
         let mut work = false;
-        let tail = shared.db.read32(db::SQ_TAIL);
         let mut st = shared.state();
+        let tail = shared.db.read32(db::SQ_TAIL);
         if st.ring.enabled {
             let entries = st.ring.entries;
+            if st.ring.generation != self.ring_generation {
+                // A new ring (possibly re-enabled with other registers before this thread
+                // saw it disabled): the previous ring's tail means nothing here.
+                self.ring_generation = st.ring.generation;
+                self.last_tail = 0;
+                self.bad_tail = None;
+            }
             if tail != self.last_tail {
                 if tail >= entries {
                     if self.bad_tail != Some(tail) {
@@ -373,10 +396,14 @@ impl Datapath {
                     shared.pcie.trace_op(OpKind::MmioWr, OpRole::Doorbell, 4);
                 }
             }
-            while st.ring.head != self.last_tail {
+            // Bounded: `last_tail < entries` (checked above, for this ring), and at most
+            // COMMANDS_PER_ROUND commands run before the lock is let go.
+            let mut budget = COMMANDS_PER_ROUND;
+            while st.ring.head != self.last_tail && self.last_tail < entries && budget > 0 {
                 self.command(&mut st.ring, dma);
                 shared.db.write32(db::SQ_HEAD, st.ring.head);
                 work = true;
+                budget -= 1;
             }
         } else {
             self.last_tail = 0;
@@ -616,6 +643,7 @@ impl PciDevice for Accelerator {
         if let Some(w) = self.worker.parked_mut() {
             w.last_tail = 0;
             w.bad_tail = None;
+            w.ring_generation = 0;
         }
         if running {
             self.start_worker();

@@ -363,3 +363,50 @@ fn garbage_from_a_buggy_driver_is_counted_and_the_device_keeps_serving() {
     assert_eq!(r.complete(), (42, status::OK, (record::HEADER + ml::RESULT_BYTES) as u32));
     assert_eq!(r.r(reg::ERROR_STATUS), 0);
 }
+
+/// Issue 17, defect 4: a 4096-entry ring runs to head 3000; then (as one REGION_WRITE_MULTI
+/// would, faster than the device thread polls) the driver disables it, resizes it to 2
+/// entries, re-enables it and writes tail 3000 again. The device thread must not chase the
+/// old tail forever with the state lock held: registers stay readable, the bad tail is
+/// counted, and the new ring works.
+#[test]
+fn a_ring_reset_between_polls_does_not_hang_the_device() {
+    for dev in [Accelerator::crypto().unwrap(), Accelerator::ml().unwrap()] {
+        let mut r = rig(dev, 4096);
+        r.tail = 3000;
+        r.ring();
+        let t = Instant::now();
+        while r.db.read32(db::SQ_HEAD) != 3000 {
+            assert!(t.elapsed() < Duration::from_secs(20), "3000 commands never completed");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        // Let the device thread back off into its sleeping polls, then reset in one go.
+        std::thread::sleep(Duration::from_millis(50));
+        r.w(reg::CTRL, 0);
+        r.w(reg::RING_ENTRIES, 2);
+        r.w(reg::CTRL, reg::CTRL_ENABLE);
+        r.db.write32(db::SQ_TAIL, 3000);
+        std::thread::sleep(Duration::from_millis(50));
+        // A register read needs the state lock: it must come back.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let status = r.r(reg::STATUS);
+            let _ = tx.send(status);
+            r
+        });
+        let status =
+            rx.recv_timeout(Duration::from_secs(5)).expect("the device thread holds the lock forever");
+        assert_eq!(status & reg::STATUS_ENABLED, reg::STATUS_ENABLED);
+        let mut r = handle.join().unwrap();
+        assert!(r.counter(c::BAD_DOORBELLS) >= 1, "tail 3000 of a 2-entry ring is counted");
+        // The new ring serves from slot 0.
+        r.entries = 2;
+        r.tail = 0;
+        r.phase = 1;
+        r.next_cqe = 0;
+        r.put(CQ, &[0; 2 * cqe::SIZE]); // the old ring's completions are stale
+        r.post(0xee, 77, IN, 16, OUT, 64, [0; 32]);
+        r.ring();
+        assert_eq!(r.complete(), (77, status::BAD_OPCODE, 0));
+    }
+}

@@ -107,4 +107,28 @@ pub trait QueueEngine: Send {
     /// Software's `tx_tail` of pair `nb` is `tail`. Returns true when the engine has caught
     /// up with it, false when it stopped early (call again next round).
     fn tx_tail(&mut self, nb: u32, tail: u32, io: &mut dyn EngineIo) -> bool;
+    /// The engine's own register front end, if it has one (the RTL's `enso_queue_regs`):
+    /// in register mode mmio the device thread then hands it every queue-page access and
+    /// decodes none itself (no enable, head or tail calls follow).
+    fn front_end(&mut self) -> Option<&mut dyn RegisterFrontEnd> {
+        None
+    }
+}
+
+/// A register front end that decodes the queue pages itself, as the FPGA's register block
+/// does (see [`QueueEngine::front_end`]). Queues are the card's: pipe `i` is `i`, pair `j`
+/// is `MAX_PIPES + j`; `reg` is the byte offset of one of the card's registers.
+pub trait RegisterFrontEnd {
+    /// A write; false when the front end refused it (no room for another queue).
+    fn write(&mut self, queue: u32, reg: u64, value: u32, io: &mut dyn EngineIo) -> bool;
+    /// A read.
+    fn read(&mut self, queue: u32, reg: u64) -> u32;
+    /// Whether the queue is live.
+    fn live(&mut self, queue: u32) -> bool;
+    /// Every live queue.
+    fn live_queues(&mut self) -> Vec<u32>;
+    /// The ENABLE-bit extension on or off (what makes a queue live).
+    fn set_extensions(&mut self, enable_bit: bool, io: &mut dyn EngineIo);
+    /// Our prefetch doorbell for `pipe`; false when the pipe is not live (refused).
+    fn prefetch_doorbell(&mut self, pipe: u32, io: &mut dyn EngineIo) -> bool;
 }

@@ -1,34 +1,55 @@
 //! The Ensō NIC device model.
 //!
 //! Follows the upstream Ensō hardware/software interface (shared/design/ENSO-INTERFACE.md)
-//! with our extensions in BAR0 (`testbed_regs::enso`): BAR2 holds one shared-memory 4 KiB
-//! page per pipe and per notification-buffer pair, which a device thread polls; BAR0 page
-//! 0 is trapped (identity, configuration, counters), pages 1–3 are shared (prefetch
-//! doorbells, queue-state acknowledgements).
+//! with the card's register semantics by default, and our extensions in BAR0
+//! (`testbed_regs::enso`), off until a driver opts in ([`ext::EXT_ENABLE`]).
+//!
+//! Two register modes ([`RegisterMode`]):
+//! - **shared** (default): BAR2 holds one shared-memory 4 KiB page per pipe and per
+//!   notification-buffer pair, offered for mmap; a device thread polls the live queues'
+//!   pages and a bounded background scan finds queues that became live (within 10 ms).
+//! - **mmio**: BAR2 traps. Every access goes, in order, through a mailbox to the device
+//!   thread, which applies each write as the card does (a same-value `rx_head` write is a
+//!   prefetch) and answers each read after every earlier write took effect.
 //!
 //! Layout of the crate, one concern per module:
 //! - [`engine`]: the [`engine::QueueEngine`] seam (pipes, notification buffers, reactive
 //!   notifications, TX fetch/split/complete) and its behavioural Rust implementation;
 //! - [`flow`]: flow table and fallback steering; [`packet`]: header parsing;
 //! - [`mac`]: device clock, timestamps, rate limiter; [`stats`]: the NIC counters;
-//! - `worker`: the polling device thread.
+//! - `worker`: the device thread (register decode, polling, the mailbox).
 //!
 //! Choices where the interface leaves room (keep docs/enso-emulation.md in step):
+//! - A queue is live while its address is non-zero (a pipe: `rx_mem_high:rx_mem_low`,
+//!   the pair ID bits included, as the card compares it; a pair: its RX or its TX ring
+//!   address). The device re-reads a live queue's address registers every polling round
+//!   (shared) or as each half is written (mmio), so it follows any write order; between
+//!   the two halves it uses the half-written address, as the card would, and a DMA
+//!   outside mapped memory is refused and counted. A ring address of 0 is "not set": no
+//!   notification is written to it (DMA_ERRORS) and no TX entry is fetched from it (the
+//!   tail waits until the address is set).
+//! - Software writes of registers the device owns (`rx_tail`, `tx_head`) are taken as the
+//!   device's new value, as on the card, and counted (DEVICE_REGISTER_WRITES). In shared
+//!   mode the device publishes its own values with a compare-and-swap against the value
+//!   it published last, so a software write is never overwritten unseen.
 //! - An RX notification is two DMA writes, body (queue ID, tail) then the signal word, so
 //!   software never sees a valid signal with stale fields (2 TLPs, 64 metadata bytes).
-//! - A notification dropped because the ring is full (or its pair is disabled: counted
+//! - A notification dropped because the ring is full (or its pair is not live: counted
 //!   as DMA_ERRORS) leaves the pipe's outstanding bit clear, so the next packet or head
 //!   write retries instead of wedging the pipe (upstream's FIXME).
 //! - Non-IPv4 frames skip the flow table and go to the fallback queues.
 //! - TX: at most `engine::behavioral::TX_BATCH` notifications per pair per round, so
 //!   `tx_head` may advance in steps; ARP frames are sent as 60 bytes when the transfer
 //!   holds the padding, else 42.
-//! - Refused register values are counted as BAD_REGISTER_WRITES: a pipe enable naming a
-//!   pair beyond NUM_NB_PAIRS (the pipe stays disabled, no state bit), a prefetch for a
-//!   disabled pipe, NOTIF_MODE ∉ {0, 1}, COUNTERS_CLEAR > 1, any other page-0 write.
+//! - Refused register values are counted as BAD_REGISTER_WRITES: a pipe naming a pair
+//!   beyond NUM_NB_PAIRS (the pipe stays off, no state bit), a prefetch for a pipe that
+//!   is not live, NOTIF_MODE ∉ {0, 1}, COUNTERS_CLEAR > 1, an unknown EXT_ENABLE bit, any
+//!   other page-0 write, a queue-page write outside the card's registers.
 //!   Flow entries naming a pipe beyond NUM_PIPES and fallback counts above it are BAD_CONFIG.
-//! - Reading the low half of a 64-bit register (a counter, TIMESTAMP_LO) latches the
-//!   high half, so low-then-high reads are consistent.
+//! - BAR0 is 64-bit and prefetchable, as on the card: no read has a side effect (64-bit
+//!   counters are read as two halves; software re-reads the high half to detect a carry).
+//! - Every access to BAR0 that reaches the device is counted (EXTENSION_ACCESSES): card
+//!   software never touches BAR0.
 //! - [`EnsoNic::counters`] is the NIC's own counter array; the PCIe accounting is
 //!   [`PciDevice::counters`] (call it as `PciDevice::counters(&nic)`).
 //!
@@ -39,6 +60,7 @@
 pub mod engine;
 pub mod flow;
 pub mod mac;
+mod mailbox;
 pub mod packet;
 pub mod stats;
 pub mod stream;
@@ -54,6 +76,7 @@ use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
 use stats::NicCounters;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use testbed_regs::enso::ext::extension;
 use testbed_regs::enso::{self as regs, ext, MAX_NB_PAIRS, MAX_PIPES, NOTIF_RING_ENTRIES, PIPE_FLITS};
 use wire::EthPort;
 pub use worker::Disconnected;
@@ -61,26 +84,57 @@ pub use worker::Disconnected;
 /// Number of NIC counters (indices of `regs::enso::ext::counter`).
 pub const COUNT: usize = stats::N;
 
+/// How the queue registers (BAR2) reach the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RegisterMode {
+    /// Shared memory the device polls (offered for mmap): fast, but the device sees values,
+    /// not writes (a same-value write is invisible).
+    #[default]
+    Shared,
+    /// Trapped: every access reaches the device as an event, in order, as on the card.
+    Mmio,
+}
+
+impl RegisterMode {
+    /// "shared" or "mmio".
+    pub fn name(self) -> &'static str {
+        match self {
+            RegisterMode::Shared => "shared",
+            RegisterMode::Mmio => "mmio",
+        }
+    }
+}
+
 /// Device configuration (set over JTAG on the real card; read-only in BAR0 page 0 here).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EnsoConfig {
-    /// Pipes served (1..=8192).
+    /// Pipes served (1..=8192; the card's 8192 by default).
     pub num_pipes: u32,
-    /// Notification-buffer pairs served (1..=1024).
+    /// Notification-buffer pairs served (1..=1024; the card's 1024 by default).
     pub num_nb_pairs: u32,
     /// Pipe ring size in flits (2..=32768; one 2 MiB page at most).
     pub pipe_flits: u32,
     /// Entries per notification ring (2..=16384; one ring fits 1 MiB).
     pub notif_entries: u32,
+    /// How the queue registers reach the device.
+    pub registers: RegisterMode,
+    /// Offer the extension pages (BAR0 pages 1–3: prefetch doorbells, queue state) for
+    /// mmap in shared register mode, for a driver that will opt into them. Off (and always
+    /// in mmio mode) they trap, so every access to them is seen and counted. Whether they
+    /// are mapped is fixed when a client connects (that is when it asks); whether they
+    /// mean anything is the driver's opt-in ([`ext::EXT_ENABLE`]).
+    pub map_extension_pages: bool,
 }
 
 impl Default for EnsoConfig {
     fn default() -> Self {
         EnsoConfig {
-            num_pipes: 64,
-            num_nb_pairs: 16,
+            num_pipes: MAX_PIPES,
+            num_nb_pairs: MAX_NB_PAIRS,
             pipe_flits: PIPE_FLITS,
             notif_entries: NOTIF_RING_ENTRIES,
+            registers: RegisterMode::Shared,
+            map_extension_pages: true,
         }
     }
 }
@@ -114,6 +168,10 @@ pub(crate) struct Shared {
     pub notif_mode: AtomicU32,
     pub clock: mac::Clock,
     pub stream: Arc<stream::StreamRegs>,
+    /// The extensions in force (`ext::EXT_ENABLE`).
+    pub ext_mask: AtomicU32,
+    /// Register mode mmio: accesses on their way to the device thread, in order.
+    pub mailbox: mailbox::Mailbox,
 }
 
 /// The Ensō NIC.
@@ -125,8 +183,6 @@ pub struct EnsoNic {
     /// The device thread and its state.
     worker: Worker<worker::DeviceState>,
     ctx: Option<DeviceContext>,
-    /// Latched high half of the last 64-bit register whose low half was read.
-    latch: (u64, u32),
 }
 
 /// Makes a queue engine for a configuration: the behavioural one, or another behind the
@@ -155,8 +211,8 @@ impl EnsoNic {
             .bar(BarSpec {
                 index: regs::EXT_BAR,
                 size: regs::EXT_BAR_SIZE,
-                kind: BarKind::Mem32,
-                prefetchable: false,
+                kind: BarKind::Mem64,
+                prefetchable: true,
             })
             .bar(BarSpec {
                 index: regs::QUEUE_BAR,
@@ -176,9 +232,11 @@ impl EnsoNic {
             notif_mode: AtomicU32::new(ext::MODE_REACTIVE),
             clock: mac::Clock::default(),
             stream: Arc::default(),
+            ext_mask: AtomicU32::new(0),
+            mailbox: mailbox::Mailbox::default(),
         });
         let worker = Worker::new(worker::DeviceState::new(&shared, engines(&cfg), port));
-        Ok(EnsoNic { config, shared, engines, worker, ctx: None, latch: (u64::MAX, 0) })
+        Ok(EnsoNic { config, shared, engines, worker, ctx: None })
     }
 
     /// The behavioural queue engine for `cfg`.
@@ -208,7 +266,12 @@ impl EnsoNic {
 
     /// A switch's handle on the pipes' head registers (credits for stream pipes).
     pub fn credit_port(&self) -> stream::CreditPort {
-        stream::CreditPort { bar2: self.shared.bar2.clone(), pipes: self.shared.cfg.num_pipes }
+        stream::CreditPort { shared: self.shared.clone() }
+    }
+
+    /// The extensions in force (what `ext::EXT_ENABLE` reads).
+    pub fn extensions(&self) -> u32 {
+        self.shared.ext_mask.load(Ordering::Acquire)
     }
 
     /// Device time in 5 ns ticks (what TIMESTAMP_LO/HI read).
@@ -278,25 +341,31 @@ impl EnsoNic {
         self.shared.pcie.bad_register_write();
     }
 
-    /// BAR0 page 0 register `off` (4-byte aligned).
-    fn ext_read32(&mut self, off: u64) -> u32 {
+    /// BAR0 page 0 register `off` (4-byte aligned). No read has a side effect (BAR0 is
+    /// prefetchable, as on the card).
+    fn ext_read32(&self, off: u64) -> u32 {
         let s = &self.shared;
         let c = &s.cfg;
-        let wide = |v: u64, off: u64, latch: &mut (u64, u32)| {
-            *latch = (off + 4, (v >> 32) as u32);
-            v as u32
-        };
+        let ident = s.ext_mask.load(Ordering::Acquire) & extension::IDENTITY != 0;
+        let id = |v: u32| if ident { v } else { 0 };
         match off {
-            ext::ID => ext::ID_VALUE,
-            ext::VERSION => ext::VERSION_VALUE,
-            ext::NUM_PIPES => c.num_pipes,
-            ext::NUM_NB_PAIRS => c.num_nb_pairs,
-            ext::PIPE_FLITS => c.pipe_flits,
-            ext::NOTIF_ENTRIES => c.notif_entries,
+            ext::ID => id(ext::ID_VALUE),
+            ext::VERSION => id(ext::VERSION_VALUE),
+            ext::NUM_PIPES => id(c.num_pipes),
+            ext::NUM_NB_PAIRS => id(c.num_nb_pairs),
+            ext::PIPE_FLITS => id(c.pipe_flits),
+            ext::NOTIF_ENTRIES => id(c.notif_entries),
             ext::NOTIF_MODE => s.notif_mode.load(Ordering::Relaxed),
-            ext::ERROR_STATUS => s.counters.error_status(stats::FIRST_ERROR),
-            ext::TIMESTAMP_LO => wide(s.clock.ticks(), off, &mut self.latch),
-            o if o == self.latch.0 => self.latch.1,
+            ext::ERROR_STATUS => {
+                s.counters.error_status(stats::FIRST_ERROR) & ((2u32 << ext::counter::LAST_ERROR) - 1)
+            }
+            ext::EXT_CAPS => extension::ALL,
+            ext::EXT_ENABLE => s.ext_mask.load(Ordering::Acquire),
+            ext::REGISTER_MODE => match c.registers {
+                RegisterMode::Shared => ext::REGISTERS_SHARED,
+                RegisterMode::Mmio => ext::REGISTERS_MMIO,
+            },
+            ext::TIMESTAMP_LO => s.clock.ticks() as u32,
             ext::TIMESTAMP_HI => (s.clock.ticks() >> 32) as u32,
             o if (ext::STREAM_RX_PIPE..ext::STREAM_RX_PIPE + 4 * ext::STREAM_RX_SLOTS as u64)
                 .contains(&o) =>
@@ -310,12 +379,7 @@ impl EnsoNic {
                 u32::from_le_bytes(s.stream.tx().template[i..i + 4].try_into().unwrap_or_default())
             }
             o if (ext::COUNTERS..ext::COUNTERS + 8 * COUNT as u64).contains(&o) => {
-                let v = s.counters.get(((o - ext::COUNTERS) / 8) as u32);
-                if o.is_multiple_of(8) {
-                    wide(v, off, &mut self.latch)
-                } else {
-                    (v >> 32) as u32
-                }
+                s.counters.reg_word(o - ext::COUNTERS)
             }
             _ => 0,
         }
@@ -356,8 +420,56 @@ impl EnsoNic {
                 }
                 true
             }
+            ext::EXT_ENABLE if v & !extension::ALL == 0 => {
+                match self.shared.cfg.registers {
+                    // In order with the queue-page writes around it.
+                    RegisterMode::Mmio => self.shared.mailbox.post_write(regs::EXT_BAR, off, v),
+                    RegisterMode::Shared => self.shared.ext_mask.store(v, Ordering::Release),
+                }
+                true
+            }
             _ => false,
         }
+    }
+
+    /// Whether the device thread is running (it answers the mailbox).
+    fn serving(&self) -> bool {
+        self.worker.is_running()
+    }
+
+    /// Register mode mmio: a trapped access to a queue page (or an extension page),
+    /// applied by the device thread in order. A read returns once every earlier write took
+    /// effect; without a running device thread it reads the register file as it stands.
+    fn mailbox_read(&self, index: u8, offset: u64, data: &mut [u8]) {
+        let shared = &self.shared;
+        let serving = self.serving();
+        pcie_model::regs::read_words(offset, data, |w| {
+            if serving {
+                match shared.mailbox.read(index, w) {
+                    Some(v) => v,
+                    None => {
+                        // The device thread did not answer in time (it was stopped): read
+                        // the register file as it stands.
+                        worker::register_file_read(shared, index, w)
+                    }
+                }
+            } else {
+                worker::register_file_read(shared, index, w)
+            }
+        });
+    }
+
+    /// Splits a trapped write into aligned 32-bit words; false when it is not whole words.
+    fn words(offset: u64, data: &[u8]) -> Option<Vec<(u64, u32)>> {
+        if !offset.is_multiple_of(4) || !data.len().is_multiple_of(4) || data.is_empty() {
+            return None;
+        }
+        Some(
+            data.chunks_exact(4)
+                .enumerate()
+                .map(|(i, w)| (offset + 4 * i as u64, u32::from_le_bytes([w[0], w[1], w[2], w[3]])))
+                .collect(),
+        )
     }
 
     fn shared_area(&self, index: u8, offset: u64, len: usize) -> Option<&ShmRegion> {
@@ -371,6 +483,15 @@ impl EnsoNic {
             regs::QUEUE_BAR if inside => Some(&self.shared.bar2),
             _ => None,
         }
+    }
+
+    /// Whether `offset..+len` of BAR0 lies in the extension pages (prefetch, state).
+    fn in_ext_pages(offset: u64, len: usize) -> bool {
+        offset >= regs::EXT_SHARED_START && offset + len as u64 <= regs::EXT_SHARED_END
+    }
+
+    fn count_extension_access(&self) {
+        self.shared.counters.add(ext::counter::EXTENSION_ACCESSES, 1);
     }
 }
 
@@ -389,12 +510,13 @@ impl PciDevice for EnsoNic {
 
     fn bar_backing(&self, index: u8) -> BarBacking {
         let c = &self.shared.cfg;
+        let shared = c.registers == RegisterMode::Shared;
         match index {
-            regs::EXT_BAR => BarBacking::Shared {
+            regs::EXT_BAR if shared && c.map_extension_pages => BarBacking::Shared {
                 shm: self.shared.bar0.clone(),
                 areas: vec![(regs::EXT_SHARED_START, regs::EXT_SHARED_END - regs::EXT_SHARED_START)],
             },
-            regs::QUEUE_BAR => BarBacking::Shared {
+            regs::QUEUE_BAR if shared => BarBacking::Shared {
                 shm: self.shared.bar2.clone(),
                 areas: vec![
                     (regs::pipe_page(0), c.num_pipes as u64 * regs::QUEUE_PAGE),
@@ -407,19 +529,59 @@ impl PciDevice for EnsoNic {
 
     fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]) {
         data.fill(0);
+        if index == regs::EXT_BAR {
+            self.count_extension_access();
+        }
         if let Some(shm) = self.shared_area(index, offset, data.len()) {
             shm.read_bytes(offset, data);
             return;
         }
-        if index != regs::EXT_BAR || offset >= regs::EXT_SHARED_START || data.len() > 8 {
-            return;
+        let mmio = self.shared.cfg.registers == RegisterMode::Mmio;
+        match index {
+            regs::QUEUE_BAR if mmio => self.mailbox_read(index, offset, data),
+            regs::EXT_BAR if Self::in_ext_pages(offset, data.len()) => {
+                if mmio {
+                    self.mailbox_read(index, offset, data);
+                } else {
+                    self.shared.bar0.read_bytes(offset, data);
+                }
+            }
+            regs::EXT_BAR if offset < regs::EXT_SHARED_START && data.len() <= 8 => {
+                if mmio && self.serving() {
+                    // Reads do not pass the writes before them (EXT_ENABLE is applied in
+                    // order by the device thread).
+                    self.shared.mailbox.drain();
+                }
+                pcie_model::regs::read_words(offset, data, |w| self.ext_read32(w));
+            }
+            _ => {}
         }
-        pcie_model::regs::read_words(offset, data, |w| self.ext_read32(w));
     }
 
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {
+        if index == regs::EXT_BAR {
+            self.count_extension_access();
+        }
         if let Some(shm) = self.shared_area(index, offset, data.len()) {
             shm.write_bytes(offset, data);
+            return;
+        }
+        let mmio = self.shared.cfg.registers == RegisterMode::Mmio;
+        if index == regs::QUEUE_BAR && mmio
+            || index == regs::EXT_BAR && Self::in_ext_pages(offset, data.len())
+        {
+            let Some(words) = Self::words(offset, data) else {
+                self.bad_write();
+                return;
+            };
+            for (off, v) in words {
+                if mmio {
+                    self.shared.mailbox.post_write(index, off, v);
+                } else {
+                    // A trapped extension page in shared mode: the device polls it.
+                    self.shared.bar0.write32(off, v);
+                }
+            }
             return;
         }
         let tx_window = ext::STREAM_TX_WINDOW..ext::STREAM_TX_WINDOW + ext::STREAM_TX_WINDOW_SIZE;
@@ -462,7 +624,8 @@ impl PciDevice for EnsoNic {
         }
         self.shared.stream.rx_gen.fetch_add(1, Ordering::AcqRel);
         *self.shared.stream.tx() = stream::TxStream::default();
-        self.latch = (u64::MAX, 0);
+        self.shared.ext_mask.store(0, Ordering::Release);
+        self.shared.mailbox.clear();
         self.worker.park(worker::DeviceState::new(&self.shared, (self.engines)(&self.shared.cfg), port));
         if running {
             self.start_worker();

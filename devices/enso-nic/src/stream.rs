@@ -3,7 +3,6 @@
 //! returns head credits) and the TX stream window (records in, frames out, with a header
 //! template). Registers in `testbed_regs::enso::ext`.
 
-use pcie_model::ShmRegion;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use testbed_regs::enso::ext::{STREAM_ENABLE, STREAM_RX_SLOTS, STREAM_TX_WINDOW_SIZE};
@@ -145,15 +144,20 @@ impl TxStreamPort {
 /// stream pipe it consumes (a peer write into the NIC's queue page).
 #[derive(Clone)]
 pub struct CreditPort {
-    pub(crate) bar2: Arc<ShmRegion>,
-    pub(crate) pipes: u32,
+    pub(crate) shared: Arc<crate::Shared>,
 }
 
 impl CreditPort {
-    /// Writes `head` (in flits) into pipe `pipe`'s RX_HEAD register.
+    /// Writes `head` (in flits) into pipe `pipe`'s RX_HEAD register (in register mode
+    /// mmio, a write the device thread applies in order, like any other).
     pub fn set_head(&self, pipe: u32, head: u32) {
-        if pipe < self.pipes {
-            self.bar2.write32(pipe_page(pipe) + queue::RX_HEAD, head);
+        let s = &self.shared;
+        if pipe < s.cfg.num_pipes {
+            let off = pipe_page(pipe) + queue::RX_HEAD;
+            match s.cfg.registers {
+                crate::RegisterMode::Shared => s.bar2.write32(off, head),
+                crate::RegisterMode::Mmio => s.mailbox.post_write(testbed_regs::enso::QUEUE_BAR, off, head),
+            }
         }
     }
 }

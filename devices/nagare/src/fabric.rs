@@ -3,8 +3,11 @@
 //! Every device behind the switch reaches host memory through a [`FabricSpace`] (its
 //! upstream port): a write whose address falls in a stream window goes through the
 //! [`Pipeline`] and is forwarded to the next device's input instead of memory; anything
-//! else passes through to the device's own DMA space. A posted write cannot fail from the
-//! writer's point of view, so a dropped one is only counted.
+//! else passes through to the device's own DMA space. A write the switch does not deliver
+//! (its allow list denied it, the stream has no route for it, or the next hop refused it)
+//! is counted by the switch under its reason and refused to the writer as
+//! [`DmaError::Denied`]: the writer's counters and the trace show it as denied, never as a
+//! routed write.
 
 use crate::pipeline::{Phv, Pipeline, PipelineConfig, PipelineModel, Verdict};
 use pcie_model::device_counters::DeviceCounters;
@@ -116,8 +119,9 @@ pub enum Routed {
     Memory,
     /// Delivered to the named function.
     Delivered(Arc<str>),
-    /// Dropped by the switch (counted).
-    Dropped,
+    /// Refused by the switch, delivered nowhere; the switch counter (`reg::counter::*`,
+    /// already incremented) that says why: `ACL_DENIED`, `NO_ROUTE` or `DELIVERY_DROPS`.
+    Dropped(u32),
 }
 
 impl Fabric {
@@ -211,11 +215,15 @@ impl Fabric {
                         s.denied.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Routed::Dropped
+                Routed::Dropped(why)
             }
             Verdict::Forward => {
-                let Some((port, offset)) = phv.dest else { return Routed::Dropped };
-                let Some(p) = t.ports.get(port as usize) else { return Routed::Dropped };
+                let no_route = || {
+                    self.counters.add(c::NO_ROUTE, 1);
+                    Routed::Dropped(c::NO_ROUTE)
+                };
+                let Some((port, offset)) = phv.dest else { return no_route() };
+                let Some(p) = t.ports.get(port as usize) else { return no_route() };
                 let delivered = match phv.glue {
                     Some(node) => self.glue_push(&t, node, offset, data),
                     None => p.input.as_ref().is_some_and(|i| i.push(offset, data)),
@@ -225,7 +233,7 @@ impl Fabric {
                 }
                 if !delivered {
                     self.counters.add(c::DELIVERY_DROPS, 1);
-                    return Routed::Dropped;
+                    return Routed::Dropped(c::DELIVERY_DROPS);
                 }
                 self.counters.add(c::ROUTED, 1);
                 self.counters.add(c::ROUTED_BYTES, data.len() as u64);
@@ -440,7 +448,10 @@ impl DmaSpace for FabricSpace {
         match self.fabric.route(self.port, addr, data) {
             Routed::Memory => self.mem.write(addr, data).map(|()| None),
             Routed::Delivered(name) => Ok(Some(name)),
-            Routed::Dropped => Ok(Some(self.fabric.name.clone())),
+            // Refused, not routed: the writer counts and traces it as denied.
+            Routed::Dropped(_) => {
+                Err(DmaError::Denied { addr, len: data.len(), by: self.fabric.name.to_string() })
+            }
         }
     }
 }

@@ -120,11 +120,17 @@ impl Switch {
                 if t.streams.iter().any(|st| st.open) {
                     return false;
                 }
-                t.base = if off == reg::WINDOW_BASE_LO {
+                let base = if off == reg::WINDOW_BASE_LO {
                     (t.base & !0xffff_ffff) | v as u64
                 } else {
                     (t.base & 0xffff_ffff) | (v as u64) << 32
                 };
+                // The whole BAR2 must fit below 2^64 (a BAR cannot wrap the address
+                // space): every address the fabric derives from the base is then in range.
+                if base.checked_add(regs::WINDOW_BAR_SIZE).is_none() {
+                    return false;
+                }
+                t.base = base;
                 true
             }
             reg::STREAM_SEL if v < regs::STREAMS => {

@@ -258,7 +258,7 @@ fn the_chain_routes_end_to_end_and_an_acl_deny_is_counted() {
 
     // Revoke ML: its push is dropped and counted, visible per stream; the others go on.
     r.w(reg::ACL, (1 << r.nic) | (1 << r.crypto));
-    assert_eq!(f.route(r.ml, w + 64, b"rogue"), Routed::Dropped);
+    assert_eq!(f.route(r.ml, w + 64, b"rogue"), Routed::Dropped(c::ACL_DENIED));
     assert_eq!(r.counter(c::ACL_DENIED), 1);
     assert_eq!(r.r(reg::STREAM_DENIED), 1);
     assert_ne!(r.r(reg::ERROR_STATUS) & (1 << c::ACL_DENIED), 0);
@@ -292,8 +292,44 @@ fn the_upstream_port_routes_stream_writes_and_passes_the_rest() {
     let sink = Arc::new(Sink { refuse: true, ..Sink::default() });
     let f = r.sw.fabric().clone();
     f.tables_mut().ports[r.ml as usize].input = Some(sink);
-    assert_eq!(f.route(r.crypto, r.window(0), b"x"), Routed::Dropped);
+    assert_eq!(f.route(r.crypto, r.window(0), b"x"), Routed::Dropped(c::DELIVERY_DROPS));
     assert_eq!(r.counter(c::DELIVERY_DROPS), 1);
+}
+
+#[test]
+fn a_denied_write_is_refused_and_traced_as_denied_never_as_a_routed_write() {
+    use pcie_model::{Counters, Dma, DmaClass, DmaError, OpTrace, TraceTap};
+    let mut r = rig();
+    r.chain(0, (1 << r.nic) | (1 << r.crypto) | (1 << r.ml));
+    let up: Arc<dyn DmaSpace> =
+        Arc::new(FabricSpace::new(r.sw.fabric().clone(), r.ml, Arc::new(GuestMemory::new())));
+    let counters = Arc::new(Counters::default());
+    let trace = OpTrace::new();
+    counters.trace_to(TraceTap::new(trace.clone(), "ml"));
+    let dma = Dma::new(up, counters.clone(), Arc::new(std::sync::atomic::AtomicBool::new(true)));
+    // On the allow list: ML's output is routed to the egress (the NIC).
+    dma.write(r.window(0), b"result", DmaClass::Data).unwrap();
+    // Revoked: the same write is refused to ML, counted as denied on both sides.
+    r.w(reg::ACL, (1 << r.nic) | (1 << r.crypto));
+    let err = dma.write(r.window(0) + 64, b"rogue", DmaClass::Data).unwrap_err();
+    assert!(matches!(&err, DmaError::Denied { by, len: 5, .. } if by == "nagare"), "{err}");
+    assert_eq!((r.counter(c::ROUTED), r.counter(c::ACL_DENIED)), (1, 1));
+    let s = counters.snapshot();
+    assert_eq!((s.dma_writes, s.dma_write_bytes), (1, 6), "the denied write is no DMA write: {s:?}");
+    assert_eq!((s.dma_denied, s.dma_errors), (1, 1), "{s:?}");
+    assert_eq!(r.sinks[0].got.lock().unwrap().len(), 1, "only the allowed write reached the NIC");
+    let ops = trace.ops();
+    assert_eq!(ops.len(), 2, "{ops:?}");
+    assert!(ops[0].switched && !ops[0].denied && ops[0].critical && ops[0].dir == "ml->nic", "{:?}", ops[0]);
+    assert!(ops[1].denied && !ops[1].switched && !ops[1].critical, "{:?}", ops[1]);
+    assert_eq!((ops[1].dir.as_str(), ops[1].bytes), ("ml->nagare", 5));
+    // A write into a closed stream has no route: refused the same way.
+    r.w(reg::STREAM_CTRL, 0);
+    let err = dma.write(r.window(0) + 128, b"late", DmaClass::Data).unwrap_err();
+    assert!(matches!(err, DmaError::Denied { .. }), "{err}");
+    assert_eq!(r.counter(c::NO_ROUTE), 1);
+    assert_eq!(counters.snapshot().dma_denied, 2);
+    assert_eq!(counters.snapshot().dma_writes, 1);
 }
 
 #[test]
@@ -392,4 +428,26 @@ fn garbage_register_writes_and_pushes_never_break_the_switch() {
     r.chain(0, (1 << r.nic) | (1 << r.crypto) | (1 << r.ml));
     let f = r.sw.fabric().clone();
     assert_eq!(f.route(r.nic, r.window(0), b"ok"), Routed::Delivered("crypto".into()));
+}
+
+/// Found by fuzzing (issue 17, `nagare_tables`): a window base so high that the switch's
+/// BAR2 would wrap the address space made address arithmetic overflow (a panic in debug
+/// builds on the next register read, wrapped addresses in release). Such a base is refused
+/// and counted, and nothing the driver reads or routes afterwards overflows.
+#[test]
+fn a_window_base_that_wraps_the_address_space_is_refused() {
+    let mut r = rig();
+    let bad = r.counter(c::BAD_REGISTER_WRITES);
+    r.w(reg::WINDOW_BASE_HI, 0xffff_ffff);
+    r.w(reg::WINDOW_BASE_LO, 0xffff_f000);
+    assert_eq!(r.counter(c::BAD_REGISTER_WRITES), bad + 1, "the wrapping base is refused");
+    let base = (r.r(reg::WINDOW_BASE_HI) as u64) << 32 | r.r(reg::WINDOW_BASE_LO) as u64;
+    assert!(base.checked_add(regs::WINDOW_BAR_SIZE).is_some(), "{base:#x}");
+    for off in (0..regs::REG_BAR_SIZE).step_by(4) {
+        r.r(off);
+    }
+    for addr in [u64::MAX - 10, 0xffff_ffff_0000_0000, base, base + regs::WINDOW_BAR_SIZE - 1] {
+        let _ = r.sw.fabric().route(r.nic, addr, &[1; 64]);
+    }
+    r.chain(0, 0xf);
 }

@@ -629,6 +629,15 @@ impl TrafficSnapshot {
         }
     }
 
+    /// Adds `n` doorbell writes of `bytes_each` bytes that a driver reported for this
+    /// stretch of traffic (as [`Counters::doorbell_writes_of`] would have counted them).
+    /// Drivers report only writes to pages the device polls, which the device cannot
+    /// count; their trapped writes are already in `counters.mmio_writes`.
+    pub fn add_doorbells(&mut self, n: u64, bytes_each: u64) {
+        self.tlp.doorbell_writes += n;
+        self.tlp.doorbell_bytes += n * bytes_each;
+    }
+
     /// The accounting of this snapshot (of a delta, usually).
     pub fn summary(&self) -> TrafficSummary {
         TrafficSummary::new(&self.counters, &self.tlp)

@@ -59,6 +59,7 @@ pub struct Counters {
     irqs: AtomicU64,
     irqs_dropped: AtomicU64,
     dma_errors: AtomicU64,
+    dma_denied: AtomicU64,
     bad_register_writes: AtomicU64,
     /// TLP-level accounting of DMA operations and driver-reported doorbells.
     tlp: TlpAccumulator,
@@ -98,8 +99,12 @@ pub struct CountersSnapshot {
     pub irqs: u64,
     /// Interrupts that could not be delivered (vector not set up by the driver).
     pub irqs_dropped: u64,
-    /// DMA accesses refused: address not mapped, or bus mastering off.
+    /// DMA accesses refused: address not mapped, bus mastering off, or a write a switch
+    /// on the path denied.
     pub dma_errors: u64,
+    /// Of those, writes a switch denied ([`crate::DmaError::Denied`]): not counted as DMA
+    /// writes, and traced as denied.
+    pub dma_denied: u64,
     /// Register writes the device rejected (bad value, read-only register, bad offset).
     pub bad_register_writes: u64,
 }
@@ -379,6 +384,20 @@ impl Counters {
         self.dma_errors.fetch_add(1, Relaxed);
     }
 
+    /// Counts a DMA write of `bytes` that the switch `by` refused to route: a refused
+    /// access (`dma_errors`) and a denied one (`dma_denied`), traced as a denied
+    /// operation, never as a write or a routed one.
+    pub fn dma_denied(&self, bytes: usize, class: DmaClass, by: &str) {
+        self.dma_errors.fetch_add(1, Relaxed);
+        self.dma_denied.fetch_add(1, Relaxed);
+        if self.tracing.load(Relaxed) {
+            let role = if class == DmaClass::Data { OpRole::Data } else { OpRole::Completion };
+            if let Some(tap) = self.tap.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+                tap.record_denied(OpKind::DmaWr, role, bytes as u64, by);
+            }
+        }
+    }
+
     /// Counts a rejected register write.
     pub fn bad_register_write(&self) {
         self.bad_register_writes.fetch_add(1, Relaxed);
@@ -400,6 +419,7 @@ impl Counters {
             irqs: self.irqs.load(Relaxed),
             irqs_dropped: self.irqs_dropped.load(Relaxed),
             dma_errors: self.dma_errors.load(Relaxed),
+            dma_denied: self.dma_denied.load(Relaxed),
             bad_register_writes: self.bad_register_writes.load(Relaxed),
         }
     }
@@ -422,6 +442,7 @@ impl CountersSnapshot {
             irqs: self.irqs - earlier.irqs,
             irqs_dropped: self.irqs_dropped - earlier.irqs_dropped,
             dma_errors: self.dma_errors - earlier.dma_errors,
+            dma_denied: self.dma_denied - earlier.dma_denied,
             bad_register_writes: self.bad_register_writes - earlier.bad_register_writes,
         }
     }

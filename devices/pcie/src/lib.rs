@@ -27,7 +27,7 @@ pub use accounting::{
 pub use config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder, MsixSpec};
 pub use counters::{Counters, CountersSnapshot, DmaClass, TlpSnapshot};
 pub use device::{BarBacking, DeviceContext, PciDevice};
-pub use dma::{Dma, DmaError, DmaSpace, GuestMemory};
+pub use dma::{Dma, DmaError, DmaSpace, GuestMemory, MapError, MAX_DMA_MAPS};
 pub use irq::{IrqSink, NoIrqs};
 pub use shm::ShmRegion;
 pub use trace::{Op, OpKind, OpRole, OpTrace, TraceCost, TraceTap};

@@ -31,7 +31,7 @@ impl ShmRegion {
         let len = len.max(1).next_multiple_of(4096);
         let cname = std::ffi::CString::new(name).unwrap_or_default();
         // SAFETY: memfd_create with a valid C string; the result is checked.
-        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -39,6 +39,14 @@ impl ShmRegion {
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: resizes our own memfd.
         if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The fd goes to clients (REGION_INFO, peers' DMA maps): sealed, so that no client
+        // can shrink it under our mapping (SIGBUS) or grow it, and no one can seal it
+        // against the writable mappings later clients need.
+        let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+        // SAFETY: adds seals to our own memfd; the result is checked.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: maps our own memfd; the result is checked.
@@ -109,6 +117,21 @@ impl ShmRegion {
     pub fn write32(&self, offset: u64, value: u32) {
         if let Some(a) = self.atomic32(offset) {
             a.store(value.to_le(), Ordering::Release);
+        }
+    }
+
+    /// Writes the little-endian u32 `new` if the word still holds `current` (acquire and
+    /// release); Err with the value found otherwise. Out-of-range or misaligned offsets
+    /// are ignored (Ok). A device publishing a register software may also write uses it,
+    /// so a software write is never overwritten unseen.
+    #[inline]
+    pub fn compare_exchange32(&self, offset: u64, current: u32, new: u32) -> Result<(), u32> {
+        match self.atomic32(offset) {
+            Some(a) => a
+                .compare_exchange(current.to_le(), new.to_le(), Ordering::AcqRel, Ordering::Acquire)
+                .map(|_| ())
+                .map_err(u32::from_le),
+            None => Ok(()),
         }
     }
 
@@ -196,5 +219,26 @@ mod tests {
         assert!(!r.read_bytes(4095, &mut b));
         r.clear();
         assert_eq!(r.read32(8), 0);
+    }
+
+    /// Issue 17, defect 3: a client that received the fd cannot shrink (or grow) it.
+    #[test]
+    fn the_shared_fd_is_sealed_against_resizing() {
+        let r = ShmRegion::new("t", 4096).unwrap();
+        let fd = r.dup_fd().unwrap();
+        for len in [0i64, 100, 1 << 20] {
+            // SAFETY: tries to resize the region's memfd, as a hostile client would.
+            let rc = unsafe { libc::ftruncate(fd.as_raw_fd(), len) };
+            assert_eq!(
+                (rc, std::io::Error::last_os_error().raw_os_error()),
+                (-1, Some(libc::EPERM)),
+                "{len}"
+            );
+        }
+        // SAFETY: F_ADD_SEALS on our fd; F_SEAL_FUTURE_WRITE would lock out later clients.
+        let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, libc::F_SEAL_FUTURE_WRITE) };
+        assert_eq!(rc, -1, "no further seals");
+        r.write32(4092, 7);
+        assert_eq!(r.read32(4092), 7);
     }
 }

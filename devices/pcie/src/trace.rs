@@ -5,8 +5,8 @@
 //! A *logical operation* is one transfer as software thinks of it (an image written, a
 //! descriptor fetched); on the link it may be many TLPs, which the TLP accounting counts
 //! separately. Consecutive operations of the same function with the same kind and role
-//! are one transfer (a write that wraps a ring, a notification written body first and
-//! signal word last).
+//! (and the same other end, routed or denied alike) are one transfer (a write that wraps
+//! a ring, a notification written body first and signal word last): [`MERGE_RULE`].
 //!
 //! Rules (see docs/accelerators.md):
 //! - `critical`: data, descriptor fetches and doorbells are on an item's critical path;
@@ -14,10 +14,24 @@
 //!   credit returns (head pointer updates) are not.
 //! - `rtt_weight`: a read costs a round trip (1), a posted write half of one (½).
 //! - `rtt_units` of an item = the sum of the weights of its critical operations.
+//! - `denied`: a write a switch refused to route ([`crate::DmaError::Denied`]) is
+//!   recorded as denied, off the critical path and never as `switched`: it reached
+//!   nobody.
 
 use crate::accounting::LinkConfig;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
+
+/// How [`TraceTap`] merges recorded operations into logical ones, in words (reports
+/// state it next to their counts).
+pub const MERGE_RULE: &str = "consecutive operations recorded by one function with the same kind \
+(MMIO write, DMA read, DMA write, interrupt), the same role (data, descriptor, completion, doorbell, \
+credit, interrupt) and the same other end, both routed by a switch or both not (and both denied or \
+both not), are one logical operation whose bytes add up";
+
+/// Which operations count toward an item's cost, in words.
+pub const CRITICAL_RULE: &str = "data, descriptor fetches and doorbells are on the critical path; \
+completions, notifications, credits (head updates), interrupts and writes a switch denied are not";
 
 /// What kind of transaction carried a logical operation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +101,11 @@ pub struct Op {
     /// memory; its pipeline delay is added to `modeled_ns`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub switched: bool,
+    /// A switch refused to route it (allow list, no route, next hop refused): it reached
+    /// nobody, so it is off the critical path and not `switched`; `dir` names the switch
+    /// as its destination.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub denied: bool,
 }
 
 /// The per-item figures recomputable from a trace.
@@ -126,6 +145,7 @@ struct Raw {
     role: OpRole,
     bytes: u64,
     routed: bool,
+    denied: bool,
 }
 
 impl Raw {
@@ -139,9 +159,10 @@ impl Raw {
             kind: self.kind,
             role: self.role,
             bytes: self.bytes,
-            critical: self.role.critical(),
+            critical: self.role.critical() && !self.denied,
             rtt_weight: self.kind.rtt_weight(),
             switched: self.routed,
+            denied: self.denied,
         }
     }
 }
@@ -174,25 +195,31 @@ impl TraceTap {
     /// As [`TraceTap::record`], with the other end named (a peer device instead of the
     /// CPU, for device-to-device transfers).
     pub fn record_peer(&self, kind: OpKind, role: OpRole, bytes: u64, peer: Option<&str>) {
-        self.push(kind, role, bytes, peer, false);
+        self.push(kind, role, bytes, peer, false, false);
     }
 
     /// Records an operation a switch routed to (or answered from) `peer`.
     pub fn record_routed(&self, kind: OpKind, role: OpRole, bytes: u64, peer: &str) {
-        self.push(kind, role, bytes, Some(peer), true);
+        self.push(kind, role, bytes, Some(peer), true, false);
     }
 
-    fn push(&self, kind: OpKind, role: OpRole, bytes: u64, peer: Option<&str>, routed: bool) {
+    /// Records an operation the switch `by` refused to route (denied: off the critical
+    /// path, not switched).
+    pub fn record_denied(&self, kind: OpKind, role: OpRole, bytes: u64, by: &str) {
+        self.push(kind, role, bytes, Some(by), false, true);
+    }
+
+    fn push(&self, kind: OpKind, role: OpRole, bytes: u64, peer: Option<&str>, routed: bool, denied: bool) {
         let peer: Arc<str> = peer.map_or_else(|| self.host.clone(), Arc::from);
         let mut ops = self.trace.ops.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(last) = ops.last_mut() {
             let same = last.source == self.name && last.kind == kind && last.role == role;
-            if same && last.peer == peer && last.routed == routed {
+            if same && last.peer == peer && last.routed == routed && last.denied == denied {
                 last.bytes += bytes;
                 return;
             }
         }
-        ops.push(Raw { source: self.name.clone(), peer, kind, role, bytes, routed });
+        ops.push(Raw { source: self.name.clone(), peer, kind, role, bytes, routed, denied });
     }
 }
 
@@ -291,5 +318,23 @@ mod tests {
         assert_eq!(with_switch.modeled_ns - c.modeled_ns, 33.0, "one routed critical op");
         let (shape, n) = typical(&items).unwrap();
         assert_eq!((shape.len(), n), (6, 2));
+    }
+
+    #[test]
+    fn a_denied_write_is_neither_routed_nor_critical_nor_merged_with_a_routed_one() {
+        let t = OpTrace::new();
+        let ml = TraceTap::new(t.clone(), "ml");
+        ml.record_routed(OpKind::DmaWr, OpRole::Data, 128, "nic");
+        ml.record_denied(OpKind::DmaWr, OpRole::Data, 64, "nagare");
+        ml.record_denied(OpKind::DmaWr, OpRole::Data, 64, "nagare");
+        let ops = t.ops();
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert!(ops[0].switched && !ops[0].denied && ops[0].critical);
+        assert_eq!((ops[1].dir.as_str(), ops[1].bytes), ("ml->nagare", 128));
+        assert!(ops[1].denied && !ops[1].switched && !ops[1].critical, "{:?}", ops[1]);
+        assert_eq!(cost(&ops, &LinkConfig::default(), 33.0).ops, 1);
+        let json = serde_json::to_value(&ops[1]).unwrap();
+        assert_eq!(json["denied"], true);
+        assert!(serde_json::to_value(&ops[0]).unwrap().get("denied").is_none());
     }
 }

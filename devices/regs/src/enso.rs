@@ -3,11 +3,14 @@
 //!
 //! BAR2 follows upstream Ensō exactly: one 4 KiB page per queue, pipes first (queue
 //! `i < MAX_PIPES`), then notification-buffer pairs (queue `MAX_PIPES + j`), each page
-//! starting with the 64-byte `QueueRegs` block. BAR0 (64 KiB, unused by upstream's
-//! library) carries our extensions in pages of their own: identity, configuration and
-//! counters (trapped), and the polled doorbells that a shared-memory emulation needs
-//! (prefetch doorbells and queue-state acknowledgements). See docs/enso-emulation.md for
-//! every deviation from upstream and why.
+//! starting with the 64-byte `QueueRegs` block, with the card's semantics (a queue is live
+//! while its address is non-zero). BAR0 (64 KiB, unused by upstream's library) carries our
+//! extensions in pages of their own: identity, configuration and counters (trapped), and
+//! the doorbells that a shared-memory emulation needs (prefetch doorbells and queue-state
+//! acknowledgements). The helpers that change how a register is read (the ENABLE bit, the
+//! prefetch doorbells, the queue-state page, the identity and size registers) are off until
+//! a driver opts in by writing [`ext::EXT_ENABLE`]. See docs/enso-emulation.md for every
+//! deviation from upstream and why.
 
 /// PCI vendor ID of the Ensō card (Intel/Altera FPGA).
 pub const VENDOR_ID: u16 = 0x1172;
@@ -76,19 +79,20 @@ pub mod queue {
     pub const SIZE: u64 = 0x40;
 
     /// Pipe `rx_mem_low`: the notification-buffer pair ID lives in these low bits (the
-    /// pipe buffer is 2 MiB aligned).
+    /// card clears them from the address; every other bit is address).
     pub const NB_ID_MASK: u32 = 0x3ff;
-    /// `rx_mem_low` enable bit (our contract; see docs/enso-emulation.md): software writes
-    /// the high half, then the low half with this bit set. Clearing it disables the queue.
-    /// Bits 10..21 are free below the 2 MiB alignment; bit 20 is ours.
+    /// `rx_mem_low` enable bit: an extension ([`super::ext::extension::ENABLE_BIT`]), off
+    /// by default. With it on, a queue is live while this bit is set and the bit is not
+    /// an address bit; with it off (the card), bit 20 is an address bit like any other and
+    /// a queue is live while its address is non-zero.
     pub const ENABLE: u32 = 1 << 20;
-    /// Address bits of `rx_mem_low` for a pipe (2 MiB aligned).
-    pub const PIPE_ADDR_MASK: u32 = !((2 << 20) - 1);
-    /// Address bits of a notification ring's `*_mem_low` (the RX ring is 2 MiB aligned,
-    /// the TX ring sits 1 MiB above it). For the RX ring's `rx_mem_low`, bit 20 is the
-    /// ENABLE bit, not an address bit: mask it out (`& NB_ADDR_MASK & !ENABLE`); for
-    /// `tx_mem_low` it is an address bit.
-    pub const NB_ADDR_MASK: u32 = !((1 << 20) - 1);
+    /// Address bits of `rx_mem_low` for a pipe on the card (everything above the pair ID).
+    pub const PIPE_ADDR_MASK: u32 = !NB_ID_MASK;
+
+    /// The card's queue pages: a pipe page has only these four registers (the rest reads 0).
+    pub const PIPE_REGS_END: u64 = 0x10;
+    /// The card's notification-buffer-pair page: all eight registers.
+    pub const NB_REGS_END: u64 = 0x20;
 }
 
 /// BAR0 page 0: identity, configuration and counters (trapped MMIO, u32 registers; 64-bit
@@ -120,6 +124,37 @@ pub mod ext {
     pub const ERROR_STATUS: u64 = 0x01c;
     /// Write 1: reset all counters to zero.
     pub const COUNTERS_CLEAR: u64 = 0x020;
+    /// Read-only: the extensions this device offers ([`extension`] bits). Card software
+    /// never touches BAR0, so it never sees it; a driver that opts in knows it talks to the
+    /// emulator (it never infers that from a value read here: on the card BAR0 is unused).
+    pub const EXT_CAPS: u64 = 0x030;
+    /// Read-write: the extensions in force ([`extension`] bits; unknown bits are refused
+    /// and counted). 0 after reset: the device then reads every register as the card does.
+    pub const EXT_ENABLE: u64 = 0x034;
+    /// Read-only: the register mode, [`REGISTERS_SHARED`] or [`REGISTERS_MMIO`].
+    pub const REGISTER_MODE: u64 = 0x038;
+    /// Queue pages are shared memory the device polls.
+    pub const REGISTERS_SHARED: u32 = 0;
+    /// Queue pages trap: the device sees every write, in order.
+    pub const REGISTERS_MMIO: u32 = 1;
+
+    /// Extension bits of [`EXT_CAPS`] and [`EXT_ENABLE`].
+    pub mod extension {
+        /// `rx_mem_low` bit 20 ([`crate::enso::queue::ENABLE`]) enables a queue; without
+        /// it, a queue is live while its address is non-zero (the card).
+        pub const ENABLE_BIT: u32 = 1 << 0;
+        /// The prefetch doorbell page ([`crate::enso::prefetch`]); without it, a prefetch
+        /// is a rewrite of the unchanged `rx_head` (the card; invisible in shared mode).
+        pub const PREFETCH_DOORBELL: u32 = 1 << 1;
+        /// The queue-state (disable acknowledge) page ([`crate::enso::state`]); without
+        /// it, it reads 0.
+        pub const QUEUE_STATE: u32 = 1 << 2;
+        /// ID, VERSION, NUM_PIPES, NUM_NB_PAIRS, PIPE_FLITS, NOTIF_ENTRIES; without it
+        /// they read 0.
+        pub const IDENTITY: u32 = 1 << 3;
+        /// Every extension.
+        pub const ALL: u32 = ENABLE_BIT | PREFETCH_DOORBELL | QUEUE_STATE | IDENTITY;
+    }
     /// Read-only: device time in 5 ns ticks (200 MHz), low half.
     pub const TIMESTAMP_LO: u64 = 0x028;
     /// Read-only: device time, high half.
@@ -197,8 +232,24 @@ pub mod ext {
         pub const TX_DROP_WIRE: u32 = 23;
         /// TX stream window writes or records dropped (out of order, malformed, stopped).
         pub const TX_DROP_STREAM: u32 = 24;
+        /// The last drop/error counter (ERROR_STATUS has a bit for each up to here).
+        pub const LAST_ERROR: u32 = TX_DROP_STREAM;
+        /// Accesses to BAR0 that reached the device: every BAR0 register is ours (the card
+        /// leaves BAR0 unused), so card software makes none. Accesses to extension pages
+        /// offered for mmap are plain memory and not seen.
+        pub const EXTENSION_ACCESSES: u32 = 25;
+        /// Doorbell writes the device saw as writes (register mode mmio: every pipe
+        /// `rx_head`, pair `rx_head` and `tx_tail` write and every prefetch-doorbell write;
+        /// shared mode: none, the driver reports its own).
+        pub const QUEUE_DOORBELLS: u32 = 26;
+        /// Writes by software of a register the device owns (a pipe's or pair's `rx_tail`,
+        /// a pair's `tx_head`): the device takes the value as its own, as the card does.
+        pub const DEVICE_REGISTER_WRITES: u32 = 27;
+        /// Queue-page accesses (mmio mode) that went through the RTL register front end
+        /// (`rtl/enso/enso_queue_regs.sv`) instead of the Rust decode.
+        pub const RTL_REGISTER_ACCESSES: u32 = 28;
         /// Number of counters.
-        pub const COUNT: u32 = 25;
+        pub const COUNT: u32 = 29;
 
         /// Counter names, in index order (JSON field names of the testbed report).
         pub const NAMES: [&str; COUNT as usize] = [
@@ -227,12 +278,16 @@ pub mod ext {
             "bad_register_writes",
             "tx_drop_wire",
             "tx_drop_stream",
+            "extension_accesses",
+            "queue_doorbells",
+            "device_register_writes",
+            "rtl_register_accesses",
         ];
     }
 }
 
-/// BAR0 pages 1–2 (shared memory, polled): one 8-byte prefetch doorbell per notification-buffer
-/// pair. Upstream asks for a pipe's notification by rewriting the unchanged `rx_head`, a
+/// BAR0 pages 1–2 (an extension, [`ext::extension::PREFETCH_DOORBELL`]): one 8-byte prefetch
+/// doorbell per notification-buffer pair. Upstream asks for a pipe's notification by rewriting the unchanged `rx_head`, a
 /// write a polling device cannot see; here software writes `{pipe_id: u32, seq: u32}` to
 /// slot `j` (pipe id first, then a new sequence number) and the device treats it as that
 /// head write.
@@ -249,7 +304,8 @@ pub mod prefetch {
     pub const SEQ: u64 = 4;
 }
 
-/// BAR0 page 3 (shared memory, written by the device): queue-state acknowledgements,
+/// BAR0 page 3 (an extension, [`ext::extension::QUEUE_STATE`]; written by the device):
+/// queue-state acknowledgements,
 /// one bit per queue, set while the device uses the queue and cleared once a disabled
 /// queue is quiesced (no DMA to it will follow). Software waits on these instead of
 /// upstream's "write 0 and read back until it sticks".
@@ -268,7 +324,8 @@ pub mod state {
     }
 }
 
-/// BAR0 pages that are shared memory (offered for mmap): prefetch doorbells and state.
+/// BAR0 pages that can be shared memory (offered for mmap when the device is configured
+/// to map its extension pages in shared register mode): prefetch doorbells and state.
 pub const EXT_SHARED_START: u64 = 0x1000;
 /// End of the shared extension pages.
 pub const EXT_SHARED_END: u64 = 0x4000;
@@ -385,7 +442,10 @@ mod tests {
         assert!(state::NB_PAIRS + (MAX_NB_PAIRS / 8) as u64 <= EXT_SHARED_END);
         assert!(prefetch::slot(MAX_NB_PAIRS - 1) + 8 <= state::PIPES);
         assert_eq!(queue::NB_ID_MASK & queue::ENABLE, 0);
-        assert_eq!(queue::PIPE_ADDR_MASK & (queue::ENABLE | queue::NB_ID_MASK), 0);
+        assert_eq!(queue::PIPE_ADDR_MASK & queue::NB_ID_MASK, 0);
+        const { assert!(ext::COUNTERS + 8 * ext::counter::COUNT as u64 <= ext::STREAM_TX_WINDOW) };
+        const { assert!(ext::REGISTER_MODE < ext::STREAM_RX_PIPE) };
+        assert_eq!(ext::extension::ALL, 0xf);
     }
 
     #[test]

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include "Venso_queue_engine.h"
 #include "Venso_queue_engine_small.h"
+#include "Venso_queue_regs.h"
 #include "Vnagare_pipeline.h"
 #include "verilated.h"
 
@@ -140,6 +141,63 @@ void npl_cycle(void* p, NplPins* s) {
     s->out_credit = t->out_credit;
     s->out_credit_pipe = t->out_credit_pipe;
     s->out_credit_head = t->out_credit_head;
+}
+
+
+// The register front end with the engine behind it. Must match `RegsPins` in src/lib.rs.
+struct EqrPins {
+    // Inputs.
+    uint64_t ent_signal, ent_addr, ent_len;
+    uint32_t wr_data, rx_pipe, rx_len, resp_value;
+    uint16_t wr_queue, rd_queue;
+    uint8_t rst, wr_valid, wr_reg, rx_valid, rd_reg, io_ready, resp_valid, resp_ok, ent_valid;
+    // Outputs.
+    uint8_t wr_ready, rx_ready, io_valid, io_kind;
+    uint32_t rd_data, bad_writes;
+    uint64_t io_a;
+    uint32_t io_q, io_b, io_c, io_d, io_e;
+};
+
+void* eqr_new(void) { return model_new<Venso_queue_regs>(); }
+
+void eqr_free(void* p) { model_free<Venso_queue_regs>(p); }
+
+void eqr_cycle(void* p, EqrPins* s) {
+    Venso_queue_regs* t = static_cast<EqeModel<Venso_queue_regs>*>(p)->top;
+    t->rst = s->rst;
+    t->wr_valid = s->wr_valid;
+    t->wr_queue = s->wr_queue;
+    t->wr_reg = s->wr_reg;
+    t->wr_data = s->wr_data;
+    t->rx_valid = s->rx_valid;
+    t->rx_pipe = s->rx_pipe;
+    t->rx_len = s->rx_len;
+    t->rd_queue = s->rd_queue;
+    t->rd_reg = s->rd_reg;
+    t->io_ready = s->io_ready;
+    t->resp_valid = s->resp_valid;
+    t->resp_ok = s->resp_ok;
+    t->resp_value = s->resp_value;
+    t->ent_valid = s->ent_valid;
+    t->ent_signal = s->ent_signal;
+    t->ent_addr = s->ent_addr;
+    t->ent_len = s->ent_len;
+    t->clk = 0;
+    t->eval();
+    t->clk = 1;
+    t->eval();
+    s->wr_ready = t->wr_ready;
+    s->rx_ready = t->rx_ready;
+    s->rd_data = t->rd_data;
+    s->bad_writes = t->bad_writes;
+    s->io_valid = t->io_valid;
+    s->io_kind = t->io_kind;
+    s->io_q = t->io_q;
+    s->io_a = t->io_a;
+    s->io_b = t->io_b;
+    s->io_c = t->io_c;
+    s->io_d = t->io_d;
+    s->io_e = t->io_e;
 }
 
 }  // extern "C"

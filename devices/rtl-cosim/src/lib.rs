@@ -9,31 +9,27 @@
 //! framer stays the Rust one ([`TxFramer`]): the RTL validates a send and commands its read;
 //! the framer cuts what was read into frames.
 //!
-//! Built when Verilator is installed (see build.rs); otherwise [`RtlEngine::factory`]
-//! says so.
+//! The verilated model is a shared library that [`provision`] builds on first use and
+//! caches (see `model.rs` for why it is not built by build.rs); until it is loaded,
+//! [`RtlEngine::factory`] and [`nagare_pipeline`] say what is missing.
 
 use enso_nic::{EngineFactory, EnsoConfig};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-/// The RTL instance's parameters (the module's defaults).
+/// The RTL instance's parameters (the module's defaults): queue slots. The card's ID space
+/// (8192 pipes, 1024 pairs) is mapped onto them in order of first use (see `Slots`), so a
+/// NIC on the RTL serves the card's IDs, at most this many of each at a time.
 pub const PIPES: u32 = 64;
-/// Notification-buffer pairs.
+/// Notification-buffer pair slots.
 pub const NB_PAIRS: u32 = 16;
 /// Pipe ring size in flits.
 pub const PIPE_FLITS: u32 = 1 << 15;
 /// Notification ring entries.
 pub const NOTIF_ENTRIES: u32 = 1 << 14;
 
-/// What a build without the verilated models says when asked for one.
-#[cfg(not(verilated))]
-const NOT_BUILT: &str = "this build has no RTL co-simulation: Verilator was not installed when it was built, \
-                         or the `verilator` feature of rtl-cosim was off (apt-get install verilator, then rebuild)";
-
-/// Whether this build has the verilated model.
-pub fn available() -> bool {
-    cfg!(verilated)
-}
+mod model;
+pub use model::{available, provision};
 
 /// The small instance, for the differential workload (`enso_nic::engine::workload`).
 pub fn small_config() -> EnsoConfig {
@@ -43,6 +39,7 @@ pub fn small_config() -> EnsoConfig {
         num_nb_pairs: w::NBS,
         pipe_flits: w::PIPE_FLITS,
         notif_entries: w::ENTRIES,
+        ..EnsoConfig::default()
     }
 }
 
@@ -53,23 +50,21 @@ fn is_small(cfg: &EnsoConfig) -> bool {
         == (s.num_pipes, s.num_nb_pairs, s.pipe_flits, s.notif_entries)
 }
 
-/// Why a configuration cannot run on the RTL instances, if it cannot.
+/// Why a configuration cannot run on the RTL instances, if it cannot: the ring sizes are
+/// the RTL's parameters (any number of pipes and pairs maps onto its slots).
 pub fn unsupported(cfg: &EnsoConfig) -> Option<String> {
-    let want = (PIPES, NB_PAIRS, PIPE_FLITS, NOTIF_ENTRIES);
-    let got = (cfg.num_pipes, cfg.num_nb_pairs, cfg.pipe_flits, cfg.notif_entries);
-    (got != want && !is_small(cfg)).then(|| {
+    let got = (cfg.pipe_flits, cfg.notif_entries);
+    (got != (PIPE_FLITS, NOTIF_ENTRIES) && !is_small(cfg)).then(|| {
         format!(
-            "the RTL engine is built for {PIPES} pipes of {PIPE_FLITS} flits and {NB_PAIRS} pairs of \
-             {NOTIF_ENTRIES}-entry rings; the NIC asks for {} pipes of {} flits and {} pairs of {} entries",
-            got.0, got.2, got.1, got.3
+            "the RTL engine is built for pipes of {PIPE_FLITS} flits and {NOTIF_ENTRIES}-entry notification \
+             rings; the NIC asks for pipes of {} flits and rings of {} entries",
+            got.0, got.1
         )
     })
 }
 
-#[cfg(verilated)]
 pub use pipeline::RtlPipeline;
-#[cfg(verilated)]
-pub use sim::RtlEngine;
+pub use sim::{RtlEngine, RtlRegsEngine};
 
 /// The Nagare switch's pipeline as the RTL (rtl/nagare/nagare_pipeline.sv), for
 /// [`nagare::Fabric::with_model`]; with `headers`, every header it rules on is counted
@@ -77,30 +72,9 @@ pub use sim::RtlEngine;
 pub fn nagare_pipeline(
     headers: Option<Arc<AtomicU64>>,
 ) -> Result<Box<dyn nagare::pipeline::PipelineModel>, String> {
-    #[cfg(verilated)]
-    {
-        Ok(Box::new(RtlPipeline::new(headers)))
-    }
-    #[cfg(not(verilated))]
-    {
-        let _ = headers;
-        Err(NOT_BUILT.into())
-    }
+    Ok(Box::new(RtlPipeline::new(headers)?))
 }
 
-/// What [`RtlEngine`] needs to know when the model is not built.
-#[cfg(not(verilated))]
-pub struct RtlEngine;
-
-#[cfg(not(verilated))]
-impl RtlEngine {
-    /// Always an error here: this build has no verilated model.
-    pub fn factory(_cfg: &EnsoConfig, _cycles: Option<Arc<AtomicU64>>) -> Result<EngineFactory, String> {
-        Err(NOT_BUILT.into())
-    }
-}
-
-#[cfg(verilated)]
 mod pipeline {
     use nagare::fabric::Tables;
     use nagare::pipeline::{Phv, PipelineModel, Verdict};
@@ -135,13 +109,7 @@ mod pipeline {
         out_credit: u8,
     }
 
-    extern "C" {
-        fn npl_new() -> *mut c_void;
-        fn npl_free(m: *mut c_void);
-        fn npl_cycle(m: *mut c_void, pins: *mut Pins);
-    }
-
-    struct Model(*mut c_void);
+    struct Model(*mut c_void, &'static crate::model::Library);
 
     // SAFETY: a plain C++ object without thread affinity, used under the Mutex below.
     unsafe impl Send for Model {}
@@ -149,7 +117,7 @@ mod pipeline {
     impl Drop for Model {
         fn drop(&mut self) {
             // SAFETY: from npl_new, freed once here.
-            unsafe { npl_free(self.0) }
+            unsafe { (self.1.npl_free)(self.0) }
         }
     }
 
@@ -163,7 +131,7 @@ mod pipeline {
     impl Sim {
         fn cycle(&mut self) {
             // SAFETY: live model; `pins` is laid out as NplPins.
-            unsafe { npl_cycle(self.model.0, &mut self.pins) }
+            unsafe { (self.model.1.npl_cycle)(self.model.0, (&mut self.pins as *mut Pins).cast()) }
         }
     }
 
@@ -176,16 +144,17 @@ mod pipeline {
     }
 
     impl RtlPipeline {
-        /// A fresh pipeline, reset.
-        pub fn new(headers: Option<Arc<AtomicU64>>) -> Self {
+        /// A fresh pipeline, reset; an error when the model is not loaded ([`crate::provision`]).
+        pub fn new(headers: Option<Arc<AtomicU64>>) -> Result<Self, String> {
+            let lib = crate::model::library()?;
             // SAFETY: npl_new has no preconditions; the result is owned by `Model`.
-            let model = Model(unsafe { npl_new() });
+            let model = Model(unsafe { (lib.npl_new)() }, lib);
             let mut sim = Sim { model, pins: Pins { rst: 1, ..Pins::default() }, regs: HashMap::new() };
             sim.cycle();
             sim.cycle();
             sim.pins.rst = 0;
             sim.cycle();
-            RtlPipeline { sim: Mutex::new(sim), headers }
+            Ok(RtlPipeline { sim: Mutex::new(sim), headers })
         }
     }
 
@@ -247,13 +216,15 @@ mod pipeline {
     }
 }
 
-#[cfg(verilated)]
 mod sim {
     use super::*;
-    use enso_nic::engine::{EngineIo, NbSetup, PipeSetup, Published, QueueEngine, RxOutcome, TxFramer};
+    use enso_nic::engine::{
+        EngineIo, NbSetup, PipeSetup, Published, QueueEngine, RegisterFrontEnd, RxOutcome, TxFramer,
+    };
     use pcie_model::DmaClass;
     use std::ffi::c_void;
-    use testbed_regs::enso::NOTIFICATION_SIZE;
+    use testbed_regs::enso::ext::counter as c;
+    use testbed_regs::enso::{MAX_NB_PAIRS, MAX_PIPES, NOTIFICATION_SIZE};
 
     /// The pins, as csrc/engine.cpp lays them out.
     #[repr(C)]
@@ -286,14 +257,44 @@ mod sim {
         io_e: u32,
     }
 
-    extern "C" {
-        fn eqe_new(small: i32) -> *mut c_void;
-        fn eqe_free(m: *mut c_void, small: i32);
-        fn eqe_cycle(m: *mut c_void, small: i32, pins: *mut Pins);
+    /// The pins of the register front end (csrc/engine.cpp's EqrPins).
+    #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy)]
+    struct RegsPins {
+        ent_signal: u64,
+        ent_addr: u64,
+        ent_len: u64,
+        wr_data: u32,
+        rx_pipe: u32,
+        rx_len: u32,
+        resp_value: u32,
+        wr_queue: u16,
+        rd_queue: u16,
+        rst: u8,
+        wr_valid: u8,
+        wr_reg: u8,
+        rx_valid: u8,
+        rd_reg: u8,
+        io_ready: u8,
+        resp_valid: u8,
+        resp_ok: u8,
+        ent_valid: u8,
+        wr_ready: u8,
+        rx_ready: u8,
+        io_valid: u8,
+        io_kind: u8,
+        rd_data: u32,
+        bad_writes: u32,
+        io_a: u64,
+        io_q: u32,
+        io_b: u32,
+        io_c: u32,
+        io_d: u32,
+        io_e: u32,
     }
 
-    /// The C++ model object, and which instance it is.
-    struct Model(*mut c_void, i32);
+    /// The C++ model object, which instance it is, and the library it lives in.
+    struct Model(*mut c_void, i32, &'static crate::model::Library);
 
     // SAFETY: the model is a plain C++ object with no thread affinity; `RtlEngine` owns it
     // alone and uses it from one thread at a time (`&mut self`).
@@ -302,7 +303,20 @@ mod sim {
     impl Drop for Model {
         fn drop(&mut self) {
             // SAFETY: the pointer came from eqe_new and is freed once, here.
-            unsafe { eqe_free(self.0, self.1) }
+            unsafe { (self.2.eqe_free)(self.0, self.1) }
+        }
+    }
+
+    /// The verilated register front end (with its engine).
+    struct RegsModel(*mut c_void, &'static crate::model::Library);
+
+    // SAFETY: as for `Model`: one owner, used from one thread at a time.
+    unsafe impl Send for RegsModel {}
+
+    impl Drop for RegsModel {
+        fn drop(&mut self) {
+            // SAFETY: the pointer came from eqr_new and is freed once, here.
+            unsafe { (self.1.eqr_free)(self.0) }
         }
     }
 
@@ -327,13 +341,91 @@ mod sim {
     const IO_ENTRY_REQ: u8 = 7;
     const IO_TX_DATA: u8 = 8;
     const IO_DONE: u8 = 9;
+    // Our codes of the register front end (rtl/enso/enso_queue_regs.sv).
+    const R_PREFETCH: u8 = 0x20;
+    const R_MODE: u8 = 0x24;
+    const R_STREAM: u8 = 0x28;
+    const R_EXT: u8 = 0x2c;
+    const R_LIVE: u8 = 0x30;
     /// A call that takes longer than this many cycles means the RTL hung.
     const CYCLE_LIMIT: u64 = 10_000_000;
+    const NONE: u32 = u32::MAX;
 
-    /// The verilated engine behind the [`QueueEngine`] seam.
-    pub struct RtlEngine {
-        model: Model,
-        pins: Pins,
+    /// The RTL holds [`PIPES`] pipes and [`NB_PAIRS`] pairs; the card's ID space (8192 pipes,
+    /// 1024 pairs) is mapped onto those slots in order of first use (a queue keeps its slot
+    /// until reset). The RTL sees slot numbers; everything it puts out is mapped back (the
+    /// queue ID of a notification, the registers it publishes).
+    struct Slots {
+        pipe_slot: Vec<u32>,
+        pipe_id: Vec<u32>,
+        nb_slot: Vec<u32>,
+        nb_id: Vec<u32>,
+    }
+
+    impl Slots {
+        fn new() -> Self {
+            Slots {
+                pipe_slot: vec![NONE; MAX_PIPES as usize],
+                pipe_id: Vec::new(),
+                nb_slot: vec![NONE; MAX_NB_PAIRS as usize],
+                nb_id: Vec::new(),
+            }
+        }
+
+        fn get(slot_of: &mut [u32], ids: &mut Vec<u32>, max: u32, id: u32, alloc: bool) -> Option<u32> {
+            let s = *slot_of.get(id as usize)?;
+            if s != NONE {
+                return Some(s);
+            }
+            if !alloc || ids.len() as u32 >= max {
+                return None;
+            }
+            let s = ids.len() as u32;
+            ids.push(id);
+            slot_of[id as usize] = s;
+            Some(s)
+        }
+
+        fn pipe(&mut self, id: u32, alloc: bool) -> Option<u32> {
+            Self::get(&mut self.pipe_slot, &mut self.pipe_id, PIPES, id, alloc)
+        }
+
+        fn nb(&mut self, id: u32, alloc: bool) -> Option<u32> {
+            Self::get(&mut self.nb_slot, &mut self.nb_id, NB_PAIRS, id, alloc)
+        }
+
+        fn pipe_of(&self, slot: u32) -> u32 {
+            self.pipe_id.get(slot as usize).copied().unwrap_or(slot)
+        }
+
+        fn nb_of(&self, slot: u32) -> u32 {
+            self.nb_id.get(slot as usize).copied().unwrap_or(slot)
+        }
+    }
+
+    /// One io event the RTL put out.
+    #[derive(Clone, Copy, Debug)]
+    struct Event {
+        kind: u8,
+        q: u32,
+        a: u64,
+        b: u32,
+        c: u32,
+        d: u32,
+        e: u32,
+    }
+
+    /// What an io event needs back.
+    enum Reply {
+        None,
+        Answer(bool, u32),
+        Entry(u64, u64, u64),
+        Done(u32),
+    }
+
+    /// The Rust side of the io port, shared by both instances: the DMA the RTL commands,
+    /// the TX entries it fetched and the data it read, the framer, the slot map.
+    struct IoSide {
         framer: TxFramer,
         /// TX entries fetched by the current TX_TAIL call, back to back.
         fetch: Vec<u8>,
@@ -341,6 +433,118 @@ mod sim {
         data: Vec<u8>,
         /// The entry the RTL asked for last (a CONFIGURE refers to it).
         entry: usize,
+        /// None: the RTL sees the IDs themselves (the small instance of the differential
+        /// workload, which probes IDs out of range on purpose).
+        slots: Option<Slots>,
+        /// RX drop counters seen during the call (the front end keeps DONE to itself).
+        rx_drop: Option<u32>,
+        /// The last event was a TX notification fetch (a second one continues the batch
+        /// across the ring's end; any other starts a new batch).
+        fetching: bool,
+    }
+
+    impl IoSide {
+        fn pipe_id(&self, slot: u32) -> u32 {
+            self.slots.as_ref().map_or(slot, |s| s.pipe_of(slot))
+        }
+
+        fn nb_id(&self, slot: u32) -> u32 {
+            self.slots.as_ref().map_or(slot, |s| s.nb_of(slot))
+        }
+
+        fn serve(&mut self, ev: Event, frame: &[u8], io: &mut dyn EngineIo) -> Reply {
+            let Event { kind, q, a, b, c, d, e } = ev;
+            let class = if c == 0 { DmaClass::Data } else { DmaClass::Metadata };
+            let fetch = kind == IO_DMA_READ && class == DmaClass::Metadata;
+            if fetch && !self.fetching {
+                self.fetch.clear();
+            }
+            self.fetching = fetch;
+            match kind {
+                IO_DMA_WRITE => {
+                    let ok = match class {
+                        DmaClass::Data => match frame.get(d as usize..(d + b) as usize) {
+                            Some(bytes) => io.dma_write(a, bytes, class),
+                            None => false,
+                        },
+                        _ if b as usize == NOTIFICATION_SIZE - 8 => {
+                            // The notification's body: the pipe's ID (not its slot) and tail.
+                            let mut body = [0u8; NOTIFICATION_SIZE - 8];
+                            body[..8].copy_from_slice(&u64::from(self.pipe_id(d)).to_le_bytes());
+                            body[8..16].copy_from_slice(&u64::from(e).to_le_bytes());
+                            io.dma_write(a, &body, class)
+                        }
+                        _ => io.dma_write(a, &u64::from(d).to_le_bytes()[..(b as usize).min(8)], class),
+                    };
+                    Reply::Answer(ok, 0)
+                }
+                IO_DMA_READ => {
+                    let ok = if class == DmaClass::Metadata {
+                        let at = self.fetch.len();
+                        self.fetch.resize(at + b as usize, 0);
+                        let ok = io.dma_read(a, &mut self.fetch[at..], class);
+                        if !ok {
+                            self.fetch.truncate(at);
+                        }
+                        ok
+                    } else {
+                        self.data.resize(b as usize, 0);
+                        io.dma_read(a, &mut self.data, class)
+                    };
+                    Reply::Answer(ok, 0)
+                }
+                IO_PUBLISH => {
+                    let reg = match c {
+                        0 => Published::PipeRxTail(self.pipe_id(q)),
+                        1 => Published::NbRxTail(self.nb_id(q)),
+                        _ => Published::NbTxHead(self.nb_id(q)),
+                    };
+                    io.publish(reg, b);
+                    Reply::None
+                }
+                IO_NB_RX_HEAD => Reply::Answer(true, io.nb_rx_head(self.nb_id(q))),
+                IO_COUNT => {
+                    if [c::RX_DROP_PIPE_DISABLED, c::RX_DROP_PIPE_FULL, c::RX_DROP_DMA].contains(&c) {
+                        self.rx_drop = Some(c);
+                    }
+                    io.count(c, u64::from(b));
+                    Reply::None
+                }
+                IO_CONFIGURE => {
+                    let mut n = [0u8; NOTIFICATION_SIZE];
+                    if let Some(e) =
+                        self.fetch.get(self.entry * NOTIFICATION_SIZE..(self.entry + 1) * NOTIFICATION_SIZE)
+                    {
+                        n.copy_from_slice(e);
+                    }
+                    io.configure(&n);
+                    Reply::None
+                }
+                IO_ENTRY_REQ => {
+                    self.entry = b as usize;
+                    let e =
+                        self.fetch.get(self.entry * NOTIFICATION_SIZE..(self.entry + 1) * NOTIFICATION_SIZE);
+                    let w = |at: usize| {
+                        e.map_or(0, |e| u64::from_le_bytes(e[at..at + 8].try_into().unwrap_or_default()))
+                    };
+                    Reply::Entry(w(0), w(8), w(16))
+                }
+                IO_TX_DATA => {
+                    let n = (b as usize).min(self.data.len());
+                    self.framer.push(q, &self.data[..n], io);
+                    Reply::None
+                }
+                IO_DONE => Reply::Done(b),
+                other => panic!("RTL queue engine: unknown io event {other}"),
+            }
+        }
+    }
+
+    /// The verilated engine behind the [`QueueEngine`] seam.
+    pub struct RtlEngine {
+        model: Model,
+        pins: Pins,
+        side: IoSide,
         /// Clock cycles so far.
         pub cycles: u64,
         /// Where the cycles of each call are added (shared by a NIC's engines).
@@ -348,22 +552,30 @@ mod sim {
     }
 
     impl RtlEngine {
-        /// A fresh engine (held in reset for two cycles) for `cfg`, which must match the
-        /// RTL instance ([`unsupported`]).
+        /// A fresh engine (held in reset for two cycles) for `cfg`, which must fit the RTL
+        /// instance ([`unsupported`]).
         pub fn new(cfg: &EnsoConfig) -> Result<RtlEngine, String> {
             if let Some(why) = unsupported(cfg) {
                 return Err(why);
             }
+            let lib = crate::model::library()?;
             let small = i32::from(is_small(cfg));
             // SAFETY: eqe_new has no preconditions; the result is owned by `Model`.
-            let model = Model(unsafe { eqe_new(small) }, small);
+            let model = Model(unsafe { (lib.eqe_new)(small) }, small, lib);
+            let slots = (small == 0).then(Slots::new);
+            let nbs = if small == 1 { cfg.num_nb_pairs } else { NB_PAIRS };
             let mut e = RtlEngine {
                 model,
                 pins: Pins { rst: 1, io_ready: 1, ..Pins::default() },
-                framer: TxFramer::new(cfg.num_nb_pairs),
-                fetch: Vec::new(),
-                data: Vec::new(),
-                entry: 0,
+                side: IoSide {
+                    framer: TxFramer::new(nbs),
+                    fetch: Vec::new(),
+                    data: Vec::new(),
+                    entry: 0,
+                    slots,
+                    rx_drop: None,
+                    fetching: false,
+                },
                 cycles: 0,
                 cycles_sink: None,
             };
@@ -375,24 +587,35 @@ mod sim {
         }
 
         /// Engines for a NIC configured as `cfg` ([`enso_nic::EnsoNic::with_engines`]): a
-        /// fresh RTL instance at power-on and at every reset. With `cycles`, every engine
-        /// adds the clock cycles it ran there.
+        /// fresh RTL instance at power-on and at every reset. In register mode mmio the
+        /// instance is the register front end with the engine behind it ([`RtlRegsEngine`]),
+        /// which decodes every queue-page access itself. With `cycles`, every engine adds
+        /// the clock cycles it ran there.
         pub fn factory(cfg: &EnsoConfig, cycles: Option<Arc<AtomicU64>>) -> Result<EngineFactory, String> {
             if let Some(why) = unsupported(cfg) {
                 return Err(why);
             }
+            crate::model::library()?;
             Ok(Arc::new(move |cfg: &EnsoConfig| -> Box<dyn QueueEngine> {
                 // The NIC's configuration does not change after it is made: checked above.
-                let mut e = RtlEngine::new(cfg).expect("the NIC's configuration fits the RTL instance");
-                e.cycles_sink = cycles.clone();
-                Box::new(e)
+                if cfg.registers == enso_nic::RegisterMode::Mmio && !is_small(cfg) {
+                    let mut e = RtlRegsEngine::new().expect("the model is loaded");
+                    e.cycles_sink = cycles.clone();
+                    Box::new(e)
+                } else {
+                    let mut e = RtlEngine::new(cfg).expect("the NIC's configuration fits the RTL instance");
+                    e.cycles_sink = cycles.clone();
+                    Box::new(e)
+                }
             }))
         }
 
         fn cycle(&mut self) {
             // SAFETY: the model pointer is live (owned by self.model) and `pins` is a
             // repr(C) struct laid out as csrc/engine.cpp's EqePins.
-            unsafe { eqe_cycle(self.model.0, self.model.1, &mut self.pins) };
+            unsafe {
+                (self.model.2.eqe_cycle)(self.model.0, self.model.1, (&mut self.pins as *mut Pins).cast())
+            };
             self.cycles += 1;
         }
 
@@ -436,126 +659,91 @@ mod sim {
                     assert!(self.cycles - start < CYCLE_LIMIT, "RTL queue engine hung in command {op}");
                     continue;
                 }
-                let (kind, q, a, b, c, d, e) = (
-                    self.pins.io_kind,
-                    self.pins.io_q,
-                    self.pins.io_a,
-                    self.pins.io_b,
-                    self.pins.io_c,
-                    self.pins.io_d,
-                    self.pins.io_e,
-                );
+                let p = self.pins;
+                let ev = Event {
+                    kind: p.io_kind,
+                    q: p.io_q,
+                    a: p.io_a,
+                    b: p.io_b,
+                    c: p.io_c,
+                    d: p.io_d,
+                    e: p.io_e,
+                };
                 // The event is taken on the next edge (io_ready is always high).
                 self.cycle();
-                let class = if c == 0 { DmaClass::Data } else { DmaClass::Metadata };
-                match kind {
-                    IO_DMA_WRITE => {
-                        let ok = match class {
-                            DmaClass::Data => match frame.get(d as usize..(d + b) as usize) {
-                                Some(bytes) => io.dma_write(a, bytes, class),
-                                None => false,
-                            },
-                            _ if b as usize == NOTIFICATION_SIZE - 8 => {
-                                let mut body = [0u8; NOTIFICATION_SIZE - 8];
-                                body[..8].copy_from_slice(&u64::from(d).to_le_bytes());
-                                body[8..16].copy_from_slice(&u64::from(e).to_le_bytes());
-                                io.dma_write(a, &body, class)
-                            }
-                            _ => io.dma_write(a, &u64::from(d).to_le_bytes()[..(b as usize).min(8)], class),
-                        };
-                        self.answer(ok, 0);
-                    }
-                    IO_DMA_READ => {
-                        let ok = if class == DmaClass::Metadata {
-                            let at = self.fetch.len();
-                            self.fetch.resize(at + b as usize, 0);
-                            let ok = io.dma_read(a, &mut self.fetch[at..], class);
-                            if !ok {
-                                self.fetch.truncate(at);
-                            }
-                            ok
-                        } else {
-                            self.data.resize(b as usize, 0);
-                            io.dma_read(a, &mut self.data, class)
-                        };
-                        self.answer(ok, 0);
-                    }
-                    IO_PUBLISH => {
-                        let reg = match c {
-                            0 => Published::PipeRxTail(q),
-                            1 => Published::NbRxTail(q),
-                            _ => Published::NbTxHead(q),
-                        };
-                        io.publish(reg, b);
-                    }
-                    IO_NB_RX_HEAD => {
-                        let v = io.nb_rx_head(q);
-                        self.answer(true, v);
-                    }
-                    IO_COUNT => io.count(c, u64::from(b)),
-                    IO_CONFIGURE => {
-                        let mut n = [0u8; NOTIFICATION_SIZE];
-                        if let Some(e) = self
-                            .fetch
-                            .get(self.entry * NOTIFICATION_SIZE..(self.entry + 1) * NOTIFICATION_SIZE)
-                        {
-                            n.copy_from_slice(e);
-                        }
-                        io.configure(&n);
-                    }
-                    IO_ENTRY_REQ => {
-                        self.entry = b as usize;
-                        let e = self
-                            .fetch
-                            .get(self.entry * NOTIFICATION_SIZE..(self.entry + 1) * NOTIFICATION_SIZE);
-                        let w = |at: usize| {
-                            e.map_or(0, |e| u64::from_le_bytes(e[at..at + 8].try_into().unwrap_or_default()))
-                        };
+                match self.side.serve(ev, frame, io) {
+                    Reply::None => {}
+                    Reply::Answer(ok, v) => self.answer(ok, v),
+                    Reply::Entry(s, a, l) => {
                         self.pins.ent_valid = 1;
-                        (self.pins.ent_signal, self.pins.ent_addr, self.pins.ent_len) = (w(0), w(8), w(16));
+                        (self.pins.ent_signal, self.pins.ent_addr, self.pins.ent_len) = (s, a, l);
                         self.cycle();
                         self.pins.ent_valid = 0;
                     }
-                    IO_TX_DATA => {
-                        let n = (b as usize).min(self.data.len());
-                        self.framer.push(q, &self.data[..n], io);
-                    }
-                    IO_DONE => {
+                    Reply::Done(b) => {
                         if let Some(sink) = &self.cycles_sink {
                             sink.fetch_add(self.cycles - start, std::sync::atomic::Ordering::Relaxed);
                         }
                         return b;
                     }
-                    other => panic!("RTL queue engine: unknown io event {other}"),
                 }
+            }
+        }
+
+        fn pipe_slot(&mut self, pipe: u32, alloc: bool) -> Option<u32> {
+            match &mut self.side.slots {
+                Some(s) => s.pipe(pipe, alloc),
+                None => Some(pipe),
+            }
+        }
+
+        fn nb_slot(&mut self, nb: u32, alloc: bool) -> Option<u32> {
+            match &mut self.side.slots {
+                Some(s) => s.nb(nb, alloc),
+                None => Some(nb),
             }
         }
     }
 
     impl QueueEngine for RtlEngine {
         fn enable_pipe(&mut self, pipe: u32, s: PipeSetup) {
-            self.call(OP_ENABLE_PIPE, pipe, s.base, s.nb, s.head, s.tail, &[], &mut NoIo);
+            let Some(slot) = self.pipe_slot(pipe, true) else { return };
+            // A pair without a slot becomes one the RTL does not have (notifications fail,
+            // counted).
+            let nb = self.nb_slot(s.nb, true).unwrap_or(NB_PAIRS);
+            self.call(OP_ENABLE_PIPE, slot, s.base, nb, s.head, s.tail, &[], &mut NoIo);
         }
         fn disable_pipe(&mut self, pipe: u32) {
-            self.call(OP_DISABLE_PIPE, pipe, 0, 0, 0, 0, &[], &mut NoIo);
+            if let Some(slot) = self.pipe_slot(pipe, false) {
+                self.call(OP_DISABLE_PIPE, slot, 0, 0, 0, 0, &[], &mut NoIo);
+            }
         }
         fn enable_nb(&mut self, nb: u32, s: NbSetup) {
-            self.call(OP_NB_TX_RING, nb, s.tx_ring, 0, 0, 0, &[], &mut NoIo);
-            self.call(OP_ENABLE_NB, nb, s.rx_ring, s.rx_head, s.rx_tail, s.tx_head, &[], &mut NoIo);
-            self.framer.reset(nb);
+            let Some(slot) = self.nb_slot(nb, true) else { return };
+            self.call(OP_NB_TX_RING, slot, s.tx_ring, 0, 0, 0, &[], &mut NoIo);
+            self.call(OP_ENABLE_NB, slot, s.rx_ring, s.rx_head, s.rx_tail, s.tx_head, &[], &mut NoIo);
+            self.side.framer.reset(slot);
         }
         fn disable_nb(&mut self, nb: u32) {
-            self.call(OP_DISABLE_NB, nb, 0, 0, 0, 0, &[], &mut NoIo);
-            self.framer.reset(nb);
+            if let Some(slot) = self.nb_slot(nb, false) {
+                self.call(OP_DISABLE_NB, slot, 0, 0, 0, 0, &[], &mut NoIo);
+                self.side.framer.reset(slot);
+            }
         }
         fn set_per_packet(&mut self, per_packet: bool) {
             self.call(OP_PER_PACKET, 0, 0, per_packet as u32, 0, 0, &[], &mut NoIo);
         }
         fn set_stream(&mut self, pipe: u32, stream: bool) {
-            self.call(OP_SET_STREAM, pipe, 0, stream as u32, 0, 0, &[], &mut NoIo);
+            if let Some(slot) = self.pipe_slot(pipe, stream) {
+                self.call(OP_SET_STREAM, slot, 0, stream as u32, 0, 0, &[], &mut NoIo);
+            }
         }
         fn rx_packet(&mut self, pipe: u32, frame: &[u8], io: &mut dyn EngineIo) -> RxOutcome {
-            match self.call(OP_RX_PACKET, pipe, 0, frame.len() as u32, 0, 0, frame, io) {
+            let Some(slot) = self.pipe_slot(pipe, false) else {
+                io.count(c::RX_DROP_PIPE_DISABLED, 1);
+                return RxOutcome::PipeDisabled;
+            };
+            match self.call(OP_RX_PACKET, slot, 0, frame.len() as u32, 0, 0, frame, io) {
                 0 => RxOutcome::Delivered,
                 1 => RxOutcome::PipeDisabled,
                 2 => RxOutcome::PipeFull,
@@ -563,14 +751,257 @@ mod sim {
             }
         }
         fn rx_head(&mut self, pipe: u32, head: u32, io: &mut dyn EngineIo) {
-            self.call(OP_RX_HEAD, pipe, 0, head, 0, 0, &[], io);
+            if let Some(slot) = self.pipe_slot(pipe, false) {
+                self.call(OP_RX_HEAD, slot, 0, head, 0, 0, &[], io);
+            }
         }
         fn prefetch(&mut self, pipe: u32, io: &mut dyn EngineIo) {
-            self.call(OP_PREFETCH, pipe, 0, 0, 0, 0, &[], io);
+            if let Some(slot) = self.pipe_slot(pipe, false) {
+                self.call(OP_PREFETCH, slot, 0, 0, 0, 0, &[], io);
+            }
         }
         fn tx_tail(&mut self, nb: u32, tail: u32, io: &mut dyn EngineIo) -> bool {
-            self.fetch.clear();
-            self.call(OP_TX_TAIL, nb, 0, tail, 0, 0, &[], io) == 1
+            let Some(slot) = self.nb_slot(nb, false) else { return true };
+            self.side.fetch.clear();
+            self.call(OP_TX_TAIL, slot, 0, tail, 0, 0, &[], io) == 1
+        }
+    }
+
+    /// The verilated register front end (rtl/enso/enso_queue_regs.sv) with the engine
+    /// behind it: in register mode mmio the NIC's device thread hands it every queue-page
+    /// access ([`RegisterFrontEnd`]), so the register decode the FPGA would carry is what
+    /// the guest's driver talks to. Frames still come in through [`QueueEngine::rx_packet`].
+    pub struct RtlRegsEngine {
+        model: RegsModel,
+        pins: RegsPins,
+        side: IoSide,
+        /// Clock cycles so far.
+        pub cycles: u64,
+        cycles_sink: Option<Arc<AtomicU64>>,
+    }
+
+    impl RtlRegsEngine {
+        /// A fresh front end (held in reset for two cycles), the card's ID space mapped onto
+        /// its slots.
+        pub fn new() -> Result<RtlRegsEngine, String> {
+            let lib = crate::model::library()?;
+            // SAFETY: eqr_new has no preconditions; the result is owned by `RegsModel`.
+            let model = RegsModel(unsafe { (lib.eqr_new)() }, lib);
+            let mut e = RtlRegsEngine {
+                model,
+                pins: RegsPins { rst: 1, io_ready: 1, ..RegsPins::default() },
+                side: IoSide {
+                    framer: TxFramer::new(NB_PAIRS),
+                    fetch: Vec::new(),
+                    data: Vec::new(),
+                    entry: 0,
+                    slots: Some(Slots::new()),
+                    rx_drop: None,
+                    fetching: false,
+                },
+                cycles: 0,
+                cycles_sink: None,
+            };
+            e.cycle();
+            e.cycle();
+            e.pins.rst = 0;
+            e.cycle();
+            Ok(e)
+        }
+
+        fn cycle(&mut self) {
+            // SAFETY: the model pointer is live (owned by self.model) and `pins` is a repr(C)
+            // struct laid out as csrc/engine.cpp's EqrPins.
+            unsafe { (self.model.1.eqr_cycle)(self.model.0, (&mut self.pins as *mut RegsPins).cast()) };
+            self.cycles += 1;
+        }
+
+        /// Serves io events until the front end is idle again.
+        fn run(&mut self, start: u64, frame: &[u8], io: &mut dyn EngineIo) {
+            loop {
+                if self.pins.io_valid == 0 {
+                    if self.pins.wr_ready == 1 {
+                        break;
+                    }
+                    self.cycle();
+                    assert!(self.cycles - start < CYCLE_LIMIT, "RTL register front end hung");
+                    continue;
+                }
+                let p = self.pins;
+                let ev = Event {
+                    kind: p.io_kind,
+                    q: p.io_q,
+                    a: p.io_a,
+                    b: p.io_b,
+                    c: p.io_c,
+                    d: p.io_d,
+                    e: p.io_e,
+                };
+                self.cycle();
+                match self.side.serve(ev, frame, io) {
+                    Reply::None | Reply::Done(_) => {}
+                    Reply::Answer(ok, v) => {
+                        (self.pins.resp_valid, self.pins.resp_ok, self.pins.resp_value) = (1, ok as u8, v);
+                        self.cycle();
+                        self.pins.resp_valid = 0;
+                    }
+                    Reply::Entry(s, a, l) => {
+                        self.pins.ent_valid = 1;
+                        (self.pins.ent_signal, self.pins.ent_addr, self.pins.ent_len) = (s, a, l);
+                        self.cycle();
+                        self.pins.ent_valid = 0;
+                    }
+                }
+            }
+            if let Some(sink) = &self.cycles_sink {
+                sink.fetch_add(self.cycles - start, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+
+        /// One register write at the front end's port (a queue slot or one of our codes).
+        fn write_port(&mut self, queue: u32, reg: u8, value: u32, io: &mut dyn EngineIo) {
+            let start = self.cycles;
+            (self.pins.wr_valid, self.pins.wr_queue, self.pins.wr_reg, self.pins.wr_data) =
+                (1, queue as u16, reg, value);
+            loop {
+                let ready = self.pins.wr_ready == 1;
+                self.cycle();
+                if ready {
+                    break;
+                }
+                assert!(self.cycles - start < CYCLE_LIMIT, "RTL register front end never took a write");
+            }
+            self.pins.wr_valid = 0;
+            self.run(start, &[], io);
+        }
+
+        /// The front end's queue index (pipe slot, or 8192 + pair slot) for queue `queue`.
+        fn slot_of(&mut self, queue: u32, alloc: bool) -> Option<u32> {
+            let slots = self.side.slots.as_mut()?;
+            if queue < MAX_PIPES {
+                slots.pipe(queue, alloc)
+            } else {
+                slots.nb(queue - MAX_PIPES, alloc).map(|s| MAX_PIPES + s)
+            }
+        }
+
+        fn read_port(&mut self, queue: u32, reg: u8) -> u32 {
+            (self.pins.rd_queue, self.pins.rd_reg) = (queue as u16, reg);
+            self.cycle();
+            self.pins.rd_data
+        }
+    }
+
+    impl RegisterFrontEnd for RtlRegsEngine {
+        fn write(&mut self, queue: u32, reg: u64, value: u32, io: &mut dyn EngineIo) -> bool {
+            let mut value = value;
+            if queue < MAX_PIPES && reg == testbed_regs::enso::queue::RX_MEM_LOW {
+                // The pair ID in the address's low bits names a pair: the RTL gets its slot.
+                let nb = value & testbed_regs::enso::queue::NB_ID_MASK;
+                let live = value != 0 || self.read(queue, testbed_regs::enso::queue::RX_MEM_HIGH) != 0;
+                if live {
+                    let slot = self.side.slots.as_mut().and_then(|s| s.nb(nb, true)).unwrap_or(NB_PAIRS);
+                    value = (value & !testbed_regs::enso::queue::NB_ID_MASK) | slot;
+                }
+            }
+            // A page without a slot holds zeros: a 0 written there changes nothing.
+            let Some(q) = self.slot_of(queue, value != 0) else { return value == 0 };
+            self.write_port(q, reg as u8, value, io);
+            true
+        }
+
+        fn read(&mut self, queue: u32, reg: u64) -> u32 {
+            let Some(q) = self.slot_of(queue, false) else { return 0 };
+            let v = self.read_port(q, reg as u8);
+            if queue < MAX_PIPES && reg == testbed_regs::enso::queue::RX_MEM_LOW {
+                // Back from the pair's slot to its ID.
+                let nb = self.side.nb_id(v & testbed_regs::enso::queue::NB_ID_MASK);
+                return (v & !testbed_regs::enso::queue::NB_ID_MASK) | nb;
+            }
+            v
+        }
+
+        fn live(&mut self, queue: u32) -> bool {
+            match self.slot_of(queue, false) {
+                Some(q) => self.read_port(q, R_LIVE) & 1 == 1,
+                None => false,
+            }
+        }
+
+        fn live_queues(&mut self) -> Vec<u32> {
+            let Some(s) = &self.side.slots else { return vec![] };
+            let ids: Vec<u32> =
+                s.pipe_id.iter().copied().chain(s.nb_id.iter().map(|j| MAX_PIPES + j)).collect();
+            ids.into_iter().filter(|&q| self.live(q)).collect()
+        }
+
+        fn set_extensions(&mut self, enable_bit: bool, io: &mut dyn EngineIo) {
+            self.write_port(0, R_EXT, enable_bit as u32, io);
+        }
+
+        fn prefetch_doorbell(&mut self, pipe: u32, io: &mut dyn EngineIo) -> bool {
+            match self.slot_of(pipe, false) {
+                Some(s) if self.live(pipe) => {
+                    self.write_port(0, R_PREFETCH, s, io);
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
+
+    impl QueueEngine for RtlRegsEngine {
+        // The front end decodes the queue pages itself: the device thread makes none of
+        // these calls in register mode mmio.
+        fn enable_pipe(&mut self, _: u32, _: PipeSetup) {}
+        fn disable_pipe(&mut self, _: u32) {}
+        fn enable_nb(&mut self, _: u32, _: NbSetup) {}
+        fn disable_nb(&mut self, _: u32) {}
+        fn rx_head(&mut self, _: u32, _: u32, _: &mut dyn EngineIo) {}
+        fn prefetch(&mut self, pipe: u32, io: &mut dyn EngineIo) {
+            self.prefetch_doorbell(pipe, io);
+        }
+        fn tx_tail(&mut self, _: u32, _: u32, _: &mut dyn EngineIo) -> bool {
+            true
+        }
+        fn set_per_packet(&mut self, per_packet: bool) {
+            self.write_port(0, R_MODE, per_packet as u32, &mut NoIo);
+        }
+        fn set_stream(&mut self, pipe: u32, stream: bool) {
+            if let Some(s) = self.slot_of(pipe, stream) {
+                self.write_port(0, R_STREAM, s | (stream as u32) << 31, &mut NoIo);
+            }
+        }
+        fn rx_packet(&mut self, pipe: u32, frame: &[u8], io: &mut dyn EngineIo) -> RxOutcome {
+            let Some(slot) = self.slot_of(pipe, false) else {
+                io.count(c::RX_DROP_PIPE_DISABLED, 1);
+                return RxOutcome::PipeDisabled;
+            };
+            let start = self.cycles;
+            self.side.rx_drop = None;
+            (self.pins.rx_valid, self.pins.rx_pipe, self.pins.rx_len) = (1, slot, frame.len() as u32);
+            loop {
+                // Idle, and no write offered (rx_ready as sampled last cycle may still see
+                // the write before, so it is not used here).
+                let ready = self.pins.wr_ready == 1;
+                self.cycle();
+                if ready {
+                    break;
+                }
+                assert!(self.cycles - start < CYCLE_LIMIT, "RTL register front end never took a frame");
+            }
+            self.pins.rx_valid = 0;
+            self.run(start, frame, io);
+            // The front end keeps the call's result to itself; its drop counters tell it.
+            match self.side.rx_drop.take() {
+                None => RxOutcome::Delivered,
+                Some(c::RX_DROP_PIPE_DISABLED) => RxOutcome::PipeDisabled,
+                Some(c::RX_DROP_PIPE_FULL) => RxOutcome::PipeFull,
+                Some(_) => RxOutcome::DmaFailed,
+            }
+        }
+        fn front_end(&mut self) -> Option<&mut dyn RegisterFrontEnd> {
+            Some(self)
         }
     }
 
@@ -595,17 +1026,32 @@ mod sim {
     }
 }
 
-/// The co-simulation is part of the test suite: without Verilator this fails rather than
-/// letting the differential tests below vanish.
-#[test]
-fn the_verilated_model_is_built() {
-    assert!(
-        available(),
-        "the RTL co-simulation was not built: install Debian's verilator (./ci/test.sh does) and rebuild"
-    );
+/// Provisions the model for a test (the testbed's cache: `$TESTBED_CACHE`, else the user's
+/// cache folder), failing loudly when it cannot: the co-simulation is part of the test suite,
+/// and the differential tests must never vanish because Verilator is missing.
+#[cfg(test)]
+fn provisioned() {
+    let root = std::env::var_os("TESTBED_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(std::path::PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| "/tmp".into())
+            .join("enso-testbed")
+    });
+    if let Err(e) = provision(&root, &|step| eprintln!("rtl-cosim: {step}")) {
+        panic!("the RTL co-simulation model could not be provisioned: {e}");
+    }
 }
 
-#[cfg(all(test, verilated))]
+#[test]
+fn the_verilated_model_is_built() {
+    provisioned();
+    assert!(available());
+    assert!(RtlEngine::new(&small_config()).is_ok());
+    assert!(nagare_pipeline(None).is_ok());
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use enso_nic::engine::workload::Workload;
@@ -614,6 +1060,7 @@ mod tests {
     /// record (events in order, answers, TX entries acted on) must be identical.
     #[test]
     fn rtl_engine_matches_the_rust_engine_on_100k_random_calls() {
+        provisioned();
         let mut rust = Workload::engine();
         let mut rtl = RtlEngine::new(&small_config()).expect("small instance");
         let (mut a, mut b) = (Workload::new(0x0e15_0e15), Workload::new(0x0e15_0e15));
@@ -635,15 +1082,16 @@ mod tests {
 
     #[test]
     fn configurations_the_instances_do_not_have_are_refused() {
-        assert!(unsupported(&EnsoConfig::default()).is_none());
+        provisioned();
+        assert!(unsupported(&EnsoConfig::default()).is_none(), "the card's ID space maps onto the slots");
         assert!(unsupported(&small_config()).is_none());
-        let odd = EnsoConfig { num_pipes: 32, ..EnsoConfig::default() };
+        let odd = EnsoConfig { pipe_flits: 1024, ..EnsoConfig::default() };
         assert!(RtlEngine::new(&odd).is_err());
         assert!(RtlEngine::factory(&odd, None).is_err());
     }
 }
 
-#[cfg(all(test, verilated))]
+#[cfg(test)]
 mod pipeline_tests {
     use super::*;
     use nagare::fabric::{Hop, Ingress, Port, StreamEntry, Tables};
@@ -678,6 +1126,7 @@ mod pipeline_tests {
     /// them; every ruling must be the same.
     #[test]
     fn rtl_pipeline_matches_the_rust_pipeline_under_table_updates() {
+        provisioned();
         let mut x: u64 = 0x5eed_1234;
         let mut next = move || {
             x ^= x << 13;
@@ -703,7 +1152,7 @@ mod pipeline_tests {
             ],
         };
         let rust = Pipeline::new(PipelineConfig::default());
-        let rtl = RtlPipeline::new(None);
+        let rtl = RtlPipeline::new(None).expect("the model is loaded");
         let kinds = [reg::HOP_INGRESS, reg::HOP_STREAM, reg::HOP_GLUE, reg::HOP_EGRESS];
         let mut forwarded = 0;
         for i in 0..100_000u32 {

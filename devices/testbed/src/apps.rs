@@ -9,6 +9,7 @@
 //! | mica | GET/SET over UDP, Zipf keys | each reply answers its request; a GET returns the latest value SET before it, or a miss |
 //! | logmon | a log stream cut into pieces at arbitrary bytes | the acknowledged counts equal the lines and matches in the stream |
 
+use crate::bench::Spread;
 use crate::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
 use crate::vm::VmSpec;
 use anyhow::{Context, Result};
@@ -486,9 +487,15 @@ pub fn run_native(o: &AppOptions, dir: &std::path::Path) -> Result<NativeApp> {
     let ready = ready_rx.recv_timeout(Duration::from_secs(30)).is_ok();
     if ready {
         rig.start();
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !rig.done() && Instant::now() < deadline {
+        // Until every frame is answered, the app thread stops early (an error), or no
+        // reply has come for 30 s: a loaded machine may take long, but keeps answering.
+        let (mut seen, mut last_progress) = (0u64, Instant::now());
+        while !rig.done() && !driver.is_finished() && last_progress.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(2));
+            let received = rig.src.lock().report.received;
+            if received != seen {
+                (seen, last_progress) = (received, Instant::now());
+            }
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -650,7 +657,29 @@ pub fn run(env: Option<&Env>, opts: &RunOptions, o: &AppOptions, transport: Tran
     Ok(report)
 }
 
-/// One row of `testbed bench apps`.
+/// One run of one app on one NIC in `testbed bench apps`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BenchRun {
+    /// The round (0-based): each round runs every app on both NICs.
+    pub round: usize,
+    /// The NIC's place in the app's pair this round (0 = first); the NIC order reverses
+    /// every other round.
+    pub position: usize,
+    pub mfps: f64,
+    pub busy_ns_per_frame: f64,
+    pub correct: bool,
+    /// Why the run failed (then its figures are zero and left out of the statistics).
+    pub error: Option<String>,
+}
+
+/// The spread over a row's runs of its wall-clock figures.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BenchRowSpread {
+    pub mfps: Spread,
+    pub busy_ns_per_frame: Spread,
+}
+
+/// One row of `testbed bench apps`: one app on one NIC, medians over the runs.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRow {
     pub app: String,
@@ -660,17 +689,32 @@ pub struct BenchRow {
     /// The app thread's busy time per frame (ns): the per-frame cost of the app plus its
     /// I/O wrapper.
     pub busy_ns_per_frame: f64,
+    /// Every run completed and passed every check.
     pub correct: bool,
+    /// Median and spread (min, max) of each figure over the runs.
+    pub spread: BenchRowSpread,
+    pub runs: Vec<BenchRun>,
+}
+
+/// The spread of a Table 1 line's ratios, taken round by round.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct BenchRatioSpread {
+    pub throughput_ratio: Spread,
+    pub cost_ratio: Spread,
 }
 
 /// A Table 1 line: one app on both NICs.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchRatio {
     pub app: String,
-    /// Ensō / packetized throughput.
+    /// Ensō / packetized throughput (ratio of the medians).
     pub throughput_ratio: f64,
-    /// Packetized / Ensō busy time per frame (how much cheaper Ensō's I/O makes a frame).
+    /// Packetized / Ensō busy time per frame (how much cheaper Ensō's I/O makes a frame;
+    /// ratio of the medians).
     pub cost_ratio: f64,
+    /// The same ratios round by round (both NICs run the app once per round): median and
+    /// spread (min, max).
+    pub spread: BenchRatioSpread,
 }
 
 /// The benchmark's result.
@@ -678,70 +722,155 @@ pub struct BenchRatio {
 pub struct BenchReport {
     pub frames: u64,
     pub window: usize,
+    /// Rounds: runs per app and NIC.
+    pub runs: usize,
+    /// The runs that failed (each also in its row's `runs[]`, with `error`).
+    pub failures: Vec<String>,
     pub results: Vec<BenchRow>,
     pub ratios: Vec<BenchRatio>,
 }
 
-/// `testbed bench apps`: every app on both NICs, natively, alternating NICs per app.
-pub fn bench(frames: u64, window: usize) -> Result<BenchReport> {
-    let dir = run::private_dir("bench-apps")?;
-    let mut results = Vec::new();
-    let mut ratios = Vec::new();
-    for name in netapp::NAMES {
-        let mut pair = Vec::new();
-        for nic in [NicKind::Enso, NicKind::Packetized] {
-            let o = AppOptions { name: name.into(), nic, frames, window };
-            eprintln!("[testbed] bench apps: {name} on {}", nic.name());
-            let r = run_native(&o, &dir)?;
-            let correct = check(name, frames, &r.source, &r.app).iter().all(|c| c.1);
-            let row = BenchRow {
-                app: name.into(),
-                nic: nic.name().into(),
-                mfps: r.source.mfps,
-                busy_ns_per_frame: r.io.busy.as_nanos() as f64 / r.io.frames.max(1) as f64,
-                correct,
-            };
-            pair.push(row.clone());
-            results.push(row);
-        }
-        ratios.push(BenchRatio {
-            app: name.into(),
-            throughput_ratio: pair[0].mfps / pair[1].mfps.max(1e-9),
-            cost_ratio: pair[1].busy_ns_per_frame / pair[0].busy_ns_per_frame.max(1e-9),
-        });
+impl BenchReport {
+    /// What went wrong, if anything: failed runs, or rows whose checks failed.
+    pub fn failure(&self) -> Option<String> {
+        let wrong: Vec<String> = self
+            .results
+            .iter()
+            .filter(|x| !x.correct && x.runs.iter().all(|r| r.error.is_none()))
+            .map(|x| format!("{} on {}: a check failed", x.app, x.nic))
+            .collect();
+        let all: Vec<String> = self.failures.iter().cloned().chain(wrong).collect();
+        (!all.is_empty()).then(|| all.join("; "))
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(BenchReport { frames, window, results, ratios })
 }
 
-/// The benchmark as a table shaped like the seed's Table 1.
+/// `testbed bench apps`: every app on both NICs, natively, `runs` rounds. Each round runs
+/// every app on both NICs, one right after the other, the NIC order reversing every other
+/// round (so neither NIC always goes first). A failed run is recorded and the benchmark
+/// goes on.
+pub fn bench(frames: u64, window: usize, runs: usize) -> Result<BenchReport> {
+    anyhow::ensure!(frames >= 1 && window >= 1 && runs >= 1, "frames, window and runs must be at least 1");
+    let dir = run::private_dir("bench-apps")?;
+    let nics = [NicKind::Enso, NicKind::Packetized];
+    // rows[app][nic]
+    let mut rows: Vec<[Vec<BenchRun>; 2]> = netapp::NAMES.iter().map(|_| Default::default()).collect();
+    let mut failures = Vec::new();
+    for round in 0..runs {
+        let order: [usize; 2] = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for (a, name) in netapp::NAMES.iter().enumerate() {
+            for (position, &k) in order.iter().enumerate() {
+                let nic = nics[k];
+                let o = AppOptions { name: (*name).into(), nic, frames, window };
+                eprintln!("[testbed] bench apps: round {}/{runs}: {name} on {}", round + 1, nic.name());
+                let run = match run_native(&o, &dir) {
+                    Ok(r) => BenchRun {
+                        round,
+                        position,
+                        mfps: r.source.mfps,
+                        busy_ns_per_frame: r.io.busy.as_nanos() as f64 / r.io.frames.max(1) as f64,
+                        correct: check(name, frames, &r.source, &r.app).iter().all(|c| c.1),
+                        error: None,
+                    },
+                    Err(e) => {
+                        let what = format!("{name} on {} round {}: {e:#}", nic.name(), round + 1);
+                        eprintln!("[testbed] bench apps: {what}");
+                        failures.push(what);
+                        BenchRun { round, position, error: Some(format!("{e:#}")), ..Default::default() }
+                    }
+                };
+                rows[a][k].push(run);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut results = Vec::new();
+    let mut ratios = Vec::new();
+    for (a, name) in netapp::NAMES.iter().enumerate() {
+        let [enso, packetized] = std::mem::take(&mut rows[a]);
+        // Per round, the figure of a run that completed.
+        let per_round = |runs: &[BenchRun], f: fn(&BenchRun) -> f64| -> Vec<Option<f64>> {
+            runs.iter().map(|r| r.error.is_none().then(|| f(r))).collect()
+        };
+        let mut pair = Vec::new();
+        for (nic, runs) in nics.iter().zip([enso, packetized]) {
+            let ok = |f: fn(&BenchRun) -> f64| per_round(&runs, f).into_iter().flatten().collect::<Vec<_>>();
+            let spread = BenchRowSpread {
+                mfps: Spread::of(&ok(|r| r.mfps)),
+                busy_ns_per_frame: Spread::of(&ok(|r| r.busy_ns_per_frame)),
+            };
+            pair.push(BenchRow {
+                app: (*name).into(),
+                nic: nic.name().into(),
+                mfps: spread.mfps.median,
+                busy_ns_per_frame: spread.busy_ns_per_frame.median,
+                correct: runs.iter().all(|r| r.correct && r.error.is_none()),
+                spread,
+                runs,
+            });
+        }
+        let (e, p) = (&pair[0], &pair[1]);
+        let div = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        ratios.push(BenchRatio {
+            app: (*name).into(),
+            throughput_ratio: div(e.mfps, p.mfps),
+            cost_ratio: div(p.busy_ns_per_frame, e.busy_ns_per_frame),
+            spread: BenchRatioSpread {
+                throughput_ratio: Spread::of_ratios(
+                    &per_round(&e.runs, |r| r.mfps),
+                    &per_round(&p.runs, |r| r.mfps),
+                ),
+                cost_ratio: Spread::of_ratios(
+                    &per_round(&p.runs, |r| r.busy_ns_per_frame),
+                    &per_round(&e.runs, |r| r.busy_ns_per_frame),
+                ),
+            },
+        });
+        results.extend(pair);
+    }
+    Ok(BenchReport { frames, window, runs, failures, results, ratios })
+}
+
+/// The benchmark as a table shaped like the seed's Table 1: medians, and each figure's
+/// spread (min–max) over the runs.
 pub fn render_bench(r: &BenchReport) -> String {
-    let mut s =
-        format!("apps: {} frames each, window {}, native transport, one app core\n", r.frames, r.window);
-    s += "  app          | Ensō Mfps | packetized Mfps | ratio | Ensō ns/frame | packetized ns/frame | cost ratio | correct\n";
+    let mut s = format!(
+        "apps: {} frames each, window {}, native transport, one app core; median [min–max] of {} runs\n",
+        r.frames, r.window, r.runs
+    );
+    s += &format!(
+        "  {:<12} | {:<22} | {:<22} | {:<19} | {:<19} | {:<19} | {:<19} | correct\n",
+        "app", "Ensō Mfps", "packetized Mfps", "ratio", "Ensō ns/frame", "packetized ns/frame", "cost ratio"
+    );
     for ratio in &r.ratios {
         let row = |nic: &str| r.results.iter().find(|x| x.app == ratio.app && x.nic == nic);
         let (Some(e), Some(p)) = (row("enso"), row("packetized")) else { continue };
+        // The ratio columns: the ratio of the medians, then the per-round spread.
+        let ratio_col =
+            |of_medians: f64, sp: &Spread| format!("{of_medians:.2} [{:.2}–{:.2}]", sp.min, sp.max);
         s += &format!(
-            "  {:<12} | {:>9.3} | {:>15.3} | {:>5.2} | {:>13.1} | {:>19.1} | {:>10.2} | {}\n",
+            "  {:<12} | {:<22} | {:<22} | {:<19} | {:<19} | {:<19} | {:<19} | {}\n",
             ratio.app,
-            e.mfps,
-            p.mfps,
-            ratio.throughput_ratio,
-            e.busy_ns_per_frame,
-            p.busy_ns_per_frame,
-            ratio.cost_ratio,
+            e.spread.mfps.show(3),
+            p.spread.mfps.show(3),
+            ratio_col(ratio.throughput_ratio, &ratio.spread.throughput_ratio),
+            e.spread.busy_ns_per_frame.show(0),
+            p.spread.busy_ns_per_frame.show(0),
+            ratio_col(ratio.cost_ratio, &ratio.spread.cost_ratio),
             if e.correct && p.correct { "yes" } else { "NO" }
         );
+    }
+    s += "  (ratio columns: the ratio of the medians [min–max of the ratios round by round])\n";
+    if let Some(f) = r.failure() {
+        s += &format!("  FAIL: {f}\n");
     }
     s
 }
 
-/// The benchmark as an SVG bar chart: Mfps per app, Ensō and packetized side by side,
-/// with the ratio above each pair.
+/// The benchmark as an SVG bar chart: median Mfps per app, Ensō and packetized side by
+/// side, a whisker from the runs' min to max on each bar, the ratio above each pair.
 pub fn plot_bench(r: &BenchReport) -> String {
     let (w, h, left, bottom, top) = (760.0, 420.0, 70.0, 60.0, 50.0);
-    let max = r.results.iter().map(|x| x.mfps).fold(0.0f64, f64::max).max(1e-9) * 1.15;
+    let max = r.results.iter().map(|x| x.mfps.max(x.spread.mfps.max)).fold(0.0f64, f64::max).max(1e-9) * 1.15;
     let plot_h = h - bottom - top;
     let group = (w - left - 20.0) / r.ratios.len().max(1) as f64;
     let bar = group * 0.3;
@@ -772,13 +901,23 @@ pub fn plot_bench(r: &BenchReport) -> String {
     for (i, ratio) in r.ratios.iter().enumerate() {
         let x0 = left + group * i as f64 + group * 0.2;
         for (j, (nic, colour)) in [("enso", "#0072B2"), ("packetized", "#D55E00")].iter().enumerate() {
-            let v = r.results.iter().find(|x| x.app == ratio.app && x.nic == *nic).map_or(0.0, |x| x.mfps);
+            let row = r.results.iter().find(|x| x.app == ratio.app && x.nic == *nic);
+            let v = row.map_or(0.0, |x| x.mfps);
+            let sp = row.map_or(Spread::default(), |x| x.spread.mfps);
             let x = x0 + bar * j as f64;
             s += &format!(
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{colour}\"><title>{} on {nic}: {v:.3} Mfps</title></rect>\n",
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{colour}\"><title>{} on {nic}: {v:.3} Mfps (runs {:.3}–{:.3})</title></rect>\n",
                 y(v),
                 (h - bottom) - y(v),
-                ratio.app
+                ratio.app,
+                sp.min,
+                sp.max
+            );
+            s += &format!(
+                "<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{0:.1}\" y2=\"{2:.1}\" stroke=\"black\"/>\n",
+                x + bar / 2.0,
+                y(sp.min),
+                y(sp.max)
             );
         }
         s += &format!(

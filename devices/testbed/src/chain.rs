@@ -79,6 +79,9 @@ pub struct ChainOptions {
     pub transport: Transport,
     /// The Ensō NIC's queue engine.
     pub model: run::EngineModel,
+    /// The Ensō NIC's register mode and the extensions the chain's NIC driver uses (the
+    /// switch modes need the stream extension: extensions none is CPU mode only).
+    pub setup: run::EnsoSetup,
 }
 
 impl Default for ChainOptions {
@@ -90,6 +93,7 @@ impl Default for ChainOptions {
             stream: 1,
             transport: Transport::Vm,
             model: run::EngineModel::Rust,
+            setup: run::EnsoSetup::default(),
         }
     }
 }
@@ -337,7 +341,7 @@ impl ChainRig {
             rtts: Vec::new(),
             loss_timeout: Duration::from_secs(10),
         });
-        let (nic, rtl_cycles) = run::enso_nic_with(o.model, Box::new(port))?;
+        let (nic, rtl_cycles) = run::enso_nic_config(o.model, o.setup.config(), Box::new(port))?;
         let nic = Arc::new(Mutex::new(nic));
         let crypto = Arc::new(Mutex::new(Accelerator::crypto()?));
         let ml = match o.shape {
@@ -358,6 +362,9 @@ impl ChainRig {
         // match-action pipeline.
         let rtl_headers =
             (o.model == run::EngineModel::Rtl).then(|| Arc::new(std::sync::atomic::AtomicU64::new(0)));
+        if rtl_headers.is_some() {
+            crate::rtl::ensure()?;
+        }
         let fabric = match &rtl_headers {
             Some(h) => nagare::Fabric::with_model(
                 nagare::PipelineConfig::default(),
@@ -490,7 +497,7 @@ pub struct ModeReport {
     pub matched: u64,
     /// The logical PCIe operations of one item, in order (the typical item).
     pub trace: Vec<Op>,
-    /// Items whose operations were exactly `trace` (the others differed in where an
+    /// Items whose critical path was `trace`'s (some may differ from it in where an
     /// off-path operation fell).
     pub trace_items: usize,
     /// Items cut out of the run's trace.
@@ -507,12 +514,35 @@ pub struct ModeReport {
     pub latency_p50_us: f64,
 }
 
+/// How [`mode_report`] cuts a run's trace into items and picks the one it shows.
+pub const ITEM_RULE: &str = "the run's trace is cut into items at every DMA write of data by the \
+NIC (to the host or into a stream) that no switch denied; operations before the first cut are \
+set-up and left out. The item shown has the most common critical path: the sequence of critical \
+operations most items share (the first one seen wins a tie; `trace_items` of the `traced_items` \
+items share it, and the run passes only when that is more than half), represented by the most \
+common full trace among the items with that path (the last one seen wins a tie). `ops` counts \
+its critical operations, `rtt_units` sums their weights (read_rtt per DMA read, write_rtt per MMIO or DMA write), and `modeled_ns` is \
+rtt_units round trips of the default link plus the serialization of the critical bytes plus the \
+switch pipeline's delay per critical operation the switch routed";
+
+/// The counting rules every mode's `ops`, `rtt_units` and `trace` follow: the seed's
+/// convention, applied to the live trace (`convention` in the JSON report).
+pub fn convention() -> Value {
+    json!({
+        "read_rtt": OpKind::DmaRd.rtt_weight(),
+        "write_rtt": OpKind::DmaWr.rtt_weight(),
+        "merge": trace::MERGE_RULE,
+        "item": format!("{ITEM_RULE}. Critical: {}.", trace::CRITICAL_RULE),
+    })
+}
+
 /// Cuts `trace` into items (each starts with the NIC writing an image to the host) and
 /// summarizes the typical one.
 pub fn mode_report(trace: &OpTrace, src: &SourceReport, cpu_ns_per_item: f64) -> ModeReport {
     // An item starts when the NIC writes it, to the host or into a stream.
-    let items =
-        trace.items(|o| o.dir.starts_with("nic->") && o.kind == OpKind::DmaWr && o.role == OpRole::Data);
+    let items = trace.items(|o| {
+        o.dir.starts_with("nic->") && o.kind == OpKind::DmaWr && o.role == OpRole::Data && !o.denied
+    });
     let (typical, n) = trace::typical(&items).unwrap_or_default();
     let switch_ns = nagare::PipelineConfig::default().latency_ns();
     let cost = trace::cost(&typical, &LinkConfig::default(), switch_ns);
@@ -562,6 +592,7 @@ impl Driver {
             Shape::Crypto => None,
         };
         let mut params = ChainParams::new(o.shape, rig.key);
+        params.device = o.setup.driver_options();
         params.items = Some(o.items);
         params.idle = Some(Duration::from_secs(15));
         let e = |e: guest_apps::chain::ChainError| anyhow::anyhow!("chain setup: {e}");
@@ -670,6 +701,8 @@ fn run_vm_mode(
             format!("items={}", o.items),
             format!("key={key}"),
             "idle_ms=5000".into(),
+            format!("registers={}", o.setup.registers.name()),
+            format!("extensions={}", o.setup.extensions.name()),
         ],
         dir: dir.to_path_buf(),
         net: vec![],
@@ -708,6 +741,9 @@ pub fn run(env: Option<&Env>, opts: &RunOptions, o: &ChainOptions) -> Result<Run
         (Transport::Vm, None) => anyhow::bail!("the VM transport needs a provisioned environment"),
         (Transport::Native, _) => RunReport::native("chain", &dir),
     };
+    if o.setup.extensions == run::DriverExtensions::None && o.mode.runs().iter().any(|m| *m != Mode::Cpu) {
+        anyhow::bail!("--extensions none runs the chain in CPU mode only: the switch modes use the NIC's stream extension");
+    }
     let _lock = match o.transport {
         Transport::Vm => Some(VmLock::acquire()?),
         Transport::Native => None,
@@ -749,7 +785,24 @@ pub fn run(env: Option<&Env>, opts: &RunOptions, o: &ChainOptions) -> Result<Run
                 format!("the switch's RTL pipeline ruled on {n} TLP headers"),
             );
         }
-        devices.insert(mode.name().into(), Value::Object(rig.device_counters()));
+        let mut counters = rig.device_counters();
+        // Always reported (the counters above leave out zeros).
+        let n = rig
+            .nic
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counter(testbed_regs::enso::ext::counter::EXTENSION_ACCESSES);
+        if let Some(Value::Object(nic)) = counters.get_mut("nic") {
+            nic.insert("extension_accesses".into(), json!(n));
+        }
+        if o.setup.extensions == run::DriverExtensions::None {
+            report.check(
+                &format!("{}:nic:extension_accesses", mode.name()),
+                n == 0,
+                format!("{n} accesses to the NIC's BAR0 ({}; card mode makes none)", o.setup.describe()),
+            );
+        }
+        devices.insert(mode.name().into(), Value::Object(counters));
         servers.insert(mode.name().into(), Value::Object(rig.stop()));
         sources.insert(mode.name().into(), serde_json::to_value(&src)?);
         modes.insert(mode.name().into(), serde_json::to_value(&m)?);
@@ -758,6 +811,7 @@ pub fn run(env: Option<&Env>, opts: &RunOptions, o: &ChainOptions) -> Result<Run
     report.servers = servers;
     report.traffic = Value::Object(sources);
     report.modes = Value::Object(modes);
+    report.convention = convention();
     report.finish(&dir, opts.keep, started);
     Ok(report)
 }
@@ -775,7 +829,12 @@ pub fn render_trace(mode: &str, m: &ModeReport) -> String {
         let role =
             serde_json::to_value(o.role).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
         let via = if o.switched { ", routed by the switch" } else { "" };
-        if o.critical {
+        if o.denied {
+            s += &format!(
+                "    {:<16} {:<8} {:<11} {:>6} B  (denied by the switch)\n",
+                o.dir, kind, role, o.bytes
+            );
+        } else if o.critical {
             s += &format!("    {:<16} {:<8} {:<11} {:>6} B  {rtt} RTT{via}\n", o.dir, kind, role, o.bytes);
         } else {
             s += &format!(

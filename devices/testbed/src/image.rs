@@ -1,10 +1,12 @@
 //! The guest image: Debian 12's stock kernel (as an uncompressed `vmlinux`, which QEMU boots
-//! through PVH) and a small initramfs with busybox, the vfio/uio/virtio-net modules, our
-//! `/init` (images/init) and the guest program as `/bin/testbed-guest`.
+//! through PVH) and a small initramfs with busybox, the vfio/uio/virtio-net/9p/virtio-serial
+//! modules, Debian's libc, our `/init` (images/init) and the guest program as
+//! `/bin/testbed-guest`.
 //!
 //! Everything is cached under `cache::root()`: the Debian packages in `debs/` (resolved at
 //! most once a day through a private apt state dir) and each built image in
-//! `image/<key>/`, where the key covers every input of the image.
+//! `image/<key>/`, where the key covers every input of the image. [`ensure_headers`] adds
+//! the image kernel's headers (`headers/<kernel>/`) for building out-of-tree modules.
 
 use crate::cache::{self, KeyHasher};
 use crate::steps::{run_logged, step};
@@ -26,16 +28,30 @@ pub struct Image {
     pub initrd: PathBuf,
     /// The kernel release (`uname -r` in the guest), e.g. `6.1.0-28-amd64`.
     pub kernel_version: String,
+    /// The Debian version of the kernel package, e.g. `6.1.119-1` (what [`ensure_headers`]
+    /// asks the archive for).
+    pub kernel_package_version: String,
 }
 
 /// Bump when the way the image is put together changes.
-const FORMAT_VERSION: &str = "testbed-image-v3";
+const FORMAT_VERSION: &str = "testbed-image-v4";
 
 /// The modules the guest loads (their dependencies are added from the kernel package).
 /// virtio_pci is needed for virtio_net to find a virtio-net-pci device (it is a module in
-/// Debian's kernel).
-const MODULES: &[&str] =
-    &["vfio", "vfio_iommu_type1", "vfio_pci", "uio", "uio_pci_generic", "virtio_pci", "virtio_net"];
+/// Debian's kernel). 9p + 9pnet_virtio mount a host folder (virtio-9p-pci), virtio_console
+/// gives the named virtio-serial ports (the exec agent's channel).
+const MODULES: &[&str] = &[
+    "vfio",
+    "vfio_iommu_type1",
+    "vfio_pci",
+    "uio",
+    "uio_pci_generic",
+    "virtio_pci",
+    "virtio_net",
+    "9p",
+    "9pnet_virtio",
+    "virtio_console",
+];
 
 const APT_SOURCES: &str = "deb http://deb.debian.org/debian bookworm main\n\
 deb http://deb.debian.org/debian bookworm-updates main\n\
@@ -43,14 +59,26 @@ deb http://deb.debian.org/debian-security bookworm-security main\n";
 
 const KERNEL_META: &str = "linux-image-amd64";
 /// Stock Debian tools for the peer guest (`testbed run peer-*`), with the shared libraries
-/// they need: OpenBSD netcat (busybox's `nc` has no UDP mode).
-const TOOL_PKGS: &[&str] = &["netcat-openbsd", "libbsd0", "libmd0", "libc6"];
+/// they need: OpenBSD netcat (busybox's `nc` has no UDP mode). libc6 and libgcc-s1 also let
+/// dynamically linked programs built on a Debian 12 host run in the guest (`testbed exec`).
+const TOOL_PKGS: &[&str] = &["netcat-openbsd", "libbsd0", "libmd0", "libc6", "libgcc-s1"];
 /// The tool binaries, by their path in a package and in the image.
 const TOOL_BINS: &[(&str, &str)] = &[("bin/nc.openbsd", "usr/bin/nc.openbsd")];
 /// The shared libraries, installed as `lib/x86_64-linux-gnu/NAME` (found by their soname in
-/// the packages' `lib/x86_64-linux-gnu` or `usr/lib/x86_64-linux-gnu`).
-const TOOL_LIBS: &[&str] =
-    &["ld-linux-x86-64.so.2", "libc.so.6", "libresolv.so.2", "libbsd.so.0", "libmd.so.0"];
+/// the packages' `lib/x86_64-linux-gnu` or `usr/lib/x86_64-linux-gnu`); the loader is also
+/// linked as `/lib64/ld-linux-x86-64.so.2` (the ELF interpreter path of x86-64 programs).
+const TOOL_LIBS: &[&str] = &[
+    "ld-linux-x86-64.so.2",
+    "libc.so.6",
+    "libm.so.6",
+    "libpthread.so.0",
+    "libdl.so.2",
+    "librt.so.1",
+    "libresolv.so.2",
+    "libgcc_s.so.1",
+    "libbsd.so.0",
+    "libmd.so.0",
+];
 const BUSYBOX_PKG: &str = "busybox-static";
 const DAY: Duration = Duration::from_secs(24 * 3600);
 const WHAT: &str = "guest image";
@@ -86,6 +114,8 @@ struct ToolDeb {
 struct KernelMeta {
     kernel_file: String,
     kernel_version: String,
+    #[serde(default)]
+    kernel_package_version: String,
     kernel_is_vmlinux: bool,
     /// Module names in load order (files `modules/<name>.ko`).
     modules: Vec<String>,
@@ -100,6 +130,8 @@ struct KernelMeta {
 struct ImageMeta {
     kernel_file: String,
     kernel_version: String,
+    #[serde(default)]
+    kernel_package_version: String,
     kernel_is_vmlinux: bool,
     modules: Vec<String>,
 }
@@ -285,6 +317,7 @@ fn load_image(dir: &Path) -> Option<Image> {
         kernel,
         initrd,
         kernel_version: meta.kernel_version,
+        kernel_package_version: meta.kernel_package_version,
     })
 }
 
@@ -304,20 +337,22 @@ fn now_secs() -> u64 {
 /// Uses the recorded result without touching the network when it is less than a day old.
 fn resolve_packages(debs: &Path) -> Result<Resolved> {
     let record = debs.join("resolved.json");
-    let old: Option<Resolved> =
-        std::fs::read(&record).ok().and_then(|b| serde_json::from_slice(&b).ok()).filter(|r: &Resolved| {
-            r.sources == APT_SOURCES
-                && debs.join(&r.kernel_deb).is_file()
-                && debs.join(&r.busybox_deb).is_file()
-                && r.tools.iter().map(|t| t.package.as_str()).eq(TOOL_PKGS.iter().copied())
-                && r.tools.iter().all(|t| debs.join(&t.deb).is_file())
-        });
+    let recorded: Option<Resolved> =
+        std::fs::read(&record).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let old: Option<Resolved> = recorded.clone().filter(|r: &Resolved| {
+        r.sources == APT_SOURCES
+            && debs.join(&r.kernel_deb).is_file()
+            && debs.join(&r.busybox_deb).is_file()
+            && r.tools.iter().map(|t| t.package.as_str()).eq(TOOL_PKGS.iter().copied())
+            && r.tools.iter().all(|t| debs.join(&t.deb).is_file())
+    });
     if let Some(r) = &old {
         if now_secs().saturating_sub(r.resolved_at) < DAY.as_secs() {
             return Ok(r.clone());
         }
     }
-    let looked_up = lookup_packages(debs, old.as_ref());
+    // A record made for another tool list still tells which kernel .deb we have (~70 MB).
+    let looked_up = lookup_packages(debs, recorded.as_ref());
     let _ = std::fs::remove_dir_all(debs.join(format!(".download-{}", std::process::id())));
     match looked_up {
         Ok(r) => {
@@ -361,7 +396,9 @@ fn apt_command(apt: &Path, program: &str) -> Command {
     cmd
 }
 
-fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
+/// Prepares the private apt state in `debs/apt` and runs `apt-get update` when the package
+/// lists are more than a day old (or always, with `force`). Returns whether it updated.
+fn apt_update(debs: &Path, force: bool) -> Result<bool> {
     let apt = debs.join("apt");
     let log = debs.join("apt.log");
     for d in ["lists/partial", "cache/archives/partial"] {
@@ -382,12 +419,20 @@ fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
         .ok()
         .and_then(|t| t.elapsed().ok())
         .is_some_and(|age| age < DAY);
-    if !fresh {
-        let mut cmd = apt_command(&apt, "apt-get");
-        cmd.args(["update", "--error-on=any"]);
-        run_logged("apt-get update (bookworm)", cmd, &log)?;
-        std::fs::write(&stamp, "")?;
+    if fresh && !force {
+        return Ok(false);
     }
+    let mut cmd = apt_command(&apt, "apt-get");
+    cmd.args(["update", "--error-on=any"]);
+    run_logged("apt-get update (bookworm)", cmd, &log)?;
+    std::fs::write(&stamp, "")?;
+    Ok(true)
+}
+
+fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
+    let apt = debs.join("apt");
+    let log = debs.join("apt.log");
+    apt_update(debs, false)?;
 
     let dl = debs.join(format!(".download-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dl);
@@ -506,6 +551,232 @@ fn depends_version(depends: &str, package: &str) -> Option<String> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kernel headers
+
+const HEADERS_WHAT: &str = "kernel headers";
+/// Bump when the way the headers are unpacked or fixed up changes.
+const HEADERS_FORMAT: &str = "testbed-headers-v1";
+
+/// What is recorded next to unpacked headers (`headers/<kernel>/headers.json`).
+#[derive(Serialize, Deserialize, Debug)]
+struct HeadersMeta {
+    format: String,
+    kernel_version: String,
+    kernel_package_version: String,
+    packages: Vec<String>,
+}
+
+/// Makes sure the headers of `image`'s kernel are unpacked in the cache and returns the
+/// build directory to pass to `make -C DIR M=$PWD modules` (the `-amd64` headers tree).
+///
+/// Downloads `linux-headers-<ABI>-amd64`, `linux-headers-<ABI>-common` and
+/// `linux-kbuild-<major.minor>` at exactly the kernel package's version (same private apt
+/// state as the image), unpacks them into `headers/<kernel>_<version>/` and turns their
+/// absolute paths (`include /usr/src/...` in the Makefile, links to `/usr/src/...`) into
+/// relative ones, so the tree works where it is. Fails, naming the version, when the
+/// archive no longer has it. Prints progress on stderr, never on stdout.
+pub fn ensure_headers(image: &Image) -> Result<PathBuf> {
+    let kver = &image.kernel_version;
+    let pver = &image.kernel_package_version;
+    if pver.is_empty() {
+        bail!("{HEADERS_WHAT}: the image does not record its kernel's package version; rebuild it (`testbed image`)");
+    }
+    let packages = header_packages(kver)?;
+    let root = cache::root();
+    let dir = root.join("headers").join(format!("{kver}_{pver}"));
+    let build = dir.join("usr/src").join(format!("linux-headers-{kver}"));
+    let meta_ok = |dir: &Path| {
+        std::fs::read(dir.join("headers.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<HeadersMeta>(&b).ok())
+            .is_some_and(|m| m.format == HEADERS_FORMAT)
+    };
+    if meta_ok(&dir) && build.join("Makefile").is_file() {
+        touch(&dir);
+        eprintln!("[testbed] {HEADERS_WHAT}: cached in {}", dir.display());
+        return Ok(build);
+    }
+    if dir.exists() {
+        // From an older format (or incomplete): unpack again.
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    let debs = root.join("debs");
+    in_temp_dir(&dir, |tmp| {
+        let dl = tmp.join("debs");
+        std::fs::create_dir_all(&dl)?;
+        step(HEADERS_WHAT, &format!("download the headers of {kver} ({pver})"), || {
+            download_exact(&debs, &dl, &packages, pver, kver)
+        })?;
+        step(HEADERS_WHAT, "unpack", || {
+            for p in &packages {
+                dpkg_extract(&find_deb(&dl, p)?, tmp)?;
+            }
+            std::fs::remove_dir_all(&dl)?;
+            Ok(())
+        })?;
+        step(HEADERS_WHAT, "fix up absolute paths", || fix_up_headers(tmp))?;
+        let tmp_build = tmp.join("usr/src").join(format!("linux-headers-{kver}"));
+        if !tmp_build.join("Makefile").is_file() {
+            bail!("{HEADERS_WHAT}: {} has no Makefile", packages[0]);
+        }
+        let meta = HeadersMeta {
+            format: HEADERS_FORMAT.to_string(),
+            kernel_version: kver.clone(),
+            kernel_package_version: pver.clone(),
+            packages: packages.clone(),
+        };
+        std::fs::write(tmp.join("headers.json"), serde_json::to_vec_pretty(&meta)?)?;
+        Ok(())
+    })?;
+    prune(&root.join("headers"), 2, &dir);
+    eprintln!("[testbed] {HEADERS_WHAT}: unpacked in {}", dir.display());
+    let cc = format!("gcc-{}", kernel_gcc_major(&build).unwrap_or_else(|| "12".into()));
+    if Command::new(&cc).arg("--version").output().is_err() {
+        eprintln!(
+            "[testbed] {HEADERS_WHAT}: note: the kernel was built with {cc}, which is not installed \
+             here; install it or pass CC=gcc to make"
+        );
+    }
+    Ok(build)
+}
+
+/// The header packages of kernel release `6.1.0-28-amd64`: `linux-headers-6.1.0-28-amd64`,
+/// `linux-headers-6.1.0-28-common`, `linux-kbuild-6.1`.
+fn header_packages(kver: &str) -> Result<Vec<String>> {
+    let abi = kver
+        .strip_suffix("-amd64")
+        .ok_or_else(|| anyhow!("{HEADERS_WHAT}: kernel release {kver:?} is not an -amd64 flavour"))?;
+    let mut parts = abi.split('.');
+    let (Some(major), Some(minor)) = (parts.next(), parts.next()) else {
+        bail!("{HEADERS_WHAT}: cannot tell the major.minor of kernel release {kver:?}");
+    };
+    let minor: String = minor.chars().take_while(char::is_ascii_digit).collect();
+    if major.is_empty() || !major.chars().all(|c| c.is_ascii_digit()) || minor.is_empty() {
+        bail!("{HEADERS_WHAT}: cannot tell the major.minor of kernel release {kver:?}");
+    }
+    Ok(vec![
+        format!("linux-headers-{abi}-amd64"),
+        format!("linux-headers-{abi}-common"),
+        format!("linux-kbuild-{major}.{minor}"),
+    ])
+}
+
+/// The gcc major version from the headers' `.kernelvariables` (`... gcc-12`).
+fn kernel_gcc_major(build: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(build.join(".kernelvariables")).ok()?;
+    let at = text.find("gcc-")? + 4;
+    let v: String = text[at..].chars().take_while(char::is_ascii_digit).collect();
+    (!v.is_empty()).then_some(v)
+}
+
+/// Whether `apt-cache madison` output lists `package` at `version`.
+fn madison_has(text: &str, package: &str, version: &str) -> bool {
+    text.lines().any(|l| {
+        let f: Vec<&str> = l.split('|').map(str::trim).collect();
+        f.len() >= 2 && f[0] == package && f[1] == version
+    })
+}
+
+/// Downloads `packages` at exactly `version` into `dl`, with the image's apt state. When
+/// the (up to a day old) package lists lack one, they are refreshed once before giving up.
+fn download_exact(debs: &Path, dl: &Path, packages: &[String], version: &str, kver: &str) -> Result<()> {
+    let apt = debs.join("apt");
+    let log = debs.join("apt.log");
+    let missing = || -> Result<Vec<String>> {
+        let out = apt_command(&apt, "apt-cache")
+            .arg("madison")
+            .args(packages)
+            .output()
+            .context("cannot run apt-cache (install apt)")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        Ok(packages.iter().filter(|p| !madison_has(&text, p, version)).cloned().collect())
+    };
+    let updated = apt_update(debs, false)?;
+    let mut gone = missing()?;
+    if !gone.is_empty() && !updated {
+        apt_update(debs, true)?;
+        gone = missing()?;
+    }
+    if !gone.is_empty() {
+        bail!(
+            "the Debian archive (bookworm, bookworm-updates, bookworm-security) no longer has \
+             version {version} of {} — the headers of the image's kernel {kver}. Debian only keeps \
+             the newest kernel: rebuild the image on the current kernel (delete {} and run \
+             `testbed image`), then ask for the headers again",
+            gone.join(", "),
+            debs.join("resolved.json").display()
+        );
+    }
+    let mut cmd = apt_command(&apt, "apt-get");
+    cmd.current_dir(dl).arg("download").args(packages.iter().map(|p| format!("{p}={version}")));
+    run_logged(&format!("download {}", packages.join(" ")), cmd, &log)
+}
+
+/// Makes the unpacked header packages under `root` independent of their place: absolute
+/// symlinks that point into the tree become relative, and Makefile lines
+/// `include /usr/src/...` (the -amd64 tree includes the -common tree's Makefile) include
+/// relative to the Makefile's own directory.
+fn fix_up_headers(root: &Path) -> Result<()> {
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let e = e?;
+            let p = e.path();
+            let ty = e.file_type()?;
+            let rel_dir = format!("/{}", dir.strip_prefix(root)?.to_string_lossy());
+            if ty.is_dir() {
+                stack.push(p);
+            } else if ty.is_symlink() {
+                let target = std::fs::read_link(&p)?;
+                let t = target.to_string_lossy().into_owned();
+                if t.starts_with('/') && root.join(t.trim_start_matches('/')).symlink_metadata().is_ok() {
+                    std::fs::remove_file(&p)?;
+                    std::os::unix::fs::symlink(rel_path(&rel_dir, &t), &p)
+                        .with_context(|| format!("relink {}", p.display()))?;
+                }
+            } else if e.file_name() == "Makefile" {
+                let text = std::fs::read_to_string(&p).with_context(|| format!("read {}", p.display()))?;
+                if let Some(fixed) = relative_includes(&text, &rel_dir) {
+                    std::fs::write(&p, fixed)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `text` with every `include /abs/path` line rewritten relative to the including
+/// Makefile's directory `dir` (an absolute path as installed), or None if there is none.
+fn relative_includes(text: &str, dir: &str) -> Option<String> {
+    let mut changed = false;
+    let lines: Vec<String> = text
+        .lines()
+        .map(|l| match l.strip_prefix("include /") {
+            Some(rest) if !rest.contains(char::is_whitespace) => {
+                changed = true;
+                format!("include $(dir $(lastword $(MAKEFILE_LIST))){}", rel_path(dir, &format!("/{rest}")))
+            }
+            _ => l.to_string(),
+        })
+        .collect();
+    changed.then(|| lines.join("\n") + if text.ends_with('\n') { "\n" } else { "" })
+}
+
+/// The relative path from directory `from` to `to` (both absolute, no `..`).
+fn rel_path(from: &str, to: &str) -> String {
+    let f: Vec<&str> = from.split('/').filter(|s| !s.is_empty()).collect();
+    let t: Vec<&str> = to.split('/').filter(|s| !s.is_empty()).collect();
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut parts: Vec<&str> = vec![".."; f.len() - common];
+    parts.extend(&t[common..]);
+    if parts.is_empty() {
+        ".".to_string()
+    } else {
+        parts.join("/")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Building the image
 
 /// Unpacks the packages into `tmp`: the kernel (`vmlinux`, or `vmlinuz` if the extraction
@@ -578,6 +849,7 @@ fn build_kernel_part(tmp: &Path, debs: &Path, r: &Resolved, unxz: &Path) -> Resu
     let meta = KernelMeta {
         kernel_file: kernel_file.to_string(),
         kernel_version: release,
+        kernel_package_version: r.kernel_package_version.clone(),
         kernel_is_vmlinux: is_vmlinux,
         modules,
         applets,
@@ -627,6 +899,9 @@ fn build_image(
             cpio.file(t, 0o755, read(kdir.join("tools").join(t))?);
         }
         cpio.symlink("lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2");
+        // For programs that look up the user (whoami, id, getpwuid).
+        cpio.file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n".to_vec());
+        cpio.file("etc/group", 0o644, b"root:x:0:\n".to_vec());
         cpio.file("init", 0o755, init.to_vec());
         cpio.file("bin/testbed-peer", 0o755, peer.to_vec());
         cpio.file("bin/testbed-guest", 0o755, guest.to_vec());
@@ -639,6 +914,7 @@ fn build_image(
     Ok(ImageMeta {
         kernel_file: k.kernel_file.clone(),
         kernel_version: k.kernel_version.clone(),
+        kernel_package_version: k.kernel_package_version.clone(),
         kernel_is_vmlinux: k.kernel_is_vmlinux,
         modules: k.modules.clone(),
     })
@@ -1191,6 +1467,130 @@ kernel/net/core/failover.ko:\n";
                 .as_deref(),
             Some("6.1.119-1")
         );
+    }
+
+    #[test]
+    fn header_package_names() {
+        assert_eq!(
+            header_packages("6.1.0-28-amd64").unwrap(),
+            ["linux-headers-6.1.0-28-amd64", "linux-headers-6.1.0-28-common", "linux-kbuild-6.1"]
+        );
+        assert_eq!(header_packages("6.12.9-amd64").unwrap()[2], "linux-kbuild-6.12");
+        assert!(header_packages("6.1.0-28-arm64").is_err());
+        assert!(header_packages("x-amd64").is_err());
+    }
+
+    #[test]
+    fn madison_lines() {
+        let text = "linux-kbuild-6.1 |  6.1.192-3 | http://deb.debian.org/debian-security bookworm-security/main amd64 Packages\n\
+linux-kbuild-6.1 |  6.1.176-1 | http://deb.debian.org/debian bookworm/main amd64 Packages\n";
+        assert!(madison_has(text, "linux-kbuild-6.1", "6.1.176-1"));
+        assert!(madison_has(text, "linux-kbuild-6.1", "6.1.192-3"));
+        assert!(!madison_has(text, "linux-kbuild-6.1", "6.1.192-2"));
+        assert!(!madison_has(text, "linux-kbuild-6.12", "6.1.192-3"));
+    }
+
+    #[test]
+    fn relative_paths() {
+        assert_eq!(
+            rel_path(
+                "/usr/src/linux-headers-6.1.0-28-amd64",
+                "/usr/src/linux-headers-6.1.0-28-common/Makefile"
+            ),
+            "../linux-headers-6.1.0-28-common/Makefile"
+        );
+        assert_eq!(
+            rel_path("/lib/modules/6.1.0-28-amd64", "/usr/src/linux-headers-6.1.0-28-amd64"),
+            "../../../usr/src/linux-headers-6.1.0-28-amd64"
+        );
+        assert_eq!(rel_path("/usr/src", "/usr/lib/linux-kbuild-6.1"), "../lib/linux-kbuild-6.1");
+        assert_eq!(rel_path("/a", "/a"), ".");
+        let mk = "include /usr/src/linux-headers-6.1.0-28-common/Makefile\n";
+        assert_eq!(
+            relative_includes(mk, "/usr/src/linux-headers-6.1.0-28-amd64").as_deref(),
+            Some("include $(dir $(lastword $(MAKEFILE_LIST)))../linux-headers-6.1.0-28-common/Makefile\n")
+        );
+        assert_eq!(relative_includes("include foo.mk\nall:\n", "/x"), None);
+    }
+
+    #[test]
+    fn fix_up_header_tree() {
+        let root = std::env::temp_dir().join(format!("headers-fixup-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let amd64 = root.join("usr/src/linux-headers-1.2.0-3-amd64");
+        let common = root.join("usr/src/linux-headers-1.2.0-3-common");
+        let kbuild = root.join("usr/lib/linux-kbuild-1.2/scripts");
+        let modules = root.join("lib/modules/1.2.0-3-amd64");
+        for d in [&amd64, &common, &kbuild, &modules] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::write(amd64.join("Makefile"), "include /usr/src/linux-headers-1.2.0-3-common/Makefile\n")
+            .unwrap();
+        std::fs::write(common.join("Makefile"), "all:\n\t@echo common-$(KERNELRELEASE)\n").unwrap();
+        std::os::unix::fs::symlink("/usr/lib/linux-kbuild-1.2/scripts", amd64.join("scripts")).unwrap();
+        std::os::unix::fs::symlink("/usr/src/linux-headers-1.2.0-3-amd64", modules.join("build")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent/elsewhere", modules.join("other")).unwrap();
+        fix_up_headers(&root).unwrap();
+        assert_eq!(
+            std::fs::read_link(amd64.join("scripts")).unwrap(),
+            Path::new("../../lib/linux-kbuild-1.2/scripts")
+        );
+        assert!(amd64.join("scripts").is_dir());
+        assert!(modules.join("build").join("Makefile").is_file());
+        assert_eq!(std::fs::read_link(modules.join("other")).unwrap(), Path::new("/nonexistent/elsewhere"));
+        // The include works from the tree's own place (when make is installed).
+        if let Ok(out) = Command::new("make").arg("-s").arg("-C").arg(&amd64).arg("KERNELRELEASE=x").output()
+        {
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "common-x");
+        }
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// `ensure_headers` for the current image kernel, then a hello-world module built
+    /// against it with the host's gcc and make.
+    #[test]
+    #[ignore = "downloads the kernel headers (~14 MB) and needs make and gcc"]
+    fn headers_build_a_module() {
+        let r = resolve_packages(&cache::root().join("debs")).unwrap();
+        let image = Image {
+            kernel: PathBuf::new(),
+            initrd: PathBuf::new(),
+            kernel_version: r.kernel_package.trim_start_matches("linux-image-").to_string(),
+            kernel_package_version: r.kernel_package_version.clone(),
+        };
+        let build = ensure_headers(&image).unwrap();
+        assert!(build.ends_with(format!("linux-headers-{}", image.kernel_version)), "{}", build.display());
+        // Cached the second time.
+        assert_eq!(ensure_headers(&image).unwrap(), build);
+        let m = std::env::temp_dir().join(format!("hello-module-{}", std::process::id()));
+        std::fs::create_dir_all(&m).unwrap();
+        std::fs::write(m.join("Makefile"), "obj-m := hello.o\n").unwrap();
+        std::fs::write(
+            m.join("hello.c"),
+            "#include <linux/module.h>\nstatic int __init hello_init(void) { pr_info(\"hello\\n\"); return 0; }\n\
+             static void __exit hello_exit(void) {}\nmodule_init(hello_init);\nmodule_exit(hello_exit);\n\
+             MODULE_LICENSE(\"GPL\");\n",
+        )
+        .unwrap();
+        let out = Command::new("make")
+            .arg("-C")
+            .arg(&build)
+            .arg(format!("M={}", m.display()))
+            .arg("modules")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ko = std::fs::read(m.join("hello.ko")).unwrap();
+        let info = elf_section(&ko, ".modinfo").unwrap();
+        let vermagic = format!("vermagic={} ", image.kernel_version);
+        assert!(find(info, vermagic.as_bytes()).is_some(), "{}", String::from_utf8_lossy(info));
+        let _ = std::fs::remove_dir_all(&m);
     }
 
     #[test]

@@ -1,14 +1,99 @@
 //! `testbed`: provisions QEMU and the guest image, serves emulated devices over vfio-user,
 //! boots guests that run our drivers, and reports what both sides saw.
+//!
+//! Every option is checked before anything is provisioned, built or booted: ranges and
+//! closed sets by clap while parsing, the combinations clap cannot express by [`check`]
+//! right after. Both exit with code 2 and a clap-style message. With `--json`, every exit
+//! path of a command prints exactly one JSON object on stdout; a failure prints
+//! `{"pass": false, "error": "..."}` with the command's `scenario` or `benchmark`.
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+use std::ffi::OsString;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use testbed::accel::AccelChoice;
-use testbed::run::Transport;
+use testbed::bench::Notify;
+use testbed::run::{EngineModel, NicKind, Transport};
+use testbed::up::cli::{ConsoleArgs, DaemonArgs, DownArgs, ExecArgs, LsArgs, ServeArgs, UpArgs};
 use testbed::{cache, image, qemu, run};
+
+// The limits of the options, from the code that consumes each value (the unit tests below
+// tie them to the libraries' own constants).
+
+/// Pipes the guest's echo uses at most (each a 2 MiB ring mapped twice; the NIC serves the
+/// card's 8192, `enso_nic::EnsoConfig::default().num_pipes`).
+const ENSO_PIPES: u64 = 64;
+/// Pipes the Ensō NIC can serve: the card's space.
+const MAX_SERVED_PIPES: u64 = testbed_regs::enso::MAX_PIPES as u64;
+/// Queue pairs the packetized NIC serves (`packet_nic::PacketNicConfig::default().num_queues`).
+const PACKETIZED_QUEUES: u32 = 8;
+/// Frame sizes of the host generator (`wire::generator`: up to `MAX_SIZE`; 60 is the
+/// Ethernet minimum). Both NICs take frames up to 9216 bytes (the packetized one chains its
+/// 2 KiB buffers), so every size here works on either.
+const MIN_FRAME: u64 = 60;
+const MAX_FRAME: u64 = 9000;
+/// Most packets in flight: the generator keeps four 16-byte record slots per packet in
+/// flight (64 MiB at this bound).
+const MAX_WINDOW: u64 = 1 << 20;
+/// Most flows of the host generator: each has its own source address (10.0.x.y) and its
+/// own order record.
+const MAX_FLOWS: u64 = 1 << 16;
+/// Most flows of EnsōGen: flow `f` is source port 1024 + `f`, a 16-bit number.
+const ENSOGEN_MAX_FLOWS: u64 = 65_536 - 1024;
+/// Longest time limit of one guest run, in seconds (a day).
+const MAX_TIMEOUT_S: u64 = 86_400;
+/// Most chain items: the source's deadline grows 20 ms per item and the trace keeps every
+/// item's operations.
+const MAX_ITEMS: u64 = 1_000_000;
+/// Most pings per size in peer-capture: its peer pings every 50 ms for at most 2 s, and the
+/// check wants every ping sent.
+const CAPTURE_MAX_PINGS: u64 = 30;
+/// Highest EnsōGen rate, frames per second.
+const MAX_RATE: u64 = 1_000_000_000;
+/// Largest burst of the latency model: the packets it simulates (`latency::Params::new`).
+const MODEL_MAX_BATCH: u64 = 4096;
+/// Largest software cost or poll interval of the latency model (ns): one second.
+const MODEL_MAX_NS: f64 = 1e9;
+/// Offered loads of the latency model (Mpps); the model takes at least 0.001.
+const MODEL_MIN_MPPS: f64 = 0.001;
+const MODEL_MAX_MPPS: f64 = 10_000.0;
+
+/// A whole number in `lo..=hi` (`hi` `u64::MAX`: no upper bound) whose error message, unlike
+/// clap's ranged parsers', always says the range.
+fn whole<T>(lo: u64, hi: u64) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+{
+    move |s: &str| {
+        let range = if hi == u64::MAX { format!("{lo}..") } else { format!("{lo}..={hi}") };
+        match s.trim().parse::<u64>() {
+            Ok(v) if (lo..=hi).contains(&v) => T::try_from(v).map_err(|_| format!("{s} is too large")),
+            Ok(_) => Err(format!("{s} is not in {range}")),
+            Err(_) => Err(format!("{s} is not a whole number in {range}")),
+        }
+    }
+}
+
+/// A float in `lo..=hi` (finite), for the latency model's options.
+fn float_in(s: &str, lo: f64, hi: f64, unit: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && (lo..=hi).contains(&v) => Ok(v),
+        _ => Err(format!("expected a number of {unit} in {lo}..={hi}")),
+    }
+}
+
+fn model_ns(s: &str) -> Result<f64, String> {
+    float_in(s, 0.0, MODEL_MAX_NS, "ns")
+}
+
+fn model_mpps(s: &str) -> Result<f64, String> {
+    float_in(s, MODEL_MIN_MPPS, MODEL_MAX_MPPS, "Mpps")
+}
 
 #[derive(Parser)]
 #[command(name = "testbed", version, about = "Emulated testbed for streaming intra-host communication")]
@@ -22,8 +107,9 @@ struct VmArgs {
     /// Accelerator: auto probes KVM once and falls back to TCG.
     #[arg(long, value_enum, default_value = "auto")]
     accel: AccelChoice,
-    /// Time limit for one guest run, in seconds (boot included).
-    #[arg(long, default_value_t = 300)]
+    /// Time limit for one guest run, in seconds (boot included; 1..=86400).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 300,
+          value_parser = whole::<u64>(1, MAX_TIMEOUT_S))]
     timeout: u64,
     /// Keep the run folder (console log, result channel, QEMU log) even on success.
     #[arg(long)]
@@ -39,6 +125,27 @@ impl VmArgs {
     }
 }
 
+/// [`VmArgs`] of the scenarios that do not print a guest console.
+#[derive(clap::Args, Clone)]
+struct GuestArgs {
+    /// Accelerator: auto probes KVM once and falls back to TCG.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: AccelChoice,
+    /// Time limit for one guest run, in seconds (boot included; 1..=86400).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 300,
+          value_parser = whole::<u64>(1, MAX_TIMEOUT_S))]
+    timeout: u64,
+    /// Keep the run folder (console log, result channel, QEMU log) even on success.
+    #[arg(long)]
+    keep: bool,
+}
+
+impl GuestArgs {
+    fn options(&self) -> run::RunOptions {
+        run::RunOptions { timeout: Duration::from_secs(self.timeout), keep: self.keep, console: false }
+    }
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Find or build QEMU (>= 10.1 with vfio-user-pci); prints the binary's path.
@@ -50,6 +157,9 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
     },
+    /// Provision the RTL co-simulation (`--model rtl`): installs Debian's Verilator when
+    /// missing and builds the verilated model (cached); prints the library's path.
+    Rtl,
     /// Run a scenario in a guest; exits 0 only if every assertion held.
     Run {
         #[command(subcommand)]
@@ -65,46 +175,115 @@ enum Cmd {
         #[command(subcommand)]
         bench: Bench,
     },
-    /// Serve an emulated device on a vfio-user socket until interrupted (for your own QEMU
-    /// or the native transport).
-    Serve {
-        /// Device model to serve.
-        #[arg(value_parser = ["smoke"])]
-        device: String,
-        /// Socket path to listen on.
-        #[arg(long)]
-        socket: PathBuf,
-    },
+    /// Serve an emulated device (or the Nagare switch with its devices) on vfio-user sockets
+    /// until SIGINT or SIGTERM, for a QEMU you start yourself; prints each function's QEMU
+    /// -device option, and the counters as JSON at the end.
+    Serve(ServeArgs),
+    /// Boot long-lived guests with emulated devices (a topology file, or guest0 with an Ensō
+    /// NIC on a UDP port) and return once they are ready.
+    Up(UpArgs),
+    /// List the guests that are up.
+    Ls(LsArgs),
+    /// Run a command in a guest: its stdout, stderr (kept apart) and exit status.
+    Exec(ExecArgs),
+    /// Attach this terminal to a guest's console (Ctrl-] leaves).
+    Console(ConsoleArgs),
+    /// Stop one guest, or everything `up` started.
+    Down(DownArgs),
+    /// The daemon `up` starts (internal).
+    #[command(name = "__daemon", hide = true)]
+    Daemon(DaemonArgs),
+    /// Long-lived device servers under turns of echo, chain, garbage and killed clients for
+    /// M minutes; checks memory, fds, the traffic's accounting and that every device still
+    /// answers a well-behaved client.
+    Soak(testbed::soak::SoakArgs),
+}
+
+/// The accelerators of the chain (`--chain`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ChainShape {
+    /// NIC → crypto → ML → NIC.
+    #[value(name = "crypto,ml")]
+    CryptoMl,
+    /// NIC → crypto → NIC.
+    Crypto,
+}
+
+impl ChainShape {
+    fn shape(self) -> guest_apps::chain::Shape {
+        match self {
+            ChainShape::CryptoMl => guest_apps::chain::Shape::CryptoMl,
+            ChainShape::Crypto => guest_apps::chain::Shape::Crypto,
+        }
+    }
+}
+
+/// The seed's applications (`guest_apps::netapp::NAMES`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AppName {
+    /// Maglev load balancing to backends.
+    Maglev,
+    /// NitroSketch heavy-hitter detection.
+    Nitrosketch,
+    /// MICA key-value store.
+    Mica,
+    /// Log monitor (pattern counts over a byte stream).
+    Logmon,
+}
+
+impl AppName {
+    fn name(self) -> &'static str {
+        match self {
+            AppName::Maglev => "maglev",
+            AppName::Nitrosketch => "nitrosketch",
+            AppName::Mica => "mica",
+            AppName::Logmon => "logmon",
+        }
+    }
+}
+
+/// Where `bench apps` runs the apps: natively only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AppsTransport {
+    /// In this process, over the vfio-user client.
+    Native,
 }
 
 #[derive(clap::Args, Clone)]
 struct EchoArgs {
     /// Packets the host generator sends (every reply is checked).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 20_000,
+          value_parser = whole::<u64>(1, u64::MAX))]
     packets: u64,
     /// Frame size in bytes (60..=9000).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 64,
+          value_parser = whole::<usize>(MIN_FRAME, MAX_FRAME))]
     size: usize,
-    /// Distinct flows.
-    #[arg(long, default_value_t = 16)]
+    /// Distinct flows (1..=65536).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 16,
+          value_parser = whole::<u32>(1, MAX_FLOWS))]
     flows: u32,
-    /// Pipes the guest's echo uses.
-    #[arg(long, default_value_t = 4)]
+    /// Pipes the guest's echo uses (1..=64; the packetized NIC has 8 queue pairs).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 4,
+          value_parser = whole::<u32>(1, ENSO_PIPES))]
     pipes: u32,
-    /// Packets in flight at most (closed loop).
-    #[arg(long, default_value_t = 256)]
+    /// Packets in flight at most (closed loop; 1..=1048576).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 256,
+          value_parser = whole::<usize>(1, MAX_WINDOW))]
     window: usize,
     /// First boot a guest whose driver writes garbage into every register page and posts
-    /// bad notifications; the echo then runs against the same server.
+    /// bad notifications; the echo then runs against the same server (--nic enso).
     #[arg(long)]
     garbage_first: bool,
     /// The NIC model the guest's echo runs on.
     #[arg(long, value_enum, default_value = "enso")]
-    nic: run::NicKind,
+    nic: NicKind,
     /// The Ensō NIC's queue engine: the Rust model, or the RTL (rtl/enso/enso_queue_engine.sv)
-    /// co-simulated under Verilator and clocked by the device thread.
+    /// co-simulated under Verilator and clocked by the device thread (--nic enso).
     #[arg(long, value_enum, default_value = "rust")]
-    model: run::EngineModel,
+    model: EngineModel,
+    #[command(flatten)]
+    enso: run::EnsoArgs,
 }
 
 impl EchoArgs {
@@ -118,6 +297,7 @@ impl EchoArgs {
             garbage_first: self.garbage_first,
             nic: self.nic,
             model: self.model,
+            setup: self.enso.setup(),
         }
     }
 }
@@ -129,13 +309,19 @@ enum Bench {
     Apps {
         /// Where the apps run (native only).
         #[arg(long, value_enum, default_value = "native")]
-        transport: Transport,
+        transport: AppsTransport,
         /// Frames per app and NIC.
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 200_000,
+              value_parser = whole::<u64>(1, u64::MAX))]
         frames: u64,
-        /// Frames in flight at most.
-        #[arg(long, default_value_t = 256)]
+        /// Frames in flight at most (1..=1048576).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 256,
+              value_parser = whole::<usize>(1, MAX_WINDOW))]
         window: usize,
+        /// Rounds (1..=100): each runs every app on both NICs, the NIC order reversing
+        /// every other round; medians and spreads (min, max) are reported.
+        #[arg(long, allow_negative_numbers = true, default_value_t = 3, value_parser = whole::<u32>(1, 100))]
+        runs: u32,
         /// Print one JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -151,41 +337,53 @@ enum Bench {
         /// Accelerator for `--transport vm`.
         #[arg(long, value_enum, default_value = "auto")]
         accel: AccelChoice,
-        /// Frame sizes in bytes, comma-separated.
-        #[arg(long, value_delimiter = ',', default_value = "64,1500")]
+        /// Frame sizes in bytes, comma-separated (each 60..=9000).
+        #[arg(long, allow_negative_numbers = true, value_delimiter = ',', default_value = "64,1500",
+              value_parser = whole::<usize>(MIN_FRAME, MAX_FRAME))]
         sizes: Vec<usize>,
         /// Packets per run.
-        #[arg(long, default_value_t = 2_000_000)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 2_000_000,
+              value_parser = whole::<u64>(1, u64::MAX))]
         packets: u64,
         /// Runs per size; the median is reported.
-        #[arg(long, default_value_t = 5)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 5,
+              value_parser = whole::<usize>(1, u64::MAX))]
         runs: usize,
         /// Pipes (Ensō) or RSS queues (packetized) the echo uses; one per driver core, as in
-        /// the seed's single-core echo.
-        #[arg(long, default_value_t = 1)]
+        /// the seed's single-core echo (1..=64; the packetized NIC has 8 queue pairs).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 1,
+              value_parser = whole::<u32>(1, ENSO_PIPES))]
         pipes: u32,
-        /// Flows.
-        #[arg(long, default_value_t = 16)]
+        /// Flows (1..=65536).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 16,
+              value_parser = whole::<u32>(1, MAX_FLOWS))]
         flows: u32,
         /// NIC models, comma-separated; with both, ratios are reported.
         #[arg(long, value_delimiter = ',', default_value = "enso,packetized")]
-        nic: Vec<run::NicKind>,
+        nic: Vec<NicKind>,
         /// Ensō notification modes, comma-separated: one result row each (the packetized
-        /// NIC runs once). Ratios use the reactive row.
+        /// NIC runs once). Ratios use the reactive row. `--transport vm` runs reactive only.
         #[arg(long, value_delimiter = ',', default_value = "reactive")]
-        notify: Vec<testbed::bench::Notify>,
-        /// Latency model: packets per arrival burst.
-        #[arg(long, default_value_t = 32)]
+        notify: Vec<Notify>,
+        /// Pipes the Ensō NIC serves, comma-separated (each --pipes..=8192): one result
+        /// row each, e.g. 64,8192 to show the polling cost does not grow with them.
+        #[arg(long, allow_negative_numbers = true, value_delimiter = ',', default_value = "8192",
+              value_parser = whole::<u32>(1, MAX_SERVED_PIPES))]
+        served_pipes: Vec<u32>,
+        /// Latency model: packets per arrival burst (1..=4096).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 32,
+              value_parser = whole::<usize>(1, MODEL_MAX_BATCH))]
         model_batch: usize,
-        /// Latency model: software cost per batch (ns), on top of the measured driver
-        /// ns/packet per packet.
-        #[arg(long, default_value_t = 100.0)]
+        /// Latency model: software cost per batch (ns, 0..=1e9), on top of the measured
+        /// driver ns/packet per packet.
+        #[arg(long, allow_negative_numbers = true, default_value_t = 100.0, value_parser = model_ns)]
         model_sw_batch_ns: f64,
-        /// Latency model: poll interval of an idle driver (ns).
-        #[arg(long, default_value_t = 100.0)]
+        /// Latency model: poll interval of an idle driver (ns, 0..=1e9; 0 notices at once).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 100.0, value_parser = model_ns)]
         model_poll_ns: f64,
-        /// Latency model: offered load (Mpps); default the reactive Ensō row's measured rate.
-        #[arg(long)]
+        /// Latency model: offered load (Mpps, 0.001..=10000); default the reactive Ensō
+        /// row's measured rate.
+        #[arg(long, allow_negative_numbers = true, value_parser = model_mpps)]
         model_mpps: Option<f64>,
         /// Print one JSON object instead of the table.
         #[arg(long)]
@@ -220,18 +418,22 @@ enum Scenario {
         #[arg(long, value_enum, default_value = "cpu")]
         mode: testbed::chain::Mode,
         /// The chain's accelerators: crypto,ml or crypto.
-        #[arg(long, default_value = "crypto,ml", value_parser = ["crypto,ml", "crypto"])]
-        chain: String,
-        /// Items (encrypted images) the source sends, one at a time.
-        #[arg(long, default_value_t = 200)]
+        #[arg(long, value_enum, default_value = "crypto,ml")]
+        chain: ChainShape,
+        /// Items (encrypted images) the source sends, one at a time (1..=1000000).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 200,
+              value_parser = whole::<u64>(1, MAX_ITEMS))]
         items: u64,
-        /// Where the chain's driver runs: in a guest (vm) or in this process (native).
+        /// Where the chain's driver runs: in a guest (vm) or in this process (native; then
+        /// --accel, --timeout and --console do not apply).
         #[arg(long, value_enum, default_value = "vm")]
         transport: testbed::chain::Transport,
         /// The Ensō NIC's queue engine: the Rust model, or the RTL co-simulated under
         /// Verilator.
         #[arg(long, value_enum, default_value = "rust")]
-        model: run::EngineModel,
+        model: EngineModel,
+        #[command(flatten)]
+        enso: run::EnsoArgs,
         /// Print one JSON object instead of the readable report.
         #[arg(long)]
         json: bool,
@@ -242,27 +444,31 @@ enum Scenario {
         #[command(flatten)]
         vm: VmArgs,
         /// The app.
-        #[arg(long, value_parser = ["maglev", "nitrosketch", "mica", "logmon"])]
-        name: String,
+        #[arg(long, value_enum)]
+        name: AppName,
         /// The NIC model.
         #[arg(long, value_enum, default_value = "enso")]
-        nic: run::NicKind,
+        nic: NicKind,
         /// Frames the source sends.
-        #[arg(long, default_value_t = 20_000)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 20_000,
+              value_parser = whole::<u64>(1, u64::MAX))]
         frames: u64,
-        /// Frames in flight at most.
-        #[arg(long, default_value_t = 32)]
+        /// Frames in flight at most (1..=1048576).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 32,
+              value_parser = whole::<usize>(1, MAX_WINDOW))]
         window: usize,
-        /// Where the app's driver runs: in a guest (vm) or in this process (native).
+        /// Where the app's driver runs: in a guest (vm) or in this process (native; then
+        /// --accel, --timeout and --console do not apply).
         #[arg(long, value_enum, default_value = "vm")]
         transport: testbed::apps::Transport,
         /// Print one JSON object instead of the readable report.
         #[arg(long)]
         json: bool,
     },
-    /// A stock Linux peer guest (virtio-net on our vhost-user backend, cabled to the Ensō
-    /// NIC) runs arping, ping and OpenBSD nc against the Rust responder behind the Ensō NIC;
-    /// both the peer's tools and the host's wire tap check every reply.
+    /// A stock Linux peer guest (virtio-net on our vhost-user backend, or with --link udp on
+    /// QEMU's -netdev dgram, cabled to the Ensō NIC) runs arping, ping and OpenBSD nc against
+    /// the Rust responder behind the Ensō NIC; both the peer's tools and the host's wire tap
+    /// check every reply.
     PeerEcho {
         #[command(flatten)]
         vm: VmArgs,
@@ -275,9 +481,9 @@ enum Scenario {
     /// The peer's traffic is captured by the Ensō guest into a pcap that tshark parses.
     PeerCapture {
         #[command(flatten)]
-        vm: VmArgs,
+        vm: GuestArgs,
         #[command(flatten)]
-        peer: PeerArgs,
+        peer: CaptureArgs,
         /// Print one JSON object instead of the readable report.
         #[arg(long)]
         json: bool,
@@ -286,25 +492,71 @@ enum Scenario {
     /// received, lost and the RTT histogram from the NIC's timestamps.
     GenEcho {
         #[command(flatten)]
-        vm: VmArgs,
+        vm: GuestArgs,
         /// Frames EnsōGen sends.
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 2000,
+              value_parser = whole::<u64>(1, u64::MAX))]
         packets: u64,
         /// Frame size in bytes (60..=1514; generated flows only).
-        #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(60..=1514))]
+        #[arg(long, allow_negative_numbers = true, default_value_t = 128,
+              value_parser = whole::<u64>(60, 1514),
+              conflicts_with = "pcap")]
         size: u64,
-        /// UDP flows (generated flows only).
-        #[arg(long, default_value_t = 16)]
+        /// UDP flows (1..=64512; generated flows only).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 16,
+              value_parser = whole::<u32>(1, ENSOGEN_MAX_FLOWS),
+              conflicts_with = "pcap")]
         flows: u32,
-        /// Frames per second; 0 sends as fast as the NIC takes them.
-        #[arg(long, default_value_t = 10_000)]
+        /// Frames per second (0..=1000000000); 0 sends as fast as the NIC takes them.
+        #[arg(long, allow_negative_numbers = true, default_value_t = 10_000,
+              value_parser = whole::<u64>(0, MAX_RATE))]
         rate: u64,
         /// Replay the frames of this pcap (cycled) instead of generated flows.
         #[arg(long)]
         pcap: Option<PathBuf>,
-        /// Where the two apps run: in two guests (vm) or in this process (native).
+        /// Where the two apps run: in two guests (vm) or in this process (native; then
+        /// --accel does not apply).
         #[arg(long, value_enum, default_value = "vm")]
         transport: Transport,
+        #[command(flatten)]
+        enso: run::EnsoArgs,
+        /// Print one JSON object instead of the readable report.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Card-style software (no driver, sysfs resource2, physical addresses, pipes from
+    /// 8191 down, upstream's register order) echoes in a guest without a translating
+    /// IOMMU, byte 63 incremented; the host generator checks every reply.
+    CardEcho {
+        #[command(flatten)]
+        vm: VmArgs,
+        /// Packets the host generator sends.
+        #[arg(long, allow_negative_numbers = true, default_value_t = 5_000,
+              value_parser = whole::<u64>(1, u64::MAX))]
+        packets: u64,
+        /// Frame size in bytes (64..=9000: the program increments byte 63).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 64,
+              value_parser = whole::<usize>(64, MAX_FRAME))]
+        size: usize,
+        /// Distinct flows (1..=1024: one flow-table entry each, keyed on the destination port).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 16, value_parser = whole::<u32>(1, 1024))]
+        flows: u32,
+        /// Pipes the program takes, from 8191 down (1..=16).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 2, value_parser = whole::<u32>(1, 16))]
+        pipes: u32,
+        /// Packets in flight at most (closed loop; 1..=1048576).
+        #[arg(long, allow_negative_numbers = true, default_value_t = 64,
+              value_parser = whole::<usize>(1, MAX_WINDOW))]
+        window: usize,
+        /// How the Ensō NIC's queue registers reach it.
+        #[arg(long, value_enum, default_value = "shared")]
+        registers: run::Registers,
+        /// The Ensō NIC's queue engine.
+        #[arg(long, value_enum, default_value = "rust")]
+        model: EngineModel,
+        /// The guest's IOMMU: off or passthrough (the program hands out physical addresses).
+        #[arg(long, value_enum, default_value = "off")]
+        viommu: testbed::vm::Viommu,
         /// Print one JSON object instead of the readable report.
         #[arg(long)]
         json: bool,
@@ -323,25 +575,42 @@ enum Scenario {
     },
 }
 
-#[derive(clap::Args, Clone, Copy)]
+/// What the peer of `run peer-echo` sends, and to which NIC.
+#[derive(clap::Args, Clone)]
 struct PeerArgs {
-    /// The NIC cabled to the peer (peer-echo: the responder runs on either; peer-capture:
-    /// enso only).
+    /// The NIC cabled to the peer (the responder runs on either).
     #[arg(long, value_enum, default_value = "enso")]
-    nic: run::NicKind,
+    nic: NicKind,
     /// ARP requests the peer's arping sends.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3, value_parser = whole::<u32>(1, u64::MAX))]
     arps: u32,
     /// ICMP echo requests per size (56 and 1400 bytes).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10,
+          value_parser = whole::<u32>(1, u64::MAX))]
     pings: u32,
     /// UDP datagrams the peer's nc sends.
-    #[arg(long, default_value_t = 40)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 40,
+          value_parser = whole::<u32>(1, u64::MAX))]
     datagrams: u32,
-    /// peer-echo: first boot a peer and kill it in the middle of its traffic; the next peer
-    /// must be served as if nothing happened.
+    /// First boot a peer and kill it in the middle of its traffic; the next peer must be
+    /// served as if nothing happened.
     #[arg(long)]
     kill_first_peer: bool,
+    /// The peer's virtio-net: on our vhost-user-net backend, or on QEMU's own `-netdev
+    /// dgram` to a UDP socket that is the NIC's port (one Ethernet frame per datagram).
+    #[arg(long, value_enum, default_value = "vhost-user")]
+    link: testbed::peer::LinkKind,
+    /// --link udp: the address the NIC's UDP port binds here (default 127.0.0.1, any port).
+    #[arg(long, value_name = "ADDR:PORT")]
+    udp_local: Option<std::net::SocketAddr>,
+    /// --link udp: the peer QEMU's address, where the NIC's port sends (default 127.0.0.1,
+    /// a free port; port 0: QEMU's choice, learned from its first frame).
+    #[arg(long, value_name = "ADDR:PORT")]
+    udp_remote: Option<std::net::SocketAddr>,
+    /// --link udp: run the peer's QEMU in this network namespace (`ip netns exec NS`),
+    /// standing for another host; needs --udp-local and --udp-remote.
+    #[arg(long, value_name = "NS")]
+    peer_netns: Option<String>,
 }
 
 impl PeerArgs {
@@ -352,186 +621,482 @@ impl PeerArgs {
             pings: self.pings,
             datagrams: self.datagrams,
             kill_first_peer: self.kill_first_peer,
+            link: testbed::peer::PeerLink {
+                kind: self.link,
+                udp_local: self.udp_local,
+                udp_remote: self.udp_remote,
+                netns: self.peer_netns,
+            },
         }
     }
 }
 
-fn finish(report: Result<run::RunReport>, json: bool, scenario: &str) -> i32 {
-    match report {
-        Ok(r) => {
-            if json {
-                println!("{}", run::json_line(&r));
-            } else {
-                print!("{}", run::render(&r));
+/// What the peer of `run peer-capture` sends (to the Ensō NIC, whose guest captures it).
+#[derive(clap::Args, Clone, Copy)]
+struct CaptureArgs {
+    /// ARP requests the peer's arping sends.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 3, value_parser = whole::<u32>(1, u64::MAX))]
+    arps: u32,
+    /// ICMP echo requests per size (56 and 1400 bytes; 1..=30: the peer pings every 50 ms
+    /// for at most 2 s).
+    #[arg(long, allow_negative_numbers = true, default_value_t = 10,
+          value_parser = whole::<u32>(1, CAPTURE_MAX_PINGS))]
+    pings: u32,
+    /// UDP datagrams the peer's nc sends.
+    #[arg(long, allow_negative_numbers = true, default_value_t = 40,
+          value_parser = whole::<u32>(1, u64::MAX))]
+    datagrams: u32,
+}
+
+impl CaptureArgs {
+    fn options(self) -> testbed::peer::PeerOptions {
+        testbed::peer::PeerOptions {
+            nic: NicKind::Enso,
+            arps: self.arps,
+            pings: self.pings,
+            datagrams: self.datagrams,
+            kill_first_peer: false,
+            link: Default::default(),
+        }
+    }
+}
+
+impl Cmd {
+    /// With `--json`: the key and the name this command's JSON object carries
+    /// (`"scenario": "echo"`, `"benchmark": "apps"`).
+    fn json(&self) -> Option<(&'static str, &'static str)> {
+        let (json, key, name) = match self {
+            Cmd::Run { scenario } => match scenario {
+                Scenario::Echo { json, .. } => (json, "scenario", "echo"),
+                Scenario::Chain { json, .. } => (json, "scenario", "chain"),
+                Scenario::App { json, .. } => (json, "scenario", "app"),
+                Scenario::PeerEcho { json, .. } => (json, "scenario", "peer-echo"),
+                Scenario::PeerCapture { json, .. } => (json, "scenario", "peer-capture"),
+                Scenario::GenEcho { json, .. } => (json, "scenario", "gen-echo"),
+                Scenario::CardEcho { json, .. } => (json, "scenario", "card-echo"),
+                Scenario::Smoke { json, .. } => (json, "scenario", "smoke"),
+            },
+            Cmd::Bench { bench: Bench::Apps { json, .. } } => (json, "benchmark", "apps"),
+            Cmd::Bench { bench: Bench::Echo { json, .. } } => (json, "benchmark", "echo"),
+            _ => return None,
+        };
+        json.then_some((key, name))
+    }
+}
+
+/// The invoked subcommand's matches, and its `clap::Command` for error messages.
+struct Check<'a> {
+    cmd: clap::Command,
+    m: &'a ArgMatches,
+}
+
+impl Check<'_> {
+    /// Whether `id` was given on the command line (not a default).
+    fn given(&self, id: &str) -> bool {
+        self.m.ids().any(|i| i.as_str() == id) && self.m.value_source(id) == Some(ValueSource::CommandLine)
+    }
+
+    /// `--name <NAME>`, as clap writes the argument in its messages.
+    fn arg(&self, id: &str) -> String {
+        self.cmd
+            .get_arguments()
+            .find(|a| a.get_id() == id)
+            .map_or_else(|| format!("--{}", id.replace('_', "-")), |a| a.to_string())
+    }
+
+    fn invalid(&self, id: &str, value: impl Display, why: impl Display) -> clap::Error {
+        let msg = format!("invalid value '{value}' for '{}': {why}", self.arg(id));
+        self.cmd.clone().error(ErrorKind::ValueValidation, msg)
+    }
+
+    fn conflict(&self, id: &str, other: &str) -> clap::Error {
+        let msg = format!("the argument '{}' cannot be used with {other}", self.arg(id));
+        self.cmd.clone().error(ErrorKind::ArgumentConflict, msg)
+    }
+
+    /// Refuses the options in `ids` (they configure guests) when the driver runs natively.
+    fn guest_only(&self, transport: Transport, ids: &[&str]) -> Result<(), clap::Error> {
+        match ids.iter().find(|id| self.given(id)) {
+            Some(id) if transport == Transport::Native => Err(self.conflict(id, "'--transport native'")),
+            _ => Ok(()),
+        }
+    }
+
+    /// `--plot FILE` is written after the run: its folder must exist now.
+    fn plot(&self, plot: Option<&Path>) -> Result<(), clap::Error> {
+        let Some(p) = plot else { return Ok(()) };
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        if p.is_dir() {
+            Err(self.invalid("plot", p.display(), "this is a folder: give the path of the SVG file to write"))
+        } else if !dir.is_dir() {
+            Err(self.invalid(
+                "plot",
+                p.display(),
+                format!("no folder {} to write the SVG into", dir.display()),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Checks what clap cannot express, right after parsing, before anything is provisioned.
+fn check(cli: &Cli, root: &clap::Command, m: &ArgMatches) -> Result<(), clap::Error> {
+    let (mut cmd, mut m) = (root, m);
+    while let Some((name, sub)) = m.subcommand() {
+        let Some(c) = cmd.find_subcommand(name) else { break };
+        (cmd, m) = (c, sub);
+    }
+    let c = Check { cmd: cmd.clone(), m };
+    let packetized_pipes = |pipes: u32, with: &str| {
+        if pipes > PACKETIZED_QUEUES {
+            Err(c.invalid(
+                "pipes",
+                pipes,
+                format!(
+                    "{pipes} is not in 1..={PACKETIZED_QUEUES} with {with}: the packetized NIC has \
+                     {PACKETIZED_QUEUES} queue pairs"
+                ),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match &cli.cmd {
+        Cmd::Run { scenario: Scenario::Echo { echo, .. } } if echo.nic == NicKind::Packetized => {
+            packetized_pipes(echo.pipes, "--nic packetized")?;
+            if echo.garbage_first {
+                return Err(
+                    c.conflict("garbage_first", "'--nic packetized' (it scribbles over Ensō registers)")
+                );
             }
-            if r.pass {
-                0
-            } else {
-                1
+            if echo.model == EngineModel::Rtl {
+                return Err(c.invalid(
+                    "model",
+                    "rtl",
+                    "the RTL is the Ensō NIC's queue engine: use it with --nic enso",
+                ));
             }
+            if let Some(id) = ["registers", "extensions"].into_iter().find(|id| c.given(id)) {
+                return Err(c.conflict(id, "'--nic packetized' (it sets up the Ensō NIC)"));
+            }
+        }
+        Cmd::Run { scenario: Scenario::Chain { transport, mode, enso, .. } } => {
+            c.guest_only(*transport, &["accel", "timeout", "console"])?;
+            if enso.extensions == run::DriverExtensions::None && *mode != testbed::chain::Mode::Cpu {
+                return Err(c.conflict(
+                    "extensions",
+                    "'--mode nagare', 'glue' or 'both' (the switch modes use the NIC's stream extension)",
+                ));
+            }
+        }
+        Cmd::Run { scenario: Scenario::App { transport, .. } } => {
+            c.guest_only(*transport, &["accel", "timeout", "console"])?;
+        }
+        Cmd::Run { scenario: Scenario::CardEcho { viommu: testbed::vm::Viommu::On, .. } } => {
+            return Err(c.invalid(
+                "viommu",
+                "on",
+                "the program gives the device physical addresses: use off or passthrough",
+            ));
+        }
+        Cmd::Run { scenario: Scenario::PeerEcho { peer, .. } } => {
+            if peer.link != testbed::peer::LinkKind::Udp {
+                if let Some(id) = ["udp_local", "udp_remote", "peer_netns"].into_iter().find(|id| c.given(id))
+                {
+                    return Err(c.conflict(id, "'--link vhost-user' (it is a --link udp option)"));
+                }
+            }
+            if let Some(ns) = &peer.peer_netns {
+                if peer.udp_local.is_none() || peer.udp_remote.is_none() {
+                    return Err(c.invalid(
+                        "peer_netns",
+                        ns,
+                        "give --udp-local and --udp-remote too: 127.0.0.1 here is not the peer's",
+                    ));
+                }
+                if ns.contains('/') || !Path::new("/run/netns").join(ns).exists() {
+                    return Err(c.invalid(
+                        "peer_netns",
+                        ns,
+                        "no such network namespace (see `ip netns list`)",
+                    ));
+                }
+            }
+        }
+        Cmd::Run { scenario: Scenario::GenEcho { transport, pcap, .. } } => {
+            c.guest_only(*transport, &["accel"])?;
+            if let Some(p) = pcap {
+                // The same check EnsōGen makes, so a capture it cannot send is refused now.
+                guest_apps::ensogen::load_pcap(p).map_err(|e| c.invalid("pcap", p.display(), e))?;
+            }
+        }
+        Cmd::Bench { bench: Bench::Echo { transport, nic, notify, pipes, plot, .. } } => {
+            if nic.contains(&NicKind::Packetized) {
+                packetized_pipes(*pipes, "the packetized NIC in --nic")?;
+            }
+            c.guest_only(*transport, &["accel"])?;
+            if !nic.contains(&NicKind::Enso) && c.given("notify") {
+                return Err(c.conflict("notify", "'--nic packetized' (the modes are the Ensō NIC's)"));
+            }
+            if let Some(n) = notify.iter().find(|n| **n != Notify::Reactive) {
+                if *transport == Transport::Vm {
+                    return Err(c.invalid(
+                        "notify",
+                        n.name(),
+                        "--transport vm runs reactive notifications only",
+                    ));
+                }
+            }
+            c.plot(plot.as_deref())?;
+        }
+        Cmd::Bench { bench: Bench::Apps { plot, .. } } => c.plot(plot.as_deref())?,
+        Cmd::Serve(a) => {
+            if let Err(why) = a.config() {
+                let id = if why.contains("port") {
+                    "port"
+                } else if why.contains("model") {
+                    "model"
+                } else {
+                    "pipes"
+                };
+                return Err(c.invalid(id, "", why));
+            }
+        }
+        Cmd::Up(a) => {
+            if let Some(d) = a.share.as_ref().filter(|d| !d.is_dir()) {
+                return Err(c.invalid("share", d.display(), "no such folder"));
+            }
+            if let Some(t) = &a.topology {
+                if let Err(e) = testbed::up::load_topology(t) {
+                    return Err(c.cmd.clone().error(ErrorKind::ValueValidation, format!("{e:#}")));
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Parses and checks the command line.
+fn parse(args: &[OsString]) -> Result<Cli, clap::Error> {
+    let mut cmd = Cli::command();
+    let m = cmd.try_get_matches_from_mut(args)?;
+    let cli = Cli::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))?;
+    check(&cli, &cmd, &m)?;
+    Ok(cli)
+}
+
+/// A usage error: clap's message on stderr, exit code 2; with `--json` among the
+/// arguments, also the failure's JSON object on stdout.
+fn usage_error(e: clap::Error, args: &[OsString]) -> ! {
+    if e.use_stderr() && args.iter().skip(1).any(|a| a == "--json") {
+        let text = e.render().to_string();
+        let message: Vec<&str> = text
+            .lines()
+            .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        let message = message.join(" ");
+        let mut o = serde_json::Map::new();
+        if let Some((key, name)) = label_from_args(args) {
+            o.insert(key.into(), name.into());
+        }
+        o.insert("pass".into(), false.into());
+        o.insert("error".into(), message.strip_prefix("error: ").unwrap_or(&message).into());
+        println!("{}", serde_json::Value::Object(o));
+    }
+    e.exit()
+}
+
+/// The JSON key and name of the command that `args` invoke, when they name one that
+/// prints JSON (`run <scenario>`, `bench <benchmark>`).
+fn label_from_args(args: &[OsString]) -> Option<(&'static str, String)> {
+    let mut words = args.iter().skip(1).filter_map(|a| a.to_str()).filter(|a| !a.starts_with('-'));
+    let top = words.next()?;
+    let key = match top {
+        "run" => "scenario",
+        "bench" => "benchmark",
+        _ => return None,
+    };
+    let name = words.next()?;
+    Cli::command().find_subcommand(top)?.find_subcommand(name).map(|_| (key, name.to_string()))
+}
+
+/// What a command produced: the readable text, the JSON object (`--json`), the exit code.
+struct Outcome {
+    text: String,
+    json: String,
+    code: i32,
+}
+
+impl Outcome {
+    fn text(text: String) -> Outcome {
+        Outcome { text, json: String::new(), code: 0 }
+    }
+
+    fn code(code: i32) -> Outcome {
+        Outcome { text: String::new(), json: String::new(), code }
+    }
+
+    fn report(r: &run::RunReport) -> Outcome {
+        Outcome { text: run::render(r), json: run::json_line(r), code: i32::from(!r.pass) }
+    }
+
+    fn print(self, json: bool) -> i32 {
+        if json && !self.json.is_empty() {
+            println!("{}", self.json);
+        } else {
+            print!("{}", self.text);
+        }
+        self.code
+    }
+}
+
+/// A benchmark's report with its verdict: `pass`, and `error` when the run went well but
+/// writing the plot did not.
+#[derive(Serialize)]
+struct Judged<'a, T: Serialize> {
+    #[serde(flatten)]
+    report: &'a T,
+    pass: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Writes the plot (if asked); returns what went wrong.
+fn write_plot(plot: Option<&Path>, svg: impl FnOnce() -> String) -> Option<String> {
+    let path = plot?;
+    match std::fs::write(path, svg()) {
+        Ok(()) => {
+            eprintln!("[testbed] bench: plot written to {}", path.display());
+            None
         }
         Err(e) => {
-            if json {
-                let v = serde_json::json!({"scenario": scenario, "pass": false, "error": format!("{e:#}")});
-                println!("{v}");
-            }
-            eprintln!("error: {e:#}");
-            1
+            let e = format!("cannot write {}: {e}", path.display());
+            eprintln!("error: {e}");
+            Some(e)
         }
     }
 }
 
-fn main() {
-    let cli = Cli::parse();
-    let code = match cli.cmd {
-        Cmd::Qemu => match cache::workspace_root().and_then(|r| qemu::ensure_qemu(&r)) {
-            Ok(q) => {
-                println!("{}", q.bin.display());
-                0
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                1
-            }
-        },
-        Cmd::Image => {
-            let r = cache::workspace_root()
-                .and_then(|root| image::build_guest_binary(&root))
-                .and_then(|g| image::ensure_image(&g));
-            match r {
-                Ok(img) => {
-                    println!("{}\n{}", img.kernel.display(), img.initrd.display());
-                    0
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    1
-                }
-            }
+/// The guests' environment for the VM transport (none natively).
+fn provision(transport: Transport, accel: AccelChoice) -> Result<Option<run::Env>> {
+    Ok(match transport {
+        Transport::Native => None,
+        Transport::Vm => Some(run::Env::provision(accel)?),
+    })
+}
+
+fn scenario(s: Scenario) -> Result<run::RunReport> {
+    match s {
+        Scenario::Smoke { vm, kill_first_guest, .. } => {
+            let env = run::Env::provision(vm.accel)?;
+            run::smoke(&env, &vm.options(), kill_first_guest)
         }
-        Cmd::Accel { accel } => match run::Env::provision(accel) {
-            Ok(env) => {
-                println!("{}", env.accel.name());
-                0
-            }
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                1
-            }
-        },
-        Cmd::Run { scenario: Scenario::Smoke { vm, json, kill_first_guest } } => {
-            let r = run::Env::provision(vm.accel)
-                .and_then(|env| run::smoke(&env, &vm.options(), kill_first_guest));
-            finish(r, json, "smoke")
+        Scenario::Echo { vm, echo, .. } => {
+            let env = run::Env::provision(vm.accel)?;
+            run::echo(&env, &vm.options(), echo.options())
         }
-        Cmd::Run { scenario: Scenario::PeerEcho { vm, peer, json } } => {
-            let r = run::Env::provision(vm.accel)
-                .and_then(|env| testbed::peer::peer_echo(&env, &vm.options(), peer.options()));
-            finish(r, json, "peer-echo")
-        }
-        Cmd::Run { scenario: Scenario::PeerCapture { vm, peer, json } } => {
-            let r = run::Env::provision(vm.accel)
-                .and_then(|env| testbed::peer::peer_capture(&env, &vm.options(), peer.options()));
-            finish(r, json, "peer-capture")
-        }
-        Cmd::Run {
-            scenario: Scenario::GenEcho { vm, packets, size, flows, rate, pcap, transport, json },
-        } => {
-            let o =
-                testbed::peer::GenEchoOptions { packets, size: size as usize, flows, rate, pcap, transport };
-            let r = match transport {
-                Transport::Native => testbed::peer::gen_echo(None, &vm.options(), &o),
-                Transport::Vm => run::Env::provision(vm.accel)
-                    .and_then(|env| testbed::peer::gen_echo(Some(&env), &vm.options(), &o)),
+        Scenario::CardEcho { vm, packets, size, flows, pipes, window, registers, model, viommu, .. } => {
+            let env = run::Env::provision(vm.accel)?;
+            let o = testbed::cardecho::CardEchoOptions {
+                packets,
+                size,
+                flows,
+                pipes,
+                window,
+                registers,
+                model,
+                viommu,
             };
-            finish(r, json, "gen-echo")
+            testbed::cardecho::card_echo(&env, &vm.options(), o)
         }
-        Cmd::Run { scenario: Scenario::Echo { vm, echo, json } } => {
-            let r =
-                run::Env::provision(vm.accel).and_then(|env| run::echo(&env, &vm.options(), echo.options()));
-            finish(r, json, "echo")
+        Scenario::PeerEcho { vm, peer, .. } => {
+            let env = run::Env::provision(vm.accel)?;
+            testbed::peer::peer_echo(&env, &vm.options(), peer.options())
         }
-        Cmd::Run { scenario: Scenario::Chain { vm, mode, chain, items, transport, model, json } } => {
+        Scenario::PeerCapture { vm, peer, .. } => {
+            let env = run::Env::provision(vm.accel)?;
+            testbed::peer::peer_capture(&env, &vm.options(), peer.options())
+        }
+        Scenario::GenEcho { vm, packets, size, flows, rate, pcap, transport, enso, .. } => {
+            let setup = enso.setup();
+            let o = testbed::peer::GenEchoOptions {
+                packets,
+                size: size as usize,
+                flows,
+                rate,
+                pcap,
+                transport,
+                setup,
+            };
+            let env = provision(transport, vm.accel)?;
+            testbed::peer::gen_echo(env.as_ref(), &vm.options(), &o)
+        }
+        Scenario::Chain { vm, mode, chain, items, transport, model, enso, .. } => {
             let o = testbed::chain::ChainOptions {
                 items,
-                shape: guest_apps::chain::Shape::parse(&chain).unwrap_or(guest_apps::chain::Shape::CryptoMl),
+                shape: chain.shape(),
                 mode,
                 stream: 1,
                 transport,
                 model,
+                setup: enso.setup(),
             };
-            let r = match transport {
-                testbed::chain::Transport::Native => testbed::chain::run(None, &vm.options(), &o),
-                testbed::chain::Transport::Vm => run::Env::provision(vm.accel)
-                    .and_then(|env| testbed::chain::run(Some(&env), &vm.options(), &o)),
+            let env = provision(transport, vm.accel)?;
+            testbed::chain::run(env.as_ref(), &vm.options(), &o)
+        }
+        Scenario::App { vm, name, nic, frames, window, transport, .. } => {
+            let o = testbed::apps::AppOptions { name: name.name().into(), nic, frames, window };
+            let env = provision(transport, vm.accel)?;
+            testbed::apps::run(env.as_ref(), &vm.options(), &o, transport)
+        }
+    }
+}
+
+fn bench(b: Bench) -> Result<Outcome> {
+    match b {
+        Bench::Apps { transport: AppsTransport::Native, frames, window, runs, plot, .. } => {
+            let r = testbed::apps::bench(frames, window, runs as usize)?;
+            let plot_error = write_plot(plot.as_deref(), || testbed::apps::plot_bench(&r));
+            // Failed runs and failed checks, then the plot.
+            let error = match (r.failure(), plot_error) {
+                (Some(f), Some(p)) => Some(format!("{f}; {p}")),
+                (f, p) => f.or(p),
             };
-            finish(r, json, "chain")
+            let pass = error.is_none() && r.results.iter().all(|x| x.correct);
+            let json = serde_json::to_string(&Judged { report: &r, pass, error })?;
+            Ok(Outcome { text: testbed::apps::render_bench(&r), json, code: i32::from(!pass) })
         }
-        Cmd::Run { scenario: Scenario::App { vm, name, nic, frames, window, transport, json } } => {
-            let o = testbed::apps::AppOptions { name, nic, frames, window };
-            let r = match transport {
-                testbed::apps::Transport::Native => testbed::apps::run(None, &vm.options(), &o, transport),
-                testbed::apps::Transport::Vm => run::Env::provision(vm.accel)
-                    .and_then(|env| testbed::apps::run(Some(&env), &vm.options(), &o, transport)),
-            };
-            finish(r, json, "app")
-        }
-        Cmd::Bench { bench: Bench::Apps { transport, frames, window, json, plot } } => {
-            if transport != Transport::Native {
-                eprintln!("error: bench apps runs natively only (--transport native)");
-                std::process::exit(2);
-            }
-            match testbed::apps::bench(frames, window) {
-                Ok(r) => {
-                    let mut failed = false;
-                    if let Some(path) = &plot {
-                        if let Err(e) = std::fs::write(path, testbed::apps::plot_bench(&r)) {
-                            eprintln!("error: cannot write {}: {e}", path.display());
-                            failed = true;
-                        }
-                    }
-                    if json {
-                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                    } else {
-                        print!("{}", testbed::apps::render_bench(&r));
-                    }
-                    i32::from(failed || !r.results.iter().all(|x| x.correct))
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    1
-                }
-            }
-        }
-        Cmd::Demo { vm } => demo(&vm),
-        Cmd::Bench {
-            bench:
-                Bench::Echo {
-                    transport,
-                    accel,
-                    sizes,
-                    packets,
-                    runs,
-                    pipes,
-                    flows,
-                    nic,
-                    notify,
-                    model_batch,
-                    model_sw_batch_ns,
-                    model_poll_ns,
-                    model_mpps,
-                    json,
-                    plot,
-                },
+        Bench::Echo {
+            transport,
+            accel,
+            sizes,
+            packets,
+            runs,
+            pipes,
+            flows,
+            nic,
+            notify,
+            served_pipes,
+            model_batch,
+            model_sw_batch_ns,
+            model_poll_ns,
+            model_mpps,
+            plot,
+            ..
         } => {
             let o = testbed::bench::BenchOptions {
                 sizes,
                 packets,
-                runs: runs.max(1),
+                runs,
                 pipes,
                 flows,
                 nics: nic,
                 notify,
+                served_pipes,
                 model: testbed::bench::ModelOptions {
                     batch: model_batch,
                     sw_batch_ns: model_sw_batch_ns,
@@ -539,146 +1104,246 @@ fn main() {
                     offered_mpps: model_mpps,
                 },
             };
-            let env = match transport {
-                Transport::Native => None,
-                Transport::Vm => match run::Env::provision(accel) {
-                    Ok(env) => Some(env),
-                    Err(e) => {
-                        eprintln!("error: {e:#}");
-                        std::process::exit(1);
-                    }
-                },
-            };
+            let env = provision(transport, accel)?;
             let vm = env.as_ref().map(|env| testbed::bench::VmBench {
                 env,
                 options: run::RunOptions { timeout: Duration::from_secs(600), keep: false, console: false },
             });
-            match testbed::bench::echo(&o, vm.as_ref()) {
-                Ok(r) => {
-                    let mut plot_failed = false;
-                    if let Some(path) = &plot {
-                        match std::fs::write(path, testbed::bench::plot(&r)) {
-                            Ok(()) => eprintln!("[testbed] bench: plot written to {}", path.display()),
-                            Err(e) => {
-                                eprintln!("error: cannot write {}: {e}", path.display());
-                                plot_failed = true;
-                            }
-                        }
-                    }
-                    if json {
-                        println!("{}", serde_json::to_string(&r).unwrap_or_default());
-                    } else {
-                        print!("{}", testbed::bench::render(&r));
-                    }
-                    i32::from(plot_failed || !r.results.iter().all(|x| x.all_matched))
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    1
-                }
-            }
+            let r = testbed::bench::echo(&o, vm.as_ref())?;
+            let plot_error = write_plot(plot.as_deref(), || testbed::bench::plot(&r));
+            // Failed runs and lossy rows, then the plot.
+            let error = match (r.failure(), plot_error) {
+                (Some(f), Some(p)) => Some(format!("{f}; {p}")),
+                (f, p) => f.or(p),
+            };
+            let pass = error.is_none() && r.results.iter().all(|x| x.all_matched);
+            let json = serde_json::to_string(&Judged { report: &r, pass, error })?;
+            Ok(Outcome { text: testbed::bench::render(&r), json, code: i32::from(!pass) })
         }
-        Cmd::Serve { device, socket } => serve(&device, &socket),
+    }
+}
+
+/// Runs a parsed and checked command.
+fn execute(cmd: Cmd) -> Result<Outcome> {
+    Ok(match cmd {
+        Cmd::Qemu => {
+            let q = cache::workspace_root().and_then(|r| qemu::ensure_qemu(&r))?;
+            Outcome::text(format!("{}\n", q.bin.display()))
+        }
+        Cmd::Image => {
+            let img = cache::workspace_root()
+                .and_then(|root| image::build_guest_binary(&root))
+                .and_then(|g| image::ensure_image(&g))?;
+            Outcome::text(format!("{}\n{}\n", img.kernel.display(), img.initrd.display()))
+        }
+        Cmd::Rtl => Outcome::text(format!("{}\n", testbed::rtl::ensure()?.display())),
+        Cmd::Accel { accel } => Outcome::text(format!("{}\n", run::Env::provision(accel)?.accel.name())),
+        Cmd::Run { scenario: s } => Outcome::report(&scenario(s)?),
+        Cmd::Bench { bench: b } => bench(b)?,
+        Cmd::Demo { vm } => Outcome::code(demo(&vm)),
+        Cmd::Serve(a) => Outcome::code(testbed::up::cli::serve(&a)?),
+        Cmd::Up(a) => Outcome::code(testbed::up::cli::up(&a)?),
+        Cmd::Ls(a) => Outcome::code(testbed::up::cli::ls(&a)?),
+        Cmd::Exec(a) => Outcome::code(testbed::up::cli::exec(&a)?),
+        Cmd::Console(a) => Outcome::code(testbed::up::cli::console(&a)?),
+        Cmd::Down(a) => Outcome::code(testbed::up::cli::down(&a)?),
+        Cmd::Daemon(a) => Outcome::code(testbed::up::cli::daemon(&a)?),
+        Cmd::Soak(a) => Outcome::code(testbed::soak::run(&a)?),
+    })
+}
+
+fn main() {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = parse(&args).unwrap_or_else(|e| usage_error(e, &args));
+    let json = cli.cmd.json();
+    let code = match execute(cli.cmd) {
+        Ok(out) => out.print(json.is_some()),
+        Err(e) => {
+            // The one place a failed command is reported.
+            if let Some((key, name)) = json {
+                println!("{}", serde_json::json!({key: name, "pass": false, "error": format!("{e:#}")}));
+            }
+            eprintln!("error: {e:#}");
+            1
+        }
     };
     std::process::exit(code);
 }
 
-/// The demo's echo: 20 000 packets of 64 B over 16 flows.
-fn echo_args() -> EchoArgs {
-    EchoArgs {
-        packets: 20_000,
-        size: 64,
-        flows: 16,
-        pipes: 4,
-        window: 256,
-        garbage_first: false,
-        nic: run::NicKind::Enso,
-        model: run::EngineModel::Rust,
+/// The demo (see `testbed::demo`): six steps, then a one-screen summary naming the log
+/// that holds the full reports.
+fn demo(vm: &VmArgs) -> i32 {
+    let r = run::Env::provision(vm.accel).and_then(|env| testbed::demo::run(&env, &vm.options()));
+    match r {
+        Ok(d) => {
+            print!("{}", d.summary());
+            i32::from(!d.pass())
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
     }
 }
 
-/// The demo: the smoke device (every testbed path), the Ensō NIC echoing traffic from the
-/// host generator through the guest's driver, the packetized baseline, the accelerator
-/// chain, a stock Linux peer on the wire, and the RTL queue engine in the loop.
-fn demo(vm: &VmArgs) -> i32 {
-    let env = match run::Env::provision(vm.accel) {
-        Ok(env) => env,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return 1;
-        }
-    };
-    eprintln!(
-        "[testbed] demo 1/6: the smoke device, served over vfio-user to a QEMU guest running our driver"
-    );
-    let smoke = finish(run::smoke(&env, &vm.options(), false), false, "smoke");
-    println!();
-    eprintln!("[testbed] demo 2/6: the Ensō NIC; the guest's echo app answers 20000 packets from the host generator");
-    let echo = echo_args();
-    let echo = finish(run::echo(&env, &vm.options(), echo.options()), false, "echo");
-    println!();
-    eprintln!("[testbed] demo 3/6: the same echo on the packetized baseline NIC (per-packet descriptors and buffers)");
-    let packetized = EchoArgs { nic: run::NicKind::Packetized, ..echo_args() };
-    let packetized = finish(run::echo(&env, &vm.options(), packetized.options()), false, "echo");
-    println!();
-    eprintln!(
-        "[testbed] demo 4/6: the accelerator chain NIC → crypto → ML → NIC, with the CPU in the middle (seed Table 2), then through the Nagare switch (Table 3)"
-    );
-    let o =
-        testbed::chain::ChainOptions { items: 100, mode: testbed::chain::Mode::Both, ..Default::default() };
-    let chain = finish(testbed::chain::run(Some(&env), &vm.options(), &o), false, "chain");
-    println!();
-    eprintln!(
-        "[testbed] demo 5/6: a second guest with a stock Linux stack on virtio-net (our vhost-user backend), \
-         cabled to the Ensō NIC: its ping, arping and nc are answered by the Rust responder"
-    );
-    let peer = finish(
-        testbed::peer::peer_echo(&env, &vm.options(), testbed::peer::PeerOptions::default()),
-        false,
-        "peer-echo",
-    );
-    println!();
-    let rtl = if rtl_cosim::available() {
-        eprintln!(
-            "[testbed] demo 6/6: the echo again, the Ensō NIC's queue engine being the RTL under Verilator"
-        );
-        let o = EchoArgs { packets: 2000, model: run::EngineModel::Rtl, ..echo_args() };
-        finish(run::echo(&env, &vm.options(), o.options()), false, "echo")
-    } else {
-        eprintln!(
-            "[testbed] demo 6/6: not run: this testbed was built without Verilator, so the RTL \
-             co-simulation is absent (apt-get install verilator, rebuild, run the demo again)"
-        );
-        0
-    };
-    smoke.max(echo).max(packetized).max(chain).max(peer).max(rtl)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn serve(device: &str, socket: &std::path::Path) -> i32 {
-    let dev = match device {
-        "smoke" => match testdev::SmokeDevice::new() {
-            Ok(d) => Arc::new(Mutex::new(d)),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return 1;
-            }
-        },
-        other => {
-            eprintln!("error: unknown device {other}");
-            return 2;
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn limits_match_the_code_that_consumes_the_values() {
+        assert!(ENSO_PIPES <= u64::from(enso_nic::EnsoConfig::default().num_pipes));
+        assert_eq!(PACKETIZED_QUEUES, packet_nic::PacketNicConfig::default().num_queues);
+        assert_eq!(MAX_FRAME as usize, wire::generator::MAX_SIZE);
+        assert!(MIN_FRAME as usize >= wire::generator::MIN_SIZE);
+        assert!(MAX_FRAME as usize <= testbed_regs::enso::MAX_RX_PACKET);
+        assert!(MAX_FRAME as usize <= testbed_regs::packetized::MAX_FRAME);
+        assert_eq!(guest_apps::ensogen::MIN_SIZE, 60);
+        assert_eq!(guest_apps::ensogen::MAX_SIZE, 1514);
+        assert_eq!(1024 + (ENSOGEN_MAX_FLOWS - 1), u64::from(u16::MAX));
+        let model = testbed::latency::Params::new(testbed::latency::Mode::Reactive);
+        assert_eq!(MODEL_MAX_BATCH as usize, model.packets);
+        let names: Vec<&str> = AppName::value_variants().iter().map(|a| a.name()).collect();
+        assert_eq!(names, guest_apps::netapp::NAMES);
+        for a in AppName::value_variants() {
+            assert_eq!(a.to_possible_value().map(|v| v.get_name().to_string()), Some(a.name().to_string()));
         }
-    };
-    match vfio_server::Server::bind(socket, dev) {
-        Ok(s) => {
-            let _h = s.spawn();
-            eprintln!("[testbed] serving {device} on {} (Ctrl-C to stop)", socket.display());
-            loop {
-                std::thread::park();
+        for s in ChainShape::value_variants() {
+            let spelled = s.to_possible_value().map(|v| v.get_name().to_string()).unwrap_or_default();
+            assert_eq!(guest_apps::chain::Shape::parse(&spelled), Some(s.shape()));
+            assert_eq!(s.shape().name(), spelled);
+        }
+        for d in testbed::rig::DeviceKind::value_variants() {
+            assert_eq!(d.to_possible_value().map(|v| v.get_name().to_string()), Some(d.name().to_string()));
+        }
+    }
+
+    fn parse_args(args: &[&str]) -> Result<Cli, clap::Error> {
+        let args: Vec<OsString> =
+            std::iter::once("testbed").chain(args.iter().copied()).map(Into::into).collect();
+        parse(&args)
+    }
+
+    #[test]
+    fn defaults_pass_the_checks() {
+        for args in [
+            &["run", "smoke"][..],
+            &["run", "echo"],
+            &["run", "echo", "--nic", "packetized"],
+            &["run", "chain"],
+            &["run", "chain", "--transport", "native", "--keep"],
+            &["run", "app", "--name", "mica"],
+            &["run", "app", "--name", "logmon", "--transport", "native"],
+            &["run", "peer-echo"],
+            &["run", "peer-echo", "--link", "udp"],
+            &[
+                "run",
+                "peer-echo",
+                "--link",
+                "udp",
+                "--udp-local",
+                "127.0.0.1:0",
+                "--udp-remote",
+                "127.0.0.1:7701",
+            ],
+            &["run", "peer-capture"],
+            &["run", "gen-echo"],
+            &["run", "card-echo"],
+            &["run", "card-echo", "--registers", "mmio", "--model", "rtl", "--viommu", "passthrough"],
+            &["run", "echo", "--registers", "mmio", "--extensions", "none"],
+            &["run", "chain", "--registers", "mmio", "--extensions", "none"],
+            &["run", "gen-echo", "--registers", "mmio", "--extensions", "none"],
+            &["serve", "enso", "--registers", "mmio", "--extensions", "none"],
+            &["bench", "echo", "--served-pipes", "64,8192"],
+            &["run", "gen-echo", "--transport", "native", "--timeout", "30"],
+            &["bench", "echo"],
+            &["bench", "echo", "--transport", "vm", "--accel", "tcg"],
+            &["bench", "apps", "--transport", "native"],
+            &["demo"],
+            &["accel"],
+            &["serve", "smoke", "--socket", "/tmp/x.sock"],
+        ] {
+            if let Err(e) = parse_args(args) {
+                panic!("{args:?}: {}", e.render());
             }
         }
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", socket.display());
-            1
+    }
+
+    #[test]
+    fn documented_spellings_parse() {
+        let Ok(Cli { cmd: Cmd::Run { scenario: Scenario::Chain { chain, .. } } }) =
+            parse_args(&["run", "chain", "--chain", "crypto,ml"])
+        else {
+            panic!("--chain crypto,ml")
+        };
+        assert_eq!(chain, ChainShape::CryptoMl);
+        let Ok(Cli { cmd: Cmd::Run { scenario: Scenario::Chain { chain, .. } } }) =
+            parse_args(&["run", "chain", "--chain", "crypto"])
+        else {
+            panic!("--chain crypto")
+        };
+        assert_eq!(chain, ChainShape::Crypto);
+        let Ok(Cli { cmd: Cmd::Run { scenario: Scenario::App { name, .. } } }) =
+            parse_args(&["run", "app", "--name", "nitrosketch"])
+        else {
+            panic!("--name nitrosketch")
+        };
+        assert_eq!(name, AppName::Nitrosketch);
+    }
+
+    #[test]
+    fn combinations_are_refused_with_the_option_named() {
+        for (args, option) in [
+            (&["run", "echo", "--nic", "packetized", "--pipes", "9"][..], "--pipes"),
+            (&["run", "echo", "--nic", "packetized", "--garbage-first"], "--garbage-first"),
+            (&["run", "echo", "--nic", "packetized", "--model", "rtl"], "--model"),
+            (&["run", "echo", "--nic", "packetized", "--registers", "mmio"], "--registers"),
+            (&["run", "chain", "--mode", "both", "--extensions", "none"], "--extensions"),
+            (&["run", "card-echo", "--viommu", "on"], "--viommu"),
+            (&["run", "card-echo", "--size", "60"], "--size"),
+            (&["run", "chain", "--transport", "native", "--accel", "tcg"], "--accel"),
+            (&["run", "app", "--name", "mica", "--transport", "native", "--console"], "--console"),
+            (&["run", "gen-echo", "--transport", "native", "--accel", "kvm"], "--accel"),
+            (&["run", "gen-echo", "--pcap", "/nonexistent/x.pcap"], "--pcap"),
+            (&["run", "peer-echo", "--udp-remote", "127.0.0.1:7701"], "--udp-remote"),
+            (&["run", "peer-echo", "--link", "udp", "--peer-netns", "tbA"], "--peer-netns"),
+            (
+                &[
+                    "run",
+                    "peer-echo",
+                    "--link",
+                    "udp",
+                    "--peer-netns",
+                    "no-such-ns-here",
+                    "--udp-local",
+                    "10.77.0.2:7702",
+                    "--udp-remote",
+                    "10.77.0.1:7701",
+                ],
+                "--peer-netns",
+            ),
+            (&["run", "peer-echo", "--link", "udp", "--udp-local", "nowhere"], "--udp-local"),
+            (&["bench", "echo", "--pipes", "9"], "--pipes"),
+            (&["bench", "echo", "--accel", "tcg"], "--accel"),
+            (&["bench", "echo", "--nic", "packetized", "--notify", "reactive"], "--notify"),
+            (&["bench", "echo", "--transport", "vm", "--notify", "per-packet"], "--notify"),
+            (&["bench", "echo", "--plot", "/nonexistent/x.svg"], "--plot"),
+            (&["bench", "apps", "--plot", "/"], "--plot"),
+        ] {
+            match parse_args(args) {
+                Ok(_) => panic!("{args:?} accepted"),
+                Err(e) => {
+                    assert_eq!(e.exit_code(), 2, "{args:?}");
+                    let text = e.render().to_string();
+                    let first = text.lines().next().unwrap_or_default();
+                    assert!(first.starts_with("error: ") && first.contains(option), "{args:?}: {text}");
+                }
+            }
         }
     }
 }

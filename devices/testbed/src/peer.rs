@@ -8,22 +8,33 @@
 //!  virtio-net ─ vhost-user ─ backend ══ cable ══ tap ══ cable ══ Ensō NIC ─ vfio-user ─ VFIO
 //! ```
 //!
+//! With [`LinkKind::Udp`] the peer's virtio-net is on QEMU's own `-netdev dgram` instead
+//! (nothing of ours in the peer's QEMU), and the NIC's port is a [`wire::UdpPort`]: one
+//! Ethernet frame per datagram, on loopback or, with the peer's QEMU in another network
+//! namespace, across a veth pair, as between two hosts.
+//!
+//! ```text
+//!  virtio-net ─ -netdev dgram ┄ UDP ┄ UdpPort ══ tap ══ cable ══ Ensō NIC
+//! ```
+//!
 //! The tap keeps a copy of every frame, so the host checks each exchange from outside both
 //! machines (and writes it as `wire.pcap` next to the logs).
 
 use crate::chain::connect;
 use crate::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
-use crate::vm::{VhostNet, Vm, VmOutcome, VmSpec};
+use crate::vm::{DgramNet, VhostNet, Vm, VmExtras, VmOutcome, VmSpec};
 use anyhow::{bail, Context, Result};
 use guest_apps::ensogen;
 use guest_apps::responder::checksum;
 use serde_json::{json, Value};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use vhost_net::{NetConfig, VhostNetBackend};
 use wire::tap::{Dir, TapLog};
+use wire::udp::UdpStats;
 
 /// The Ensō guest's address on the wire.
 pub const ENSO_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -42,8 +53,42 @@ fn ip_text(ip: [u8; 4]) -> String {
     std::net::Ipv4Addr::from(ip).to_string()
 }
 
+/// How the peer guest's virtio-net reaches the NIC's Ethernet port.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LinkKind {
+    /// Our vhost-user-net backend, in this process.
+    #[default]
+    VhostUser,
+    /// QEMU's `-netdev dgram`, to a UDP socket that is the NIC's port.
+    Udp,
+}
+
+impl LinkKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            LinkKind::VhostUser => "vhost-user",
+            LinkKind::Udp => "udp",
+        }
+    }
+}
+
+/// The peer's link, and with [`LinkKind::Udp`] its addresses.
+#[derive(Clone, Debug, Default)]
+pub struct PeerLink {
+    pub kind: LinkKind,
+    /// The NIC's UDP port binds this, in the testbed's namespace (default 127.0.0.1, any
+    /// free port).
+    pub udp_local: Option<SocketAddr>,
+    /// The peer QEMU's own address (its `-netdev dgram` `local`), where the NIC's port
+    /// sends (default 127.0.0.1, a free port). Port 0: QEMU takes any free port and the
+    /// NIC's port answers whoever sent the last frame.
+    pub udp_remote: Option<SocketAddr>,
+    /// Run the peer's QEMU inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+}
+
 /// What the peer sends, and to which NIC.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct PeerOptions {
     /// The NIC the responder runs on (peer-capture always uses the Ensō NIC).
     pub nic: NicKind,
@@ -56,68 +101,122 @@ pub struct PeerOptions {
     /// peer-echo: first boot a peer and kill it (QEMU gone, the vhost-user connection cut)
     /// in the middle of its traffic; the next peer must be served as if nothing happened.
     pub kill_first_peer: bool,
+    /// How the peer's NIC is cabled to the NIC under test.
+    pub link: PeerLink,
 }
 
 impl Default for PeerOptions {
     fn default() -> Self {
-        PeerOptions { nic: NicKind::Enso, arps: 3, pings: 10, datagrams: 40, kill_first_peer: false }
+        PeerOptions {
+            nic: NicKind::Enso,
+            arps: 3,
+            pings: 10,
+            datagrams: 40,
+            kill_first_peer: false,
+            link: PeerLink::default(),
+        }
     }
 }
 
-/// The cabling of a peer scenario: vhost-user backend ⇄ tap ⇄ Ensō NIC.
+/// The peer's end of the wire.
+enum PeerEnd {
+    /// Our vhost-user-net backend, serving the peer's QEMU on `sock`.
+    VhostUser {
+        sock: PathBuf,
+        backend: Arc<VhostNetBackend<wire::CableEnd>>,
+        stop: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<Result<(), vhost_net::backend::ServeError>>,
+    },
+    /// The NIC's UDP port (inside the tap), bound to `local`; the peer's QEMU is at
+    /// `remote` (port 0: whichever port it took), in `netns` when given.
+    Udp { stats: Arc<UdpStats>, local: SocketAddr, remote: SocketAddr, netns: Option<String> },
+}
+
+impl PeerEnd {
+    /// Frames the peer has put on the wire so far.
+    fn frames_from_peer(&self) -> u64 {
+        match self {
+            PeerEnd::VhostUser { backend, .. } => backend.stats().tx_frames,
+            PeerEnd::Udp { stats, .. } => stats.snapshot().rx_frames,
+        }
+    }
+
+    /// The prefix of this end's checks.
+    fn who(&self) -> &'static str {
+        match self {
+            PeerEnd::VhostUser { .. } => "backend",
+            PeerEnd::Udp { .. } => "udp",
+        }
+    }
+}
+
+/// A free UDP port on `ip` (bound and released: the peer's QEMU binds it next).
+fn free_udp_port(ip: std::net::IpAddr) -> Result<SocketAddr> {
+    let s = UdpSocket::bind(SocketAddr::new(ip, 0)).with_context(|| format!("bind a UDP socket on {ip}"))?;
+    Ok(s.local_addr()?)
+}
+
+/// The cabling of a peer scenario: vhost-user backend (or the NIC's UDP port) ⇄ tap ⇄
+/// Ensō NIC.
 struct PeerWire {
     nic: NicUnderTest,
     /// "enso" or "packetized": the prefix of the NIC side's checks.
     who: &'static str,
     server: vfio_server::ServerHandle,
     enso_sock: PathBuf,
-    net_sock: PathBuf,
-    backend: Arc<VhostNetBackend<wire::CableEnd>>,
-    net_stop: Arc<AtomicBool>,
-    net_thread: std::thread::JoinHandle<Result<(), vhost_net::backend::ServeError>>,
+    peer: PeerEnd,
     tap_stop: Arc<AtomicBool>,
     tap: std::thread::JoinHandle<TapLog>,
 }
 
 impl PeerWire {
-    fn new(dir: &Path, kind: NicKind) -> Result<PeerWire> {
-        let (peer_end, tap_a) = wire::cable(1024);
+    fn new(dir: &Path, kind: NicKind, link: &PeerLink) -> Result<PeerWire> {
         let (tap_b, nic_end) = wire::cable(1024);
         let tap_stop = Arc::new(AtomicBool::new(false));
-        let tap = wire::tap::spawn(tap_a, tap_b, tap_stop.clone());
+        let (peer, tap) = match link.kind {
+            LinkKind::VhostUser => {
+                let (peer_end, tap_a) = wire::cable(1024);
+                let tap = wire::tap::spawn(tap_a, tap_b, tap_stop.clone());
+                let backend = Arc::new(
+                    VhostNetBackend::new(NetConfig { mac: PEER_MAC, queue_size: 256 }, peer_end)
+                        .context("create the vhost-user-net backend")?,
+                );
+                let sock = dir.join("net.sock");
+                let stop = Arc::new(AtomicBool::new(false));
+                let thread = {
+                    let (b, s, stop) = (backend.clone(), sock.clone(), stop.clone());
+                    std::thread::spawn(move || vhost_net::serve(b, &s, stop))
+                };
+                // The peer's QEMU must find the socket listening.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !sock.exists() {
+                    if Instant::now() > deadline || thread.is_finished() {
+                        bail!("the vhost-user-net backend did not listen on {}", sock.display());
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                (PeerEnd::VhostUser { sock, backend, stop, thread }, tap)
+            }
+            LinkKind::Udp => {
+                let lo = std::net::IpAddr::from([127, 0, 0, 1]);
+                let local = link.udp_local.unwrap_or(SocketAddr::new(lo, 0));
+                let remote = match link.udp_remote {
+                    Some(r) => r,
+                    None => free_udp_port(lo)?,
+                };
+                // A fixed peer, unless its port is left to QEMU (then: the last sender).
+                let fixed = (remote.port() != 0).then_some(remote);
+                let port = wire::UdpPort::bind(local, fixed)
+                    .with_context(|| format!("bind the NIC's UDP port on {local}"))?;
+                let (local, stats) = (port.local_addr()?, port.stats());
+                let tap = wire::tap::spawn_port(port, tap_b, tap_stop.clone());
+                (PeerEnd::Udp { stats, local, remote, netns: link.netns.clone() }, tap)
+            }
+        };
         let nic = NicUnderTest::new(kind, Box::new(nic_end))?;
         let enso_sock = dir.join(format!("{}.sock", kind.name()));
         let server = vfio_server::Server::bind(&enso_sock, nic.device.clone())?.spawn();
-        let backend = Arc::new(
-            VhostNetBackend::new(NetConfig { mac: PEER_MAC, queue_size: 256 }, peer_end)
-                .context("create the vhost-user-net backend")?,
-        );
-        let net_sock = dir.join("net.sock");
-        let net_stop = Arc::new(AtomicBool::new(false));
-        let net_thread = {
-            let (b, s, stop) = (backend.clone(), net_sock.clone(), net_stop.clone());
-            std::thread::spawn(move || vhost_net::serve(b, &s, stop))
-        };
-        // The peer's QEMU must find the socket listening.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !net_sock.exists() {
-            if Instant::now() > deadline || net_thread.is_finished() {
-                bail!("the vhost-user-net backend did not listen on {}", net_sock.display());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(PeerWire {
-            nic,
-            who: kind.name(),
-            server,
-            enso_sock,
-            net_sock,
-            backend,
-            net_stop,
-            net_thread,
-            tap_stop,
-            tap,
-        })
+        Ok(PeerWire { nic, who: kind.name(), server, enso_sock, peer, tap_stop, tap })
     }
 
     /// Boots the NIC's guest (`nic`, given the NIC's socket here) and, once it is ready,
@@ -130,34 +229,43 @@ impl PeerWire {
         opts: &RunOptions,
         report: &mut RunReport,
         mut nic: VmSpec,
-        peer: VmSpec,
+        peer: (VmSpec, VmExtras),
         kill_first: bool,
     ) -> Result<(Value, Value, TapLog, VmOutcome, [PathBuf; 2])> {
         nic.vfio_user = vec![self.enso_sock.clone()];
         let who = self.who;
-        let backend = self.backend.clone();
+        let end = &self.peer;
         let mut killed = None;
         let mut interlude = || -> Result<()> {
             if !kill_first {
                 return Ok(());
             }
-            let victim = VmSpec { name: "peer-killed".into(), ..peer.clone() };
-            let mut vm = Vm::start(&victim, &env.qemu, &env.image)?;
-            // Mid-run: the peer's stack has put frames on the wire through the backend.
-            let reached = vm.wait_for(opts.timeout, |_| backend.stats().tx_frames >= 8);
-            let frames = backend.stats().tx_frames;
+            let victim = VmSpec { name: "peer-killed".into(), ..peer.0.clone() };
+            let mut vm = Vm::start_with(&victim, &peer.1, &env.qemu, &env.image)?;
+            // Mid-run: the peer's stack has put frames on the wire.
+            let reached = vm.wait_for(opts.timeout, |_| end.frames_from_peer() >= 8);
+            let frames = end.frames_from_peer();
             vm.kill();
             killed = Some((reached, frames));
             Ok(())
         };
-        let [(nic_out, nc, nq), (peer_out, pc, pq)] = two_guests(env, opts, &nic, &peer, &mut interlude)?;
+        let ([(nic_out, nc, nq), (peer_out, pc, pq)], placed) =
+            two_guests(env, opts, &nic, (&peer.0, &peer.1), &mut interlude)?;
         if let Some((reached, frames)) = killed {
             report.check(
-                "backend:peer_killed_mid_run",
+                &format!("{}:peer_killed_mid_run", end.who()),
                 reached,
                 format!("the first peer's QEMU was killed after {frames} frames; the next peer was served"),
             );
             report.restarts = 1;
+        }
+        if let Some(ns) = &peer.1.netns {
+            let started = peer_out.boot_s.is_some() || !peer_out.events.is_empty();
+            report.check(
+                "peer:qemu_in_netns",
+                placed.is_some() && started,
+                placed.unwrap_or_else(|| format!("the peer's QEMU never started in namespace {ns}")),
+            );
         }
         let log = self.stop(report);
         let nic_result = guest_checks(report, who, &nic_out, (&nc, &nq));
@@ -165,21 +273,39 @@ impl PeerWire {
         Ok((nic_result, peer_result, log, nic_out, [pc, nc]))
     }
 
-    /// Stops the backend and the tap; returns the tap's log and the backend's result.
+    /// Stops the peer's end (the backend) and the tap; returns the tap's log. Checks the
+    /// backend's result, or the UDP port's counters.
     fn stop(self, report: &mut RunReport) -> TapLog {
-        self.net_stop.store(true, Ordering::Relaxed);
-        // The backend checks its stop flag between front ends: one more connection ends it.
-        let _ = std::os::unix::net::UnixStream::connect(&self.net_sock);
-        match self.net_thread.join() {
-            Ok(Ok(())) => report.check("backend:served", true, "vhost-user-net backend ended cleanly"),
-            Ok(Err(e)) => report.check("backend:served", false, e.to_string()),
-            Err(_) => report.check("backend:served", false, "the backend thread panicked"),
-        }
-        let st = self.backend.stats();
-        report.check("backend:no_faults", st.rx_malformed == 0 && st.tx_malformed == 0, format!("{st:?}"));
-        report.servers.insert("vhost_net".into(), json!(format!("{st:?}")));
+        let udp = match self.peer {
+            PeerEnd::VhostUser { sock, backend, stop, thread } => {
+                stop.store(true, Ordering::Relaxed);
+                // The backend checks its stop flag between front ends: one more connection
+                // ends it.
+                let _ = std::os::unix::net::UnixStream::connect(&sock);
+                match thread.join() {
+                    Ok(Ok(())) => {
+                        report.check("backend:served", true, "vhost-user-net backend ended cleanly")
+                    }
+                    Ok(Err(e)) => report.check("backend:served", false, e.to_string()),
+                    Err(_) => report.check("backend:served", false, "the backend thread panicked"),
+                }
+                let st = backend.stats();
+                report.check(
+                    "backend:no_faults",
+                    st.rx_malformed == 0 && st.tx_malformed == 0,
+                    format!("{st:?}"),
+                );
+                report.servers.insert("vhost_net".into(), json!(format!("{st:?}")));
+                None
+            }
+            PeerEnd::Udp { stats, local, remote, netns } => Some((stats, local, remote, netns)),
+        };
         self.tap_stop.store(true, Ordering::Relaxed);
         let log = self.tap.join().unwrap_or_default();
+        if let Some((stats, local, remote, netns)) = udp {
+            // The tap owned the port: its counters are final now.
+            udp_checks(report, &stats, &log, (local, remote), netns.as_deref());
+        }
         let counters = self.nic.counters();
         let drops = run::nonzero_drops(&counters);
         report.check(
@@ -198,6 +324,49 @@ impl PeerWire {
     }
 }
 
+/// With `--link udp`: nothing refused or malformed on the NIC's UDP port, and every frame
+/// the tap carried crossed the socket (`local` ⇄ `remote`); its counters go in the report.
+fn udp_checks(
+    report: &mut RunReport,
+    stats: &UdpStats,
+    log: &TapLog,
+    (local, remote): (SocketAddr, SocketAddr),
+    netns: Option<&str>,
+) {
+    let c = stats.snapshot();
+    report.check(
+        "udp:no_faults",
+        c.rx_runts == 0 && c.rx_oversize == 0 && c.tx_no_peer == 0 && c.tx_errors == 0,
+        format!(
+            "runts {}, oversize {}, sent before a peer was known {}, refused by the socket {}",
+            c.rx_runts, c.rx_oversize, c.tx_no_peer, c.tx_errors
+        ),
+    );
+    let (to_nic, to_peer) = (log.dir(Dir::AtoB).count() as u64, log.dir(Dir::BtoA).count() as u64);
+    let peer_ok = if remote.port() == 0 {
+        c.peer.as_deref().and_then(|p| p.parse::<SocketAddr>().ok()).is_some_and(|p| p.ip() == remote.ip())
+    } else {
+        c.peer == Some(remote.to_string())
+    };
+    report.check(
+        "udp:every_frame_crossed",
+        c.rx_frames == to_nic && c.tx_frames == to_peer && to_nic > 0 && peer_ok,
+        format!(
+            "{local} received {} datagrams ({} bytes), the tap forwarded {to_nic} to the NIC; it sent {} \
+             ({} bytes) to {}, the tap carried {to_peer} from the NIC",
+            c.rx_frames,
+            c.rx_bytes,
+            c.tx_frames,
+            c.tx_bytes,
+            c.peer.as_deref().unwrap_or("(no peer)"),
+        ),
+    );
+    report.servers.insert(
+        "udp".into(),
+        json!({"local": local.to_string(), "remote": remote.to_string(), "peer_netns": netns, "counters": c}),
+    );
+}
+
 /// Adds one guest's checks to `report` with a prefix ("enso", "peer", ...); returns its
 /// result.
 fn guest_checks(report: &mut RunReport, who: &str, out: &VmOutcome, vm_logs: (&Path, &Path)) -> Value {
@@ -212,25 +381,29 @@ fn guest_checks(report: &mut RunReport, who: &str, out: &VmOutcome, vm_logs: (&P
 /// How long the first guest may take to finish after the second powered off.
 const FIRST_GUEST_GRACE: Duration = Duration::from_secs(90);
 
-/// Boots `first` and waits for its `ready` event, runs `interlude`, then boots `second`;
-/// waits for both to power off (the second first). Returns both outcomes with their log
-/// paths.
+/// Both guests' outcomes with their log paths (console, QEMU's output), and, when the
+/// second ran in a network namespace, where its QEMU was found ([`Vm::netns_note`]).
+type TwoOutcomes = ([(VmOutcome, PathBuf, PathBuf); 2], Option<String>);
+
+/// Boots `first` and waits for its `ready` event, runs `interlude`, then boots `second`
+/// (with its extras); waits for both to power off (the second first).
 fn two_guests(
     env: &Env,
     opts: &RunOptions,
     first: &VmSpec,
-    second: &VmSpec,
+    second: (&VmSpec, &VmExtras),
     interlude: &mut dyn FnMut() -> Result<()>,
-) -> Result<[(VmOutcome, PathBuf, PathBuf); 2]> {
+) -> Result<TwoOutcomes> {
     let mut a = Vm::start(first, &env.qemu, &env.image)?;
     let ready =
         a.wait_for(opts.timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
     let b = if ready && a.events().0.iter().any(|e| e["event"] == "ready") {
         interlude()?;
-        Some(Vm::start(second, &env.qemu, &env.image)?)
+        Some(Vm::start_with(second.0, second.1, &env.qemu, &env.image)?)
     } else {
         None
     };
+    let placed = b.as_ref().and_then(|b| b.netns_note().map(str::to_string));
     let logs_a = (a.console.clone(), a.qemu_log.clone());
     let out_b = match b {
         Some(b) => {
@@ -246,7 +419,7 @@ fn two_guests(
     // The first guest ends on its own once the second is done with it; if the second
     // never ran or failed, do not wait the whole time limit for it.
     let out_a = a.wait(opts.timeout.min(FIRST_GUEST_GRACE));
-    Ok([(out_a, logs_a.0, logs_a.1), out_b])
+    Ok(([(out_a, logs_a.0, logs_a.1), out_b], placed))
 }
 
 fn spec(env: &Env, dir: &Path, name: &str, scenario: &str, args: Vec<String>) -> VmSpec {
@@ -263,8 +436,9 @@ fn spec(env: &Env, dir: &Path, name: &str, scenario: &str, args: Vec<String>) ->
     }
 }
 
-/// The peer guest running `scenario` of images/peer, its NIC on the wire's backend.
-fn peer_spec(env: &Env, dir: &Path, w: &PeerWire, scenario: &str, p: &PeerOptions) -> VmSpec {
+/// The peer guest running `scenario` of images/peer, its NIC on the wire's backend (or on
+/// `-netdev dgram` to the NIC's UDP port), with the extras that takes.
+fn peer_spec(env: &Env, dir: &Path, w: &PeerWire, scenario: &str, p: &PeerOptions) -> (VmSpec, VmExtras) {
     let mut args = vec![format!("ip={}", ip_text(PEER_IP)), format!("target={}", ip_text(ENSO_IP))];
     if scenario == "peer-traffic" {
         // Nobody answers ARP there: a static neighbour entry lets ping and nc send.
@@ -276,8 +450,16 @@ fn peer_spec(env: &Env, dir: &Path, w: &PeerWire, scenario: &str, p: &PeerOption
         format!("datagrams={}", p.datagrams),
     ]);
     let mut peer = spec(env, dir, "peer", scenario, args);
-    peer.net = vec![VhostNet { socket: w.net_sock.clone(), mac: PEER_MAC }];
-    peer
+    let mut x = VmExtras::default();
+    match &w.peer {
+        PeerEnd::VhostUser { sock, .. } => peer.net = vec![VhostNet { socket: sock.clone(), mac: PEER_MAC }],
+        PeerEnd::Udp { local, remote, netns, .. } => {
+            // QEMU's `local` is the NIC port's `remote`, and the other way round.
+            x.dgram = vec![DgramNet { local: *remote, remote: *local, mac: PEER_MAC }];
+            x.netns = netns.clone();
+        }
+    }
+    (peer, x)
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -307,30 +489,47 @@ pub struct Exchanges {
     pub icmp_replies_ok: u64,
     pub udp_requests: u64,
     pub udp_replies_ok: u64,
+    /// The payloads of the UDP datagrams to the echo port, in the order they crossed the
+    /// wire.
+    pub udp_payloads: Vec<Vec<u8>>,
+    /// Every correct UDP echo crossed the wire after the previous datagram's echo.
+    pub udp_echoes_in_order: bool,
     /// Replies that were malformed or matched no request.
     pub bad: Vec<String>,
+}
+
+/// What the peer's `nc` sends to the echo port (`images/peer`): `n` numbered lines, one
+/// datagram each (a slow reader may coalesce a few), in order.
+pub fn expected_datagrams(n: u32) -> Vec<u8> {
+    (1..=n)
+        .flat_map(|i| format!("testbed datagram {i:04} 0123456789abcdefghijklmnopqrstuvwxyz\n").into_bytes())
+        .collect()
 }
 
 /// Pairs every request the peer sent to the Ensō guest with its reply on the wire and
 /// checks the reply independently of the app: addresses swapped, identifiers and payload
 /// kept, checksums valid.
 pub fn check_exchanges(log: &TapLog) -> Exchanges {
-    let mut x = Exchanges::default();
-    let mut replies: Vec<&[u8]> = log.dir(Dir::BtoA).map(|s| s.frame.as_slice()).collect();
-    let mut take = |pred: &dyn Fn(&[u8]) -> bool| -> bool {
-        match replies.iter().position(|r| pred(r)) {
-            Some(i) => {
-                replies.remove(i);
-                true
-            }
-            None => false,
-        }
+    let mut x = Exchanges { udp_echoes_in_order: true, ..Exchanges::default() };
+    // Replies with their place on the wire.
+    let mut replies: Vec<(usize, &[u8])> = log
+        .frames
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.dir == Dir::BtoA)
+        .map(|(i, s)| (i, &s.frame[..]))
+        .collect();
+    // The first reply `pred` accepts, taken; its place on the wire.
+    let mut take_at = |pred: &dyn Fn(&[u8]) -> bool| -> Option<usize> {
+        let i = replies.iter().position(|(_, r)| pred(r))?;
+        Some(replies.remove(i).0)
     };
+    let mut last_udp_echo: Option<usize> = None;
     for s in log.dir(Dir::AtoB) {
         let f = s.frame.as_slice();
         if be16(f, 12) == Some(0x0806) && f.len() >= 42 && be16(f, 20) == Some(1) && f[38..42] == ENSO_IP {
             x.arp_requests += 1;
-            let ok = take(&|r: &[u8]| {
+            let ok = take_at(&|r: &[u8]| {
                 r.len() >= 42
                     && be16(r, 12) == Some(0x0806)
                     && be16(r, 20) == Some(2)
@@ -339,7 +538,8 @@ pub fn check_exchanges(log: &TapLog) -> Exchanges {
                     && r[28..32] == ENSO_IP
                     && r[32..38] == f[22..28]
                     && r[38..42] == f[28..32]
-            });
+            })
+            .is_some();
             x.arp_replies_ok += u64::from(ok);
             if !ok {
                 x.bad.push(format!("ARP request at {:?} got no correct reply", s.at));
@@ -366,11 +566,12 @@ pub fn check_exchanges(log: &TapLog) -> Exchanges {
         match proto {
             1 if l4.first() == Some(&8) => {
                 x.icmp_requests += 1;
-                let ok = take(&|r: &[u8]| {
+                let ok = take_at(&|r: &[u8]| {
                     answers(r, &|rl4| {
                         rl4.len() == l4.len() && rl4[0] == 0 && rl4[4..] == l4[4..] && checksum(rl4) == 0
                     })
-                });
+                })
+                .is_some();
                 x.icmp_replies_ok += u64::from(ok);
                 if !ok {
                     x.bad.push(format!("ICMP echo seq {:?} got no correct reply", be16(l4, 6)));
@@ -378,7 +579,8 @@ pub fn check_exchanges(log: &TapLog) -> Exchanges {
             }
             17 if be16(l4, 2) == Some(guest_apps::responder::ECHO_PORT) => {
                 x.udp_requests += 1;
-                let ok = take(&|r: &[u8]| {
+                x.udp_payloads.push(l4.get(8..).unwrap_or_default().to_vec());
+                let at = take_at(&|r: &[u8]| {
                     answers(r, &|rl4| {
                         rl4.len() == l4.len()
                             && rl4[0..2] == l4[2..4]
@@ -386,6 +588,11 @@ pub fn check_exchanges(log: &TapLog) -> Exchanges {
                             && rl4[8..] == l4[8..]
                     })
                 });
+                if let Some(at) = at {
+                    x.udp_echoes_in_order &= last_udp_echo.is_none_or(|prev| at > prev);
+                    last_udp_echo = Some(at);
+                }
+                let ok = at.is_some();
                 x.udp_replies_ok += u64::from(ok);
                 if !ok {
                     x.bad.push(format!("UDP datagram at {:?} got no correct echo", s.at));
@@ -394,10 +601,31 @@ pub fn check_exchanges(log: &TapLog) -> Exchanges {
             _ => {}
         }
     }
-    for r in replies {
+    for (_, r) in replies {
         x.bad.push(format!("unrequested frame from the Ensō guest ({} bytes)", r.len()));
     }
     x
+}
+
+/// The `wire:udp` verdict: the datagrams to the echo port carried every one of the
+/// peer's `datagrams` numbered lines, in order (after a killed first peer, they end with
+/// them), and each got a correct echo, the echoes in the datagrams' order.
+pub fn check_udp(x: &Exchanges, datagrams: u32, after_a_killed_peer: bool) -> (bool, String) {
+    let expected = expected_datagrams(datagrams);
+    let stream = x.udp_payloads.concat();
+    let every_line = if after_a_killed_peer { stream.ends_with(&expected) } else { stream == expected };
+    let ok = every_line && x.udp_replies_ok == x.udp_requests && x.udp_echoes_in_order;
+    let detail = format!(
+        "{} datagrams to port 7 carrying {} of the {} bytes of {datagrams} numbered lines ({}), \
+         {} correct echoes{}",
+        x.udp_requests,
+        stream.len(),
+        expected.len(),
+        if every_line { "every line, in order" } else { "lines missing, altered or out of order" },
+        x.udp_replies_ok,
+        if x.udp_echoes_in_order { ", in order" } else { ", OUT OF ORDER" },
+    );
+    (ok, detail)
 }
 
 /// `testbed run peer-echo`: the peer's arping, ping and UDP datagrams are answered by the
@@ -408,7 +636,7 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
     let _lock = VmLock::acquire()?;
     let dir = run::private_dir("peer-echo")?;
     let mut report = RunReport::new("peer-echo", env, &dir);
-    let w = PeerWire::new(&dir, p.nic)?;
+    let w = PeerWire::new(&dir, p.nic, &p.link)?;
     let who = w.who;
     let enso = spec(
         env,
@@ -446,11 +674,8 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
             && x.icmp_replies_ok == x.icmp_requests,
         format!("{} echo requests, {} correct replies", x.icmp_requests, x.icmp_replies_ok),
     );
-    report.check(
-        "wire:udp",
-        x.udp_requests >= 1 && x.udp_replies_ok == x.udp_requests,
-        format!("{} datagrams to port 7, {} correct echoes", x.udp_requests, x.udp_replies_ok),
-    );
+    let (udp_ok, udp_detail) = check_udp(&x, p.datagrams, p.kill_first_peer);
+    report.check("wire:udp", udp_ok, udp_detail);
     report.check(
         "wire:nothing_else",
         x.bad.is_empty(),
@@ -472,6 +697,7 @@ pub fn peer_echo(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunRepo
     );
     report.guest = json!({who: responder, "peer": peer_result});
     report.traffic = json!({
+        "link": p.link.kind.name(),
         "frames_peer_to_enso": log.dir(Dir::AtoB).count(),
         "frames_enso_to_peer": log.dir(Dir::BtoA).count(),
         "arp": {"requests": x.arp_requests, "replies_ok": x.arp_replies_ok},
@@ -538,7 +764,7 @@ pub fn peer_capture(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunR
     if p.kill_first_peer {
         bail!("--kill-first-peer is a peer-echo option");
     }
-    let w = PeerWire::new(&dir, NicKind::Enso)?;
+    let w = PeerWire::new(&dir, NicKind::Enso, &p.link)?;
     let enso = spec(
         env,
         &dir,
@@ -594,10 +820,21 @@ pub fn peer_capture(env: &Env, opts: &RunOptions, p: PeerOptions) -> Result<RunR
             protocols.len() == sent.len() && !sent.is_empty(),
             format!("tshark read {} frames; the peer sent {}", protocols.len(), sent.len()),
         );
+        // UDP: as many datagrams as the tap saw the peer send, and those to the echo port
+        // carried every numbered line, in order.
+        let wire_udp =
+            sent.iter().filter(|f| ipv4(f).is_some_and(|(_, proto, ..)| proto == 17)).count() as u64;
+        let lines = check_exchanges(&log).udp_payloads.concat() == expected_datagrams(p.datagrams);
         report.check(
             "tshark:protocols",
-            arp >= u64::from(p.arps) && icmp == 2 * u64::from(p.pings) && udp > u64::from(p.datagrams) / 2,
-            format!("arp {arp} (sent {}), icmp {icmp} (sent {}), udp {udp}", p.arps, 2 * p.pings),
+            arp >= u64::from(p.arps) && icmp == 2 * u64::from(p.pings) && udp == wire_udp && lines,
+            format!(
+                "arp {arp} (sent {}), icmp {icmp} (sent {}), udp {udp} (on the wire {wire_udp}; \
+                 the {} numbered lines all there, in order: {lines})",
+                p.arps,
+                2 * p.pings,
+                p.datagrams
+            ),
         );
         report.traffic = json!({"frames": protocols.len(), "arp": arp, "icmp": icmp, "udp": udp});
     }
@@ -617,6 +854,8 @@ pub struct GenEchoOptions {
     /// Replay this pcap instead of generated flows.
     pub pcap: Option<PathBuf>,
     pub transport: run::Transport,
+    /// Both Ensō NICs' register mode and the extensions both drivers use.
+    pub setup: run::EnsoSetup,
 }
 
 /// `testbed run gen-echo`: EnsōGen in one guest, `echo` in another, their Ensō NICs
@@ -640,8 +879,9 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
         None => None,
     };
     let (gen_end, echo_end) = wire::cable(1024);
-    let gen_nic = NicUnderTest::new(NicKind::Enso, Box::new(gen_end))?;
-    let echo_nic = NicUnderTest::new(NicKind::Enso, Box::new(echo_end))?;
+    let model = run::EngineModel::Rust;
+    let gen_nic = NicUnderTest::with_setup(NicKind::Enso, Box::new(gen_end), model, o.setup)?;
+    let echo_nic = NicUnderTest::with_setup(NicKind::Enso, Box::new(echo_end), model, o.setup)?;
     let gen_sock = dir.join("gen.sock");
     let echo_sock = dir.join("echo.sock");
     let gen_server = vfio_server::Server::bind(&gen_sock, gen_nic.device.clone())?.spawn();
@@ -656,9 +896,11 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
         if let Some(p) = pcap {
             a.push(format!("pcap={p}"));
         }
+        a.extend(o.setup.guest_args());
         a
     };
-    let echo_args = vec![format!("pipes=2"), format!("packets={}", o.packets), "idle_ms=5000".into()];
+    let mut echo_args = vec![format!("pipes=2"), format!("packets={}", o.packets), "idle_ms=5000".into()];
+    echo_args.extend(o.setup.guest_args());
     let gen_result = match (o.transport, env) {
         (run::Transport::Vm, Some(env)) => {
             let _lock = VmLock::acquire()?;
@@ -675,7 +917,8 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
             if let Some(b) = &pcap_bytes {
                 gen.files = vec![("data/replay.pcap".into(), b.clone())];
             }
-            let [(echo_out, ec, eq), (gen_out, gc, gq)] = two_guests(env, opts, &echo, &gen, &mut || Ok(()))?;
+            let ([(echo_out, ec, eq), (gen_out, gc, gq)], _) =
+                two_guests(env, opts, &echo, (&gen, &VmExtras::default()), &mut || Ok(()))?;
             let _ = guest_checks(&mut report, "echo", &echo_out, (&ec, &eq));
             guest_checks(&mut report, "ensogen", &gen_out, (&gc, &gq))
         }
@@ -686,6 +929,7 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
                 packets: Some(o.packets),
                 idle: Some(Duration::from_secs(5)),
                 start_timeout: Some(opts.timeout),
+                device: o.setup.driver_options(),
             };
             let echo_dev = connect(&echo_sock)?;
             let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -704,6 +948,7 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
                 size: o.size,
                 flows: o.flows,
                 rate_pps: (o.rate > 0).then_some(o.rate),
+                device: o.setup.driver_options(),
                 ..Default::default()
             };
             if pcap_bytes.is_some() {
@@ -749,6 +994,14 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
     let mut drops = vec![];
     for (name, nic) in [("gen_nic", &gen_nic), ("echo_nic", &echo_nic)] {
         let c = nic.counters();
+        if o.setup.extensions == run::DriverExtensions::None {
+            let n = c.iter().find(|(k, _)| *k == "extension_accesses").map_or(0, |(_, v)| *v);
+            report.check(
+                &format!("{name}:extension_accesses"),
+                n == 0,
+                format!("{n} accesses to BAR0 ({}; card mode makes none)", o.setup.describe()),
+            );
+        }
         drops.extend(run::nonzero_drops(&c).into_iter().map(|d| format!("{name}.{d}")));
         report.devices.insert(name.into(), Value::Object(run::counters_json(&c)));
     }
@@ -881,6 +1134,48 @@ mod tests {
         assert_eq!((x.udp_requests, x.udp_replies_ok), (1, 0));
         // Three unanswered requests plus three frames that matched nothing.
         assert_eq!(x.bad.len(), 6, "{:?}", x.bad);
+    }
+
+    /// The peer's datagrams, one line each, and the tap's log of them with their echoes
+    /// (in the order given).
+    fn datagrams(n: u32) -> Vec<Vec<u8>> {
+        let all = expected_datagrams(n);
+        all.split_inclusive(|b| *b == b'\n').map(udp).collect()
+    }
+
+    #[test]
+    fn wire_udp_checks_every_datagram_in_order() {
+        let sent = datagrams(40);
+        let echoed = |order: &[usize], sent: &[Vec<u8>]| {
+            let mut frames: Vec<(Dir, Vec<u8>)> = sent.iter().map(|d| (Dir::AtoB, d.clone())).collect();
+            frames.extend(order.iter().map(|&i| (Dir::BtoA, reply(&sent[i]))));
+            check_exchanges(&log(frames))
+        };
+        let in_order: Vec<usize> = (0..40).collect();
+        let (ok, detail) = check_udp(&echoed(&in_order, &sent), 40, false);
+        assert!(ok, "{detail}");
+        // One datagram of forty, correctly echoed: not enough.
+        let (ok, detail) = check_udp(&echoed(&[0], &sent[..1]), 40, false);
+        assert!(!ok, "{detail}");
+        // All forty, echoes swapped.
+        let mut swapped = in_order.clone();
+        swapped.swap(3, 4);
+        let (ok, detail) = check_udp(&echoed(&swapped, &sent), 40, false);
+        assert!(!ok && detail.contains("OUT OF ORDER"), "{detail}");
+        // Lines reordered on the wire.
+        let mut reordered = sent.clone();
+        reordered.swap(10, 11);
+        let (ok, detail) = check_udp(&echoed(&in_order, &reordered), 40, false);
+        assert!(!ok, "{detail}");
+        // One echo missing.
+        let (ok, detail) = check_udp(&echoed(&in_order[..39], &sent), 40, false);
+        assert!(!ok, "{detail}");
+        // After a killed peer's first lines, the next peer's forty still count.
+        let mut twice = datagrams(40)[..5].to_vec();
+        twice.extend(sent.clone());
+        let all: Vec<usize> = (0..45).collect();
+        let (ok, detail) = check_udp(&echoed(&all, &twice), 40, true);
+        assert!(ok, "{detail}");
     }
 
     #[test]

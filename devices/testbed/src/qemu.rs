@@ -11,9 +11,6 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Debian source package version we build.
-pub const QEMU_DEBIAN_VERSION: &str = "1:10.2.2+ds-1";
-
 /// A QEMU binary and the firmware folder to pass with `-L` (None: its built-in path).
 #[derive(Clone, Debug)]
 pub struct Qemu {
@@ -54,8 +51,10 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?.to_str()?.split(':').map(|d| Path::new(d).join(name)).find(|p| p.is_file())
 }
 
-/// The cache folder of our build for the current patches.
-pub fn build_dir(root: &Path) -> Result<PathBuf> {
+/// The key of our build: a hash of everything in qemu-patches/ (the patches, the device
+/// set and the build script). The cache folder is `qemu/<debian version>-<key>`: the version
+/// is whichever the build script found newest in Debian's archive when it built.
+pub fn build_key(root: &Path) -> Result<String> {
     let patches = root.join("qemu-patches");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&patches)
         .with_context(|| format!("read {}", patches.display()))?
@@ -64,12 +63,28 @@ pub fn build_dir(root: &Path) -> Result<PathBuf> {
         .collect();
     files.sort();
     let mut h = KeyHasher::default();
-    h.add("version", QEMU_DEBIAN_VERSION.as_bytes());
     for f in &files {
         h.add_file(f)?;
     }
-    let ver = QEMU_DEBIAN_VERSION.replace([':', '+', '~'], "_");
-    Ok(cache::root().join("qemu").join(format!("{ver}-{}", h.hex16())))
+    Ok(h.hex16())
+}
+
+/// Our cached builds for `key`, newest Debian version first (the folder names sort by
+/// version well enough for the few a cache holds; ties do not matter).
+fn cached_builds(parent: &Path, key: &str) -> Vec<PathBuf> {
+    let suffix = format!("-{key}");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(parent)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(&suffix))
+                && p.join("bin/qemu-system-x86_64").is_file()
+        })
+        .collect();
+    dirs.sort();
+    dirs.reverse();
+    dirs
 }
 
 /// Finds a usable QEMU or builds one. Progress goes to stderr.
@@ -93,16 +108,36 @@ pub fn ensure_qemu(root: &Path) -> Result<Qemu> {
             Some(why) => eprintln!("[testbed] qemu: {} {why}; using the testbed's own build", bin.display()),
         }
     }
-    let dir = build_dir(root)?;
+    let key = build_key(root)?;
+    let parent = cache::root().join("qemu");
+    let dir = match cached_builds(&parent, &key).into_iter().next() {
+        Some(dir) => dir,
+        None => {
+            eprintln!(
+                "[testbed] qemu: building the newest QEMU >= 10.1 from Debian's sources, with vfio-user \
+                 (a few minutes, once)"
+            );
+            std::fs::create_dir_all(&parent).with_context(|| format!("create {}", parent.display()))?;
+            let mut cmd = Command::new("bash");
+            cmd.arg(root.join("qemu-patches/build-qemu.sh")).arg(&parent).arg(&key);
+            let log = parent.join(format!("build-{key}.log"));
+            let _ = std::fs::remove_file(&log);
+            if let Err(e) = steps::run_logged("qemu build", cmd, &log) {
+                // The script explains a failed source search in its last lines: show them.
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(12).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!("{e:#}\n{}", tail.join("\n"));
+            }
+            cached_builds(&parent, &key).into_iter().next().with_context(|| {
+                format!(
+                    "the QEMU build finished but left no {}/*-{key}/bin/qemu-system-x86_64",
+                    parent.display()
+                )
+            })?
+        }
+    };
     let bin = dir.join("bin/qemu-system-x86_64");
-    if !bin.is_file() {
-        eprintln!("[testbed] qemu: building QEMU {QEMU_DEBIAN_VERSION} with vfio-user (a few minutes, once)");
-        let mut cmd = Command::new("bash");
-        cmd.arg(root.join("qemu-patches/build-qemu.sh")).arg(&dir).arg(QEMU_DEBIAN_VERSION);
-        let log = dir.with_extension("log");
-        let _ = std::fs::remove_file(&log);
-        steps::run_logged("qemu build", cmd, &log)?;
-    }
     if let Some(why) = unusable(&bin) {
         bail!("the QEMU built at {} {why}; delete {} to rebuild", bin.display(), dir.display());
     }

@@ -65,6 +65,12 @@ pub struct RunReport {
     /// The chain scenario: per mode, the per-item operations and their cost.
     #[serde(skip_serializing_if = "Value::is_null")]
     pub modes: Value,
+    /// The chain scenario: the rules `modes` are counted by (`chain::convention`).
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub convention: Value,
+    /// `card-echo`: the pipe IDs the card-style program used.
+    #[serde(skip_serializing_if = "Value::is_null")]
+    pub pipes_used: Value,
 }
 
 impl RunReport {
@@ -87,6 +93,8 @@ impl RunReport {
             traffic: Value::Null,
             datapath: Value::Null,
             modes: Value::Null,
+            convention: Value::Null,
+            pipes_used: Value::Null,
         }
     }
 
@@ -108,6 +116,8 @@ impl RunReport {
             traffic: Value::Null,
             datapath: Value::Null,
             modes: Value::Null,
+            convention: Value::Null,
+            pipes_used: Value::Null,
         }
     }
 
@@ -314,11 +324,15 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
 
     // The device side of each check.
     let d = dev.lock().unwrap();
-    let traffic = d.counters().traffic_snapshot().since(&before);
+    let mut traffic = d.counters().traffic_snapshot().since(&before);
+    // The driver's writes into the polled doorbell page, which the device cannot count.
+    let doorbells = report.guest["values"]["doorbell_writes"].as_u64();
+    traffic.add_doorbells(doorbells.unwrap_or(0), 4);
     let c: CountersSnapshot = traffic.counters;
     // The PCIe view of the run, per device command (the smoke device's unit of work).
     report.datapath = json!({
         "commands": d.commands(),
+        "doorbell_writes": doorbells,
         "pcie": pcie_model::LinkConfig::default().report(&traffic.summary(), d.commands() as u64, None),
     });
     report.check(
@@ -356,8 +370,16 @@ pub fn smoke(env: &Env, opts: &RunOptions, kill_first_guest: bool) -> Result<Run
     );
     report.check(
         "device:dma_error_counted",
-        c.dma_errors >= 1,
+        // The guest provokes exactly one refused DMA.
+        c.dma_errors == 1,
         format!("{} refused DMA accesses", c.dma_errors),
+    );
+    // Each command is seven register writes into the polled page (opcode, address low
+    // and high, length, seed, vector, sequence number).
+    report.check(
+        "device:doorbells_reported",
+        doorbells == Some(7 * d.commands() as u64),
+        format!("the guest reported {doorbells:?} doorbell writes for {} commands", d.commands()),
     );
     drop(d);
     let stats = server.stats();
@@ -410,7 +432,7 @@ impl NicKind {
 }
 
 /// Which queue engine the Ensō NIC model runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineModel {
     /// The behavioural Rust engine.
@@ -419,16 +441,136 @@ pub enum EngineModel {
     Rtl,
 }
 
+/// How the Ensō NIC's queue registers reach it (`--registers`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registers {
+    /// Shared memory the device polls (fast; it sees values, not writes).
+    #[default]
+    Shared,
+    /// Trapped: every queue-page access reaches the device as an event, in order.
+    Mmio,
+}
+
+impl Registers {
+    /// "shared" or "mmio".
+    pub fn name(self) -> &'static str {
+        self.mode().name()
+    }
+
+    /// The model's register mode.
+    pub fn mode(self) -> enso_nic::RegisterMode {
+        match self {
+            Registers::Shared => enso_nic::RegisterMode::Shared,
+            Registers::Mmio => enso_nic::RegisterMode::Mmio,
+        }
+    }
+}
+
+/// Which of the emulator's extensions our driver uses (`--extensions`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverExtensions {
+    /// Every extension (the ENABLE bit, prefetch doorbells, queue-state acknowledgements,
+    /// identity): the extension pages are offered for mmap.
+    #[default]
+    All,
+    /// Card mode: the driver uses only what the FPGA has and never touches BAR0; the
+    /// extension pages trap, so any access would be counted.
+    None,
+}
+
+impl DriverExtensions {
+    /// "all" or "none".
+    pub fn name(self) -> &'static str {
+        match self {
+            DriverExtensions::All => "all",
+            DriverExtensions::None => "none",
+        }
+    }
+}
+
+/// `--registers` and `--extensions` of the scenarios that serve an Ensō NIC.
+#[derive(clap::Args, Clone, Copy, Debug, Default)]
+pub struct EnsoArgs {
+    /// How the Ensō NIC's queue registers reach it: shared (memory the device polls) or
+    /// mmio (every access traps and reaches the device in order, as on the card).
+    #[arg(long, value_enum, default_value = "shared")]
+    pub registers: Registers,
+    /// The emulator's extensions our driver uses: all, or none (card mode: only what the
+    /// FPGA has; the device then counts any access to BAR0 as extension_accesses).
+    #[arg(long, value_enum, default_value = "all")]
+    pub extensions: DriverExtensions,
+}
+
+impl EnsoArgs {
+    /// The setup these flags ask for.
+    pub fn setup(self) -> EnsoSetup {
+        EnsoSetup { registers: self.registers, extensions: self.extensions }
+    }
+}
+
+/// How the Ensō NIC of a scenario is set up and driven: its register mode, and the
+/// extensions the guest's driver uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct EnsoSetup {
+    pub registers: Registers,
+    pub extensions: DriverExtensions,
+}
+
+impl EnsoSetup {
+    /// The NIC's configuration: the card's full space, this register mode, the extension
+    /// pages mapped only for a driver that uses them.
+    pub fn config(self) -> enso_nic::EnsoConfig {
+        enso_nic::EnsoConfig {
+            registers: self.registers.mode(),
+            map_extension_pages: self.extensions == DriverExtensions::All,
+            ..enso_nic::EnsoConfig::default()
+        }
+    }
+
+    /// The guest program's arguments for it (`registers=`, `extensions=`).
+    pub fn guest_args(self) -> Vec<String> {
+        vec![format!("registers={}", self.registers.name()), format!("extensions={}", self.extensions.name())]
+    }
+
+    /// Our driver's options for it, when it runs in this process (native transport).
+    pub fn driver_options(self) -> enso::DeviceOptions {
+        enso::DeviceOptions {
+            allow_trapped_datapath: self.registers == Registers::Mmio,
+            extensions: match self.extensions {
+                DriverExtensions::All => enso::Extensions::All,
+                DriverExtensions::None => enso::Extensions::None,
+            },
+            ..enso::DeviceOptions::new(0)
+        }
+    }
+
+    /// The register mode and extensions, for report details.
+    pub fn describe(self) -> String {
+        format!("registers {}, extensions {}", self.registers.name(), self.extensions.name())
+    }
+}
+
 /// The Ensō NIC with the queue engine `model`; with the RTL, also the counter of the
 /// RTL's clock cycles.
 pub fn enso_nic_with(
     model: EngineModel,
     port: Box<dyn wire::EthPort>,
 ) -> Result<(enso_nic::EnsoNic, Option<Arc<std::sync::atomic::AtomicU64>>)> {
-    let cfg = enso_nic::EnsoConfig::default();
+    enso_nic_config(model, enso_nic::EnsoConfig::default(), port)
+}
+
+/// [`enso_nic_with`] for a NIC configured as `cfg`.
+pub fn enso_nic_config(
+    model: EngineModel,
+    cfg: enso_nic::EnsoConfig,
+    port: Box<dyn wire::EthPort>,
+) -> Result<(enso_nic::EnsoNic, Option<Arc<std::sync::atomic::AtomicU64>>)> {
     Ok(match model {
         EngineModel::Rust => (enso_nic::EnsoNic::new(cfg, port)?, None),
         EngineModel::Rtl => {
+            crate::rtl::ensure()?;
             let cycles = Arc::new(std::sync::atomic::AtomicU64::new(0));
             let engines =
                 rtl_cosim::RtlEngine::factory(&cfg, Some(cycles.clone())).map_err(anyhow::Error::msg)?;
@@ -458,20 +600,37 @@ impl NicUnderTest {
         port: Box<dyn wire::EthPort>,
         model: EngineModel,
     ) -> Result<NicUnderTest> {
+        Self::with_setup(kind, port, model, EnsoSetup::default())
+    }
+
+    /// The Ensō NIC configured as `cfg`, cabled to `port`.
+    pub fn enso(
+        port: Box<dyn wire::EthPort>,
+        model: EngineModel,
+        cfg: enso_nic::EnsoConfig,
+    ) -> Result<NicUnderTest> {
+        let (nic, rtl_cycles) = enso_nic_config(model, cfg, port)?;
+        let nic = Arc::new(Mutex::new(nic));
+        let n2 = nic.clone();
+        let counters = Box::new(move || {
+            let c = n2.lock().unwrap_or_else(|e| e.into_inner()).counters();
+            testbed_regs::enso::ext::counter::NAMES.iter().copied().zip(c).collect()
+        });
+        Ok(NicUnderTest { kind: NicKind::Enso, device: nic, counters, rtl_cycles })
+    }
+
+    /// As [`with_model`](Self::with_model), the Ensō NIC set up as `setup` says.
+    pub fn with_setup(
+        kind: NicKind,
+        port: Box<dyn wire::EthPort>,
+        model: EngineModel,
+        setup: EnsoSetup,
+    ) -> Result<NicUnderTest> {
         if model == EngineModel::Rtl && kind != NicKind::Enso {
             anyhow::bail!("--model rtl co-simulates the Ensō NIC's queue engine: use it with --nic enso");
         }
         Ok(match kind {
-            NicKind::Enso => {
-                let (nic, rtl_cycles) = enso_nic_with(model, port)?;
-                let nic = Arc::new(Mutex::new(nic));
-                let n2 = nic.clone();
-                let counters = Box::new(move || {
-                    let c = n2.lock().unwrap_or_else(|e| e.into_inner()).counters();
-                    testbed_regs::enso::ext::counter::NAMES.iter().copied().zip(c).collect()
-                });
-                NicUnderTest { kind, device: nic, counters, rtl_cycles }
-            }
+            NicKind::Enso => Self::enso(port, model, setup.config())?,
             NicKind::Packetized => {
                 let nic = Arc::new(Mutex::new(packet_nic::PacketNic::new(
                     packet_nic::PacketNicConfig::default(),
@@ -508,7 +667,7 @@ pub(crate) fn nonzero_drops(c: &[(&'static str, u64)]) -> Vec<String> {
     c.iter().filter(|(n, v)| n.contains("drop") && *v > 0).map(|(n, v)| format!("{n} {v}")).collect()
 }
 
-fn counter_of(c: &[(&'static str, u64)], name: &str) -> u64 {
+pub(crate) fn counter_of(c: &[(&'static str, u64)], name: &str) -> u64 {
     c.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
 }
 
@@ -533,6 +692,8 @@ pub struct EchoOptions {
     pub nic: NicKind,
     /// The Ensō NIC's queue engine.
     pub model: EngineModel,
+    /// The Ensō NIC's register mode and the extensions the guest's driver uses.
+    pub setup: EnsoSetup,
 }
 
 /// `testbed run echo`: a NIC model served to a guest running the `echo` app (the same
@@ -543,11 +704,22 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     if p.garbage_first && p.nic != NicKind::Enso {
         anyhow::bail!("--garbage-first scribbles over Ensō registers: use it with --nic enso");
     }
+    let gen_config = wire::generator::GenConfig {
+        packets: p.packets,
+        size: p.size,
+        flows: p.flows,
+        window: p.window,
+        rate_pps: None,
+        timestamp_offset: None,
+        ..Default::default()
+    };
+    // Refused here rather than by the generator's panic, after the guest booted.
+    gen_config.validate().map_err(|e| anyhow::anyhow!("invalid echo traffic: {e}"))?;
     let started = Instant::now();
     let _lock = VmLock::acquire()?;
     let dir = private_dir("echo")?;
     let (nic_end, mut gen_end) = wire::cable(1024);
-    let nic = NicUnderTest::with_model(p.nic, Box::new(nic_end), p.model)?;
+    let nic = NicUnderTest::with_setup(p.nic, Box::new(nic_end), p.model, p.setup)?;
     let sock = dir.join(format!("{}.sock", p.nic.name()));
     let server = vfio_server::Server::bind(&sock, nic.device.clone())?.spawn();
     let mut report = RunReport::new("echo", env, &dir);
@@ -589,12 +761,16 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
         memory_mb: 512,
         vfio_user: vec![sock.clone()],
         scenario: "echo".into(),
-        args: vec![
-            format!("pipes={}", p.pipes),
-            format!("packets={}", p.packets),
-            "idle_ms=3000".into(),
-            format!("nic={}", p.nic.name()),
-        ],
+        args: [
+            vec![
+                format!("pipes={}", p.pipes),
+                format!("packets={}", p.packets),
+                "idle_ms=3000".into(),
+                format!("nic={}", p.nic.name()),
+            ],
+            if p.nic == NicKind::Enso { p.setup.guest_args() } else { vec![] },
+        ]
+        .concat(),
         dir: dir.clone(),
         net: vec![],
         files: vec![],
@@ -605,14 +781,7 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
         vm.wait_for(opts.timeout, |ev| ev.iter().any(|e| e["event"] == "ready" || e["event"] == "result"));
     let before = nic.traffic();
     let nic_before = nic.counters();
-    let mut gen = wire::generator::Generator::new(wire::generator::GenConfig {
-        packets: p.packets,
-        size: p.size,
-        flows: p.flows,
-        window: p.window,
-        rate_pps: None,
-        timestamp_offset: None,
-    });
+    let mut gen = wire::generator::Generator::new(gen_config);
     let traffic = if ready && vm.events().0.iter().any(|e| e["event"] == "ready") {
         let deadline = Instant::now() + opts.timeout;
         Some(gen.run(&mut gen_end, deadline))
@@ -632,7 +801,16 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
             dropped.insert((*name).into(), json!(delta(name)));
         }
     }
-    let traffic_pcie = after.since(&before);
+    let mut traffic_pcie = after.since(&before);
+    // The driver's doorbells: plain stores into pages the device polls, which it cannot
+    // count, so the guest reports them (its datapath loop only). In register mode mmio the
+    // same stores trap (the guest cannot tell: its pages are mapped either way) and are in
+    // the device's `mmio_writes` already: the driver's figure is then only reported.
+    let doorbells = report.guest["values"]["doorbell_writes"].as_u64();
+    let polled = p.nic != NicKind::Enso || p.setup.registers == Registers::Shared;
+    if polled {
+        traffic_pcie.add_doorbells(doorbells.unwrap_or(0), 4);
+    }
     let pc = traffic_pcie.counters;
     let trapped = pc.mmio_reads + pc.mmio_writes;
     match traffic {
@@ -669,12 +847,30 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
                         n as f64 / t.matched.max(1) as f64
                     ),
                 );
+                if p.setup.registers == Registers::Mmio {
+                    rtl_front_end_check(&mut report, &nic_after);
+                }
             }
-            report.check(
-                "datapath:trapped_mmio",
-                trapped * 1000 <= t.sent.max(1),
-                format!("{trapped} trapped MMIO accesses for {} packets (limit 1 per 1000)", t.sent),
-            );
+            let enso_checks =
+                EnsoChecks::new(p.setup, (&nic_before, &nic_after), &traffic_pcie, doorbells, t.matched);
+            if p.nic == NicKind::Enso {
+                enso_checks.check(&mut report);
+            } else {
+                report.check(
+                    "datapath:trapped_mmio",
+                    trapped * 1000 <= t.sent.max(1),
+                    format!("{trapped} trapped MMIO accesses for {} packets (limit 1 per 1000)", t.sent),
+                );
+                report.check(
+                    "datapath:doorbells_reported",
+                    doorbells.is_some_and(|n| n > 0),
+                    format!(
+                        "the guest driver reported {} doorbell writes into polled pages for {} packets",
+                        doorbells.map_or("no".to_string(), |n| n.to_string()),
+                        t.matched
+                    ),
+                );
+            }
             report.traffic = json!({
                 "sent": t.sent,
                 "received": t.received,
@@ -685,6 +881,8 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
                 "size": p.size,
                 "flows": p.flows,
                 "model": p.model,
+                "registers": p.setup.registers,
+                "extensions": p.setup.extensions,
                 "window": p.window,
                 "mpps": t.rx_mpps,
                 "latency_us": {"p50": t.latency_p50_us, "p99": t.latency_p99_us, "max": t.latency_max_us},
@@ -692,6 +890,10 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
             // Ensō's notifications; the packetized NIC's equivalent is its descriptor
             // write-backs (reported apart).
             let rx_notif = delta("rx_notifications");
+            // The Ensō metadata share depends on it (and it on how fast the emulation
+            // runs); per-packet descriptors have no such figure.
+            let packets_per_notification =
+                (p.nic == NicKind::Enso && rx_notif > 0).then(|| t.matched as f64 / rx_notif as f64);
             report.datapath = json!({
                 "packets": t.matched,
                 "trapped_mmio": trapped,
@@ -700,11 +902,15 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
                 "descriptor_writebacks": delta("descriptor_writebacks"),
                 "descriptor_fetches": delta("descriptor_fetches"),
                 "notifications_per_packet": rx_notif as f64 / t.matched.max(1) as f64,
+                "packets_per_notification": packets_per_notification,
+                "doorbell_writes": doorbells,
+                "trapped_writes": pc.mmio_writes,
+                "trapped_writes_per_packet": pc.mmio_writes as f64 / t.matched.max(1) as f64,
+                "device_doorbells": enso_checks.device_doorbells,
                 "dma_read_bytes": pc.dma_read_bytes,
                 "dma_write_bytes": pc.dma_write_bytes,
                 "dma_metadata_bytes": pc.dma_read_meta_bytes + pc.dma_write_meta_bytes,
-                // Device-side view; the guest driver's doorbells are not in it (they are
-                // plain stores into shared pages that the device's polling merges).
+                // The device's DMA, MMIO and interrupts plus the driver's doorbells.
                 "pcie": pcie_model::LinkConfig::default().report(&traffic_pcie.summary(), t.matched, Some(t.rx_mpps)),
             });
         }
@@ -721,6 +927,105 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     }
     report.finish(&dir, opts.keep, started);
     Ok(report)
+}
+
+/// With the RTL in register mode mmio: the queue-page accesses went through the RTL's
+/// register front end (`rtl_register_accesses`), not the Rust decode.
+pub(crate) fn rtl_front_end_check(report: &mut RunReport, counters: &[(&'static str, u64)]) {
+    let n = counter_of(counters, "rtl_register_accesses");
+    report.check(
+        "rtl:register_front_end",
+        n > 0,
+        format!("{n} queue-page accesses went through rtl/enso/enso_queue_regs.sv"),
+    );
+}
+
+/// Counters by name, as a NIC under test reports them.
+pub(crate) type NamedCounters = [(&'static str, u64)];
+
+/// The Ensō NIC's side of a traffic scenario's datapath checks, by register mode and
+/// driver extensions.
+pub(crate) struct EnsoChecks {
+    setup: EnsoSetup,
+    /// Trapped MMIO accesses during the datapath phase.
+    trapped: u64,
+    /// Doorbell writes the device saw as writes (mmio mode).
+    pub device_doorbells: u64,
+    /// Doorbell writes the driver reported into polled pages.
+    driver_doorbells: Option<u64>,
+    /// BAR0 accesses over the whole run.
+    extension_accesses: u64,
+    packets: u64,
+    /// Doorbells the PCIe accounting took from the driver's report.
+    accounted_doorbells: u64,
+}
+
+impl EnsoChecks {
+    pub(crate) fn new(
+        setup: EnsoSetup,
+        (before, after): (&NamedCounters, &NamedCounters),
+        traffic: &pcie_model::TrafficSnapshot,
+        driver_doorbells: Option<u64>,
+        packets: u64,
+    ) -> Self {
+        let pc = traffic.counters;
+        EnsoChecks {
+            setup,
+            trapped: pc.mmio_reads + pc.mmio_writes,
+            device_doorbells: counter_of(after, "queue_doorbells") - counter_of(before, "queue_doorbells"),
+            driver_doorbells,
+            extension_accesses: counter_of(after, "extension_accesses"),
+            packets,
+            accounted_doorbells: traffic.tlp.doorbell_writes,
+        }
+    }
+
+    pub(crate) fn check(&self, report: &mut RunReport) {
+        let (t, n) = (self.trapped, self.packets);
+        match self.setup.registers {
+            Registers::Shared => {
+                report.check(
+                    "datapath:trapped_mmio",
+                    t * 1000 <= n.max(1),
+                    format!("{t} trapped MMIO accesses for {n} packets (limit 1 per 1000)"),
+                );
+                report.check(
+                    "datapath:doorbells_reported",
+                    self.driver_doorbells.is_some_and(|d| d > 0) && self.device_doorbells == 0,
+                    format!(
+                        "the guest driver reported {} doorbell writes into polled pages for {n} packets; the \
+                         device saw {} as writes",
+                        self.driver_doorbells.map_or("no".to_string(), |d| d.to_string()),
+                        self.device_doorbells
+                    ),
+                );
+            }
+            Registers::Mmio => {
+                // Every doorbell is the device's to count: they trapped. The driver's own
+                // figure (it cannot tell a trapping page from a polled one) is reported
+                // beside it, not added to the PCIe accounting.
+                report.check(
+                    "datapath:doorbells_counted_once",
+                    self.device_doorbells > 0 && self.accounted_doorbells == 0,
+                    format!(
+                        "the device saw {} doorbell writes ({:.3} per packet, {t} trapped accesses); the driver \
+                         reported {:?}; doorbells added to the PCIe accounting from the driver: {}",
+                        self.device_doorbells,
+                        self.device_doorbells as f64 / n.max(1) as f64,
+                        self.driver_doorbells,
+                        self.accounted_doorbells
+                    ),
+                );
+            }
+        }
+        if self.setup.extensions == DriverExtensions::None {
+            report.check(
+                "device:extension_accesses",
+                self.extension_accesses == 0,
+                format!("{} accesses to BAR0 (card mode makes none)", self.extension_accesses),
+            );
+        }
+    }
 }
 
 /// A human-readable rendering of a report.
@@ -748,6 +1053,14 @@ pub fn render(r: &RunReport) -> String {
         );
     }
     if let Some(modes) = r.modes.as_object() {
+        if let Some(c) = r.convention.as_object() {
+            s += &format!(
+                "  counted as live traces under the seed's convention: a read costs {} RTT, a write {} \
+                 (merge and item rules: `convention` in --json)\n",
+                c["read_rtt"].as_f64().unwrap_or(f64::NAN),
+                c["write_rtt"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
         for (name, m) in modes {
             let t = &r.traffic[name];
             s += &format!(
@@ -778,14 +1091,17 @@ pub fn render(r: &RunReport) -> String {
             format!("{wb} descriptor write-backs")
         } else {
             format!(
-                "{} RX notifications ({:.4} per packet)",
+                "{} RX notifications ({:.4} per packet, {} packets per notification)",
                 d["rx_notifications"],
-                d["notifications_per_packet"].as_f64().unwrap_or(0.0)
+                d["notifications_per_packet"].as_f64().unwrap_or(0.0),
+                d["packets_per_notification"].as_f64().map_or("-".to_string(), |p| format!("{p:.1}"))
             )
         };
         s += &format!(
-            "  datapath: {} packets, {signals}, {} trapped MMIO, {} B DMA metadata = {:.1} % of PCIe payload + metadata\n",
+            "  datapath: {} packets, {signals}, {} driver doorbells, {} trapped MMIO, {} B DMA metadata; \
+             interface metadata (doorbells included) = {:.2} % of PCIe payload + metadata\n",
             d["packets"],
+            d["doorbell_writes"],
             d["trapped_mmio"],
             d["dma_metadata_bytes"],
             100.0 * d["pcie"]["metadata_fraction"].as_f64().unwrap_or(0.0)

@@ -42,12 +42,36 @@ fn logmon_on_both_nics() {
 
 #[test]
 fn bench_apps_measures_all_four_on_both_nics() {
-    let r = testbed::apps::bench(3000, 32).unwrap();
+    let r = testbed::apps::bench(3000, 32, 2).unwrap();
+    assert_eq!(r.runs, 2);
+    assert!(r.failures.is_empty() && r.failure().is_none(), "{:?}", r.failures);
     assert_eq!(r.results.len(), 8);
     assert!(r.results.iter().all(|x| x.correct && x.mfps > 0.0), "{:?}", r.results);
+    let within = |s: &testbed::bench::Spread| s.min <= s.median && s.median <= s.max && s.min > 0.0;
+    for x in &r.results {
+        assert_eq!(x.runs.len(), 2, "{} on {}: one run per round", x.app, x.nic);
+        // Each round runs the app on both NICs; Ensō goes first in round 0, second in round 1.
+        let first = usize::from(x.nic != "enso");
+        for (i, run) in x.runs.iter().enumerate() {
+            assert_eq!((run.round, run.position), (i, if i == 0 { first } else { 1 - first }), "{x:?}");
+            assert!(run.correct && run.error.is_none(), "{x:?}");
+        }
+        assert!(within(&x.spread.mfps) && within(&x.spread.busy_ns_per_frame), "{x:?}");
+        assert_eq!(x.mfps, x.spread.mfps.median);
+        let lo = x.runs.iter().map(|r| r.mfps).fold(f64::MAX, f64::min);
+        assert_eq!(x.spread.mfps.min, lo, "{x:?}");
+    }
     assert_eq!(r.ratios.len(), 4);
-    assert!(r.ratios.iter().all(|x| x.throughput_ratio.is_finite() && x.throughput_ratio > 0.0));
+    for x in &r.ratios {
+        assert!(x.throughput_ratio.is_finite() && x.throughput_ratio > 0.0, "{x:?}");
+        assert!(within(&x.spread.throughput_ratio) && within(&x.spread.cost_ratio), "{x:?}");
+    }
     let table = testbed::apps::render_bench(&r);
     assert!(table.contains("maglev") && table.contains("logmon"));
-    assert!(testbed::apps::plot_bench(&r).starts_with("<svg"));
+    assert!(table.contains("median [min–max] of 2 runs"), "{table}");
+    let svg = testbed::apps::plot_bench(&r);
+    assert!(svg.starts_with("<svg") && svg.contains("runs "), "whiskers: {svg}");
+    let v = serde_json::to_value(&r).unwrap();
+    assert!(v["results"][0]["spread"]["mfps"]["median"].is_f64(), "{v}");
+    assert!(v["ratios"][0]["spread"]["cost_ratio"]["max"].is_f64(), "{v}");
 }

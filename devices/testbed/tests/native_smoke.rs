@@ -26,6 +26,8 @@ fn smoke_over_vfio_user_both_sides_and_reconnect() {
 
     for round in 0..2u32 {
         let params = SmokeParams { scratch: 0xabc0_0000 + round, seed: 11 + round, hold_ms: 0 };
+        // The counters accumulate across clients: check this round's share.
+        let before = pcie_model::PciDevice::counters(&*dev.lock().unwrap()).snapshot();
         let report = {
             let mut client = VfioUserDevice::connect(&sock).unwrap();
             let r = smoke::run(&mut client, params);
@@ -33,11 +35,14 @@ fn smoke_over_vfio_user_both_sides_and_reconnect() {
             let d = dev.lock().unwrap();
             assert_eq!(d.scratch(), params.scratch, "device saw the scratch write");
             assert_eq!(d.last_checksum() as u64, r.values["checksum"].as_u64().unwrap());
-            let c = pcie_model::PciDevice::counters(&*d).snapshot();
+            let c = pcie_model::PciDevice::counters(&*d).snapshot().since(&before);
             assert!(c.dma_writes >= 2 && c.dma_reads >= 1, "{c:?}");
             assert!(c.irqs >= 1, "MSI-X delivered: {c:?}");
-            assert!(c.dma_errors >= 1, "the refused DMA was counted: {c:?}");
+            assert_eq!(c.dma_errors, 1, "the one refused DMA was counted: {c:?}");
             assert!(c.mmio_reads >= 2, "ID and scratch reads trapped: {c:?}");
+            // Seven registers per command, written into the polled page.
+            let commands = r.values["commands"].as_u64().unwrap();
+            assert_eq!(r.values["doorbell_writes"].as_u64(), Some(7 * commands), "{:?}", r.values);
             r
         };
         assert!(report.pass, "round {round}: {}", report.to_json_line());

@@ -18,6 +18,11 @@ const EINVAL: u32 = libc::EINVAL as u32;
 const ENOTSUP: u32 = libc::ENOTSUP as u32;
 const EEXIST: u32 = libc::EEXIST as u32;
 const E2BIG: u32 = libc::E2BIG as u32;
+const ENOSPC: u32 = libc::ENOSPC as u32;
+
+/// How long one message may take to arrive whole, and a reply to be taken by the client,
+/// before the client is disconnected: a stalled client must not hold the server.
+pub const MESSAGE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// vfio-user region indices (VFIO PCI layout).
 const CONFIG_REGION: u32 = VFIO_PCI_CONFIG_REGION_INDEX;
@@ -34,6 +39,8 @@ pub struct ServerStats {
     dropped_connections: AtomicU64,
     dma_maps: AtomicU64,
     dma_unmaps: AtomicU64,
+    before_version: AtomicU64,
+    stalled: AtomicU64,
 }
 
 /// A copy of [`ServerStats`].
@@ -51,6 +58,11 @@ pub struct ServerStatsSnapshot {
     pub dma_maps: u64,
     /// DMA_UNMAP requests.
     pub dma_unmaps: u64,
+    /// Requests refused because VERSION had not been negotiated first (or came twice).
+    pub before_version: u64,
+    /// Clients disconnected because a message stayed incomplete, or a reply untaken, for
+    /// [`MESSAGE_TIMEOUT`] (also counted in `dropped_connections`).
+    pub stalled: u64,
 }
 
 impl ServerStats {
@@ -63,6 +75,8 @@ impl ServerStats {
             dropped_connections: self.dropped_connections.load(Relaxed),
             dma_maps: self.dma_maps.load(Relaxed),
             dma_unmaps: self.dma_unmaps.load(Relaxed),
+            before_version: self.before_version.load(Relaxed),
+            stalled: self.stalled.load(Relaxed),
         }
     }
 }
@@ -81,6 +95,7 @@ pub struct Server {
     stats: Arc<ServerStats>,
     stop: Arc<AtomicBool>,
     upstream: Option<Upstream>,
+    timeout: Duration,
 }
 
 /// What sits between a device and the client's memory: given the client's DMA space, the
@@ -141,7 +156,28 @@ impl Server {
             stats: Arc::default(),
             stop: Arc::default(),
             upstream: None,
+            timeout: MESSAGE_TIMEOUT,
         })
+    }
+
+    /// Disconnects a client whose message stays incomplete (or whose reply stays untaken)
+    /// for `timeout` instead of [`MESSAGE_TIMEOUT`] (tests and fuzzing).
+    pub fn with_message_timeout(mut self, timeout: Duration) -> Server {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Serves one connected client on the calling thread until it disconnects, misbehaves
+    /// beyond repair or `stop` is raised, then detaches the device from its memory (what
+    /// the server thread does for each client; exposed for fuzzing and in-process tests).
+    pub fn serve_client(
+        device: SharedDevice,
+        stream: UnixStream,
+        stats: &Arc<ServerStats>,
+        stop: &AtomicBool,
+        timeout: Duration,
+    ) {
+        serve_one(stream, device, stats, None, stop, timeout);
     }
 
     /// Puts `upstream` between the device's DMA and every client's memory (a switch
@@ -168,21 +204,8 @@ impl Server {
         while !self.stop.load(Ordering::Acquire) {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    let _ = stream.set_nonblocking(false);
-                    self.stats.connections.fetch_add(1, Relaxed);
-                    let mut conn = Connection::new(
-                        stream,
-                        self.device.clone(),
-                        self.stats.clone(),
-                        self.upstream.as_ref(),
-                    );
-                    if let Err(e) = conn.serve(&self.stop) {
-                        if !matches!(e, ProtocolError::Closed) {
-                            self.stats.dropped_connections.fetch_add(1, Relaxed);
-                            tracing::warn!("vfio-user connection dropped: {e}");
-                        }
-                    }
-                    conn.teardown();
+                    let up = self.upstream.as_ref();
+                    serve_one(stream, self.device.clone(), &self.stats, up, &self.stop, self.timeout);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -196,6 +219,34 @@ impl Server {
     }
 }
 
+/// Serves one client, then detaches the device from it.
+fn serve_one(
+    stream: UnixStream,
+    device: SharedDevice,
+    stats: &Arc<ServerStats>,
+    up: Option<&Upstream>,
+    stop: &AtomicBool,
+    timeout: Duration,
+) {
+    let _ = stream.set_nonblocking(false);
+    // A reply the client does not take within the timeout drops the client.
+    let _ = stream.set_write_timeout(Some(timeout));
+    stats.connections.fetch_add(1, Relaxed);
+    let mut conn = Connection::new(stream, device, stats.clone(), up, timeout);
+    if let Err(e) = conn.serve(stop) {
+        if matches!(&e, ProtocolError::Stalled(_))
+            || matches!(&e, ProtocolError::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+        {
+            stats.stalled.fetch_add(1, Relaxed);
+        }
+        if !matches!(e, ProtocolError::Closed | ProtocolError::Stopped) {
+            stats.dropped_connections.fetch_add(1, Relaxed);
+            tracing::warn!("vfio-user connection dropped: {e}");
+        }
+    }
+    conn.teardown();
+}
+
 struct Connection {
     stream: UnixStream,
     device: SharedDevice,
@@ -205,12 +256,21 @@ struct Connection {
     bus_master: Arc<AtomicBool>,
     ctx: DeviceContext,
     vectors: u32,
+    timeout: Duration,
+    /// VERSION was negotiated: nothing else is served before it.
+    negotiated: bool,
 }
 
 type Reply = Result<(Vec<u8>, Option<i32>), u32>;
 
 impl Connection {
-    fn new(stream: UnixStream, device: SharedDevice, stats: Arc<ServerStats>, up: Option<&Upstream>) -> Self {
+    fn new(
+        stream: UnixStream,
+        device: SharedDevice,
+        stats: Arc<ServerStats>,
+        up: Option<&Upstream>,
+        timeout: Duration,
+    ) -> Self {
         let mem = Arc::new(GuestMemory::new());
         let space: Arc<dyn DmaSpace> = match up {
             Some(f) => f(mem.clone()),
@@ -232,7 +292,7 @@ impl Connection {
             d.config_mut().reset();
             d.attach(ctx.clone());
         }
-        Connection { stream, device, stats, mem, irqs, bus_master, ctx, vectors }
+        Connection { stream, device, stats, mem, irqs, bus_master, ctx, vectors, timeout, negotiated: false }
     }
 
     /// Stops the device from touching the client's memory (its mappings are gone after
@@ -257,7 +317,10 @@ impl Connection {
             if r <= 0 {
                 continue;
             }
-            let msg = wire::read_message(&mut self.stream)?;
+            let msg = match wire::read_message(&mut self.stream, stop, self.timeout) {
+                Err(ProtocolError::Stopped) => return Ok(()),
+                r => r?,
+            };
             self.stats.messages.fetch_add(1, Relaxed);
             let no_reply = msg.header.flags & FLAG_NO_REPLY != 0;
             let reply = if msg.oversized { Err(E2BIG) } else { self.handle(&msg) };
@@ -277,8 +340,18 @@ impl Connection {
     fn handle(&mut self, msg: &Message) -> Reply {
         let mut b = Body::new(&msg.body);
         let short = |_: Short| EINVAL;
-        match Command::from_u16(msg.header.command) {
-            Command::Version => self.version(&mut b).map_err(short)?,
+        let command = Command::from_u16(msg.header.command);
+        // The protocol's state machine: VERSION first, once; nothing else before it.
+        if self.negotiated == (command == Command::Version) {
+            self.stats.before_version.fetch_add(1, Relaxed);
+            return Err(EINVAL);
+        }
+        match command {
+            Command::Version => {
+                let r = self.version(&mut b).map_err(short)?;
+                self.negotiated = r.is_ok();
+                r
+            }
             Command::DmaMap => self.dma_map(&mut b, &msg.fds).map_err(short)?,
             Command::DmaUnmap => self.dma_unmap(&mut b).map_err(short)?,
             Command::DeviceGetInfo => {
@@ -324,7 +397,7 @@ impl Connection {
                 "max_msg_fds": wire::MAX_FDS,
                 "max_data_xfer_size": wire::MAX_DATA_XFER,
                 "pgsizes": 4096,
-                "max_dma_maps": 65535,
+                "max_dma_maps": pcie_model::MAX_DMA_MAPS,
                 "write_multiple": false,
             }
         });
@@ -348,7 +421,8 @@ impl Connection {
         let writable = flags & VFIO_DMA_MAP_FLAG_WRITE != 0;
         Ok(match self.mem.map(iova, size, fd, offset, writable) {
             Ok(()) => Ok((vec![], None)),
-            Err(pcie_model::dma::MapError::Overlap { .. }) => Err(EEXIST),
+            Err(pcie_model::MapError::Overlap { .. }) => Err(EEXIST),
+            Err(pcie_model::MapError::TooMany { .. }) => Err(ENOSPC),
             Err(e) => {
                 tracing::warn!("DMA_MAP refused: {e}");
                 Err(EINVAL)

@@ -1,8 +1,10 @@
 //! vfio-user wire format: the message header, commands, and socket I/O with fds.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// Size of the message header.
 pub const HEADER_SIZE: usize = 16;
@@ -109,6 +111,10 @@ pub enum ProtocolError {
     BadSize(u32),
     #[error("client disconnected")]
     Closed,
+    #[error("a message stayed incomplete for {0:?}: the client stalled")]
+    Stalled(Duration),
+    #[error("the server is stopping")]
+    Stopped,
 }
 
 /// A little-endian field reader over a message body that never panics: reading past
@@ -189,7 +195,8 @@ fn recv_some(stream: &UnixStream, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io:
     msg.msg_controllen = CMSG_SPACE as _;
     // SAFETY: recvmsg writes at most iov_len bytes into `buf` and msg_controllen bytes into
     // `cbuf`, both owned by this frame.
-    let n = unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let n =
+        unsafe { libc::recvmsg(stream.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -228,23 +235,62 @@ pub struct Message {
     pub oversized: bool,
 }
 
-/// Reads one message. Bodies larger than [`MAX_MESSAGE`] are read and discarded so the
-/// stream stays in sync.
-pub fn read_message(stream: &mut UnixStream) -> Result<Message, ProtocolError> {
+/// How long a waiting read sleeps in `poll` before it looks at the stop flag again.
+const POLL_SLICE_MS: i32 = 50;
+
+/// Receives until `buf` is full, waiting in short slices: gives up when the client closes,
+/// when `stop` is raised, or when `deadline` passes (a client that stalls mid-message
+/// must not hold the server).
+pub(crate) fn fill(
+    stream: &UnixStream,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+    deadline: Instant,
+    timeout: Duration,
+    stop: &AtomicBool,
+) -> Result<(), ProtocolError> {
+    let mut got = 0;
+    while got < buf.len() {
+        match recv_some(stream, &mut buf[got..], fds) {
+            Ok(0) => return Err(ProtocolError::Closed),
+            Ok(n) => {
+                got += n;
+                // A message carries at most MAX_FDS fds: extras are closed at once, so a
+                // client cannot fill our fd table with one long message.
+                fds.truncate(MAX_FDS);
+                continue;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        if stop.load(Ordering::Acquire) {
+            return Err(ProtocolError::Stopped);
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ProtocolError::Stalled(timeout));
+        }
+        let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = (left.as_millis() as i32).clamp(1, POLL_SLICE_MS);
+        // SAFETY: polls one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, ms) };
+    }
+    Ok(())
+}
+
+/// Reads one message, which must arrive whole within `timeout` of its first byte. Bodies
+/// larger than [`MAX_MESSAGE`] are read and discarded so the stream stays in sync. Never
+/// blocks longer than `timeout`, and returns soon after `stop` is raised.
+pub fn read_message(
+    stream: &mut UnixStream,
+    stop: &AtomicBool,
+    timeout: Duration,
+) -> Result<Message, ProtocolError> {
+    let deadline = Instant::now() + timeout;
     let mut hb = [0u8; HEADER_SIZE];
     let mut fds = Vec::new();
-    let mut got = 0;
-    while got < HEADER_SIZE {
-        let n = match recv_some(stream, &mut hb[got..], &mut fds) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e.into()),
-        };
-        if n == 0 {
-            return Err(ProtocolError::Closed);
-        }
-        got += n;
-    }
+    fill(stream, &mut hb, &mut fds, deadline, timeout, stop)?;
     let header = Header::parse(&hb);
     let size = header.size as usize;
     if size < HEADER_SIZE {
@@ -256,30 +302,15 @@ pub fn read_message(stream: &mut UnixStream) -> Result<Message, ProtocolError> {
         let mut sink = vec![0u8; 64 << 10];
         while left > 0 {
             let n = left.min(sink.len());
-            stream.read_exact(&mut sink[..n]).map_err(eof_is_closed)?;
+            fill(stream, &mut sink[..n], &mut fds, deadline, timeout, stop)?;
             left -= n;
         }
         return Ok(Message { header, body: vec![], fds, oversized: true });
     }
     let mut body = vec![0u8; body_len];
-    let mut got = 0;
-    while got < body_len {
-        // Fds may also ride on a later segment of the message.
-        let n = recv_some(stream, &mut body[got..], &mut fds)?;
-        if n == 0 {
-            return Err(ProtocolError::Closed);
-        }
-        got += n;
-    }
+    // Fds may also ride on a later segment of the message.
+    fill(stream, &mut body, &mut fds, deadline, timeout, stop)?;
     Ok(Message { header, body, fds, oversized: false })
-}
-
-fn eof_is_closed(e: io::Error) -> ProtocolError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        ProtocolError::Closed
-    } else {
-        ProtocolError::Io(e)
-    }
 }
 
 /// Sends a reply to `req` with `body`, or an error reply when `errno` is non-zero, passing

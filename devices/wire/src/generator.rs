@@ -47,6 +47,8 @@ pub const ETH_MIN_FRAME: usize = 60;
 pub const TIMESTAMP_LEN: usize = 4;
 /// UDP destination port of every flow.
 pub const DST_PORT: u16 = 9000;
+/// Destination IPv4 address of every flow (by default).
+pub const DST_IP: [u8; 4] = [10, 1, 0, 1];
 
 const RX_BURST: usize = 256;
 const MIN_SLOTS: usize = 1 << 16;
@@ -69,6 +71,12 @@ pub struct GenConfig {
     /// Where the NIC overwrites [`TIMESTAMP_LEN`] bytes with a timestamp; the checker
     /// ignores those bytes.
     pub timestamp_offset: Option<usize>,
+    /// The byte the echo increments ([`TOUCH_OFFSET`] for our echo app; upstream Ensō's
+    /// echo increments byte 63). It must lie in the frame and outside the flow and
+    /// sequence fields the checker identifies a frame by.
+    pub touch_offset: usize,
+    /// The destination IPv4 address of every flow ([`DST_IP`] by default).
+    pub dst_ip: [u8; 4],
 }
 
 impl Default for GenConfig {
@@ -80,6 +88,8 @@ impl Default for GenConfig {
             window: 256,
             rate_pps: None,
             timestamp_offset: None,
+            touch_offset: TOUCH_OFFSET,
+            dst_ip: DST_IP,
         }
     }
 }
@@ -92,6 +102,13 @@ impl GenConfig {
         }
         if self.flows == 0 || self.window == 0 {
             return Err("flows and window must be at least 1".into());
+        }
+        if self.touch_offset >= self.size || (FLOW_OFFSET..PATTERN_OFFSET).contains(&self.touch_offset) {
+            return Err(format!(
+                "touch offset {} must lie in the frame (size {}) and outside bytes {FLOW_OFFSET}..{PATTERN_OFFSET} \
+                 (flow and sequence)",
+                self.touch_offset, self.size
+            ));
         }
         if let Some(r) = self.rate_pps {
             if r.is_nan() || r <= 0.0 {
@@ -354,7 +371,7 @@ impl Generator {
         }
         let mut buf = self.pool.pop().unwrap_or_else(|| Vec::with_capacity(self.frame_len));
         buf.resize(self.frame_len, 0);
-        build_frame(&mut buf, self.cfg.size, flow, seq);
+        build_frame_to(&mut buf, self.cfg.size, flow, seq, self.cfg.dst_ip);
         let g = self.r.sent;
         self.slots[(g & self.mask) as usize] = Slot { tag: g + 1, sent_ns: self.now_ns };
         self.r.sent += 1;
@@ -443,15 +460,19 @@ impl Generator {
             return false;
         }
         let ts = self.cfg.timestamp_offset.map(|o| o..(o + TIMESTAMP_LEN).min(f.len()));
-        if ts.as_ref().is_some_and(|r| r.end > PATTERN_OFFSET && r.start < r.end) {
-            // Stamp inside the pattern: rebuild the whole frame and mask it (slow path).
+        let (touch, dst) = (self.cfg.touch_offset, self.cfg.dst_ip);
+        let custom = touch != TOUCH_OFFSET || dst != DST_IP;
+        if custom || ts.as_ref().is_some_and(|r| r.end > PATTERN_OFFSET && r.start < r.end) {
+            // Stamp inside the pattern, or another touch byte or destination: rebuild the
+            // whole frame and compare (slow path).
             let exp = &mut self.scratch[..f.len()];
-            build_frame(exp, size, flow, seq);
+            build_frame_to(exp, size, flow, seq, dst);
             if self.expect == Expect::Echo {
-                exp[TOUCH_OFFSET] = exp[TOUCH_OFFSET].wrapping_add(1);
+                exp[touch] = exp[touch].wrapping_add(1);
             }
-            let r = ts.unwrap();
-            exp[r.clone()].copy_from_slice(&f[r]);
+            if let Some(r) = ts.filter(|r| r.start < r.end) {
+                exp[r.clone()].copy_from_slice(&f[r]);
+            }
             return f == &exp[..];
         }
         let mut hdr = build_header(size, flow, seq);
@@ -490,14 +511,23 @@ pub fn flow_tuple(flow: u32) -> ([u8; 4], [u8; 4], u16, u16) {
     let sport = 1024 + ((flow >> 16) % 64512) as u16;
     // Distinct destination ports too: NICs that key UDP flows on the destination only
     // (Ensō does) still see distinct flows.
-    ([10, 0, (flow >> 8) as u8, flow as u8], [10, 1, 0, 1], sport, DST_PORT + (flow % 1024) as u16)
+    ([10, 0, (flow >> 8) as u8, flow as u8], DST_IP, sport, DST_PORT + (flow % 1024) as u16)
 }
 
 /// Writes the generated frame `(flow, seq)` for `size` into all of `buf` (its length is
 /// the frame length: `size`, or more with zero padding).
 pub fn build_frame(buf: &mut [u8], size: usize, flow: u32, seq: u64) {
+    build_frame_to(buf, size, flow, seq, DST_IP);
+}
+
+/// As [`build_frame`], to destination `dst` instead of [`DST_IP`].
+pub fn build_frame_to(buf: &mut [u8], size: usize, flow: u32, seq: u64, dst: [u8; 4]) {
     debug_assert!(size >= MIN_SIZE && buf.len() >= size);
-    buf[..PATTERN_OFFSET].copy_from_slice(&build_header(size, flow, seq));
+    let mut hdr = build_header(size, flow, seq);
+    if dst != DST_IP {
+        set_destination(&mut hdr, dst);
+    }
+    buf[..PATTERN_OFFSET].copy_from_slice(&hdr);
     fill_pattern(&mut buf[PATTERN_OFFSET..size], pattern_seed(flow, seq));
     buf[size..].fill(0);
 }
@@ -538,6 +568,17 @@ fn build_header(size: usize, flow: u32, seq: u64) -> [u8; PATTERN_OFFSET] {
     buf[FLOW_OFFSET..FLOW_OFFSET + 4].copy_from_slice(&flow.to_le_bytes());
     buf[SEQ_OFFSET..SEQ_OFFSET + 8].copy_from_slice(&seq.to_le_bytes());
     buf
+}
+
+/// Rewrites a header's IPv4 destination (and its checksum).
+fn set_destination(hdr: &mut [u8; PATTERN_OFFSET], dst: [u8; 4]) {
+    hdr[30..34].copy_from_slice(&dst);
+    hdr[24..26].copy_from_slice(&[0, 0]);
+    let mut sum: u32 = hdr[14..34].chunks(2).map(|w| u32::from(u16::from_be_bytes([w[0], w[1]]))).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    hdr[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }
 
 /// `a == b` for a header, word by word (no `memcmp` call for 55 bytes).
@@ -833,7 +874,7 @@ mod tests {
             f[18..22].copy_from_slice(&(n as u32).wrapping_mul(2654435761).to_le_bytes());
             out.push(f)
         });
-        assert!(r.clean(), "{r:?}");
+        assert!(r.clean() && r.matched == 10_000, "{r:?}");
         // One byte past the stamp is still checked.
         let r = run_echo(c, Duration::from_secs(5), |n, mut f, out| {
             if n == 77 {
@@ -852,6 +893,26 @@ mod tests {
             out.push(f)
         });
         assert_eq!((r.corrupted, r.matched), (1, 9_999), "{r:?}");
+    }
+
+    #[test]
+    fn the_touch_byte_and_destination_are_parameters() {
+        // Upstream's echo: byte 63 incremented, to 10.1.0.2. The echo thread here touches
+        // byte 42; undo that and touch 63 instead.
+        let c = GenConfig { touch_offset: 63, dst_ip: [10, 1, 0, 2], ..cfg(3_000, 64, 4) };
+        let r = run_echo(c.clone(), Duration::from_millis(200), |n, mut f, out| {
+            assert_eq!(&f[30..34], &[10, 1, 0, 2]);
+            assert_eq!(ipv4_checksum(&f[14..34]), 0);
+            f[TOUCH_OFFSET] = f[TOUCH_OFFSET].wrapping_sub(1);
+            if n != 9 {
+                f[63] = f[63].wrapping_add(1);
+            }
+            out.push(f)
+        });
+        assert_eq!((r.corrupted, r.matched), (1, 2_999), "the one frame touched at 42 only: {r:?}");
+        for bad in [43, 54, 64] {
+            assert!(GenConfig { touch_offset: bad, ..c.clone() }.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -933,7 +994,8 @@ mod tests {
         let t = Instant::now();
         let r = Generator::new(c).with_expect(Expect::Loopback).run(&mut port, deadline());
         let secs = t.elapsed().as_secs_f64();
-        assert!(r.clean(), "{r:?}");
+        // All of them: a run cut short would also be quick.
+        assert!(r.clean() && r.matched == 2_000, "{r:?}");
         assert!((0.08..0.5).contains(&secs), "2000 packets at 20 kpps took {secs} s");
     }
 
@@ -949,7 +1011,8 @@ mod tests {
             steps += 1;
             assert!(steps < 1000);
         }
-        assert!(g.report().clean());
+        let r = g.report();
+        assert!(r.clean() && r.matched == 100, "{r:?}");
     }
 
     #[test]

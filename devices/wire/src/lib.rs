@@ -18,12 +18,14 @@ pub mod pcap;
 pub mod ring;
 pub mod source;
 pub mod tap;
+pub mod udp;
 
 pub use cable::{cable, CableEnd};
 pub use generator::{GenConfig, GenReport, Generator};
 pub use loopback::{Loopback, Null};
 pub use pcap::{CaptureReport, PcapCapture, PcapReplay, ReplayReport};
 pub use ring::ring_ceiling;
+pub use udp::UdpPort;
 
 /// One Ethernet frame (destination MAC first, no FCS).
 pub type Frame = Vec<u8>;

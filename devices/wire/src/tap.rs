@@ -1,4 +1,5 @@
-//! A tap: a thread between two cables that forwards every frame both ways and keeps a copy
+//! A tap: a thread between two cables (or a port, such as a UDP socket, and a cable) that
+//! forwards every frame both ways and keeps a copy
 //! with its direction and time, like a passive optical tap on a real link. Scenarios use
 //! it to check, from outside both machines, what really crossed the wire.
 
@@ -52,41 +53,54 @@ impl TapLog {
 }
 
 /// Forwards between `a` and `b` until `stop` is set; returns the log.
-pub fn spawn(mut a: CableEnd, mut b: CableEnd, stop: Arc<AtomicBool>) -> JoinHandle<TapLog> {
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        let mut log = TapLog::default();
-        let mut batch = Vec::with_capacity(crate::cable::BATCH);
-        let mut idle = 0u32;
-        while !stop.load(Ordering::Relaxed) {
-            let moved = pump(&mut a, &mut b, Dir::AtoB, &mut log, &mut batch, start)
-                + pump(&mut b, &mut a, Dir::BtoA, &mut log, &mut batch, start);
-            if moved == 0 {
-                idle = idle.saturating_add(1);
-                // Stay responsive while traffic flows; sleep when the link is quiet.
-                if idle > 64 {
-                    std::thread::sleep(Duration::from_micros(100));
-                } else {
-                    std::thread::yield_now();
-                }
-            } else {
-                idle = 0;
-            }
-        }
-        log.dropped_a_to_b = b.dropped();
-        log.dropped_b_to_a = a.dropped();
-        log
-    })
+pub fn spawn(a: CableEnd, b: CableEnd, stop: Arc<AtomicBool>) -> JoinHandle<TapLog> {
+    std::thread::spawn(move || forward(a, b, &stop, CableEnd::dropped))
 }
 
-/// Moves what `from` received to `to`, logging it; returns how many frames moved.
+/// Like [`spawn`], with any port on the `a` side: a [`UdpPort`](crate::UdpPort), say, so the
+/// tap sits between a socket carrying a stock QEMU guest's frames and a NIC. Frames that
+/// port refuses (its `send` returns false) count as dropped from `b` to `a`.
+pub fn spawn_port<A: EthPort + 'static>(a: A, b: CableEnd, stop: Arc<AtomicBool>) -> JoinHandle<TapLog> {
+    std::thread::spawn(move || forward(a, b, &stop, |_| 0))
+}
+
+/// The tap's loop; `a_dropped` reads what `a` dropped on its own (a cable end's count).
+fn forward<A: EthPort>(mut a: A, mut b: CableEnd, stop: &AtomicBool, a_dropped: fn(&A) -> u64) -> TapLog {
+    let start = Instant::now();
+    let mut log = TapLog::default();
+    let mut batch = Vec::with_capacity(crate::cable::BATCH);
+    let mut idle = 0u32;
+    let (mut refused_a_to_b, mut refused_b_to_a) = (0, 0);
+    while !stop.load(Ordering::Relaxed) {
+        let moved = pump(&mut a, &mut b, Dir::AtoB, &mut log, &mut batch, start, &mut refused_a_to_b)
+            + pump(&mut b, &mut a, Dir::BtoA, &mut log, &mut batch, start, &mut refused_b_to_a);
+        if moved == 0 {
+            idle = idle.saturating_add(1);
+            // Stay responsive while traffic flows; sleep when the link is quiet.
+            if idle > 64 {
+                std::thread::sleep(Duration::from_micros(100));
+            } else {
+                std::thread::yield_now();
+            }
+        } else {
+            idle = 0;
+        }
+    }
+    log.dropped_a_to_b = b.dropped() + refused_a_to_b;
+    log.dropped_b_to_a = a_dropped(&a) + refused_b_to_a;
+    log
+}
+
+/// Moves what `from` received to `to`, logging it; returns how many frames moved and adds
+/// the frames `to` refused to `refused`.
 fn pump(
-    from: &mut CableEnd,
-    to: &mut CableEnd,
+    from: &mut dyn EthPort,
+    to: &mut dyn EthPort,
     dir: Dir,
     log: &mut TapLog,
     batch: &mut Vec<Frame>,
     start: Instant,
+    refused: &mut u64,
 ) -> usize {
     // Lossless while the far side is only slow: hold back until it takes the frames
     // already forwarded (a gone far side counts them as dropped).
@@ -98,7 +112,9 @@ fn pump(
     let n = batch.len();
     for f in batch.drain(..) {
         log.frames.push(Seen { dir, at: start.elapsed(), frame: f.clone() });
-        to.send(f);
+        if !to.send(f) {
+            *refused += 1;
+        }
     }
     to.try_flush();
     n
@@ -157,5 +173,36 @@ mod tests {
         let log = h.join().unwrap();
         assert_eq!(log.frames.len(), 3);
         assert_eq!(log.dropped_a_to_b, 3);
+    }
+
+    #[test]
+    fn taps_a_udp_port_both_ways() {
+        use std::net::UdpSocket;
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let port =
+            crate::UdpPort::bind("127.0.0.1:0".parse().unwrap(), Some(peer.local_addr().unwrap())).unwrap();
+        let (to, stats) = (port.local_addr().unwrap(), port.stats());
+        let (tap_b, mut nic) = crate::cable(8);
+        let stop = Arc::new(AtomicBool::new(false));
+        let h = spawn_port(port, tap_b, stop.clone());
+        peer.send_to(&[4; 60], to).unwrap();
+        let mut got = vec![];
+        while got.is_empty() {
+            nic.recv_timeout(&mut got, 8, Duration::from_millis(100));
+        }
+        assert_eq!(got, vec![vec![4u8; 60]]);
+        nic.send(vec![5; 1514]);
+        nic.flush();
+        let mut buf = [0u8; 2048];
+        let (n, from) = peer.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&[5u8; 1514][..], to));
+        stop.store(true, Ordering::Relaxed);
+        let log = h.join().unwrap();
+        assert_eq!(log.frames.len(), 2);
+        assert_eq!((log.frames[0].dir, log.frames[1].dir), (Dir::AtoB, Dir::BtoA));
+        assert_eq!((log.dropped_a_to_b, log.dropped_b_to_a), (0, 0));
+        let s = stats.snapshot();
+        assert_eq!((s.rx_frames, s.tx_frames, s.tx_errors), (1, 1, 0));
     }
 }

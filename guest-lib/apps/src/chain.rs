@@ -61,6 +61,9 @@ pub struct ChainParams {
     pub start_timeout: Option<Duration>,
     /// How long to wait for one accelerator completion.
     pub accel_timeout: Duration,
+    /// How the NIC driver opens the device in CPU mode (pair 0): its extensions, trapped
+    /// doorbells. (The switch modes need the stream extension.)
+    pub device: enso::DeviceOptions,
 }
 
 impl ChainParams {
@@ -74,6 +77,7 @@ impl ChainParams {
             idle: Some(Duration::from_secs(3)),
             start_timeout: None,
             accel_timeout: Duration::from_secs(5),
+            device: enso::DeviceOptions::default(),
         }
     }
 }
@@ -222,7 +226,7 @@ impl Chain {
             None => None,
         };
         let mid = crypto.access().alloc_dma(2 * SLOT, DmaOptions::default())?;
-        let mut dev = Device::new(nic, 0)?;
+        let mut dev = Device::with_options(nic, enso::DeviceOptions { nb_id: 0, ..params.device.clone() })?;
         let rx = dev.alloc_rx_pipe()?;
         let tx = dev.alloc_tx_pipe()?;
         dev.configure_fallback_queues(1, false)?;
@@ -460,7 +464,7 @@ impl NagareChain {
         let window = sw.window(stream);
         let nic_port = sw.port_of(en::VENDOR_ID, en::DEVICE_ID)?;
         let crypto_port = sw.port_of(acc::VENDOR_ID, acc::CRYPTO_DEVICE_ID)?;
-        let mut dev = Device::new(nic, 0)?;
+        let mut dev = Device::with_options(nic, enso::DeviceOptions { nb_id: 0, ..params.device.clone() })?;
         let pipe_id = dev.info().num_pipes - 1;
         let pipe = dev.enable_stream_pipe(pipe_id, window)?;
         let ip = |a: [u8; 4]| u32::from_be_bytes(a);

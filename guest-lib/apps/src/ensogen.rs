@@ -42,6 +42,8 @@ pub struct GenParams {
     pub drain: Duration,
     /// Give up sending after this long.
     pub limit: Duration,
+    /// How the driver opens the device (pair 0): its extensions, trapped doorbells.
+    pub device: enso::DeviceOptions,
 }
 
 impl Default for GenParams {
@@ -54,6 +56,7 @@ impl Default for GenParams {
             pcap: None,
             drain: Duration::from_secs(3),
             limit: Duration::from_secs(120),
+            device: enso::DeviceOptions::default(),
         }
     }
 }
@@ -280,7 +283,8 @@ fn generate(access: Box<dyn DeviceAccess>, p: &GenParams, ready: impl FnOnce()) 
         Some(path) => Some(load_pcap(path)?),
         None => None,
     };
-    let mut dev = Device::new(access, 0).map_err(e)?;
+    let mut dev =
+        Device::with_options(access, enso::DeviceOptions { nb_id: 0, ..p.device.clone() }).map_err(e)?;
     let mut rx: RxPipe = dev.alloc_rx_pipe().map_err(e)?;
     let mut tx: TxPipe = dev.alloc_tx_pipe().map_err(e)?;
     dev.configure_fallback_queues(1, false).map_err(e)?;

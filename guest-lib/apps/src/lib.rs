@@ -3,7 +3,9 @@
 //! Each application reports its outcome as a [`Report`]: the JSON object the guest writes
 //! to its result channel and the host parses.
 
+pub mod agent;
 pub mod capture;
+pub mod cardecho;
 pub mod chain;
 pub mod echo;
 pub mod ensogen;

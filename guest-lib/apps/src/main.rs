@@ -3,10 +3,12 @@
 //!
 //! Usage: `testbed-guest SCENARIO [key=value ...]`, e.g.
 //! `testbed-guest smoke scratch=0x1234 seed=7 [socket=/path/to/vfio-user.sock]`, or
-//! `testbed-guest chain chain=crypto,ml key=<hex> items=N [socket=NIC crypto_socket=.. ml_socket=..]`.
+//! `testbed-guest chain chain=crypto,ml key=<hex> items=N [socket=NIC crypto_socket=.. ml_socket=..]`,
+//! or `testbed-guest agent [share=/host] [share_error=MSG] [port=NAME]` (the exec agent, see
+//! `agent.rs`).
 
 use device_access::{vfio::VfioDevice, vfio_user::VfioUserDevice, DeviceAccess};
-use guest_apps::{capture, chain, echo, ensogen, garbage, responder, smoke, Report};
+use guest_apps::{agent, capture, cardecho, chain, echo, ensogen, garbage, responder, smoke, Report};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -23,6 +25,21 @@ fn parse_u64(s: &str) -> Option<u64> {
         Some(h) => u64::from_str_radix(h, 16).ok(),
         None => s.parse().ok(),
     }
+}
+
+/// The Ensō driver's options from `extensions=all|none` (default all) and
+/// `registers=shared|mmio` (mmio: the queue pages trap, so the doorbells may too).
+fn enso_options(args: &HashMap<String, String>) -> Result<enso::DeviceOptions, String> {
+    let extensions = match args.get("extensions") {
+        None => enso::Extensions::All,
+        Some(e) => enso::Extensions::parse(e).ok_or(format!("extensions={e}: expected all or none"))?,
+    };
+    let trapped = match args.get("registers").map(String::as_str) {
+        None | Some("shared") => false,
+        Some("mmio") => true,
+        Some(other) => return Err(format!("registers={other}: expected shared or mmio")),
+    };
+    Ok(enso::DeviceOptions { extensions, allow_trapped_datapath: trapped, ..enso::DeviceOptions::new(0) })
 }
 
 /// `key=N` as milliseconds; `0` means "no limit".
@@ -77,6 +94,10 @@ fn chain_scenario(args: &HashMap<String, String>) -> Report {
         return open_failed("chain", args, "key=<64 hex digits> is required".into());
     };
     let mut params = chain::ChainParams::new(shape, key);
+    params.device = match enso_options(args) {
+        Ok(o) => o,
+        Err(e) => return open_failed("chain", args, e),
+    };
     params.items = args.get("items").and_then(|s| parse_u64(s));
     params.idle = millis(args, "idle_ms", Some(3000));
     params.start_timeout = millis(args, "timeout_ms", None);
@@ -134,11 +155,16 @@ fn main() {
         }
         "echo" => {
             use testbed_regs::enso::{DEVICE_ID, VENDOR_ID};
+            let device = match enso_options(&args) {
+                Ok(o) => o,
+                Err(e) => exit_with(open_failed("echo", &args, e)),
+            };
             let params = echo::EchoParams {
                 pipes: args.get("pipes").and_then(|s| parse_u32(s)).unwrap_or(4),
                 packets: args.get("packets").and_then(|s| parse_u64(s)),
                 idle: millis(&args, "idle_ms", Some(3000)),
                 start_timeout: millis(&args, "timeout_ms", None),
+                device,
             };
             if args.get("nic").is_some_and(|n| n == "packetized") {
                 use testbed_regs::packetized as pk;
@@ -178,6 +204,28 @@ fn main() {
             }
         }
         "chain" => chain_scenario(&args),
+        // Card-style software: no driver, sysfs resource2, physical addresses.
+        "card-echo" => {
+            let d = cardecho::CardEchoParams::default();
+            let ip = args.get("dst").and_then(|s| s.parse::<std::net::Ipv4Addr>().ok());
+            cardecho::run(cardecho::CardEchoParams {
+                pipes: args.get("pipes").and_then(|s| parse_u32(s)).unwrap_or(d.pipes),
+                flows: args.get("flows").and_then(|s| parse_u32(s)).unwrap_or(d.flows),
+                dst_ip: ip.map_or(d.dst_ip, |i| i.octets()),
+                dst_port: args.get("dst_port").and_then(|s| s.parse().ok()).unwrap_or(d.dst_port),
+                pair: args.get("pair").and_then(|s| parse_u32(s)).unwrap_or(d.pair),
+                packets: args.get("packets").and_then(|s| parse_u64(s)),
+                idle: millis(&args, "idle_ms", Some(3000)).unwrap_or(d.idle),
+                start_timeout: millis(&args, "timeout_ms", None).unwrap_or(d.start_timeout),
+                prefetch: args.get("prefetch").is_none_or(|v| v != "0"),
+            })
+        }
+        // The exec agent of `testbed up` guests; runs until the guest powers off.
+        "agent" => std::process::exit(agent::run(agent::Options {
+            share: args.get("share").cloned(),
+            share_error: args.get("share_error").cloned(),
+            port_name: args.get("port").cloned(),
+        })),
         "responder" => {
             use testbed_regs::enso::{DEVICE_ID, VENDOR_ID};
             let (Some(mac), Some(ip)) = (
@@ -204,7 +252,12 @@ fn main() {
         "ensogen" => {
             use testbed_regs::enso::{DEVICE_ID, VENDOR_ID};
             let d = ensogen::GenParams::default();
+            let device = match enso_options(&args) {
+                Ok(o) => o,
+                Err(e) => exit_with(open_failed("ensogen", &args, e)),
+            };
             let params = ensogen::GenParams {
+                device,
                 packets: args.get("packets").and_then(|s| parse_u64(s)).unwrap_or(d.packets),
                 size: args.get("size").and_then(|s| parse_u64(s)).map_or(d.size, |v| v as usize),
                 flows: args.get("flows").and_then(|s| parse_u32(s)).unwrap_or(d.flows),
@@ -246,7 +299,7 @@ fn main() {
                 "scenario",
                 format!(
                     "unknown scenario '{other}' (known: smoke, echo, capture, garbage, chain, app, \
-                     responder, ensogen)"
+                     responder, ensogen, card-echo, agent)"
                 ),
             );
             r

@@ -25,12 +25,20 @@ const VECTOR: u32 = 1;
 struct Doorbell {
     bar: Bar,
     seq: u32,
+    /// Register writes into the page while it is memory-mapped (the device polls it and
+    /// cannot count them; the host adds them to its PCIe accounting).
+    polled_writes: u64,
 }
 
 impl Doorbell {
     /// Posts a command and waits for its completion; returns (status, result).
     fn run(&mut self, op: u32, addr: u64, len: u32, seed: u32, vector: u32) -> Result<(u32, u32), String> {
-        let w = |off, v| self.bar.write32(off, v).map_err(|e| e.to_string());
+        let polled = self.bar.is_mapped(0, 4096);
+        let mut writes = 0u64;
+        let mut w = |off, v| {
+            writes += 1;
+            self.bar.write32(off, v).map_err(|e| e.to_string())
+        };
         w(DB_OPCODE, op)?;
         w(DB_ADDR_LO, addr as u32)?;
         w(DB_ADDR_HI, (addr >> 32) as u32)?;
@@ -40,6 +48,9 @@ impl Doorbell {
         self.seq = self.seq.wrapping_add(1);
         fence(Ordering::Release);
         w(DB_SEQ, self.seq)?;
+        if polled {
+            self.polled_writes += writes;
+        }
         let start = Instant::now();
         loop {
             let done = self.bar.read32(DB_DONE_SEQ).map_err(|e| e.to_string())?;
@@ -83,7 +94,11 @@ fn steps(dev: &mut dyn DeviceAccess, p: SmokeParams, r: &mut Report) -> Result<(
 
     let db_bar = dev.bar(DOORBELL_BAR).map_err(|e| e.to_string())?;
     r.check("doorbell_mapped", db_bar.is_mapped(0, 4096), "BAR2 is memory-mapped shared memory");
-    let mut db = Doorbell { seq: db_bar.read32(DB_DONE_SEQ).map_err(|e| e.to_string())?, bar: db_bar };
+    let mut db = Doorbell {
+        seq: db_bar.read32(DB_DONE_SEQ).map_err(|e| e.to_string())?,
+        bar: db_bar,
+        polled_writes: 0,
+    };
 
     let irqs = dev.enable_msix(MSIX_VECTORS as u32).map_err(|e| e.to_string())?;
     let buf = dev.alloc_dma(64 << 10, DmaOptions::default()).map_err(|e| e.to_string())?;
@@ -138,5 +153,6 @@ fn steps(dev: &mut dyn DeviceAccess, p: SmokeParams, r: &mut Report) -> Result<(
     r.check("serves_after_error", st == CMD_OK, format!("status {st}"));
     let commands = regs.read32(REG_COMMANDS).map_err(|e| e.to_string())?;
     r.value("commands", commands);
+    r.value("doorbell_writes", db.polled_writes);
     Ok(())
 }

@@ -26,7 +26,7 @@ unsafe impl Sync for SharedMem {}
 
 fn memfd(len: usize, huge: bool) -> Result<OwnedFd> {
     let name = c"testbed-dma";
-    let flags = libc::MFD_CLOEXEC | if huge { libc::MFD_HUGETLB } else { 0 };
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING | if huge { libc::MFD_HUGETLB } else { 0 };
     // SAFETY: memfd_create with a valid C string; result checked.
     let fd = unsafe { libc::memfd_create(name.as_ptr(), flags) };
     if fd < 0 {
@@ -45,6 +45,14 @@ fn memfd(len: usize, huge: bool) -> Result<OwnedFd> {
         if unsafe { libc::fallocate(fd.as_raw_fd(), 0, 0, len as libc::off_t) } != 0 {
             return Err(Error::last_os(format!("allocate {len} bytes of huge pages")));
         }
+    }
+    // Sealed against resizing, as QEMU's memory-backend-memfd seals guest RAM: a server
+    // then knows the pages under its mapping cannot vanish and may copy them directly
+    // (an unsealed file costs it a system call per DMA).
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+    // SAFETY: adds seals to our own memfd; the result is checked.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(Error::last_os("seal the DMA memfd"));
     }
     Ok(fd)
 }
@@ -322,6 +330,21 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
+    }
+
+    /// DMA memory is sealed against resizing (a server may then copy it directly).
+    #[test]
+    fn dma_memory_cannot_be_resized() {
+        let m = SharedMem::new(64 << 10, DmaOptions::default()).unwrap();
+        // SAFETY: F_GET_SEALS on our own fd.
+        let seals = unsafe { libc::fcntl(m.fd(), libc::F_GET_SEALS) };
+        assert_eq!(
+            seals & (libc::F_SEAL_SHRINK | libc::F_SEAL_GROW),
+            libc::F_SEAL_SHRINK | libc::F_SEAL_GROW
+        );
+        // SAFETY: tries to shrink our own memfd.
+        assert_ne!(unsafe { libc::ftruncate(m.fd(), 0) }, 0);
+        m.as_mut_slice().fill(3);
     }
 
     #[test]

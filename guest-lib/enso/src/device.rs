@@ -3,7 +3,7 @@
 
 use crate::dma::alloc_aligned;
 use crate::pipe::{PipeIds, RxPipe, RxShared, RxTxPipe, TxPipe, TxShared};
-use crate::regs::{state_is_set, wait_state, RegWindow};
+use crate::regs::{state_is_set, wait_state, Doorbells, RegWindow};
 use crate::ring::{fallback_mask, Ring};
 use crate::{Error, Result};
 use device_access::{Bar, DeviceAccess, DmaBuffer, DmaOptions};
@@ -11,13 +11,46 @@ use std::collections::VecDeque;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use testbed_regs::enso::ext::extension;
 use testbed_regs::enso::{
-    self as regs, config, ext, nb_page, notif, prefetch, queue, state, EXT_BAR, FLIT, NOTIFICATION_SIZE,
-    NOTIF_RING_BYTES, NOTIF_RING_ENTRIES, PIPE_FLITS, QUEUE_BAR,
+    self as regs, config, ext, nb_page, notif, prefetch, queue, state, EXT_BAR, FLIT, MAX_NB_PAIRS,
+    MAX_PIPES, NOTIFICATION_SIZE, NOTIF_RING_BYTES, NOTIF_RING_ENTRIES, PIPE_FLITS, QUEUE_BAR,
 };
 
 /// RX notifications consumed per scan of the ring (one `rx_head` write per scan).
 const RX_NOTIF_BATCH: usize = 64;
+
+/// Which of the emulator's extensions the driver uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Extensions {
+    /// Every extension (the ENABLE bit, prefetch doorbells, queue-state acknowledgements,
+    /// identity and sizes), opted into by writing BAR0 `EXT_ENABLE`: the emulator only.
+    #[default]
+    All,
+    /// Card mode: only what the FPGA has. BAR0 is never touched; ring sizes and counts are
+    /// upstream's constants; queues are enabled by their address, reset by writing 0 and
+    /// reading back, and prefetched by rewriting the unchanged `rx_head`.
+    None,
+}
+
+impl Extensions {
+    /// "all" or "none".
+    pub fn name(self) -> &'static str {
+        match self {
+            Extensions::All => "all",
+            Extensions::None => "none",
+        }
+    }
+
+    /// Parses "all" or "none".
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "all" => Some(Extensions::All),
+            "none" => Some(Extensions::None),
+            _ => None,
+        }
+    }
+}
 
 /// How a [`Device`] is set up.
 #[derive(Clone, Debug)]
@@ -28,15 +61,22 @@ pub struct DeviceOptions {
     /// a configuration notification.
     pub ack_timeout: Duration,
     /// Let doorbells fall back to trapped MMIO when the transport does not memory-map the
-    /// queue pages (slow; for debugging transports only). Off by default: then a missing
-    /// mapping is an error.
+    /// queue pages (the emulator's mmio register mode, or a debugging transport; slow).
+    /// Off by default: then a missing mapping is an error.
     pub allow_trapped_datapath: bool,
+    /// The emulator's extensions the driver uses (all by default; none on the card).
+    pub extensions: Extensions,
 }
 
 impl DeviceOptions {
     /// Defaults for pair `nb_id`.
     pub fn new(nb_id: u32) -> Self {
-        DeviceOptions { nb_id, ack_timeout: Duration::from_secs(2), allow_trapped_datapath: false }
+        DeviceOptions {
+            nb_id,
+            ack_timeout: Duration::from_secs(2),
+            allow_trapped_datapath: false,
+            extensions: Extensions::All,
+        }
     }
 }
 
@@ -46,7 +86,7 @@ impl Default for DeviceOptions {
     }
 }
 
-/// What the device reported at setup.
+/// What the device reported at setup (in card mode: upstream's constants).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DeviceInfo {
     /// Register contract version.
@@ -59,6 +99,20 @@ pub struct DeviceInfo {
     pub pipe_flits: u32,
     /// Entries per notification ring.
     pub notif_entries: u32,
+}
+
+impl DeviceInfo {
+    /// The card's geometry, from upstream's constants (card mode reads nothing from BAR0):
+    /// 8192 pipes of 32768 flits, 1024 pairs of 16384-entry rings. Version 0: no contract.
+    pub fn card() -> Self {
+        DeviceInfo {
+            version: 0,
+            num_pipes: MAX_PIPES,
+            num_nb_pairs: MAX_NB_PAIRS,
+            pipe_flits: PIPE_FLITS,
+            notif_entries: NOTIF_RING_ENTRIES,
+        }
+    }
 }
 
 /// Driver-side counts (no device access needed to read them).
@@ -78,6 +132,20 @@ pub struct DeviceStats {
     pub tx_completions: u64,
     /// Pipe `rx_head` writes done on TX completion (RX/TX pipes).
     pub rx_frees_on_completion: u64,
+    /// Pipe `rx_head` writes that freed RX space: on TX completion (the above),
+    /// `confirm_bytes`, `clear` and `skip` (set-up writes excluded).
+    pub pipe_head_writes: u64,
+    /// Prefetch doorbells rung (`prefetch`), two register writes each: the pipe ID, then
+    /// a new sequence number.
+    pub prefetches: u64,
+    /// The datapath's doorbell register writes that went to memory-mapped pages the device
+    /// polls: the pair's `rx_head` and `tx_tail`, pipe `rx_head`s and both prefetch
+    /// registers. A polled page is plain memory, so the device sees only the latest value
+    /// and cannot count these: this is the figure a driver reports for the PCIe accounting
+    /// (one 4-byte posted write each). Writes that fell back to trapped MMIO
+    /// ([`DeviceOptions::allow_trapped_datapath`]) are not in it: the device counts those
+    /// itself.
+    pub polled_doorbell_writes: u64,
 }
 
 /// Notification mode (BAR0 `NOTIF_MODE`).
@@ -133,7 +201,8 @@ pub struct Device {
     // Field order matters on drop: rings and pipes go before the access handle.
     nb_buf: DmaBuffer,
     nb_regs: RegWindow,
-    ext: Bar,
+    /// BAR0: None in card mode, which never touches it.
+    ext: Option<Bar>,
     queues: Bar,
     opts: DeviceOptions,
     info: DeviceInfo,
@@ -154,6 +223,8 @@ pub struct Device {
     ids: Arc<Mutex<PipeIds>>,
     fallback: (u32, bool),
     stats: DeviceStats,
+    /// Doorbells the pipes write without `self` (heads, prefetches).
+    doorbells: Arc<Doorbells>,
     access: Box<dyn DeviceAccess>,
 }
 
@@ -165,22 +236,31 @@ impl Device {
 
     /// Checks the device, allocates and enables the notification-buffer pair.
     pub fn with_options(mut access: Box<dyn DeviceAccess>, opts: DeviceOptions) -> Result<Self> {
-        let ext = access.bar(EXT_BAR)?;
         let queues = access.bar(QUEUE_BAR)?;
-        let id = ext.read32(ext::ID)?;
-        if id != ext::ID_VALUE {
-            return Err(Error::NotEnso { found: id, expected: ext::ID_VALUE });
-        }
-        let version = ext.read32(ext::VERSION)?;
-        if version != ext::VERSION_VALUE {
-            return Err(Error::VersionMismatch { found: version, expected: ext::VERSION_VALUE });
-        }
-        let info = DeviceInfo {
-            version,
-            num_pipes: ext.read32(ext::NUM_PIPES)?,
-            num_nb_pairs: ext.read32(ext::NUM_NB_PAIRS)?,
-            pipe_flits: ext.read32(ext::PIPE_FLITS)?,
-            notif_entries: ext.read32(ext::NOTIF_ENTRIES)?,
+        let (ext, info) = match opts.extensions {
+            Extensions::All => {
+                let ext = access.bar(EXT_BAR)?;
+                // Opt in first: until then the emulator reads every register as the card
+                // does (and its identity registers read 0).
+                ext.write32(ext::EXT_ENABLE, extension::ALL)?;
+                let id = ext.read32(ext::ID)?;
+                if id != ext::ID_VALUE {
+                    return Err(Error::NotEnso { found: id, expected: ext::ID_VALUE });
+                }
+                let version = ext.read32(ext::VERSION)?;
+                if version != ext::VERSION_VALUE {
+                    return Err(Error::VersionMismatch { found: version, expected: ext::VERSION_VALUE });
+                }
+                let info = DeviceInfo {
+                    version,
+                    num_pipes: ext.read32(ext::NUM_PIPES)?,
+                    num_nb_pairs: ext.read32(ext::NUM_NB_PAIRS)?,
+                    pipe_flits: ext.read32(ext::PIPE_FLITS)?,
+                    notif_entries: ext.read32(ext::NOTIF_ENTRIES)?,
+                };
+                (Some(ext), info)
+            }
+            Extensions::None => (None, DeviceInfo::card()),
         };
         check_geometry(&info)?;
         if opts.nb_id >= info.num_nb_pairs {
@@ -196,20 +276,40 @@ impl Device {
         )?;
         nb_buf.as_mut_slice().fill(0);
         let nb_regs = RegWindow::queue(&queues, nb_page(opts.nb_id), opts.allow_trapped_datapath)?;
-        let bit = state::nb_bit(opts.nb_id);
-        if state_is_set(&ext, bit)? {
-            // Left enabled by an earlier user: quiesce it before reprogramming.
-            nb_regs.disable_queue();
-            wait_state(&ext, bit, false, opts.ack_timeout, "notification-buffer pair", opts.nb_id)?;
-        }
         let rx_addr = nb_buf.iova();
         let tx_addr = rx_addr + NOTIF_RING_BYTES as u64;
-        nb_regs.write(queue::RX_HEAD, 0);
-        nb_regs.write(queue::TX_TAIL, 0);
-        nb_regs.write(queue::TX_MEM_LOW, tx_addr as u32);
-        nb_regs.write(queue::TX_MEM_HIGH, (tx_addr >> 32) as u32);
-        nb_regs.enable_queue(rx_addr, 0);
-        wait_state(&ext, bit, true, opts.ack_timeout, "notification-buffer pair", opts.nb_id)?;
+        const PAIR: &str = "notification-buffer pair";
+        let tx_start = match &ext {
+            Some(ext) => {
+                let bit = state::nb_bit(opts.nb_id);
+                if state_is_set(ext, bit)? {
+                    // Left enabled by an earlier user: quiesce it before reprogramming.
+                    nb_regs.disable_queue();
+                    wait_state(ext, bit, false, opts.ack_timeout, PAIR, opts.nb_id)?;
+                }
+                for r in [queue::RX_HEAD, queue::RX_TAIL, queue::TX_TAIL, queue::TX_HEAD] {
+                    nb_regs.write(r, 0);
+                }
+                nb_regs.write(queue::TX_MEM_LOW, tx_addr as u32);
+                nb_regs.write(queue::TX_MEM_HIGH, (tx_addr >> 32) as u32);
+                nb_regs.enable_queue(rx_addr, 0);
+                wait_state(ext, bit, true, opts.ack_timeout, PAIR, opts.nb_id)?;
+                0
+            }
+            None => {
+                // Upstream's order: stop the pair and zero its RX pointers (read back),
+                // keep the TX tail and make the head equal to it (so nothing is fetched),
+                // then the RX ring's address (the pair is live from here), then the TX
+                // ring's.
+                nb_regs.card_reset(opts.ack_timeout, PAIR, opts.nb_id)?;
+                let t = nb_regs.read(queue::TX_TAIL) % info.notif_entries;
+                nb_regs.write(queue::TX_HEAD, t);
+                nb_regs.card_enable(rx_addr, 0);
+                nb_regs.write(queue::TX_MEM_LOW, tx_addr as u32);
+                nb_regs.write(queue::TX_MEM_HIGH, (tx_addr >> 32) as u32);
+                t
+            }
+        };
 
         let n = info.num_pipes as usize;
         Ok(Device {
@@ -219,8 +319,8 @@ impl Device {
             queues,
             notif_ring,
             rx_notif_head: 0,
-            tx_tail: 0,
-            tx_done: 0,
+            tx_tail: tx_start,
+            tx_done: tx_start,
             completions: (0..info.notif_entries).map(|_| Completion::None).collect(),
             rx_pipes: vec![None; n],
             pending: VecDeque::with_capacity(RX_NOTIF_BATCH.max(n.min(4096))),
@@ -228,15 +328,26 @@ impl Device {
             ids: Arc::new(Mutex::new(PipeIds::new(info.num_pipes))),
             fallback: (0, false),
             stats: DeviceStats::default(),
+            doorbells: Arc::default(),
             opts,
             info,
             access,
         })
     }
 
-    /// What the device reported.
+    /// What the device reported (in card mode: upstream's constants).
     pub fn info(&self) -> DeviceInfo {
         self.info
+    }
+
+    /// The extensions this handle uses.
+    pub fn extensions(&self) -> Extensions {
+        self.opts.extensions
+    }
+
+    /// BAR0, or the card-mode error naming what needed it.
+    fn ext_bar(&self, what: &'static str) -> Result<&Bar> {
+        self.ext.as_ref().ok_or(Error::CardMode(what))
     }
 
     /// The notification-buffer pair this handle owns.
@@ -246,7 +357,14 @@ impl Device {
 
     /// Driver-side counts.
     pub fn stats(&self) -> DeviceStats {
-        self.stats
+        let d = &self.doorbells;
+        let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        DeviceStats {
+            pipe_head_writes: load(&d.pipe_heads),
+            prefetches: load(&d.prefetches),
+            polled_doorbell_writes: self.stats.polled_doorbell_writes + load(&d.polled),
+            ..self.stats
+        }
     }
 
     /// The transport's name ("vfio" or "vfio-user").
@@ -317,26 +435,28 @@ impl Device {
 
     fn enable_stream_inner(&mut self, id: u32, window: u64) -> Result<StreamPipe> {
         use testbed_regs::enso::ext::{STREAM_ENABLE, STREAM_RX_PIPE, STREAM_RX_SLOTS};
+        let ext = self.ext_bar("a stream pipe")?.clone();
         let slots = (0..STREAM_RX_SLOTS).map(|k| STREAM_RX_PIPE + 4 * k as u64);
         let mut free = None;
         for off in slots {
-            if self.ext.read32(off)? & STREAM_ENABLE == 0 {
+            if ext.read32(off)? & STREAM_ENABLE == 0 {
                 free = Some(off);
                 break;
             }
         }
         let slot = free.ok_or_else(|| Error::Geometry("every stream RX slot is taken".into()))?;
-        self.ext.write32(slot, id | STREAM_ENABLE)?;
+        ext.write32(slot, id | STREAM_ENABLE)?;
         let regs = RegWindow::queue(&self.queues, regs::pipe_page(id), true)?;
         let bit = state::pipe_bit(id);
         regs.write(queue::RX_HEAD, 0);
+        regs.write(queue::RX_TAIL, 0);
         regs.enable_queue(window, self.opts.nb_id & queue::NB_ID_MASK);
-        if let Err(e) = wait_state(&self.ext, bit, true, self.opts.ack_timeout, "pipe", id) {
+        if let Err(e) = wait_state(&ext, bit, true, self.opts.ack_timeout, "pipe", id) {
             regs.disable_queue();
-            let _ = self.ext.write32(slot, 0);
+            let _ = ext.write32(slot, 0);
             return Err(e);
         }
-        Ok(StreamPipe { id, slot, regs, ext: self.ext.clone(), ids: self.ids.clone() })
+        Ok(StreamPipe { id, slot, regs, ext, ids: self.ids.clone() })
     }
 
     /// Starts the NIC's TX stream window with `template` (Ethernet, IPv4 and UDP headers
@@ -345,17 +465,17 @@ impl Device {
         use testbed_regs::enso::ext::{STREAM_TX_CTRL, STREAM_TX_TEMPLATE};
         let mut t = [0u8; 44];
         t[..42].copy_from_slice(template);
+        let ext = self.ext_bar("the TX stream window")?;
         for (i, w) in t.chunks(4).enumerate() {
-            self.ext
-                .write32(STREAM_TX_TEMPLATE + 4 * i as u64, u32::from_le_bytes([w[0], w[1], w[2], w[3]]))?;
+            ext.write32(STREAM_TX_TEMPLATE + 4 * i as u64, u32::from_le_bytes([w[0], w[1], w[2], w[3]]))?;
         }
-        self.ext.write32(STREAM_TX_CTRL, 1)?;
+        ext.write32(STREAM_TX_CTRL, 1)?;
         Ok(())
     }
 
     /// Stops the TX stream window.
     pub fn stop_tx_stream(&mut self) -> Result<()> {
-        self.ext.write32(testbed_regs::enso::ext::STREAM_TX_CTRL, 0)?;
+        self.ext_bar("the TX stream window")?.write32(testbed_regs::enso::ext::STREAM_TX_CTRL, 0)?;
         Ok(())
     }
 
@@ -391,18 +511,32 @@ impl Device {
             )));
         }
         let regs = RegWindow::queue(&self.queues, regs::pipe_page(id), self.opts.allow_trapped_datapath)?;
-        let prefetch_slot = RegWindow::prefetch_slot(
-            &self.ext,
-            prefetch::slot(self.opts.nb_id),
-            self.opts.allow_trapped_datapath,
-        )?;
-        let bit = state::pipe_bit(id);
-        if state_is_set(&self.ext, bit)? {
-            regs.disable_queue();
-            wait_state(&self.ext, bit, false, self.opts.ack_timeout, "pipe", id)?;
-        }
-        regs.write(queue::RX_HEAD, 0);
-        regs.enable_queue(buf.iova(), self.opts.nb_id & queue::NB_ID_MASK);
+        let nb_tag = self.opts.nb_id & queue::NB_ID_MASK;
+        let prefetch_slot = match &self.ext {
+            Some(ext) => {
+                let slot = RegWindow::prefetch_slot(
+                    ext,
+                    prefetch::slot(self.opts.nb_id),
+                    self.opts.allow_trapped_datapath,
+                )?;
+                let bit = state::pipe_bit(id);
+                if state_is_set(ext, bit)? {
+                    regs.disable_queue();
+                    wait_state(ext, bit, false, self.opts.ack_timeout, "pipe", id)?;
+                }
+                regs.write(queue::RX_HEAD, 0);
+                regs.write(queue::RX_TAIL, 0);
+                regs.enable_queue(buf.iova(), nb_tag);
+                Some(slot)
+            }
+            None => {
+                // Upstream's order: reset (address, tail, head: each written 0 and read
+                // back), then the address, low half (with the pair's ID) first.
+                regs.card_reset(self.opts.ack_timeout, "pipe", id)?;
+                regs.card_enable(buf.iova(), nb_tag);
+                None
+            }
+        };
         let shared = Arc::new(RxShared::new(
             id,
             Ring::new(self.info.pipe_flits).expect("checked by check_geometry"),
@@ -412,10 +546,13 @@ impl Device {
             self.ext.clone(),
             self.ids.clone(),
             self.opts.ack_timeout,
+            self.doorbells.clone(),
         ));
-        if let Err(e) = wait_state(&self.ext, bit, true, self.opts.ack_timeout, "pipe", id) {
-            shared.disable();
-            return Err(e);
+        if let Some(ext) = &self.ext {
+            if let Err(e) = wait_state(ext, state::pipe_bit(id), true, self.opts.ack_timeout, "pipe", id) {
+                shared.disable();
+                return Err(e);
+            }
         }
         self.rx_pipes[id as usize] = Some(shared.clone());
         self.pending_flag[id as usize] = false;
@@ -470,6 +607,7 @@ impl Device {
             fence(Ordering::Release);
             self.nb_regs.write(queue::RX_HEAD, head);
             self.stats.rx_head_writes += 1;
+            self.stats.polled_doorbell_writes += u64::from(self.nb_regs.is_mapped());
         }
         n
     }
@@ -613,6 +751,7 @@ impl Device {
         fence(Ordering::Release);
         self.nb_regs.write(queue::TX_TAIL, self.tx_tail);
         self.stats.tx_tail_writes += 1;
+        self.stats.polled_doorbell_writes += u64::from(self.nb_regs.is_mapped());
     }
 
     /// Posts send requests for `chunks` (device address, length); `completion` is attached
@@ -772,18 +911,16 @@ impl Device {
             NotificationMode::Reactive => ext::MODE_REACTIVE,
             NotificationMode::PerPacket => ext::MODE_PER_PACKET,
         };
-        self.ext.write32(ext::NOTIF_MODE, v)?;
+        self.ext_bar("the notification mode")?.write32(ext::NOTIF_MODE, v)?;
         Ok(())
     }
 
     /// Reads every device counter (trapped MMIO: not for the datapath).
     pub fn counters(&self) -> Result<Counters> {
+        let ext = self.ext_bar("the counters")?;
         let mut values = [0u64; ext::counter::COUNT as usize];
         for (i, v) in values.iter_mut().enumerate() {
-            let off = ext::COUNTERS + 8 * i as u64;
-            let lo = self.ext.read32(off)? as u64;
-            let hi = self.ext.read32(off + 4)? as u64;
-            *v = hi << 32 | lo;
+            *v = read_wide(ext, ext::COUNTERS + 8 * i as u64)?;
         }
         Ok(Counters { values })
     }
@@ -794,23 +931,18 @@ impl Device {
             .iter()
             .position(|n| *n == name)
             .ok_or_else(|| Error::UnknownCounter(name.into()))?;
-        let off = ext::COUNTERS + 8 * i as u64;
-        let lo = self.ext.read32(off)? as u64;
-        let hi = self.ext.read32(off + 4)? as u64;
-        Ok(hi << 32 | lo)
+        read_wide(self.ext_bar("the counters")?, ext::COUNTERS + 8 * i as u64)
     }
 
     /// Resets the device counters.
     pub fn clear_counters(&mut self) -> Result<()> {
-        self.ext.write32(ext::COUNTERS_CLEAR, 1)?;
+        self.ext_bar("the counters")?.write32(ext::COUNTERS_CLEAR, 1)?;
         Ok(())
     }
 
     /// Device time in 5 ns ticks.
     pub fn timestamp(&self) -> Result<u64> {
-        let lo = self.ext.read32(ext::TIMESTAMP_LO)? as u64;
-        let hi = self.ext.read32(ext::TIMESTAMP_HI)? as u64;
-        Ok(hi << 32 | lo)
+        read_wide(self.ext_bar("the device clock")?, ext::TIMESTAMP_LO)
     }
 }
 
@@ -819,15 +951,38 @@ impl Drop for Device {
         // Let posted sends finish so pipe buffers are not freed under the device, then
         // stop the pair before its rings are freed.
         let _ = self.wait_tx_idle(self.opts.ack_timeout);
-        self.nb_regs.disable_queue();
-        let _ = wait_state(
-            &self.ext,
-            state::nb_bit(self.opts.nb_id),
-            false,
-            self.opts.ack_timeout,
-            "notification-buffer pair",
-            self.opts.nb_id,
-        );
+        const PAIR: &str = "notification-buffer pair";
+        match &self.ext {
+            Some(ext) => {
+                self.nb_regs.disable_queue();
+                let _ = wait_state(
+                    ext,
+                    state::nb_bit(self.opts.nb_id),
+                    false,
+                    self.opts.ack_timeout,
+                    PAIR,
+                    self.opts.nb_id,
+                );
+            }
+            None => {
+                // Upstream clears both rings' addresses.
+                let _ = self.nb_regs.card_disable(self.opts.ack_timeout, PAIR, self.opts.nb_id);
+                self.nb_regs.write(queue::TX_MEM_LOW, 0);
+                self.nb_regs.write(queue::TX_MEM_HIGH, 0);
+            }
+        }
+    }
+}
+
+/// A 64-bit register read as two halves (BAR0 is prefetchable: no read latches anything):
+/// high, low, high again, until the high half holds still.
+fn read_wide(bar: &Bar, off: u64) -> Result<u64> {
+    loop {
+        let hi = bar.read32(off + 4)?;
+        let lo = bar.read32(off)?;
+        if bar.read32(off + 4)? == hi {
+            return Ok((hi as u64) << 32 | lo as u64);
+        }
     }
 }
 

@@ -10,6 +10,11 @@
 //! memory-mapped BAR2 queue pages (heads and tails) and the BAR0 prefetch doorbells.
 //! Trapped MMIO (BAR0 page 0) is used for setup and counters only.
 //!
+//! With [`Extensions::None`] (card mode) the driver uses only what the FPGA has: it never
+//! touches BAR0, takes sizes from upstream's constants, enables a queue by writing its
+//! address (low half, then high), resets a queue by writing 0 and reading back, and
+//! prefetches by rewriting an unchanged `rx_head`.
+//!
 //! A typical echo loop:
 //!
 //! ```no_run
@@ -32,7 +37,9 @@ mod pipe;
 mod regs;
 pub mod ring;
 
-pub use device::{Counters, Device, DeviceInfo, DeviceOptions, DeviceStats, NotificationMode, StreamPipe};
+pub use device::{
+    Counters, Device, DeviceInfo, DeviceOptions, DeviceStats, Extensions, NotificationMode, StreamPipe,
+};
 pub use packet::{frame_len, PacketIter, PacketIterMut};
 pub use pipe::{RxPipe, RxTxPipe, TxPipe};
 
@@ -100,6 +107,9 @@ pub enum Error {
     /// A counter name that the device does not have.
     #[error("unknown counter '{0}'")]
     UnknownCounter(String),
+    /// Card mode ([`Extensions::None`]): the call needs one of the emulator's extensions.
+    #[error("{0} is an extension of the emulator: the driver runs in card mode (extensions none)")]
+    CardMode(&'static str),
 }
 
 /// Result of a driver operation.

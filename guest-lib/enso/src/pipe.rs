@@ -4,7 +4,7 @@
 
 use crate::device::{Completion, Device};
 use crate::packet::{PacketIter, PacketIterMut};
-use crate::regs::{wait_state, RegWindow};
+use crate::regs::{wait_state, Doorbells, RegWindow};
 use crate::ring::{bytes_to_flits, Ring, TxChunks};
 use crate::{Error, Result};
 use device_access::{Bar, DmaBuffer};
@@ -59,11 +59,15 @@ pub(crate) struct RxShared {
     tail: AtomicU32,
     alive: AtomicBool,
     regs: RegWindow,
-    prefetch: RegWindow,
+    /// The prefetch doorbell slot; None in card mode (a prefetch rewrites the head).
+    prefetch: Option<RegWindow>,
     buf: DmaBuffer,
-    ext: Bar,
+    /// BAR0 (the queue-state page); None in card mode.
+    ext: Option<Bar>,
     ids: Arc<Mutex<PipeIds>>,
     ack_timeout: Duration,
+    /// The device's datapath doorbell counts.
+    doorbells: Arc<Doorbells>,
 }
 
 impl RxShared {
@@ -72,11 +76,12 @@ impl RxShared {
         id: u32,
         ring: Ring,
         regs: RegWindow,
-        prefetch: RegWindow,
+        prefetch: Option<RegWindow>,
         buf: DmaBuffer,
-        ext: Bar,
+        ext: Option<Bar>,
         ids: Arc<Mutex<PipeIds>>,
         ack_timeout: Duration,
+        doorbells: Arc<Doorbells>,
     ) -> Self {
         RxShared {
             id,
@@ -90,6 +95,7 @@ impl RxShared {
             ext,
             ids,
             ack_timeout,
+            doorbells,
         }
     }
 
@@ -113,13 +119,16 @@ impl RxShared {
         self.head.load(Ordering::Relaxed)
     }
 
-    /// Moves the head to `head` and tells the device (one register write).
+    /// Moves the head to `head` and tells the device (one register write, a doorbell
+    /// counted in [`crate::DeviceStats`]).
     #[inline]
     fn write_head(&self, head: u32) {
         self.head.store(head, Ordering::Relaxed);
         if self.is_alive() {
             fence(Ordering::Release);
             self.regs.write(queue::RX_HEAD, head);
+            self.doorbells.pipe_heads.fetch_add(1, Ordering::Relaxed);
+            self.doorbells.wrote(&self.regs, 1);
         }
     }
 
@@ -132,8 +141,16 @@ impl RxShared {
     /// Disables the pipe and waits until the device stopped writing to it; frees its ID.
     pub(crate) fn disable(&self) {
         if self.alive.swap(false, Ordering::AcqRel) {
-            self.regs.disable_queue();
-            let _ = wait_state(&self.ext, state::pipe_bit(self.id), false, self.ack_timeout, "pipe", self.id);
+            match &self.ext {
+                Some(ext) => {
+                    self.regs.disable_queue();
+                    let _ =
+                        wait_state(ext, state::pipe_bit(self.id), false, self.ack_timeout, "pipe", self.id);
+                }
+                None => {
+                    let _ = self.regs.card_disable(self.ack_timeout, "pipe", self.id);
+                }
+            }
             self.ids.lock().unwrap_or_else(|e| e.into_inner()).free(self.id);
         }
     }
@@ -206,12 +223,30 @@ impl RxCore {
         Some(self.shared.buf.iova() + (off % ring) as u64)
     }
 
+    /// Asks for the pipe's notification: the prefetch doorbell (two register writes: the
+    /// pipe ID, then a new sequence number) or, in card mode, upstream's rewrite of the
+    /// unchanged `rx_head` (one write; a poller cannot see it, the card and the emulator's
+    /// mmio mode can). Counted in [`crate::DeviceStats`].
     fn prefetch(&self) {
-        let slot = &self.shared.prefetch;
-        let seq = slot.read(prefetch::SEQ).wrapping_add(1);
-        slot.write(prefetch::PIPE_ID, self.shared.id);
-        fence(Ordering::Release);
-        slot.write(prefetch::SEQ, seq);
+        let s = &self.shared;
+        let d = &s.doorbells;
+        match &s.prefetch {
+            Some(slot) => {
+                let seq = slot.read(prefetch::SEQ).wrapping_add(1);
+                slot.write(prefetch::PIPE_ID, s.id);
+                fence(Ordering::Release);
+                slot.write(prefetch::SEQ, seq);
+                d.wrote(slot, 2);
+            }
+            None => {
+                if !s.is_alive() {
+                    return;
+                }
+                s.regs.write(queue::RX_HEAD, s.head());
+                d.wrote(&s.regs, 1);
+            }
+        }
+        d.prefetches.fetch_add(1, Ordering::Relaxed);
     }
 }
 

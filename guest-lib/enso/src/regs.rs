@@ -1,10 +1,13 @@
 //! Register access for the datapath: BAR2 queue pages and the BAR0 prefetch doorbell are
-//! memory-mapped and written with plain volatile stores, never trapped MMIO.
+//! memory-mapped and written with plain volatile stores (on the card, and in the
+//! emulator's shared register mode), or reached through trapped accesses when the
+//! transport does not map them (the emulator's mmio register mode) and the caller allowed
+//! it.
 
 use crate::{Error, Result};
 use device_access::Bar;
 use std::ptr::NonNull;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use testbed_regs::enso::{queue, EXT_BAR, QUEUE_BAR};
 
@@ -42,6 +45,13 @@ impl RegWindow {
     /// A BAR0 prefetch doorbell slot (8 bytes).
     pub(crate) fn prefetch_slot(bar: &Bar, slot: u64, allow_trapped: bool) -> Result<Self> {
         Self::new(bar, EXT_BAR, slot, 8, allow_trapped)
+    }
+
+    /// Whether the window is memory-mapped (a page the device polls) rather than reached
+    /// through trapped accesses.
+    #[inline]
+    pub(crate) fn is_mapped(&self) -> bool {
+        self.mapped.is_some()
     }
 
     /// Writes the u32 at `off` of the window.
@@ -89,6 +99,88 @@ impl RegWindow {
         fence(Ordering::Release);
         self.write(queue::RX_MEM_LOW, 0);
         self.write(queue::RX_MEM_HIGH, 0);
+    }
+
+    /// Card mode: writes 0 to the register at `off` and reads it back until it sticks
+    /// (upstream's reset). On the card, and in the emulator's mmio mode, the read returns
+    /// after the write took effect in the device.
+    pub(crate) fn zero_and_read_back(
+        &self,
+        off: u64,
+        timeout: Duration,
+        what: &'static str,
+        id: u32,
+    ) -> Result<()> {
+        self.write(off, 0);
+        let start = Instant::now();
+        while self.read(off) != 0 {
+            if start.elapsed() > timeout {
+                return Err(Error::NotAcknowledged { what, id, enable: false, waited: timeout });
+            }
+            std::thread::yield_now();
+        }
+        Ok(())
+    }
+
+    /// Card mode: upstream's queue reset, in its order: the address (which stops the
+    /// queue), then the tail and the head, each written 0 and read back.
+    pub(crate) fn card_reset(&self, timeout: Duration, what: &'static str, id: u32) -> Result<()> {
+        fence(Ordering::Release);
+        for off in [queue::RX_MEM_LOW, queue::RX_MEM_HIGH, queue::RX_TAIL, queue::RX_HEAD] {
+            self.zero_and_read_back(off, timeout, what, id)?;
+        }
+        Ok(())
+    }
+
+    /// Card mode: programs a queue's address in upstream's order, the low half (with the
+    /// low-bit tag) first; the card takes the queue as live once the address is non-zero.
+    /// A release fence first publishes everything the device will read from the buffer.
+    pub(crate) fn card_enable(&self, addr: u64, low_bits: u32) {
+        fence(Ordering::Release);
+        self.write(queue::RX_MEM_LOW, addr as u32 | low_bits);
+        self.write(queue::RX_MEM_HIGH, (addr >> 32) as u32);
+    }
+
+    /// Card mode: stops a queue (address 0, read back). The card acknowledges nothing: on
+    /// a polled page (the emulator's shared mode) the device sees the new address at its
+    /// next polling round, so wait [`CARD_QUIESCE`] before the buffers go; a trapped
+    /// read-back returns after the device applied the write.
+    pub(crate) fn card_disable(&self, timeout: Duration, what: &'static str, id: u32) -> Result<()> {
+        fence(Ordering::Release);
+        self.zero_and_read_back(queue::RX_MEM_LOW, timeout, what, id)?;
+        self.zero_and_read_back(queue::RX_MEM_HIGH, timeout, what, id)?;
+        if self.is_mapped() {
+            std::thread::sleep(CARD_QUIESCE);
+        }
+        Ok(())
+    }
+}
+
+/// Card mode: how long the driver waits after stopping a queue on a mapped page before it
+/// frees the queue's buffers (the card has no acknowledgement; the emulator re-reads a live
+/// queue's address every polling round, rounds are at most about a millisecond apart).
+pub(crate) const CARD_QUIESCE: Duration = Duration::from_millis(5);
+
+/// Datapath doorbell writes counted on the driver side, shared by a [`crate::Device`]
+/// and its pipes (which write their heads and prefetch doorbells without it).
+#[derive(Debug, Default)]
+pub(crate) struct Doorbells {
+    /// Pipe `rx_head` writes that free RX space.
+    pub(crate) pipe_heads: AtomicU64,
+    /// Prefetch doorbells rung (two register writes each).
+    pub(crate) prefetches: AtomicU64,
+    /// Pipe head and prefetch register writes that went to memory-mapped (polled) pages.
+    pub(crate) polled: AtomicU64,
+}
+
+impl Doorbells {
+    /// Counts `n` register writes just made through `w` toward `polled` when `w` is a
+    /// polled page (a trapped write is counted by the device as trapped MMIO).
+    #[inline]
+    pub(crate) fn wrote(&self, w: &RegWindow, n: u64) {
+        if w.is_mapped() {
+            self.polled.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 

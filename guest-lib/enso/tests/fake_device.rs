@@ -57,7 +57,7 @@ impl Mem {
 
     fn rx_mem(&self, page: u64) -> u64 {
         ((self.q(page, queue::RX_MEM_HIGH) as u64) << 32)
-            | (self.q(page, queue::RX_MEM_LOW) & queue::PIPE_ADDR_MASK) as u64
+            | (self.q(page, queue::RX_MEM_LOW) & queue::PIPE_ADDR_MASK & !queue::ENABLE) as u64
     }
 }
 
@@ -387,6 +387,11 @@ fn rx_pipe_recv_confirm_and_misuse() {
     assert_eq!(rd32(fake.mem.prefetch.as_ptr(), slot + prefetch::SEQ), 2);
     assert_eq!(fake.mem.trapped.load(Ordering::Relaxed), trapped_before, "datapath used trapped MMIO");
     assert_eq!(dev.stats().rx_notifications, 1);
+    // Every doorbell into the polled pages is counted, each prefetch as two writes: the
+    // pair's rx_head once, the pipe's head twice, two prefetches.
+    let st = dev.stats();
+    assert_eq!((st.rx_head_writes, st.pipe_head_writes, st.prefetches), (1, 2, 2), "{st:?}");
+    assert_eq!(st.polled_doorbell_writes, 1 + 2 + 2 * 2, "{st:?}");
 
     // A notification for a pipe nobody owns is counted, not delivered.
     fake.rx(5, &[]);
@@ -454,7 +459,9 @@ fn rx_tx_echo_frees_after_completion_and_wraps() {
     assert_eq!(got_frames, exp_frames);
     dev.wait_tx_idle(Duration::from_secs(5)).unwrap();
     assert_eq!(fake.q(pipe_page(1), queue::RX_HEAD), (ring_flits - 3 + 7) % ring_flits);
-    assert!(dev.stats().rx_frees_on_completion >= 2);
+    // One free per completed batch (the split batch frees once, on its last chunk).
+    let st = dev.stats();
+    assert_eq!((st.rx_frees_on_completion, st.pipe_head_writes), (2, 2), "{st:?}");
 }
 
 #[test]

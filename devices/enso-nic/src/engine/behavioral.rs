@@ -132,8 +132,8 @@ impl BehavioralEngine {
     fn notify(&mut self, pipe: u32, tail: u32, io: &mut dyn EngineIo) -> bool {
         let nb_id = self.pipes[pipe as usize].nb;
         let entries = self.entries;
-        let Some(nb) = self.nbs.get_mut(nb_id as usize).filter(|n| n.enabled) else {
-            // Nowhere to write it: the pair is disabled.
+        let Some(nb) = self.nbs.get_mut(nb_id as usize).filter(|n| n.enabled && n.rx_ring != 0) else {
+            // Nowhere to write it: the pair is not live, or its RX ring address is not set.
             io.count(c::DMA_ERRORS, 1);
             return false;
         };
