@@ -151,7 +151,12 @@ enum Cmd {
     /// Find or build QEMU (>= 10.1 with vfio-user-pci); prints the binary's path.
     Qemu,
     /// Build the guest program and image (cached); prints the kernel and initrd paths.
-    Image,
+    Image {
+        /// Also fetch the image kernel's headers (linux-headers, linux-kbuild; cached) and
+        /// print their build folder (third line), for `make -C DIR M=$PWD modules`.
+        #[arg(long)]
+        headers: bool,
+    },
     /// Print the accelerator guests will use (probing KVM if needed).
     Accel {
         #[arg(long, value_enum, default_value = "auto")]
@@ -1130,11 +1135,15 @@ fn execute(cmd: Cmd) -> Result<Outcome> {
             let q = cache::workspace_root().and_then(|r| qemu::ensure_qemu(&r))?;
             Outcome::text(format!("{}\n", q.bin.display()))
         }
-        Cmd::Image => {
+        Cmd::Image { headers } => {
             let img = cache::workspace_root()
                 .and_then(|root| image::build_guest_binary(&root))
                 .and_then(|g| image::ensure_image(&g))?;
-            Outcome::text(format!("{}\n{}\n", img.kernel.display(), img.initrd.display()))
+            let mut out = format!("{}\n{}\n", img.kernel.display(), img.initrd.display());
+            if headers {
+                out += &format!("{}\n", image::ensure_headers(&img)?.display());
+            }
+            Outcome::text(out)
         }
         Cmd::Rtl => Outcome::text(format!("{}\n", testbed::rtl::ensure()?.display())),
         Cmd::Accel { accel } => Outcome::text(format!("{}\n", run::Env::provision(accel)?.accel.name())),

@@ -330,3 +330,65 @@ fn a_refused_topology_boots_nothing_and_names_line_and_field() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn from_host_a_dynamic_c_program_runs_and_a_module_built_against_the_headers_loads() {
+    let _one = serial();
+    let dir = scratch("host");
+    let (state, share) = (dir.join("state"), dir.join("share"));
+    std::fs::create_dir_all(&share).unwrap();
+    // A C program against Debian 12's libc (dynamically linked), built here.
+    std::fs::write(
+        share.join("hello.c"),
+        "#include <stdio.h>\n#include <math.h>\nint main(int c, char **v) { printf(\"hi %s %.0f\\n\", v[1], sqrt(49.0)); fprintf(stderr, \"e\\n\"); return 5; }\n",
+    )
+    .unwrap();
+    let cc =
+        Command::new("gcc").current_dir(&share).args(["-o", "hello", "hello.c", "-lm"]).status().unwrap();
+    assert!(cc.success());
+    // A module against the image kernel's headers.
+    let img = Command::new(bin()).args(["image", "--headers"]).output().unwrap();
+    let (code, out, err) = (
+        img.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&img.stdout).into_owned(),
+        String::from_utf8_lossy(&img.stderr).into_owned(),
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let headers = out.lines().nth(2).expect("the headers folder on the third line").to_string();
+    std::fs::write(
+        share.join("tbhello.c"),
+        "#include <linux/module.h>\nstatic int __init h_init(void) { pr_info(\"tbhello: loaded\\n\"); return 0; }\nstatic void __exit h_exit(void) {}\nmodule_init(h_init);\nmodule_exit(h_exit);\nMODULE_LICENSE(\"GPL\");\n",
+    )
+    .unwrap();
+    std::fs::write(share.join("Makefile"), "obj-m := tbhello.o\n").unwrap();
+    let make = Command::new("make")
+        .args(["-C", &headers, &format!("M={}", share.display()), "modules"])
+        .output()
+        .unwrap();
+    assert!(
+        make.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&make.stdout),
+        String::from_utf8_lossy(&make.stderr)
+    );
+
+    let (code, out, err) = testbed(&state, &["up", "--share", share.to_str().unwrap()]);
+    assert_eq!(code, 0, "up: {out}{err}");
+    let (code, out, err) = testbed(&state, &["exec", "guest0", "--", "/host/hello", "there"]);
+    assert_eq!((code, out.as_str(), err.as_str()), (5, "hi there 7\n", "e\n"));
+    let (code, out, err) = testbed(&state, &["exec", "guest0", "--", "insmod", "/host/tbhello.ko"]);
+    assert_eq!(code, 0, "insmod: {out}{err}");
+    let (_, modules, _) = testbed(&state, &["exec", "guest0", "--", "cat", "/proc/modules"]);
+    assert!(modules.contains("tbhello"), "{modules}");
+    let (_, dmesg, _) = testbed(&state, &["exec", "guest0", "--", "dmesg"]);
+    assert!(dmesg.contains("tbhello: loaded"), "{dmesg}");
+    // Files the guest writes appear on the host.
+    let (code, _, _) =
+        testbed(&state, &["exec", "guest0", "--", "sh", "-c", "echo from-guest > /host/written"]);
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::read_to_string(share.join("written")).unwrap(), "from-guest\n");
+    let (code, _, err) = testbed(&state, &["down"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(leftovers(&state).is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

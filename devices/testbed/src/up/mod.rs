@@ -522,6 +522,9 @@ impl Agent {
             }
         };
         let mut reader = BufReader::new(stream.try_clone()?);
+        // A new session: the agent answers with its ready line and drops replies to requests of
+        // any earlier connection (virtio-serial may not tell it that the host reconnected).
+        (&stream).write_all(b"{\"id\":0,\"op\":\"hello\"}\n")?;
         let (tx, rx) = mpsc::channel::<Value>();
         // The reader thread: the first ready line, then replies by id.
         let agent = Arc::new(Agent {
@@ -539,6 +542,7 @@ impl Agent {
                     Ok(_) => {}
                 }
                 let Ok(v) = serde_json::from_str::<Value>(line.trim()) else { continue };
+                // A ready line (ours to `hello`, id 0, or unprompted after the agent restarted).
                 if v["event"] == "ready" {
                     let _ = tx.send(v);
                     continue;
