@@ -29,21 +29,23 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -q -- -D warnings
 
+target=${CARGO_TARGET_DIR:-target}
+bin="$target/debug/testbed"
 echo "== provisioning (QEMU, guest image, accelerator, RTL co-simulation)"
 cargo build -q -p testbed
-./target/debug/testbed qemu
-./target/debug/testbed image
-./target/debug/testbed accel
-./target/debug/testbed rtl
+"$bin" qemu
+"$bin" image
+"$bin" accel
+"$bin" rtl
 
 echo "== tests"
-cargo test --workspace 2>&1 | tee target/test.log
+cargo test --workspace 2>&1 | tee "$target/test.log"
 
 echo "== fuzzing (cargo fuzz: every target for at most 30 s, at most 6 minutes in all)"
 ./ci/fuzz.sh
 
 echo "== soak (hostile, killed and well-behaved clients against long-lived servers; < 3 minutes)"
-./target/debug/testbed soak --minutes 2.5 --seed "${SOAK_SEED:-17}"
+"$bin" soak --minutes 2.5 --seed "${SOAK_SEED:-17}"
 
 echo "== RTL benches (Verilator)"
 ./rtl/run-benches.sh
