@@ -901,7 +901,9 @@ mod tests {
             }
             assert!(matches!(m.map(0x9_0000_0000, 4096, None, 0, true), Err(MapError::TooMany { .. })));
             let took = t.elapsed();
-            assert!(took < std::time::Duration::from_secs(2), "{MAX_DMA_MAPS} maps took {took:?}");
+            // Well under a second here; the generous bound only catches quadratic inserts
+            // (which took 22 s), not a loaded machine.
+            assert!(took < std::time::Duration::from_secs(15), "{MAX_DMA_MAPS} maps took {took:?}");
             assert_eq!(m.ranges(), MAX_DMA_MAPS);
             let mut b = [0u8; 4];
             assert!(matches!(m.read(0x1_0000_0000 + 100 * 8192, &mut b), Err(DmaError::Unmapped { .. })));

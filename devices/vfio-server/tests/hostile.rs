@@ -165,7 +165,7 @@ fn a_stalled_client_blocks_neither_the_next_client_nor_stop() {
 }
 
 /// Defect 6: `max_dma_maps` is advertised and enforced: the 65 536th map fails with
-/// ENOSPC, and 65 535 maps take well under 2 s.
+/// ENOSPC, and 65 535 maps cost linear time (about a second here).
 #[test]
 fn dma_map_limit_is_advertised_and_enforced() {
     let (server, path, _dev) = serve("maps");
@@ -182,7 +182,10 @@ fn dma_map_limit_is_advertised_and_enforced() {
     let took = t.elapsed();
     let r = c.dma_map(0x9_0000_0000, 0x1000, None, 0).unwrap();
     assert_eq!(r.error, libc::ENOSPC as u32, "the 65 536th map");
-    assert!(took < Duration::from_secs(2), "{max} maps took {took:?}");
+    // Measured here at 0.5-4 s depending on load (quadratic inserts took 22 s): the bound
+    // only catches a return to quadratic cost, it does not time the machine.
+    eprintln!("{max} maps took {took:?}");
+    assert!(took < Duration::from_secs(15), "{max} maps took {took:?}: quadratic again?");
     // Unmapping one makes room for one.
     assert!(c.dma_unmap(0x1_0000_0000, 0x1000, 0).unwrap().ok());
     assert!(c.dma_map(0x9_0000_0000, 0x1000, None, 0).unwrap().ok());
