@@ -24,7 +24,7 @@ use pcie_model::{BarBacking, Counters, DeviceContext, Dma, DmaClass, OpKind, OpR
 use std::sync::{Arc, Mutex, MutexGuard};
 use testbed_regs::accel::reg::counter as c;
 use testbed_regs::accel::{self as regs, cqe, db, desc, reg, status};
-use testbed_regs::record::{self, Header};
+use testbed_regs::record::{Assembler, NotARecord};
 
 /// Largest command input.
 pub const MAX_INPUT: u32 = 64 << 10;
@@ -55,14 +55,10 @@ struct Stream {
     dest_size: u32,
     key: [u8; 32],
     enabled: bool,
-    /// Bytes accepted from the window (the writer's running offset).
-    in_off: u64,
     /// Bytes pushed to the destination.
     dest_off: u64,
-    /// Accepted bytes not yet processed.
-    pending: Vec<u8>,
-    /// Stream offset of `pending[0]`.
-    consumed: u64,
+    /// The records being written into the window.
+    records: Assembler,
 }
 
 /// The trapped registers and queue state, shared by the register side and the thread.
@@ -106,14 +102,8 @@ impl StreamPort {
     pub fn push(&self, offset: u64, data: &[u8]) -> bool {
         let mut st = self.shared.state();
         let s = &mut st.stream;
-        let w = regs::STREAM_WINDOW_SIZE;
-        let gap = (offset % w + w - s.in_off % w) % w;
-        let ok = s.enabled && gap < w / 2 && s.pending.len() as u64 + gap + data.len() as u64 <= w;
-        if ok {
-            s.pending.resize(s.pending.len() + gap as usize, 0);
-            s.pending.extend_from_slice(data);
-            s.in_off += gap + data.len() as u64;
-        } else {
+        let ok = s.enabled && s.records.accept(offset, data, regs::STREAM_WINDOW_SIZE);
+        if !ok {
             self.shared.counters.add(c::STREAM_DROPS, 1);
         }
         ok
@@ -270,7 +260,7 @@ impl Accelerator {
             reg::STREAM_DEST_SIZE => s.dest_size,
             reg::STREAM_CTRL => s.enabled as u32,
             reg::STREAM_DEST_OFFSET => s.dest_off as u32,
-            reg::STREAM_IN_OFFSET => s.in_off as u32,
+            reg::STREAM_IN_OFFSET => s.records.offset() as u32,
             o if (reg::STREAM_KEY..reg::STREAM_KEY + 32).contains(&o) => {
                 let i = (o - reg::STREAM_KEY) as usize;
                 u32::from_le_bytes(s.key[i..i + 4].try_into().unwrap_or_default())
@@ -340,15 +330,13 @@ impl Accelerator {
                     return true;
                 }
                 s.enabled = true;
-                s.in_off = 0;
                 s.dest_off = 0;
-                s.consumed = 0;
-                s.pending.clear();
+                s.records = Assembler::default();
             }
             reg::STREAM_CTRL if v == 0 => {
                 let s = &mut st.stream;
                 s.enabled = false;
-                s.pending.clear();
+                s.records.clear();
             }
             reg::STREAM_CTRL if v == 1 => {}
             reg::COUNTERS_CLEAR if v == 1 => self.shared.counters.clear(),
@@ -409,7 +397,7 @@ impl Datapath {
             self.last_tail = 0;
             self.bad_tail = None;
         }
-        if st.stream.enabled && !st.stream.pending.is_empty() {
+        if st.stream.enabled && !st.stream.records.is_empty() {
             // Take the complete records out, then compute and push without the lock: a
             // push may reach another device whose own thread pushes back to us.
             let records = self.take_records(&mut st.stream);
@@ -516,23 +504,14 @@ impl Datapath {
     fn take_records(&mut self, s: &mut Stream) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
         loop {
-            let skip = ((64 - s.consumed % 64) % 64) as usize;
-            if s.pending.len() < skip + record::HEADER {
-                break;
+            match s.records.next_record() {
+                Ok(Some((_, rec))) => out.push(rec),
+                Ok(None) => break,
+                Err(NotARecord) => {
+                    self.local.add(c::STREAM_BAD_RECORDS, 1);
+                    break;
+                }
             }
-            let Some(h) = Header::parse(&s.pending[skip..]) else {
-                self.local.add(c::STREAM_BAD_RECORDS, 1);
-                s.consumed += s.pending.len() as u64;
-                s.pending.clear();
-                break;
-            };
-            let n = h.record_len();
-            if s.pending.len() < skip + n {
-                break;
-            }
-            out.push(s.pending[skip..skip + n].to_vec());
-            s.pending.drain(..skip + n);
-            s.consumed += (skip + n) as u64;
         }
         out
     }

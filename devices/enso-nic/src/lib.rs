@@ -373,7 +373,7 @@ impl EnsoNic {
                 s.stream.rx_slots[((o - ext::STREAM_RX_PIPE) / 4) as usize].load(Ordering::Acquire)
             }
             ext::STREAM_TX_CTRL => s.stream.tx().enabled as u32,
-            ext::STREAM_TX_OFFSET => s.stream.tx().in_off as u32,
+            ext::STREAM_TX_OFFSET => s.stream.tx().records.offset() as u32,
             o if (ext::STREAM_TX_TEMPLATE..ext::STREAM_TX_TEMPLATE + 44).contains(&o) => {
                 let i = (o - ext::STREAM_TX_TEMPLATE) as usize;
                 u32::from_le_bytes(s.stream.tx().template[i..i + 4].try_into().unwrap_or_default())

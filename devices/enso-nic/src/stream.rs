@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use testbed_regs::enso::ext::{STREAM_ENABLE, STREAM_RX_SLOTS, STREAM_TX_WINDOW_SIZE};
 use testbed_regs::enso::{pipe_page, queue};
-use testbed_regs::record::{Header, FRAME_HEADER, HEADER};
+use testbed_regs::record::{Assembler, FRAME_HEADER};
 
 /// Stream state shared by the register side, the device thread and switch ports.
 #[derive(Default)]
@@ -22,9 +22,7 @@ pub struct StreamRegs {
     pub tx_pending: AtomicBool,
 }
 
-/// The TX stream window held bytes that do not parse as a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NotARecord;
+pub use testbed_regs::record::NotARecord;
 
 /// The TX stream window's state.
 #[derive(Debug)]
@@ -32,18 +30,15 @@ pub struct TxStream {
     pub enabled: bool,
     /// The header template (42 bytes used).
     pub template: [u8; 44],
-    /// Bytes accepted (the writer's running offset, padding included).
-    pub in_off: u64,
-    /// Stream offset of `pending[0]`.
-    pub consumed: u64,
-    pub pending: Vec<u8>,
+    /// The records being written.
+    pub records: Assembler,
     /// Writes or records dropped since the device thread last counted them.
     pub drops: u64,
 }
 
 impl Default for TxStream {
     fn default() -> Self {
-        TxStream { enabled: false, template: [0; 44], in_off: 0, consumed: 0, pending: Vec::new(), drops: 0 }
+        TxStream { enabled: false, template: [0; 44], records: Assembler::default(), drops: 0 }
     }
 }
 
@@ -71,42 +66,20 @@ impl StreamRegs {
 }
 
 impl TxStream {
-    /// Accepts a write of `data` at window `offset`: at or after the current end (a gap
-    /// is padding between records), within half a window. False when refused.
+    /// Accepts a write of `data` at window `offset` ([`Assembler::accept`]). False, and
+    /// counted as a drop, when refused or the stream is off.
     pub fn push(&mut self, offset: u64, data: &[u8]) -> bool {
-        let w = STREAM_TX_WINDOW_SIZE;
-        let gap = (offset % w + w - self.in_off % w) % w;
-        let fits = self.pending.len() as u64 + gap + data.len() as u64 <= w;
-        if !self.enabled || gap >= w / 2 || !fits {
+        if !self.enabled || !self.records.accept(offset, data, STREAM_TX_WINDOW_SIZE) {
             self.drops += 1;
             return false;
         }
-        self.pending.resize(self.pending.len() + gap as usize, 0);
-        self.pending.extend_from_slice(data);
-        self.in_off += gap + data.len() as u64;
         true
     }
 
-    /// Takes the next complete record (each starts on a 64-byte boundary of the stream);
-    /// an error when the bytes there are not a record (everything pending is dropped).
+    /// Takes the next complete record; an error when the bytes there are not a record
+    /// (everything pending is dropped).
     pub fn next_record(&mut self) -> Result<Option<Vec<u8>>, NotARecord> {
-        let skip = ((64 - self.consumed % 64) % 64) as usize;
-        if self.pending.len() < skip + HEADER {
-            return Ok(None);
-        }
-        let Some(h) = Header::parse(&self.pending[skip..]) else {
-            self.consumed += self.pending.len() as u64;
-            self.pending.clear();
-            return Err(NotARecord);
-        };
-        let n = h.record_len();
-        if self.pending.len() < skip + n {
-            return Ok(None);
-        }
-        let rec = self.pending[skip..skip + n].to_vec();
-        self.pending.drain(..skip + n);
-        self.consumed += (skip + n) as u64;
-        Ok(Some(rec))
+        Ok(self.records.next_record()?.map(|(_, rec)| rec))
     }
 
     /// The frame carrying `rec`: the template with lengths and IPv4 checksum filled in.
@@ -114,16 +87,7 @@ impl TxStream {
         out.clear();
         out.extend_from_slice(&self.template[..FRAME_HEADER]);
         out.extend_from_slice(rec);
-        let ip_len = (20 + 8 + rec.len()) as u16;
-        out[16..18].copy_from_slice(&ip_len.to_be_bytes());
-        out[24..26].copy_from_slice(&[0, 0]);
-        let mut sum: u32 = out[14..34].chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        out[24..26].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-        out[38..40].copy_from_slice(&((8 + rec.len()) as u16).to_be_bytes());
-        out[40..42].copy_from_slice(&[0, 0]);
+        testbed_regs::inet::set_udp_lengths(out, rec.len());
     }
 }
 
@@ -165,7 +129,7 @@ impl CreditPort {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use testbed_regs::record::KIND_RESULT;
+    use testbed_regs::record::{Header, HEADER, KIND_RESULT};
 
     fn rec(seq: u32, len: usize) -> Vec<u8> {
         let mut r = vec![7u8; HEADER + len];
@@ -189,7 +153,7 @@ mod tests {
         assert_eq!(t.drops, 1);
         assert!(t.push(320, &[0xff; 64]));
         assert_eq!(t.next_record(), Err(NotARecord), "not a record");
-        assert!(t.pending.is_empty());
+        assert!(t.records.is_empty());
         let mut f = Vec::new();
         t.template[12] = 8;
         t.template[14] = 0x45;

@@ -15,6 +15,7 @@ use pcie_model::{Counters, DmaError, DmaSpace};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use testbed_regs::nagare::{self as regs, reg, reg::counter as c};
+use testbed_regs::record::{Assembler, NotARecord};
 
 /// A device's input window, as the fabric delivers to it.
 pub trait Ingress: Send + Sync {
@@ -464,11 +465,8 @@ struct Glue {
     state: [u8; 32],
     /// The glue region: command ring, completion ring, staging, bounce.
     mem: Vec<u8>,
-    /// Staging assembler: bytes accepted (writer's running offset), the stream offset of
-    /// `pending[0]`, and the bytes not yet staged.
-    in_off: u64,
-    consumed: u64,
-    pending: Vec<u8>,
+    /// The records being written into the staging ring.
+    records: Assembler,
     /// Bytes that did not parse as a record were dropped.
     malformed: bool,
     tail: u32,
@@ -487,9 +485,7 @@ impl Glue {
             op: h.op as u8,
             state: h.state,
             mem: vec![0; regs::GLUE_REGION as usize],
-            in_off: 0,
-            consumed: 0,
-            pending: Vec::new(),
+            records: Assembler::default(),
             malformed: false,
             tail: 0,
             in_flight: 0,
@@ -500,41 +496,17 @@ impl Glue {
         }
     }
 
-    /// As a device's stream window: at or after the end (a gap is padding), within half
-    /// the staging ring.
+    /// As a device's stream window ([`Assembler::accept`] over the staging ring).
     fn accept(&mut self, offset: u64, data: &[u8]) -> bool {
-        let w = regs::GLUE_STAGING_SIZE;
-        let gap = (offset % w + w - self.in_off % w) % w;
-        if gap >= w / 2 || self.pending.len() as u64 + gap + data.len() as u64 > w {
-            return false;
-        }
-        self.pending.resize(self.pending.len() + gap as usize, 0);
-        self.pending.extend_from_slice(data);
-        self.in_off += gap + data.len() as u64;
-        true
+        self.records.accept(offset, data, regs::GLUE_STAGING_SIZE)
     }
 
     /// The next complete record (64-byte aligned in the stream) and its stream offset.
     fn next_record(&mut self) -> Option<(u64, Vec<u8>)> {
-        let skip = ((64 - self.consumed % 64) % 64) as usize;
-        if self.pending.len() < skip + testbed_regs::record::HEADER {
-            return None;
-        }
-        let Some(h) = testbed_regs::record::Header::parse(&self.pending[skip..]) else {
-            self.consumed += self.pending.len() as u64;
-            self.pending.clear();
+        self.records.next_record().unwrap_or_else(|NotARecord| {
             self.malformed = true;
-            return None;
-        };
-        let n = h.record_len();
-        if self.pending.len() < skip + n {
-            return None;
-        }
-        let at = self.consumed + skip as u64;
-        let rec = self.pending[skip..skip + n].to_vec();
-        self.pending.drain(..skip + n);
-        self.consumed = at + n as u64;
-        Some((at, rec))
+            None
+        })
     }
 
     /// Stages `rec` and writes its descriptor; the new tail, or None when the ring is full.

@@ -101,6 +101,79 @@ impl Header {
     }
 }
 
+/// Bytes in a stream that do not parse as a record (the assembler dropped what it held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotARecord;
+
+/// Cuts records out of a stream window (the window contract of `docs/nagare.md`): a
+/// writer writes at its running offset modulo the window; a forward gap is padding, since
+/// every record starts on a 64-byte boundary of the stream. The one home of that contract
+/// for every device with a stream window (the NIC's TX window, the accelerators, the
+/// switch's glue).
+#[derive(Debug, Default, Clone)]
+pub struct Assembler {
+    /// Bytes accepted (the writer's running offset, padding included).
+    in_off: u64,
+    /// Stream offset of `pending[0]`.
+    consumed: u64,
+    pending: Vec<u8>,
+}
+
+impl Assembler {
+    /// Accepts a write of `data` at window `offset` of a `window`-byte window: at or after
+    /// the current end, less than half a window ahead, and fitting beside what is held.
+    /// False (nothing taken) otherwise.
+    pub fn accept(&mut self, offset: u64, data: &[u8], window: u64) -> bool {
+        let w = window;
+        let gap = (offset % w + w - self.in_off % w) % w;
+        if gap >= w / 2 || self.pending.len() as u64 + gap + data.len() as u64 > w {
+            return false;
+        }
+        self.pending.resize(self.pending.len() + gap as usize, 0);
+        self.pending.extend_from_slice(data);
+        self.in_off += gap + data.len() as u64;
+        true
+    }
+
+    /// The next complete record and its stream offset; an error when the bytes at the
+    /// next record boundary are not a record header (everything held is dropped).
+    pub fn next_record(&mut self) -> Result<Option<(u64, Vec<u8>)>, NotARecord> {
+        let skip = ((64 - self.consumed % 64) % 64) as usize;
+        if self.pending.len() < skip + HEADER {
+            return Ok(None);
+        }
+        let Some(h) = Header::parse(&self.pending[skip..]) else {
+            self.consumed += self.pending.len() as u64;
+            self.pending.clear();
+            return Err(NotARecord);
+        };
+        let n = h.record_len();
+        if self.pending.len() < skip + n {
+            return Ok(None);
+        }
+        let at = self.consumed + skip as u64;
+        let rec = self.pending[skip..skip + n].to_vec();
+        self.pending.drain(..skip + n);
+        self.consumed = at + n as u64;
+        Ok(Some((at, rec)))
+    }
+
+    /// The writer's running offset (bytes accepted, padding included).
+    pub fn offset(&self) -> u64 {
+        self.in_off
+    }
+
+    /// Whether no accepted bytes wait.
+    pub fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Drops the bytes held, keeping the offsets (a stream turned off).
+    pub fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,5 +191,30 @@ mod tests {
         b[10] = 0;
         b[LEN..LEN + 4].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
         assert_eq!(Header::parse(&b), None, "oversized payload");
+    }
+
+    #[test]
+    fn the_assembler_cuts_records_on_64_byte_boundaries() {
+        let rec = |seq: u32, len: u32| {
+            let mut b = vec![seq as u8; HEADER + len as usize];
+            Header { len, seq, kind: KIND_IMAGE, stream: 0, nonce: [0; 12], tag: [0; 16] }.write(&mut b);
+            b
+        };
+        let (a, b) = (rec(1, 50), rec(2, 10));
+        let mut s = Assembler::default();
+        assert!(s.accept(0, &a[..30], 4096));
+        assert_eq!(s.next_record(), Ok(None), "incomplete");
+        assert!(s.accept(30, &a[30..], 4096));
+        assert!(s.accept(128, &b, 4096), "a forward gap is padding");
+        assert_eq!(s.next_record(), Ok(Some((0, a))));
+        assert_eq!(s.next_record(), Ok(Some((128, b))));
+        assert_eq!(s.next_record(), Ok(None));
+        assert_eq!(s.offset(), 128 + 50);
+        assert!(!s.accept(5, &[0; 10], 4096), "behind the end: refused");
+        assert!(!s.accept(178 + 2048, &[0; 10], 4096), "half a window ahead: refused");
+        assert!(!s.accept(178, &vec![0; 4097], 4096), "larger than the window: refused");
+        assert!(s.accept(192, &[0xff; 64], 4096));
+        assert_eq!(s.next_record(), Err(NotARecord));
+        assert!(s.is_empty(), "the bad bytes are dropped");
     }
 }

@@ -97,7 +97,7 @@ impl Traffic for MaglevTraffic {
         if !backends.contains(&rt.dst_ip) {
             return Err(format!("sent to {:#x}, not a backend", rt.dst_ip));
         }
-        if r[frame::L4..] != sent[frame::L4..] || frame::ipv4_checksum(&r[14..34]) != 0 {
+        if r[frame::L4..] != sent[frame::L4..] || testbed_regs::inet::checksum(&r[14..34]) != 0 {
             return Err("payload or checksum changed".into());
         }
         let b = *self.backend_of.entry(t).or_insert(rt.dst_ip);

@@ -164,7 +164,7 @@ fn frame(rec: &[u8]) -> Frame {
     ip[9] = 17;
     ip[12..16].copy_from_slice(&[10, 0, 0, 2]);
     ip[16..20].copy_from_slice(&[10, 1, 0, 1]);
-    let c = wire::generator::ipv4_checksum(ip);
+    let c = testbed_regs::inet::checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     f[34..36].copy_from_slice(&SRC_PORT.to_be_bytes());
     f[36..38].copy_from_slice(&record::UDP_PORT.to_be_bytes());

@@ -25,13 +25,13 @@ use crate::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock
 use crate::vm::{DgramNet, VhostNet, Vm, VmExtras, VmOutcome, VmSpec};
 use anyhow::{bail, Context, Result};
 use guest_apps::ensogen;
-use guest_apps::responder::checksum;
 use serde_json::{json, Value};
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testbed_regs::inet::checksum;
 use vhost_net::{NetConfig, VhostNetBackend};
 use wire::tap::{Dir, TapLog};
 use wire::udp::UdpStats;
@@ -1025,7 +1025,8 @@ pub fn gen_echo(env: Option<&Env>, opts: &RunOptions, o: &GenEchoOptions) -> Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use guest_apps::responder::{checksum, respond, Identity};
+    use guest_apps::responder::{respond, Identity};
+    use testbed_regs::inet::checksum;
     use wire::tap::Seen;
 
     const ME: Identity = Identity { mac: ENSO_MAC, ip: ENSO_IP };

@@ -533,7 +533,7 @@ pub fn build_frame_to(buf: &mut [u8], size: usize, flow: u32, seq: u64, dst: [u8
 }
 
 /// Bytes `0..PATTERN_OFFSET` of frame `(flow, seq)`, built in registers: the IPv4
-/// checksum is summed from the header's words directly (same value as [`ipv4_checksum`]).
+/// checksum is summed from the header's words directly (same value as [`testbed_regs::inet::checksum`]).
 #[inline]
 fn build_header(size: usize, flow: u32, seq: u64) -> [u8; PATTERN_OFFSET] {
     let (sip, dip, sport, dport) = flow_tuple(flow);
@@ -629,16 +629,6 @@ fn pattern_matches(buf: &[u8], seed: u64) -> bool {
     let mask = if rest.is_empty() { 0 } else { u64::MAX >> (64 - 8 * rest.len()) };
     diff |= (u64::from_le_bytes(tail) ^ w) & mask;
     diff == 0
-}
-
-/// The IPv4 header checksum of `hdr` (with its checksum field as it is).
-pub fn ipv4_checksum(hdr: &[u8]) -> u16 {
-    let mut sum: u32 =
-        hdr.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn splitmix64(mut z: u64) -> u64 {
@@ -775,7 +765,7 @@ mod tests {
         {
             let mut f = vec![0; size.max(ETH_MIN_FRAME)];
             build_frame(&mut f, size, flow, seq);
-            assert_eq!(ipv4_checksum(&f[14..34]), 0, "{flow} {seq} {size}");
+            assert_eq!(testbed_regs::inet::checksum(&f[14..34]), 0, "{flow} {seq} {size}");
             let mut g = f.clone();
             assert!(header_eq(&g[..PATTERN_OFFSET], &build_header(size, flow, seq)));
             g[PATTERN_OFFSET - 1] ^= 1;
@@ -803,7 +793,7 @@ mod tests {
         build_frame(&mut f, 64, 0x0001_0203, 7);
         assert_eq!(&f[12..14], &[0x08, 0x00]);
         assert_eq!(u16::from_be_bytes([f[16], f[17]]) as usize + 14, 64, "IPv4 total length + 14");
-        assert_eq!(ipv4_checksum(&f[14..34]), 0, "header checksum verifies");
+        assert_eq!(testbed_regs::inet::checksum(&f[14..34]), 0, "header checksum verifies");
         assert_eq!(&f[26..30], &[10, 0, 2, 3]);
         assert_eq!(u16::from_be_bytes([f[34], f[35]]), 1025);
         assert_eq!(u16::from_be_bytes([f[38], f[39]]), 64 - 34);
@@ -902,7 +892,7 @@ mod tests {
         let c = GenConfig { touch_offset: 63, dst_ip: [10, 1, 0, 2], ..cfg(3_000, 64, 4) };
         let r = run_echo(c.clone(), Duration::from_millis(200), |n, mut f, out| {
             assert_eq!(&f[30..34], &[10, 1, 0, 2]);
-            assert_eq!(ipv4_checksum(&f[14..34]), 0);
+            assert_eq!(testbed_regs::inet::checksum(&f[14..34]), 0);
             f[TOUCH_OFFSET] = f[TOUCH_OFFSET].wrapping_sub(1);
             if n != 9 {
                 f[63] = f[63].wrapping_add(1);

@@ -14,6 +14,7 @@ use device_access::{DeviceAccess, DmaBuffer, DmaOptions};
 use enso::{Device, PacketIter, RxPipe, TxPipe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use testbed_regs::inet;
 use testbed_regs::record::{self, Header, FRAME_HEADER};
 
 /// Which accelerators the chain has.
@@ -147,16 +148,6 @@ fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The IPv4 header checksum of `hdr` (20 bytes, checksum field included as zero).
-fn ipv4_checksum(hdr: &[u8]) -> u16 {
-    let mut sum: u32 =
-        hdr.chunks(2).map(|w| u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)]) as u32).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// The reply header for a request header `req`, carrying `payload` UDP payload bytes:
 /// addresses and ports swapped, lengths and checksum redone.
 fn reply_header(req: &[u8; FRAME_HEADER], payload: usize) -> [u8; FRAME_HEADER] {
@@ -167,13 +158,7 @@ fn reply_header(req: &[u8; FRAME_HEADER], payload: usize) -> [u8; FRAME_HEADER] 
     h[30..34].copy_from_slice(&req[26..30]);
     h[34..36].copy_from_slice(&req[36..38]);
     h[36..38].copy_from_slice(&req[34..36]);
-    let ip_len = (20 + 8 + payload) as u16;
-    h[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    h[24..26].copy_from_slice(&[0, 0]);
-    let c = ipv4_checksum(&h[14..34]);
-    h[24..26].copy_from_slice(&c.to_be_bytes());
-    h[38..40].copy_from_slice(&((8 + payload) as u16).to_be_bytes());
-    h[40..42].copy_from_slice(&[0, 0]);
+    inet::set_udp_lengths(&mut h, payload);
     h
 }
 
@@ -671,7 +656,7 @@ mod tests {
         assert_eq!(u16::from_be_bytes([h[36], h[37]]), 5000);
         assert_eq!(u16::from_be_bytes([h[16], h[17]]), 112);
         assert_eq!(u16::from_be_bytes([h[38], h[39]]), 92);
-        assert_eq!(ipv4_checksum(&h[14..34]), 0, "a valid header sums to zero");
+        assert_eq!(inet::checksum(&h[inet::IPV4]), 0, "a valid header sums to zero");
         assert!(frame_record(&h).is_none(), "not to the chain port, and no record");
     }
 }

@@ -81,7 +81,7 @@ pub fn generated_frame(seq: u64, size: usize, flows: u32, out: &mut [u8]) {
     ip[9] = 17;
     ip[12..16].copy_from_slice(&[10, 0, 1, 1]);
     ip[16..20].copy_from_slice(&[10, 0, 1, 2]);
-    let c = crate::responder::checksum(ip);
+    let c = testbed_regs::inet::checksum(ip);
     ip[10..12].copy_from_slice(&c.to_be_bytes());
     let flow = (seq % u64::from(flows.max(1))) as u16;
     f[34..36].copy_from_slice(&(1024 + flow).to_be_bytes());
@@ -389,7 +389,7 @@ mod tests {
         for size in [MIN_SIZE, 64, 128, 1514] {
             generated_frame(77, size, 8, &mut f);
             assert_eq!(enso::frame_len(&f[..size]), Some(size));
-            assert_eq!(crate::responder::checksum(&f[14..34]), 0);
+            assert_eq!(testbed_regs::inet::checksum(&f[14..34]), 0);
             assert_eq!(u64::from_le_bytes(f[SEQ_OFFSET..SEQ_OFFSET + 8].try_into().unwrap()), 77);
             assert_eq!(u16::from_be_bytes([f[34], f[35]]), 1024 + 77 % 8);
         }

@@ -1,7 +1,9 @@
 //! Ethernet/IPv4/UDP/TCP parsing and the few rewrites the apps need.
 
+use testbed_regs::inet;
+
 /// Ethernet + IPv4 (no options) header bytes.
-pub const L4: usize = 34;
+pub const L4: usize = inet::UDP;
 
 /// A flow's 5-tuple (addresses and ports in host order).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -59,23 +61,12 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The IPv4 header checksum of `hdr` (20 bytes).
-pub fn ipv4_checksum(hdr: &[u8]) -> u16 {
-    let mut sum: u32 = hdr.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// Rewrites the destination MAC and IPv4 address (fixing the IPv4 checksum; UDP/TCP
 /// checksums are left as the sender computed them, as with checksum offload).
 pub fn rewrite_destination(f: &mut [u8], mac: [u8; 6], ip: u32) {
     f[0..6].copy_from_slice(&mac);
     f[30..34].copy_from_slice(&ip.to_be_bytes());
-    f[24..26].copy_from_slice(&[0, 0]);
-    let c = ipv4_checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
+    inet::set_ipv4_checksum(f);
 }
 
 /// Writes into `out` a UDP reply to request frame `req` carrying `payload`: addresses and
@@ -94,12 +85,7 @@ pub fn udp_reply(req: &[u8], payload: &[u8], out: &mut Vec<u8>) {
     ports.copy_from_slice(&out[L4..L4 + 4]);
     out[L4..L4 + 2].copy_from_slice(&ports[2..4]);
     out[L4 + 2..L4 + 4].copy_from_slice(&ports[0..2]);
-    out[16..18].copy_from_slice(&((20 + 8 + payload.len()) as u16).to_be_bytes());
-    out[24..26].copy_from_slice(&[0, 0]);
-    let c = ipv4_checksum(&out[14..34]);
-    out[24..26].copy_from_slice(&c.to_be_bytes());
-    out[L4 + 4..L4 + 6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    out[L4 + 6..L4 + 8].copy_from_slice(&[0, 0]);
+    inet::set_udp_lengths(out, payload.len());
 }
 
 /// Builds an Ethernet/IPv4/UDP frame (for tests and generators).
@@ -114,11 +100,9 @@ pub fn udp_frame(t: &FiveTuple, payload: &[u8]) -> Vec<u8> {
     f[23] = t.proto;
     f[26..30].copy_from_slice(&t.src_ip.to_be_bytes());
     f[30..34].copy_from_slice(&t.dst_ip.to_be_bytes());
-    let c = ipv4_checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&c.to_be_bytes());
     f[L4..L4 + 2].copy_from_slice(&t.src_port.to_be_bytes());
     f[L4 + 2..L4 + 4].copy_from_slice(&t.dst_port.to_be_bytes());
-    f[L4 + 4..L4 + 6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    inet::set_udp_lengths(&mut f, payload.len());
     f[L4 + 8..].copy_from_slice(payload);
     f
 }
@@ -164,16 +148,16 @@ mod tests {
             FiveTuple { src_ip: 0x0a00_0002, dst_ip: 0x0a01_0001, src_port: 5000, dst_port: 80, proto: 17 };
         let mut f = udp_frame(&t, b"hello");
         assert_eq!(FiveTuple::parse(&f), Some(t));
-        assert_eq!(ipv4_checksum(&f[14..34]), 0);
+        assert_eq!(inet::checksum(&f[inet::IPV4]), 0);
         rewrite_destination(&mut f, [9; 6], 0x0b00_0001);
         assert_eq!(FiveTuple::parse(&f).unwrap().dst_ip, 0x0b00_0001);
-        assert_eq!(ipv4_checksum(&f[14..34]), 0, "checksum fixed");
+        assert_eq!(inet::checksum(&f[inet::IPV4]), 0, "checksum fixed");
         let mut r = Vec::new();
         udp_reply(&f, b"world!", &mut r);
         let rt = FiveTuple::parse(&r).unwrap();
         assert_eq!((rt.src_ip, rt.dst_ip, rt.src_port, rt.dst_port), (0x0b00_0001, t.src_ip, 80, 5000));
         assert_eq!(&r[L4 + 8..], b"world!");
-        assert_eq!(ipv4_checksum(&r[14..34]), 0);
+        assert_eq!(inet::checksum(&r[inet::IPV4]), 0);
         assert_eq!(FiveTuple::parse(&f[..20]), None);
     }
 
