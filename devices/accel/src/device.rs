@@ -19,7 +19,7 @@
 use crate::function::Function;
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
 use pcie_model::device_counters::{DeviceCounters, LocalCounts};
-use pcie_model::device_thread::Worker;
+use pcie_model::device_thread::DeviceLoop;
 use pcie_model::{BarBacking, Counters, DeviceContext, Dma, DmaClass, OpKind, OpRole, PciDevice, ShmRegion};
 use std::sync::{Arc, Mutex, MutexGuard};
 use testbed_regs::accel::reg::counter as c;
@@ -149,8 +149,7 @@ pub struct Accelerator {
     func_id: u32,
     shared: Arc<Shared>,
     func: Arc<Mutex<Box<dyn Function>>>,
-    worker: Worker<Datapath>,
-    ctx: Option<DeviceContext>,
+    worker: DeviceLoop<Datapath>,
 }
 
 impl Accelerator {
@@ -184,8 +183,19 @@ impl Accelerator {
         });
         let (name, func_id) = (func.name(), func.id());
         let func = Arc::new(Mutex::new(func));
-        let worker = Worker::new(Datapath::new(&func));
-        Ok(Accelerator { config, name, func_id, shared, func, worker, ctx: None })
+        // Should the model ever panic anyway, it comes back with a fresh datapath rather
+        // than dead.
+        let (f2, sh) = (func.clone(), shared.clone());
+        let worker = DeviceLoop::new(
+            name,
+            Datapath::new(&func),
+            move || Datapath::new(&f2),
+            move |mut st, ctx, stop| {
+                pcie_model::poll::poll_until(&stop, || st.round(&sh, &ctx.dma));
+                st
+            },
+        );
+        Ok(Accelerator { config, name, func_id, shared, func, worker })
     }
 
     /// The crypto accelerator.
@@ -211,22 +221,6 @@ impl Accelerator {
     /// A port into the stream window (see [`StreamPort`]).
     pub fn stream_port(&self) -> StreamPort {
         StreamPort { shared: self.shared.clone() }
-    }
-
-    /// Stops the device thread; true when it was running. Should the model ever panic
-    /// anyway, it comes back with a fresh datapath rather than dead.
-    fn stop_worker(&mut self) -> bool {
-        let func = &self.func;
-        self.worker.stop(|| Datapath::new(func))
-    }
-
-    fn start_worker(&mut self) {
-        let Some(ctx) = self.ctx.clone() else { return };
-        let shared = self.shared.clone();
-        self.worker.start(self.name, move |mut st, stop| {
-            pcie_model::poll::poll_until(&stop, || st.round(&shared, &ctx.dma));
-            st
-        });
     }
 
     fn bad_write(&self) {
@@ -604,38 +598,28 @@ impl PciDevice for Accelerator {
     }
 
     fn attach(&mut self, ctx: DeviceContext) {
-        self.stop_worker();
-        self.ctx = Some(ctx);
-        self.start_worker();
+        self.worker.attach(ctx);
     }
 
     fn detach(&mut self) {
-        self.stop_worker();
-        self.ctx = None;
+        self.worker.detach();
     }
 
     fn reset(&mut self) {
-        let running = self.stop_worker();
-        *self.shared.state() = State::default();
-        self.shared.db.clear();
-        self.shared.counters.clear();
-        if let Some(w) = self.worker.parked_mut() {
+        let (shared, func) = (self.shared.clone(), self.func.clone());
+        self.worker.replace(|old| {
+            *shared.state() = State::default();
+            shared.db.clear();
+            shared.counters.clear();
+            let mut w = old.unwrap_or_else(|| Datapath::new(&func));
             w.last_tail = 0;
             w.bad_tail = None;
             w.ring_generation = 0;
-        }
-        if running {
-            self.start_worker();
-        }
+            w
+        });
     }
 
     fn counters(&self) -> Arc<Counters> {
         self.shared.pcie.clone()
-    }
-}
-
-impl Drop for Accelerator {
-    fn drop(&mut self) {
-        self.stop_worker();
     }
 }

@@ -71,7 +71,7 @@ mod tests;
 
 use engine::{BehavioralEngine, QueueEngine};
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
-use pcie_model::device_thread::Worker;
+use pcie_model::device_thread::DeviceLoop;
 use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
 use stats::NicCounters;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -181,8 +181,7 @@ pub struct EnsoNic {
     /// Makes the queue engine (a fresh one at power-on and every reset).
     engines: EngineFactory,
     /// The device thread and its state.
-    worker: Worker<worker::DeviceState>,
-    ctx: Option<DeviceContext>,
+    worker: DeviceLoop<worker::DeviceState>,
 }
 
 /// Makes a queue engine for a configuration: the behavioural one, or another behind the
@@ -235,8 +234,18 @@ impl EnsoNic {
             ext_mask: AtomicU32::new(0),
             mailbox: mailbox::Mailbox::default(),
         });
-        let worker = Worker::new(worker::DeviceState::new(&shared, engines(&cfg), port));
-        Ok(EnsoNic { config, shared, engines, worker, ctx: None })
+        let state = worker::DeviceState::new(&shared, engines(&cfg), port);
+        // Should the model ever panic anyway, it comes back unplugged rather than taking
+        // the process down.
+        let (sh, en) = (shared.clone(), engines.clone());
+        let sh2 = shared.clone();
+        let worker = DeviceLoop::new(
+            "enso-nic",
+            state,
+            move || Self::unplugged(&sh, &en),
+            move |st, ctx, stop| worker::run(st, sh2.clone(), ctx.dma, stop),
+        );
+        Ok(EnsoNic { config, shared, engines, worker })
     }
 
     /// The behavioural queue engine for `cfg`.
@@ -283,14 +292,7 @@ impl EnsoNic {
     /// thread (if running) is stopped around the swap; queues, flow table and counters
     /// are kept. Frames queued in the old port stay there.
     pub fn replace_port(&mut self, port: Box<dyn EthPort>) -> Box<dyn EthPort> {
-        let running = self.stop_worker();
-        let (shared, engines) = (&self.shared, &self.engines);
-        let st = self.worker.parked_or(|| Self::unplugged(shared, engines));
-        let old = std::mem::replace(&mut st.port, port);
-        if running {
-            self.start_worker();
-        }
-        old
+        self.worker.with_state(|st| std::mem::replace(&mut st.port, port))
     }
 
     /// Takes the port out, leaving the NIC unplugged ([`Disconnected`]: nothing received,
@@ -304,23 +306,11 @@ impl EnsoNic {
         worker::DeviceState::new(shared, engines(&shared.cfg), Box::new(Disconnected))
     }
 
-    /// Stops the device thread; true when it was running. Should the model ever panic
-    /// anyway, it comes back unplugged rather than taking the process down.
-    fn stop_worker(&mut self) -> bool {
-        let (shared, engines) = (&self.shared, &self.engines);
-        self.worker.stop(|| Self::unplugged(shared, engines))
-    }
-
-    fn start_worker(&mut self) {
-        let Some(ctx) = self.ctx.clone() else { return };
-        let shared = self.shared.clone();
-        self.worker.start("enso-nic", move |st, stop| worker::run(st, shared, ctx.dma, stop));
-    }
-
-    /// Zeroes the shared pages (a hole punch keeps the sparse BAR2 file sparse).
-    fn clear_shared(&self) {
-        self.shared.bar0.clear();
-        let bar2 = &self.shared.bar2;
+    /// Returns the registers, counters, stream and mailbox state to power-on (a hole
+    /// punch zeroes the shared pages and keeps the sparse BAR2 file sparse).
+    fn power_on(shared: &Shared) {
+        shared.bar0.clear();
+        let bar2 = &shared.bar2;
         // SAFETY: fallocate on our own memfd; the result is checked and the mapping stays
         // valid (punched ranges read back as zeros).
         let punched = unsafe {
@@ -334,6 +324,15 @@ impl EnsoNic {
         if !punched {
             bar2.clear();
         }
+        shared.counters.clear();
+        shared.notif_mode.store(ext::MODE_REACTIVE, Ordering::Relaxed);
+        for slot in &shared.stream.rx_slots {
+            slot.store(0, Ordering::Release);
+        }
+        shared.stream.rx_gen.fetch_add(1, Ordering::AcqRel);
+        *shared.stream.tx() = stream::TxStream::default();
+        shared.ext_mask.store(0, Ordering::Release);
+        shared.mailbox.clear();
     }
 
     fn bad_write(&self) {
@@ -600,45 +599,25 @@ impl PciDevice for EnsoNic {
     }
 
     fn attach(&mut self, ctx: DeviceContext) {
-        self.stop_worker();
-        self.ctx = Some(ctx);
-        self.start_worker();
+        self.worker.attach(ctx);
     }
 
     fn detach(&mut self) {
-        self.stop_worker();
-        self.ctx = None;
+        self.worker.detach();
     }
 
     fn reset(&mut self) {
-        let running = self.stop_worker();
-        let port = self
-            .worker
-            .take_parked()
-            .map_or_else(|| Box::new(Disconnected) as Box<dyn EthPort>, |st| st.port);
-        self.clear_shared();
-        self.shared.counters.clear();
-        self.shared.notif_mode.store(ext::MODE_REACTIVE, Ordering::Relaxed);
-        for slot in &self.shared.stream.rx_slots {
-            slot.store(0, Ordering::Release);
-        }
-        self.shared.stream.rx_gen.fetch_add(1, Ordering::AcqRel);
-        *self.shared.stream.tx() = stream::TxStream::default();
-        self.shared.ext_mask.store(0, Ordering::Release);
-        self.shared.mailbox.clear();
-        self.worker.park(worker::DeviceState::new(&self.shared, (self.engines)(&self.shared.cfg), port));
-        if running {
-            self.start_worker();
-        }
+        // The port stays plugged in; everything else returns to power-on.
+        let shared = self.shared.clone();
+        let engines = self.engines.clone();
+        self.worker.replace(|old| {
+            let port = old.map_or_else(|| Box::new(Disconnected) as Box<dyn EthPort>, |st| st.port);
+            Self::power_on(&shared);
+            worker::DeviceState::new(&shared, engines(&shared.cfg), port)
+        });
     }
 
     fn counters(&self) -> Arc<Counters> {
         self.shared.pcie.clone()
-    }
-}
-
-impl Drop for EnsoNic {
-    fn drop(&mut self) {
-        self.stop_worker();
     }
 }

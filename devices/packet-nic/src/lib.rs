@@ -42,7 +42,7 @@ mod worker;
 mod tests;
 
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
-use pcie_model::device_thread::Worker;
+use pcie_model::device_thread::DeviceLoop;
 use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
 use stats::NicCounters;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -114,8 +114,7 @@ pub struct PacketNic {
     config: ConfigSpace,
     shared: Arc<Shared>,
     /// The device thread and its state.
-    worker: Worker<worker::DeviceState>,
-    ctx: Option<DeviceContext>,
+    worker: DeviceLoop<worker::DeviceState>,
     /// Latched high half of the last 64-bit counter whose low half was read.
     latch: (u64, u32),
 }
@@ -151,8 +150,17 @@ impl PacketNic {
             rss_gen: AtomicU32::new(0),
         });
         shared.power_on();
-        let worker = Worker::new(worker::DeviceState::new(&shared, port));
-        Ok(PacketNic { config, shared, worker, ctx: None, latch: (u64::MAX, 0) })
+        let state = worker::DeviceState::new(&shared, port);
+        // Should the model ever panic anyway, it comes back unplugged rather than taking
+        // the process down.
+        let (sh, sh2) = (shared.clone(), shared.clone());
+        let worker = DeviceLoop::new(
+            "packet-nic",
+            state,
+            move || worker::DeviceState::new(&sh, Box::new(Disconnected)),
+            move |st, ctx, stop| worker::run(st, sh2.clone(), ctx.dma, stop),
+        );
+        Ok(PacketNic { config, shared, worker, latch: (u64::MAX, 0) })
     }
 
     /// The device configuration.
@@ -174,33 +182,13 @@ impl PacketNic {
     /// thread (if running) is stopped around the swap; queues and counters are kept.
     /// Frames queued in the old port stay there.
     pub fn replace_port(&mut self, port: Box<dyn EthPort>) -> Box<dyn EthPort> {
-        let running = self.stop_worker();
-        let shared = &self.shared;
-        let st = self.worker.parked_or(|| worker::DeviceState::new(shared, Box::new(Disconnected)));
-        let old = std::mem::replace(&mut st.port, port);
-        if running {
-            self.start_worker();
-        }
-        old
+        self.worker.with_state(|st| std::mem::replace(&mut st.port, port))
     }
 
     /// Takes the port out, leaving the NIC unplugged ([`Disconnected`]: nothing received,
     /// every transmitted frame counted as TX_DROP_WIRE).
     pub fn take_port(&mut self) -> Box<dyn EthPort> {
         self.replace_port(Box::new(Disconnected))
-    }
-
-    /// Stops the device thread; true when it was running. Should the model ever panic
-    /// anyway, it comes back unplugged rather than taking the process down.
-    fn stop_worker(&mut self) -> bool {
-        let shared = &self.shared;
-        self.worker.stop(|| worker::DeviceState::new(shared, Box::new(Disconnected)))
-    }
-
-    fn start_worker(&mut self) {
-        let Some(ctx) = self.ctx.clone() else { return };
-        let shared = self.shared.clone();
-        self.worker.start("packet-nic", move |st, stop| worker::run(st, shared, ctx.dma, stop));
     }
 
     fn bad_write(&self) {
@@ -326,39 +314,27 @@ impl PciDevice for PacketNic {
     }
 
     fn attach(&mut self, ctx: DeviceContext) {
-        self.stop_worker();
-        self.ctx = Some(ctx);
-        self.start_worker();
+        self.worker.attach(ctx);
     }
 
     fn detach(&mut self) {
-        self.stop_worker();
-        self.ctx = None;
+        self.worker.detach();
     }
 
     fn reset(&mut self) {
-        let running = self.stop_worker();
-        let port = self
-            .worker
-            .take_parked()
-            .map_or_else(|| Box::new(Disconnected) as Box<dyn EthPort>, |st| st.port);
-        self.shared.bar2.clear();
-        self.shared.counters.clear();
-        self.shared.power_on();
+        // The port stays plugged in; everything else returns to power-on.
+        let shared = self.shared.clone();
+        self.worker.replace(|old| {
+            let port = old.map_or_else(|| Box::new(Disconnected) as Box<dyn EthPort>, |st| st.port);
+            shared.bar2.clear();
+            shared.counters.clear();
+            shared.power_on();
+            worker::DeviceState::new(&shared, port)
+        });
         self.latch = (u64::MAX, 0);
-        self.worker.park(worker::DeviceState::new(&self.shared, port));
-        if running {
-            self.start_worker();
-        }
     }
 
     fn counters(&self) -> Arc<Counters> {
         self.shared.pcie.clone()
-    }
-}
-
-impl Drop for PacketNic {
-    fn drop(&mut self) {
-        self.stop_worker();
     }
 }

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
+use crate::device::DeviceContext;
+
 /// A running device thread holding state `S`.
 pub struct DeviceThread<S: Send + 'static> {
     stop: Arc<AtomicBool>,
@@ -97,6 +99,96 @@ impl<S: Send + 'static> Worker<S> {
     }
 }
 
+/// The body of a device thread: runs over the state until `stop` is raised, then returns it.
+type Body<S> = Arc<dyn Fn(S, DeviceContext, Arc<AtomicBool>) -> S + Send + Sync>;
+
+/// The attach/detach/reset lifecycle every threaded model shares: a [`Worker`] that runs
+/// while a driver is attached. The model supplies its thread's body and how to make a
+/// fresh state (after a panic, or for a reset); its `PciDevice` methods delegate here.
+pub struct DeviceLoop<S: Send + 'static> {
+    name: String,
+    worker: Worker<S>,
+    ctx: Option<DeviceContext>,
+    fresh: Box<dyn Fn() -> S + Send>,
+    body: Body<S>,
+}
+
+impl<S: Send + 'static> DeviceLoop<S> {
+    /// A detached loop over `state`, whose thread (named `name`) runs `body`.
+    pub fn new(
+        name: &str,
+        state: S,
+        fresh: impl Fn() -> S + Send + 'static,
+        body: impl Fn(S, DeviceContext, Arc<AtomicBool>) -> S + Send + Sync + 'static,
+    ) -> Self {
+        DeviceLoop {
+            name: name.into(),
+            worker: Worker::new(state),
+            ctx: None,
+            fresh: Box::new(fresh),
+            body: Arc::new(body),
+        }
+    }
+
+    /// A driver connected: (re)starts the thread with its context.
+    pub fn attach(&mut self, ctx: DeviceContext) {
+        self.stop();
+        self.ctx = Some(ctx);
+        self.start();
+    }
+
+    /// The driver left: stops the thread, keeping its state parked.
+    pub fn detach(&mut self) {
+        self.stop();
+        self.ctx = None;
+    }
+
+    /// Stops the thread; true when it was running. A thread that panicked comes back with
+    /// a fresh state rather than taking the process down.
+    pub fn stop(&mut self) -> bool {
+        self.worker.stop(&self.fresh)
+    }
+
+    /// Starts the thread when a driver is attached and none runs.
+    pub fn start(&mut self) {
+        let Some(ctx) = self.ctx.clone() else { return };
+        let body = self.body.clone();
+        self.worker.start(&self.name, move |st, stop| body(st, ctx, stop));
+    }
+
+    /// Whether the thread runs.
+    pub fn is_running(&self) -> bool {
+        self.worker.is_running()
+    }
+
+    /// Runs `f` on the state with the thread stopped, then restarts it if it ran.
+    pub fn with_state<T>(&mut self, f: impl FnOnce(&mut S) -> T) -> T {
+        let running = self.stop();
+        let out = f(self.worker.parked_or(&self.fresh));
+        if running {
+            self.start();
+        }
+        out
+    }
+
+    /// Replaces the state by `f(old)` with the thread stopped (a reset), then restarts it
+    /// if it ran.
+    pub fn replace(&mut self, f: impl FnOnce(Option<S>) -> S) {
+        let running = self.stop();
+        let old = self.worker.take_parked();
+        self.worker.park(f(old));
+        if running {
+            self.start();
+        }
+    }
+}
+
+impl<S: Send + 'static> Drop for DeviceLoop<S> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +227,42 @@ mod tests {
         w.start("p", |_, _| panic!("model bug"));
         assert!(w.stop(|| 9));
         assert_eq!(*w.parked_or(|| 0), 9, "a panicked thread comes back with the fresh state");
+    }
+
+    #[test]
+    fn the_loop_runs_only_while_attached_and_keeps_its_state() {
+        use crate::dma::{Dma, GuestMemory};
+        use crate::irq::NoIrqs;
+        use crate::Counters;
+        let ctx = || DeviceContext {
+            dma: Dma::new(
+                Arc::new(GuestMemory::new()),
+                Arc::new(Counters::default()),
+                Arc::new(AtomicBool::new(true)),
+            ),
+            irq: Arc::new(NoIrqs),
+        };
+        let mut l = DeviceLoop::new(
+            "l",
+            0u32,
+            || 100,
+            |n, _ctx, stop| {
+                while !stop.load(Ordering::Acquire) {
+                    std::thread::yield_now();
+                }
+                n + 1
+            },
+        );
+        l.start();
+        assert!(!l.is_running(), "no thread before a driver attaches");
+        l.attach(ctx());
+        assert!(l.is_running());
+        assert_eq!(l.with_state(|n| *n), 1, "stopped around the call, state handed back");
+        assert!(l.is_running(), "restarted after it");
+        l.replace(|old| old.unwrap() + 10);
+        l.detach();
+        assert!(!l.is_running());
+        assert_eq!(l.with_state(|n| *n), 13, "replace, then the thread's +1 on each stop");
+        assert!(!l.is_running(), "not restarted while detached");
     }
 }
