@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cache;
 pub mod cardecho;
 pub mod chain;
+pub mod cli;
 pub mod demo;
 pub mod hostile;
 pub mod image;
