@@ -1,10 +1,10 @@
 //! The trait a device model implements so any transport can drive it.
 
 use crate::config::ConfigSpace;
-use crate::counters::Counters;
 use crate::dma::Dma;
 use crate::irq::IrqSink;
 use crate::shm::ShmRegion;
+use pcie_accounting::Counters;
 use std::sync::Arc;
 
 /// How a BAR's contents are reached.

@@ -25,7 +25,7 @@
 //! is appended to in place, or rebuilt lazily by the next access after an out-of-order
 //! change.
 
-use crate::counters::{Counters, DmaClass};
+use pcie_accounting::{Counters, DmaClass};
 use std::collections::{BTreeMap, HashMap};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -15,7 +15,7 @@ use accel::{crypto, function, ml, Accelerator};
 use anyhow::{Context, Result};
 use device_access::vfio_user::VfioUserDevice;
 use guest_apps::chain::{ChainParams, ChainStats, Shape};
-use pcie_model::trace::{self, Op, OpKind, OpRole, OpTrace, TraceTap};
+use pcie_accounting::trace::{self, Op, OpKind, OpRole, OpTrace, TraceTap};
 use pcie_model::{LinkConfig, PciDevice};
 use serde::Serialize;
 use serde_json::{json, Value};

@@ -60,7 +60,7 @@
 //!   with the data, so at high load they, not the driver, bound the rate; the model reports
 //!   the notification link bytes per packet.
 
-use pcie_model::accounting::REQUEST_OVERHEAD;
+use pcie_accounting::tlp::REQUEST_OVERHEAD;
 use pcie_model::LinkConfig;
 use serde::Serialize;
 use std::cmp::Reverse;

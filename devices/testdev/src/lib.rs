@@ -9,11 +9,11 @@
 //! in STATUS and counted; the device keeps serving.
 
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder, MsixSpec};
-use pcie_model::counters::{Counters, DmaClass};
 use pcie_model::device::{BarBacking, DeviceContext, PciDevice};
 use pcie_model::irq::MsixTable;
 use pcie_model::regs::{RegisterBlock, WriteOutcome};
 use pcie_model::shm::ShmRegion;
+use pcie_model::{Counters, DmaClass};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;

@@ -2,11 +2,11 @@
 //! (MMIO read/write, DMA read/write, interrupt) with bytes, split by class, plus errors.
 //!
 //! Besides the per-operation totals ([`CountersSnapshot`]), every DMA operation is also
-//! split into the TLPs a PCIe link would carry (see [`crate::accounting`] for the rules)
+//! split into the TLPs a PCIe link would carry (see [`crate::tlp`] for the rules)
 //! at record time: [`TlpSnapshot`] keeps those TLP counts and the dword-padding bytes,
 //! so nothing is stored per operation and the hot path stays a few atomic adds.
 
-use crate::accounting::{dw_padding, TlpRules};
+use crate::tlp::{dw_padding, TlpRules, MSIX_BYTES};
 use crate::trace::{OpKind, OpRole, TraceTap};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -102,7 +102,7 @@ pub struct CountersSnapshot {
     /// DMA accesses refused: address not mapped, bus mastering off, or a write a switch
     /// on the path denied.
     pub dma_errors: u64,
-    /// Of those, writes a switch denied ([`crate::DmaError::Denied`]): not counted as DMA
+    /// Of those, writes a switch denied (`DmaError::Denied` of the function model): not counted as DMA
     /// writes, and traced as denied.
     pub dma_denied: u64,
     /// Register writes the device rejected (bad value, read-only register, bad offset).
@@ -111,7 +111,7 @@ pub struct CountersSnapshot {
 
 /// A point-in-time copy of the TLP-level accounting of [`Counters`]: what the DMA
 /// operations became on the link under [`TlpSnapshot::rules`], plus doorbells the driver
-/// reported. Turned into bytes and link figures by [`crate::accounting`].
+/// reported. Turned into bytes and link figures by [`crate::summary`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TlpSnapshot {
     /// The splitting rules the counts were made with.
@@ -165,7 +165,7 @@ impl TlpSnapshot {
 
 impl Counters {
     /// Counters whose TLP accounting splits DMA operations by `rules` (see
-    /// [`crate::accounting::LinkConfig::tlp_rules`]) instead of the defaults.
+    /// [`crate::link::LinkConfig::tlp_rules`]) instead of the defaults.
     pub fn with_tlp_rules(rules: TlpRules) -> Self {
         let c = Counters::default();
         let _ = c.tlp_rules.set(rules);
@@ -370,7 +370,7 @@ impl Counters {
 
     /// Counts a delivered interrupt.
     pub fn irq(&self) {
-        self.trace_op(OpKind::Irq, OpRole::Interrupt, crate::accounting::MSIX_BYTES);
+        self.trace_op(OpKind::Irq, OpRole::Interrupt, MSIX_BYTES);
         self.irqs.fetch_add(1, Relaxed);
     }
 

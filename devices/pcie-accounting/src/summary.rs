@@ -1,369 +1,10 @@
-//! PCIe accounting: what the counted operations become on a PCIe link, and what that
-//! link costs.
-//!
-//! [`Counters`] counts operations (DMA reads/writes with bytes and a metadata share,
-//! trapped MMIO, interrupts) and, at record time, the TLPs every DMA operation splits
-//! into ([`TlpSnapshot`]). This module holds the splitting rules, turns a counters delta
-//! into a [`TrafficSummary`] — TLPs by kind and bytes in three classes per link direction
-//! — and a [`LinkConfig`] turns a summary over `P` packets into a [`PcieReport`]: bytes
-//! per packet, link utilisation and `modeled_pcie_mpps`, the packet rate at which the
-//! busier direction of the link saturates.
-//!
-//! # Byte classes
-//! - **payload**: DMA bytes of class [`DmaClass::Data`](crate::counters::DmaClass::Data) (packet bytes).
-//! - **interface metadata**: DMA bytes of class [`DmaClass::Metadata`](crate::counters::DmaClass::Metadata) (descriptors,
-//!   notifications, completions), the data of trapped MMIO reads and writes, doorbell
-//!   writes the driver reported ([`Counters::doorbell_writes`]) and the 4 data bytes of
-//!   each MSI-X message.
-//! - **protocol overhead**: everything else on the link per TLP (below) plus dword
-//!   padding.
-//!
-//! # Rules
-//! Directions are separate resources (PCIe links are dual simplex): *upstream* is device
-//! → host, *downstream* host → device.
-//!
-//! | operation | TLPs | direction | overhead per TLP |
-//! |---|---|---|---|
-//! | DMA write of `n` B at `a` | memory writes: `[a, a+n)` cut at 4 KiB boundaries, each piece into `ceil(len / MPS)` | up | 24 B |
-//! | DMA read of `n` B at `a` | read requests: cut at 4 KiB, each piece into `ceil(len / MRRS)` | up | 24 B |
-//! |  | completions: each request cut at `C`-aligned addresses, `C = min(RCB, MPS)` | down | 20 B |
-//! | trapped MMIO write | 1 posted memory write | down | 24 B |
-//! | trapped MMIO read | 1 read request + 1 completion | down + up | 24 B + 20 B |
-//! | doorbell (driver-reported) | 1 posted memory write of 4 B (or as reported) | down | 24 B |
-//! | MSI-X (delivered) | 1 memory write of 4 B | up | 24 B |
-//!
-//! Sources and assumptions:
-//! - *Per-TLP overhead* (PCIe Base Spec ch. 2–4; same constants as pcie-bench's model,
-//!   Neugebauer et al., "Understanding PCIe performance for end host networking",
-//!   SIGCOMM 2018): 2 B framing (Gen1/2 STP + END symbols; Gen3+ the 4 B STP token
-//!   carries the sequence number) + 2 B sequence number + 4 B LCRC, i.e. 8 B of physical
-//!   and data-link layer, plus the TLP header: 16 B for memory requests with 64-bit
-//!   addresses (4 DW), 12 B for completions (3 DW). So 24 B per memory write / read
-//!   request and 20 B per completion. No ECRC. Requests always use the 64-bit format:
-//!   the testbed's IOVAs say nothing about where a real host would place buffers, and
-//!   server buffers usually sit above 4 GiB (below it the spec requires the 12 B 32-bit
-//!   format; MMIO to a 32-bit BAR would also use it — we ignore that 4 B difference).
-//! - *4 KiB*: requests must not cross a 4 KiB boundary (spec §2.2.7). Writes and read
-//!   requests are then cut into MPS- / MRRS-sized pieces from the start of each 4 KiB
-//!   piece, as DMA engines like Corundum's do. Engines that cut at MPS-aligned addresses
-//!   instead can need one TLP more for unaligned transfers.
-//! - *Completions*: a completer may split a read at RCB-aligned addresses (spec §2.3.1.1);
-//!   Intel root complexes do so at 64 B, so every completion carries at most
-//!   `C = min(RCB, MPS)` bytes and is cut at `C`-aligned addresses. A request of `[s, e)`
-//!   thus gets `ceil(e / C) - floor(s / C)` completions.
-//! - *Dword padding*: TLP payloads are whole dwords; a transfer at `a` of `n` bytes
-//!   carries `round_up(a % 4 + n, 4) - n` padding bytes, counted as overhead once per
-//!   operation (intermediate TLP boundaries are assumed dword-aligned). Trapped MMIO and
-//!   doorbells are assumed dword-sized.
-//! - *Not modeled*: DLLPs (Ack and flow-control updates, 8 B each, a few % of a busy
-//!   link in pcie-bench), SKP ordered sets, replays, completion timeouts, ordering stalls,
-//!   the descriptor prefetching and write combining a real NIC may do beyond what the
-//!   model issues. DMA accounted through [`Counters::dma_read`] / [`Counters::dma_write`]
-//!   (no address) is split as if it started on a 4 KiB boundary.
-//!
-//! # Link model
-//! Per-lane rates (GT/s) and line encodings, per direction:
-//!
-//! | gen | GT/s | encoding | GB/s per lane |
-//! |---|---|---|---|
-//! | 1 | 2.5 | 8b/10b | 0.25 |
-//! | 2 | 5 | 8b/10b | 0.5 |
-//! | 3 | 8 | 128b/130b | 0.985 |
-//! | 4 | 16 | 128b/130b | 1.969 |
-//! | 5 | 32 | 128b/130b | 3.938 |
-//! | 6 | 64 | FLIT mode, 242 of 256 B (as pcie-bench) | 7.563 |
-//!
-//! Gen6 runs in FLIT mode (PAM4, FEC and CRC per 256 B flit) rather than 128b/130b; we
-//! keep the per-TLP overheads above for it too, which overstates its overhead a little.
-//! The modeled link carries `lanes × GB/s per lane` bytes per second in each direction;
-//! `modeled_pcie_mpps` is that divided by the bytes per packet of the busier direction.
-//! Latency: [`LinkConfig::batch_latency_ns`] = one-way latency (default 379 ns, the seed's
-//! intra-host figure) × link crossings + serialization time of the bytes.
+//! What a stretch of counted traffic was on the link ([`TrafficSummary`]: TLPs and bytes by
+//! class per direction) and what it costs on a given link ([`PcieReport`]).
 
 use crate::counters::{Counters, CountersSnapshot, TlpSnapshot};
+use crate::link::{Direction, LinkConfig};
+use crate::tlp::*;
 use serde::Serialize;
-use thiserror::Error;
-
-/// The 4 KiB boundary no request may cross.
-pub const PAGE: u64 = 4096;
-/// Overhead of a memory write or read request with a 64-bit address: 16 B header + 8 B
-/// of framing, sequence number and LCRC.
-pub const REQUEST_OVERHEAD: u64 = 24;
-/// Overhead of a completion: 12 B header + 8 B of framing, sequence number and LCRC.
-pub const COMPLETION_OVERHEAD: u64 = 20;
-/// Data bytes of an MSI-X message.
-pub const MSIX_BYTES: u64 = 4;
-
-/// A [`LinkConfig`] or [`TlpRules`] value the model does not accept.
-#[derive(Debug, Error, Clone, PartialEq)]
-pub enum LinkConfigError {
-    #[error("PCIe generation {0} is not one of 1..=6")]
-    Gen(u8),
-    #[error("{0} lanes is not one of 1, 2, 4, 8, 12, 16, 32")]
-    Lanes(u8),
-    #[error("max payload size {0} is not a power of two in 128..=4096")]
-    MaxPayload(u32),
-    #[error("max read request size {0} is not a power of two in 128..=4096")]
-    MaxReadRequest(u32),
-    #[error("read completion boundary {0} is not 64 or 128")]
-    ReadCompletionBoundary(u32),
-    #[error("one-way latency {0} ns is not a finite non-negative number")]
-    Latency(f64),
-}
-
-/// The settings that decide how DMA operations split into TLPs. Fixed per [`Counters`]
-/// (TLPs are counted when the operation is recorded).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct TlpRules {
-    /// Max payload size (bytes per memory write or completion).
-    pub max_payload: u32,
-    /// Max read request size.
-    pub max_read_request: u32,
-    /// Read completion boundary of the root complex.
-    pub read_completion_boundary: u32,
-}
-
-impl Default for TlpRules {
-    fn default() -> Self {
-        TlpRules { max_payload: 256, max_read_request: 512, read_completion_boundary: 64 }
-    }
-}
-
-fn pow2_in(v: u32, lo: u32, hi: u32) -> bool {
-    v.is_power_of_two() && (lo..=hi).contains(&v)
-}
-
-/// `ceil(x / 2^shift)`.
-#[inline]
-fn ceil_shift(x: u64, shift: u32) -> u64 {
-    (x >> shift) + u64::from(x & ((1 << shift) - 1) != 0)
-}
-
-/// Pieces of `[addr, addr + len)` cut at 4 KiB boundaries and then every `2^shift` bytes
-/// from the start of each 4 KiB piece (`2^shift <= 4096`).
-#[inline]
-fn split_count(addr: u64, len: u64, shift: u32) -> u64 {
-    if len == 0 {
-        return 0;
-    }
-    let first = (PAGE - (addr & (PAGE - 1))).min(len);
-    let rest = len - first;
-    ceil_shift(first, shift) + ((rest >> 12) << (12 - shift)) + ceil_shift(rest & (PAGE - 1), shift)
-}
-
-/// Dword padding of a transfer of `len` bytes at `addr` (0 for an empty transfer).
-#[inline]
-pub fn dw_padding(addr: u64, len: u64) -> u64 {
-    if len == 0 {
-        return 0;
-    }
-    let span = (addr & 3) + len;
-    span.next_multiple_of(4) - len
-}
-
-impl TlpRules {
-    /// Rules with these sizes, checked.
-    pub fn new(
-        max_payload: u32,
-        max_read_request: u32,
-        read_completion_boundary: u32,
-    ) -> Result<Self, LinkConfigError> {
-        if !pow2_in(max_payload, 128, 4096) {
-            return Err(LinkConfigError::MaxPayload(max_payload));
-        }
-        if !pow2_in(max_read_request, 128, 4096) {
-            return Err(LinkConfigError::MaxReadRequest(max_read_request));
-        }
-        if !matches!(read_completion_boundary, 64 | 128) {
-            return Err(LinkConfigError::ReadCompletionBoundary(read_completion_boundary));
-        }
-        Ok(TlpRules { max_payload, max_read_request, read_completion_boundary })
-    }
-
-    /// Bytes per completion: `min(RCB, MPS)`.
-    pub fn completion_size(&self) -> u32 {
-        self.read_completion_boundary.min(self.max_payload)
-    }
-
-    /// Memory-write TLPs of a DMA write of `len` bytes at `addr`.
-    #[inline]
-    pub fn write_tlps(&self, addr: u64, len: u64) -> u64 {
-        split_count(addr, len, self.max_payload.trailing_zeros())
-    }
-
-    /// Read-request TLPs of a DMA read of `len` bytes at `addr`.
-    #[inline]
-    pub fn read_requests(&self, addr: u64, len: u64) -> u64 {
-        split_count(addr, len, self.max_read_request.trailing_zeros())
-    }
-
-    /// Completion TLPs answering a DMA read of `len` bytes at `addr`.
-    ///
-    /// The completion-size blocks the range touches, plus one per request boundary that
-    /// falls inside a block. Requests after the first 4 KiB piece start on 4 KiB
-    /// boundaries, and all request starts of the first piece are congruent to `addr`
-    /// modulo the completion size (which divides MRRS), so only the first piece's inner
-    /// request boundaries can split a block, and they all do iff `addr` is unaligned.
-    #[inline]
-    pub fn read_completions(&self, addr: u64, len: u64) -> u64 {
-        if len == 0 {
-            return 0;
-        }
-        let c = u64::from(self.completion_size());
-        let off = addr & (c - 1);
-        let blocks = (off + len).div_ceil(c);
-        if off == 0 {
-            return blocks;
-        }
-        let first = (PAGE - (addr & (PAGE - 1))).min(len);
-        blocks + ceil_shift(first, self.max_read_request.trailing_zeros()) - 1
-    }
-}
-
-/// A PCIe link: generation, width, the TLP settings and the one-way latency.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
-pub struct LinkConfig {
-    /// PCIe generation, 1..=6.
-    pub gen: u8,
-    /// Link width.
-    pub lanes: u8,
-    /// Max payload size (bytes).
-    pub max_payload: u32,
-    /// Max read request size (bytes).
-    pub max_read_request: u32,
-    /// Read completion boundary (bytes).
-    pub read_completion_boundary: u32,
-    /// One-way device ↔ host latency (ns).
-    pub one_way_latency_ns: f64,
-}
-
-impl Default for LinkConfig {
-    /// Gen3 x16 (the seed's Ensō FPGA; an E810 is Gen4 x16), MPS 256, MRRS 512, RCB 64,
-    /// 379 ns one way (the seed's intra-host PCIe latency).
-    fn default() -> Self {
-        let r = TlpRules::default();
-        LinkConfig {
-            gen: 3,
-            lanes: 16,
-            max_payload: r.max_payload,
-            max_read_request: r.max_read_request,
-            read_completion_boundary: r.read_completion_boundary,
-            one_way_latency_ns: 379.0,
-        }
-    }
-}
-
-/// A direction of the link.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    /// Device → host: DMA writes, read requests, MSI-X, MMIO read completions.
-    Upstream,
-    /// Host → device: read completions, MMIO writes and read requests, doorbells.
-    Downstream,
-}
-
-impl LinkConfig {
-    /// The configuration checked; returns its TLP rules.
-    pub fn tlp_rules(&self) -> Result<TlpRules, LinkConfigError> {
-        if !(1..=6).contains(&self.gen) {
-            return Err(LinkConfigError::Gen(self.gen));
-        }
-        if !matches!(self.lanes, 1 | 2 | 4 | 8 | 12 | 16 | 32) {
-            return Err(LinkConfigError::Lanes(self.lanes));
-        }
-        if !(self.one_way_latency_ns.is_finite() && self.one_way_latency_ns >= 0.0) {
-            return Err(LinkConfigError::Latency(self.one_way_latency_ns));
-        }
-        TlpRules::new(self.max_payload, self.max_read_request, self.read_completion_boundary)
-    }
-
-    /// Transfer rate of one lane (GT/s) of generation `gen` (0 for an unknown one).
-    pub fn gts_per_lane(gen: u8) -> f64 {
-        match gen {
-            1 => 2.5,
-            2 => 5.0,
-            3 => 8.0,
-            4 => 16.0,
-            5 => 32.0,
-            6 => 64.0,
-            _ => 0.0,
-        }
-    }
-
-    /// Fraction of the line rate that carries link-layer bytes for generation `gen`.
-    pub fn encoding_efficiency(gen: u8) -> f64 {
-        match gen {
-            1 | 2 => 8.0 / 10.0,
-            3..=5 => 128.0 / 130.0,
-            6 => 242.0 / 256.0,
-            _ => 0.0,
-        }
-    }
-
-    /// Bytes per second the link carries in each direction.
-    pub fn bytes_per_second(&self) -> f64 {
-        Self::gts_per_lane(self.gen) * 1e9 * Self::encoding_efficiency(self.gen) * f64::from(self.lanes) / 8.0
-    }
-
-    /// Time to put `bytes` on one direction of the link (ns).
-    pub fn serialization_ns(&self, bytes: f64) -> f64 {
-        bytes / self.bytes_per_second() * 1e9
-    }
-
-    /// Modeled latency of a batch (ns): `crossings` one-way link traversals on the
-    /// critical path (a posted write is 1, a DMA read 2: request and completion) plus the
-    /// serialization of `link_bytes` (payload, metadata and overhead) on one direction.
-    pub fn batch_latency_ns(&self, crossings: u32, link_bytes: f64) -> f64 {
-        self.one_way_latency_ns * f64::from(crossings) + self.serialization_ns(link_bytes)
-    }
-
-    /// The link model applied to `summary`, a run of `packets` packets. Utilisation is
-    /// given at `offered_mpps` (e.g. the measured packet rate) or, without one, at the
-    /// modeled saturation rate (the busier direction then reads 1.0).
-    pub fn report(&self, summary: &TrafficSummary, packets: u64, offered_mpps: Option<f64>) -> PcieReport {
-        let per = if packets == 0 { 0.0 } else { 1.0 / packets as f64 };
-        let bps = self.bytes_per_second();
-        let dir = |d: &DirectionSummary| {
-            let link_bytes = d.bytes.total() as f64 * per;
-            DirectionModel {
-                tlps: d.tlps as f64 * per,
-                bytes: d.bytes.scaled(per),
-                link_bytes,
-                metadata_fraction: d.metadata_fraction,
-                metadata_link_share: d.metadata_link_share,
-                saturation_mpps: (link_bytes > 0.0).then(|| bps / link_bytes / 1e6),
-            }
-        };
-        let (upstream, downstream) = (dir(&summary.upstream), dir(&summary.downstream));
-        let (bottleneck, busier) = if upstream.link_bytes >= downstream.link_bytes {
-            (Direction::Upstream, upstream.link_bytes)
-        } else {
-            (Direction::Downstream, downstream.link_bytes)
-        };
-        let modeled_pcie_mpps = (busier > 0.0).then(|| bps / busier / 1e6);
-        let at_mpps = offered_mpps.or(modeled_pcie_mpps).unwrap_or(0.0);
-        let util = |d: &DirectionModel| d.link_bytes * at_mpps * 1e6 / bps;
-        PcieReport {
-            link: *self,
-            link_bytes_per_second: bps,
-            packets,
-            tlps: summary.tlps.scaled(per),
-            bytes: summary.bytes.scaled(per),
-            metadata_fraction: summary.metadata_fraction,
-            modeled_pcie_mpps,
-            bottleneck: modeled_pcie_mpps.map(|_| bottleneck),
-            link_utilisation: LinkUtilisation {
-                at_mpps,
-                upstream: util(&upstream),
-                downstream: util(&downstream),
-            },
-            upstream,
-            downstream,
-            batch_latency_ns: self.batch_latency_ns(1, busier),
-        }
-    }
-}
 
 /// Bytes in the three classes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, serde::Deserialize)]
@@ -708,6 +349,54 @@ pub struct PcieReport {
     /// Modeled latency of one packet's traffic on the busier direction: one crossing
     /// plus serialization ([`LinkConfig::batch_latency_ns`]).
     pub batch_latency_ns: f64,
+}
+
+impl LinkConfig {
+    /// The link model applied to `summary`, a run of `packets` packets. Utilisation is
+    /// given at `offered_mpps` (e.g. the measured packet rate) or, without one, at the
+    /// modeled saturation rate (the busier direction then reads 1.0).
+    pub fn report(&self, summary: &TrafficSummary, packets: u64, offered_mpps: Option<f64>) -> PcieReport {
+        let per = if packets == 0 { 0.0 } else { 1.0 / packets as f64 };
+        let bps = self.bytes_per_second();
+        let dir = |d: &DirectionSummary| {
+            let link_bytes = d.bytes.total() as f64 * per;
+            DirectionModel {
+                tlps: d.tlps as f64 * per,
+                bytes: d.bytes.scaled(per),
+                link_bytes,
+                metadata_fraction: d.metadata_fraction,
+                metadata_link_share: d.metadata_link_share,
+                saturation_mpps: (link_bytes > 0.0).then(|| bps / link_bytes / 1e6),
+            }
+        };
+        let (upstream, downstream) = (dir(&summary.upstream), dir(&summary.downstream));
+        let (bottleneck, busier) = if upstream.link_bytes >= downstream.link_bytes {
+            (Direction::Upstream, upstream.link_bytes)
+        } else {
+            (Direction::Downstream, downstream.link_bytes)
+        };
+        let modeled_pcie_mpps = (busier > 0.0).then(|| bps / busier / 1e6);
+        let at_mpps = offered_mpps.or(modeled_pcie_mpps).unwrap_or(0.0);
+        let util = |d: &DirectionModel| d.link_bytes * at_mpps * 1e6 / bps;
+        PcieReport {
+            link: *self,
+            link_bytes_per_second: bps,
+            packets,
+            tlps: summary.tlps.scaled(per),
+            bytes: summary.bytes.scaled(per),
+            metadata_fraction: summary.metadata_fraction,
+            modeled_pcie_mpps,
+            bottleneck: modeled_pcie_mpps.map(|_| bottleneck),
+            link_utilisation: LinkUtilisation {
+                at_mpps,
+                upstream: util(&upstream),
+                downstream: util(&downstream),
+            },
+            upstream,
+            downstream,
+            batch_latency_ns: self.batch_latency_ns(1, busier),
+        }
+    }
 }
 
 #[cfg(test)]

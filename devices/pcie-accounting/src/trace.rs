@@ -18,7 +18,7 @@
 //!   recorded as denied, off the critical path and never as `switched`: it reached
 //!   nobody.
 
-use crate::accounting::LinkConfig;
+use crate::link::LinkConfig;
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 
