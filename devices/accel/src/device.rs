@@ -20,6 +20,7 @@ use crate::function::Function;
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
 use pcie_model::device_counters::{DeviceCounters, LocalCounts};
 use pcie_model::device_thread::DeviceLoop;
+use pcie_model::regs::dword;
 use pcie_model::{BarBacking, Counters, DeviceContext, Dma, DmaClass, OpKind, OpRole, PciDevice, ShmRegion};
 use std::sync::{Arc, Mutex, MutexGuard};
 use testbed_regs::accel::reg::counter as c;
@@ -587,9 +588,7 @@ impl PciDevice for Accelerator {
                 self.stream_port().push(offset - regs::STREAM_WINDOW, data);
                 true
             }
-            regs::REG_BAR if data.len() == 4 && offset.is_multiple_of(4) => {
-                self.write32(offset, u32::from_le_bytes([data[0], data[1], data[2], data[3]]))
-            }
+            regs::REG_BAR => dword(offset, data).is_some_and(|v| self.write32(offset, v)),
             _ => false,
         };
         if !ok {

@@ -72,6 +72,7 @@ mod tests;
 use engine::{BehavioralEngine, QueueEngine};
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
 use pcie_model::device_thread::DeviceLoop;
+use pcie_model::regs::dword;
 use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
 use stats::NicCounters;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -589,10 +590,7 @@ impl PciDevice for EnsoNic {
             self.shared.stream.push_tx(offset - ext::STREAM_TX_WINDOW, data);
             return;
         }
-        let ok = index == regs::EXT_BAR
-            && data.len() == 4
-            && offset.is_multiple_of(4)
-            && self.ext_write32(offset, u32::from_le_bytes([data[0], data[1], data[2], data[3]]));
+        let ok = index == regs::EXT_BAR && dword(offset, data).is_some_and(|v| self.ext_write32(offset, v));
         if !ok {
             self.bad_write();
         }

@@ -4,6 +4,7 @@
 
 use crate::fabric::{Fabric, Hop};
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
+use pcie_model::regs::dword;
 use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -212,9 +213,7 @@ impl PciDevice for Switch {
 
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]) {
         let ok = match index {
-            regs::REG_BAR if data.len() == 4 && offset.is_multiple_of(4) => {
-                self.write32(offset, u32::from_le_bytes([data[0], data[1], data[2], data[3]]))
-            }
+            regs::REG_BAR => dword(offset, data).is_some_and(|v| self.write32(offset, v)),
             regs::WINDOW_BAR if offset + data.len() as u64 <= regs::WINDOW_BAR_SIZE => {
                 // A CPU push: the window's bus address is what the pipeline matches.
                 let base = self.fabric.tables().base;

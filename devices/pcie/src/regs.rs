@@ -95,6 +95,13 @@ impl RegisterBlock {
     }
 }
 
+/// The value of a driver write that is one aligned 32-bit register write (the only
+/// register access the models accept), or None.
+pub fn dword(offset: u64, data: &[u8]) -> Option<u32> {
+    let bytes: [u8; 4] = data.try_into().ok()?;
+    offset.is_multiple_of(4).then_some(u32::from_le_bytes(bytes))
+}
+
 /// Fills `data`, a driver read of any width at `offset`, from the 32-bit registers that
 /// `read32(word_offset)` returns (each covering word is read once, in address order).
 pub fn read_words(offset: u64, data: &mut [u8], mut read32: impl FnMut(u64) -> u32) {
@@ -116,6 +123,14 @@ pub fn read_words(offset: u64, data: &mut [u8], mut read32: impl FnMut(u64) -> u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_aligned_dwords_are_register_writes() {
+        assert_eq!(dword(8, &[1, 2, 3, 4]), Some(0x0403_0201));
+        assert_eq!(dword(2, &[1, 2, 3, 4]), None, "unaligned");
+        assert_eq!(dword(8, &[1, 2]), None, "narrow");
+        assert_eq!(dword(8, &[0; 8]), None, "wide");
+    }
 
     #[test]
     fn reads_of_any_width_from_words() {
