@@ -2,8 +2,8 @@
 //! map, bad doorbells, phase wrap) and the stream interface, over a `GuestMemory`.
 
 use crate::{crypto, function, ml, Accelerator};
-use pcie_model::{BarBacking, DeviceContext, Dma, GuestMemory, NoIrqs, PciDevice, ShmRegion};
-use std::sync::atomic::AtomicBool;
+use pcie_model::testing::GuestRam;
+use pcie_model::{BarBacking, PciDevice, ShmRegion};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testbed_regs::accel::reg::counter as c;
@@ -29,11 +29,9 @@ struct Rig {
 
 fn rig(dev: Accelerator, entries: u32) -> Rig {
     let mut dev = dev;
-    let mem = Arc::new(GuestMemory::new());
-    let ram = ShmRegion::new("ram", RAM_LEN as usize).unwrap();
-    mem.map(RAM, RAM_LEN, Some(ram.dup_fd().unwrap()), 0, true).unwrap();
-    let dma = Dma::new(mem, dev.counters(), Arc::new(AtomicBool::new(true)));
-    dev.attach(DeviceContext { dma, irq: Arc::new(NoIrqs) });
+    let guest = GuestRam::new(RAM, RAM_LEN);
+    guest.attach(&mut dev);
+    let ram = guest.ram;
     let BarBacking::Shared { shm, .. } = dev.bar_backing(regs::DB_BAR) else { panic!() };
     let mut r = Rig { dev, ram, db: shm, entries, tail: 0, phase: 1, next_cqe: 0 };
     r.w(reg::SQ_BASE_LO, SQ as u32);

@@ -3,12 +3,9 @@
 
 use super::*;
 use crate::packet::build::{ipv4, udp};
-use pcie_model::dma::{DmaError, DmaSpace, GuestMemory};
-use pcie_model::{Dma, NoIrqs};
+use pcie_model::testing::{garbage, garbage_frames, scribble, settle, wait, GuestRam};
 use regs::ext::counter as c;
 use regs::{config, nb_page, notif, pipe_page, prefetch, queue, state};
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use wire::{cable, CableEnd};
 
@@ -33,35 +30,9 @@ fn tx_ring(j: u32) -> u64 {
     rx_ring(j) + MIB
 }
 
-/// One logged DMA access: (write, address, bytes written or zeros for a read).
-type Access = (bool, u64, Vec<u8>);
-
-/// Guest memory that can log every DMA access, for the trace snapshot.
-struct Traced {
-    mem: GuestMemory,
-    log: Mutex<Option<Vec<Access>>>,
-}
-
-impl DmaSpace for Traced {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        let r = self.mem.read(addr, buf);
-        if let Some(l) = self.log.lock().unwrap().as_mut() {
-            l.push((false, addr, vec![0; buf.len()]));
-        }
-        r
-    }
-    fn write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        if let Some(l) = self.log.lock().unwrap().as_mut() {
-            l.push((true, addr, data.to_vec()));
-        }
-        self.mem.write(addr, data)
-    }
-}
-
 struct Rig {
     nic: EnsoNic,
-    space: Arc<Traced>,
-    ram: ShmRegion,
+    ram: GuestRam,
     bar0: Arc<ShmRegion>,
     bar2: Arc<ShmRegion>,
     wire: CableEnd,
@@ -74,17 +45,13 @@ struct Rig {
 fn rig_with(cfg: EnsoConfig) -> Rig {
     let (nic_end, wire) = cable(64);
     let mut nic = EnsoNic::new(cfg, Box::new(nic_end)).unwrap();
-    let ram = ShmRegion::new("ram", RAM_LEN as usize).unwrap();
-    let mem = GuestMemory::new();
-    mem.map(RAM, RAM_LEN, Some(ram.dup_fd().unwrap()), 0, true).unwrap();
-    let space = Arc::new(Traced { mem, log: Mutex::new(None) });
-    let dma = Dma::new(space.clone(), PciDevice::counters(&nic), Arc::new(AtomicBool::new(true)));
-    nic.attach(DeviceContext { dma, irq: Arc::new(NoIrqs) });
+    let ram = GuestRam::new(RAM, RAM_LEN);
+    ram.attach(&mut nic);
     // The register file itself (what a driver maps in shared mode; inspection only in
     // mmio mode, where software goes through `w` and `r`).
     let (bar0, bar2) = (nic.shared.bar0.clone(), nic.shared.bar2.clone());
     let mmio = cfg.registers == RegisterMode::Mmio;
-    Rig { nic, space, ram, bar0, bar2, wire, tx_tail: [0; 2], seq: 0, mmio }
+    Rig { nic, ram, bar0, bar2, wire, tx_tail: [0; 2], seq: 0, mmio }
 }
 
 /// A rig whose driver opted into every extension (the ENABLE bit, prefetch doorbells,
@@ -93,19 +60,6 @@ fn rig() -> Rig {
     let mut r = rig_with(cfg());
     r.set_ext(ext::EXT_ENABLE, ext::extension::ALL);
     r
-}
-
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_micros(50));
-    }
-}
-
-/// Waits long enough for the device to have run several rounds.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(30));
 }
 
 fn send_notif(addr: u64, len: u64) -> [u8; 64] {
@@ -152,15 +106,15 @@ fn fallback(n: u32, mask: u32, rr: bool) -> [u8; 64] {
 
 impl Rig {
     fn ram_write(&self, addr: u64, data: &[u8]) {
-        assert!(self.ram.write_bytes(addr - RAM, data));
+        assert!(self.ram.ram.write_bytes(addr - RAM, data));
     }
     fn ram_read(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut b = vec![0; len];
-        assert!(self.ram.read_bytes(addr - RAM, &mut b));
+        assert!(self.ram.ram.read_bytes(addr - RAM, &mut b));
         b
     }
     fn ram64(&self, addr: u64) -> u64 {
-        self.ram.read64(addr - RAM)
+        self.ram.ram.read64(addr - RAM)
     }
 
     fn ext(&mut self, off: u64) -> u32 {
@@ -258,7 +212,7 @@ impl Rig {
     }
     /// Consumes RX notification `i` as software does (clear the signal, advance rx_head).
     fn consume(&mut self, j: u32, i: u32) {
-        self.ram.write64(rx_ring(j) + 64 * i as u64 - RAM, 0);
+        self.ram.ram.write64(rx_ring(j) + 64 * i as u64 - RAM, 0);
         let n = self.nic.enso_config().notif_entries;
         self.w(nb_page(j) + queue::RX_HEAD, (i + 1) % n);
     }
@@ -689,14 +643,6 @@ fn every_error_is_counted_and_the_device_keeps_serving() {
     assert_ne!(r.ext(ext::ERROR_STATUS), 0);
 }
 
-/// A deterministic generator for garbage.
-fn garbage(seed: &mut u64) -> u32 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed as u32
-}
-
 #[test]
 fn garbage_everywhere_then_reset() {
     let mut r = rig();
@@ -721,17 +667,10 @@ fn garbage_everywhere_then_reset() {
             r.bar0.write32(off, garbage(&mut seed));
         }
         for off in (0..64 * 8).step_by(4) {
-            r.ram.write32(tx_ring(0) - RAM + off, garbage(&mut seed));
+            r.ram.ram.write32(tx_ring(0) - RAM + off, garbage(&mut seed));
         }
-        for _ in 0..8 {
-            let off = (garbage(&mut seed) as u64 % 0x1000) & !3;
-            let v = garbage(&mut seed);
-            r.nic.bar_write(0, off, &v.to_le_bytes());
-        }
-        let frames: Vec<Vec<u8>> = (0..8)
-            .map(|_| (0..(garbage(&mut seed) % 1600) as usize).map(|_| garbage(&mut seed) as u8).collect())
-            .collect();
-        r.inject(&frames);
+        scribble(&mut r.nic, 0, 0x1000, &mut seed, 8);
+        r.inject(&garbage_frames(&mut seed, 8));
         std::thread::sleep(Duration::from_millis(2));
     }
     settle();
@@ -743,7 +682,7 @@ fn garbage_everywhere_then_reset() {
     assert_eq!(r.ext(ext::NOTIF_MODE), 0);
     assert_eq!(r.ext(ext::EXT_ENABLE), 0, "extensions are off after a reset");
     r.set_ext(ext::EXT_ENABLE, ext::extension::ALL);
-    r.ram.clear();
+    r.ram.ram.clear();
     r.tx_tail = [0; 2];
     r.enable_nb(0);
     r.enable_pipe(0, 0);
@@ -757,8 +696,7 @@ fn garbage_everywhere_then_reset() {
     assert_eq!(r.rx_notif(0, 0), (1, 0, 1));
     // Detach/attach keeps queue state.
     r.nic.detach();
-    let dma = Dma::new(r.space.clone(), PciDevice::counters(&r.nic), Arc::new(AtomicBool::new(true)));
-    r.nic.attach(DeviceContext { dma, irq: Arc::new(NoIrqs) });
+    r.ram.attach(&mut r.nic);
     r.inject(&[udp(64, 5, 5)]);
     wait("rx after reattach", || r.pipe_tail(0) == 2);
     r.disable_pipe(0);
@@ -858,7 +796,7 @@ fn register_map_snapshot() {
 fn notification_trace_snapshot() {
     let mut r = rig();
     r.basic();
-    *r.space.log.lock().unwrap() = Some(vec![]);
+    r.ram.space.start_log();
     // Scenario: a burst of two frames, software catches up in two head writes, then a TX
     // transfer of two frames.
     r.inject(&[udp(64, 1, 1), udp(100, 1, 1)]);
@@ -874,7 +812,7 @@ fn notification_trace_snapshot() {
     r.post(0, &[send_notif(TXBUF, 128)]);
     assert_eq!(r.received(2).len(), 2);
     settle();
-    let log = r.space.log.lock().unwrap().take().unwrap();
+    let log = r.ram.space.take_log();
     let name = |a: u64| {
         if a >= TXBUF {
             format!("txbuf+{:#x}", a - TXBUF)
@@ -1061,7 +999,7 @@ fn a_torn_address_is_used_as_written_and_dma_outside_memory_is_refused() {
     for mode in MODES {
         let mut r = card_rig(mode);
         // The same RAM seen at a 64-bit address too.
-        r.space.mem.map(HIGH_RAM, RAM_LEN, Some(r.ram.dup_fd().unwrap()), 0, true).unwrap();
+        r.ram.space.mem.map(HIGH_RAM, RAM_LEN, Some(r.ram.ram.dup_fd().unwrap()), 0, true).unwrap();
         r.card_pair(0);
         r.post(0, &[fallback(1, 0, false)]);
         let base = HIGH_RAM + (pipe_base(0) - RAM);

@@ -2,12 +2,9 @@
 //! BAR0 registers, over fake guest RAM (a memfd behind `GuestMemory`) and a cable as the wire.
 
 use super::*;
-use pcie_model::dma::{DmaError, DmaSpace, GuestMemory};
-use pcie_model::{Dma, NoIrqs};
+use pcie_model::testing::{garbage, garbage_frames, scribble, settle, wait, GuestRam};
 use regs::reg::counter as c;
 use regs::{desc, queue, queue_page, rss_input, rss_queue, toeplitz, BUF_SIZE, RSS_KEY_DEFAULT};
-use std::sync::atomic::AtomicBool;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use wire::{cable, CableEnd};
 
@@ -68,34 +65,9 @@ fn frame_for_queue(q: u32, n: u32, len: usize) -> Vec<u8> {
         .expect("some port hashes there")
 }
 
-/// One logged DMA access: (write, address, length).
-type Access = (bool, u64, usize);
-
-/// Guest memory that can log every DMA access, for the trace snapshot.
-struct Traced {
-    mem: GuestMemory,
-    log: Mutex<Option<Vec<Access>>>,
-}
-
-impl DmaSpace for Traced {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), DmaError> {
-        if let Some(l) = self.log.lock().unwrap().as_mut() {
-            l.push((false, addr, buf.len()));
-        }
-        self.mem.read(addr, buf)
-    }
-    fn write(&self, addr: u64, data: &[u8]) -> Result<(), DmaError> {
-        if let Some(l) = self.log.lock().unwrap().as_mut() {
-            l.push((true, addr, data.len()));
-        }
-        self.mem.write(addr, data)
-    }
-}
-
 struct Rig {
     nic: PacketNic,
-    space: Arc<Traced>,
-    ram: ShmRegion,
+    ram: GuestRam,
     bar2: Arc<ShmRegion>,
     wire: CableEnd,
     rx_tail: Vec<u32>,
@@ -107,17 +79,12 @@ struct Rig {
 fn rig_with(num_queues: u32) -> Rig {
     let (nic_end, wire) = cable(64);
     let mut nic = PacketNic::new(PacketNicConfig { num_queues }, Box::new(nic_end)).unwrap();
-    let ram = ShmRegion::new("ram", RAM_LEN as usize).unwrap();
-    let mem = GuestMemory::new();
-    mem.map(RAM, RAM_LEN, Some(ram.dup_fd().unwrap()), 0, true).unwrap();
-    let space = Arc::new(Traced { mem, log: Mutex::new(None) });
-    let dma = Dma::new(space.clone(), PciDevice::counters(&nic), Arc::new(AtomicBool::new(true)));
-    nic.attach(DeviceContext { dma, irq: Arc::new(NoIrqs) });
+    let ram = GuestRam::new(RAM, RAM_LEN);
+    ram.attach(&mut nic);
     let BarBacking::Shared { shm: bar2, .. } = nic.bar_backing(2) else { panic!() };
     let n = num_queues as usize;
     Rig {
         nic,
-        space,
         ram,
         bar2,
         wire,
@@ -132,26 +99,13 @@ fn rig() -> Rig {
     rig_with(4)
 }
 
-fn wait(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(10), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_micros(50));
-    }
-}
-
-/// Waits long enough for the device to have run several rounds.
-fn settle() {
-    std::thread::sleep(Duration::from_millis(30));
-}
-
 impl Rig {
     fn ram_write(&self, addr: u64, data: &[u8]) {
-        assert!(self.ram.write_bytes(addr - RAM, data));
+        assert!(self.ram.ram.write_bytes(addr - RAM, data));
     }
     fn ram_read(&self, addr: u64, len: usize) -> Vec<u8> {
         let mut b = vec![0; len];
-        assert!(self.ram.read_bytes(addr - RAM, &mut b));
+        assert!(self.ram.ram.read_bytes(addr - RAM, &mut b));
         b
     }
 
@@ -562,7 +516,7 @@ fn dma_trace_snapshot() {
     r.enable_tx(0, 16);
     r.post_rx_slots(0, 8);
     settle();
-    *r.space.log.lock().unwrap() = Some(vec![]);
+    r.ram.space.start_log();
     // Scenario: a batch of six 64-byte frames (WB_BATCH 4), then one TX doorbell for three
     // frames, the first chained over two descriptors.
     r.inject(&vec![udp(64, 1, 1, 0); 6]);
@@ -584,7 +538,7 @@ fn dma_trace_snapshot() {
     r.wait_tx_done(0);
     assert_eq!(r.received(3).len(), 3);
     settle();
-    let log = r.space.log.lock().unwrap().take().unwrap();
+    let log = r.ram.space.take_log();
     let name = |a: u64| {
         if a >= TXBUF {
             format!("txbuf+{:#x}", a - TXBUF)
@@ -598,7 +552,8 @@ fn dma_trace_snapshot() {
     };
     let mut s = String::new();
     let mut meta_writes = 0;
-    for (write, addr, len) in log {
+    for (write, addr, data) in log {
+        let len = data.len();
         let meta = addr < RXBUF;
         meta_writes += (write && meta) as u32;
         let class = if meta { "metadata" } else { "data" };
@@ -698,14 +653,6 @@ fn every_error_is_counted_and_the_device_keeps_serving() {
     assert_eq!(r.reg(reg::ERROR_STATUS), ((1u32 << c::COUNT) - 1) & !((1 << c::RX_DROP_NO_BUFFER) - 1));
 }
 
-/// A deterministic generator for garbage.
-fn garbage(seed: &mut u64) -> u32 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed as u32
-}
-
 #[test]
 fn garbage_everywhere_then_reset() {
     let mut r = rig();
@@ -724,18 +671,11 @@ fn garbage_everywhere_then_reset() {
             }
         }
         for off in (0..64 * 16).step_by(4) {
-            r.ram.write32(rx_ring(0) - RAM + off, garbage(&mut seed));
-            r.ram.write32(tx_ring(0) - RAM + off, garbage(&mut seed));
+            r.ram.ram.write32(rx_ring(0) - RAM + off, garbage(&mut seed));
+            r.ram.ram.write32(tx_ring(0) - RAM + off, garbage(&mut seed));
         }
-        for _ in 0..8 {
-            let off = (garbage(&mut seed) as u64 % 0x1000) & !3;
-            let v = garbage(&mut seed);
-            r.nic.bar_write(0, off, &v.to_le_bytes());
-        }
-        let frames: Vec<Vec<u8>> = (0..8)
-            .map(|_| (0..(garbage(&mut seed) % 1600) as usize).map(|_| garbage(&mut seed) as u8).collect())
-            .collect();
-        r.inject(&frames);
+        scribble(&mut r.nic, 0, 0x1000, &mut seed, 8);
+        r.inject(&garbage_frames(&mut seed, 8));
         std::thread::sleep(Duration::from_millis(2));
     }
     settle();
@@ -747,7 +687,7 @@ fn garbage_everywhere_then_reset() {
     }
     assert_eq!((r.reg(reg::RSS_QUEUES), r.reg(reg::WB_BATCH)), (1, reg::WB_BATCH_DEFAULT));
     assert_eq!(r.reg(reg::RSS_KEY + 36), u32::from_le_bytes([0xbe, 0xac, 0x01, 0xfa]));
-    r.ram.clear();
+    r.ram.ram.clear();
     let mut drain = vec![];
     r.wire.recv(&mut drain, 10_000);
     r.enable_rx(0, 16);
@@ -762,8 +702,7 @@ fn garbage_everywhere_then_reset() {
     assert_eq!(r.received(1), vec![f.clone()]);
     // Detach/attach keeps queue state.
     r.nic.detach();
-    let dma = Dma::new(r.space.clone(), PciDevice::counters(&r.nic), Arc::new(AtomicBool::new(true)));
-    r.nic.attach(DeviceContext { dma, irq: Arc::new(NoIrqs) });
+    r.ram.attach(&mut r.nic);
     r.inject(std::slice::from_ref(&f));
     wait("rx after reattach", || r.q(0, queue::RX_HEAD) == 2);
     // Disable: acknowledged, then frames for it are dropped.

@@ -18,6 +18,8 @@ pub mod irq;
 pub mod poll;
 pub mod regs;
 pub mod shm;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder, MsixSpec};
 pub use device::{BarBacking, DeviceContext, PciDevice};
