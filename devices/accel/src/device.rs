@@ -19,9 +19,9 @@
 use crate::function::Function;
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
 use pcie_model::device_counters::{DeviceCounters, LocalCounts};
-use pcie_model::device_thread::DeviceLoop;
+use pcie_model::device_thread::{DeviceLoop, Lifecycle};
 use pcie_model::regs::dword;
-use pcie_model::{BarBacking, Counters, DeviceContext, Dma, DmaClass, OpKind, OpRole, PciDevice, ShmRegion};
+use pcie_model::{BarBacking, Counters, Dma, DmaClass, OpKind, OpRole, PciDevice, ShmRegion};
 use std::sync::{Arc, Mutex, MutexGuard};
 use testbed_regs::accel::reg::counter as c;
 use testbed_regs::accel::{self as regs, cqe, db, desc, reg, status};
@@ -596,12 +596,8 @@ impl PciDevice for Accelerator {
         }
     }
 
-    fn attach(&mut self, ctx: DeviceContext) {
-        self.worker.attach(ctx);
-    }
-
-    fn detach(&mut self) {
-        self.worker.detach();
+    fn lifecycle(&mut self) -> Option<&mut dyn Lifecycle> {
+        Some(&mut self.worker)
     }
 
     fn reset(&mut self) {

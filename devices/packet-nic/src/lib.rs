@@ -42,9 +42,9 @@ mod worker;
 mod tests;
 
 use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
-use pcie_model::device_thread::DeviceLoop;
+use pcie_model::device_thread::{DeviceLoop, Lifecycle};
 use pcie_model::regs::dword;
-use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice, ShmRegion};
+use pcie_model::{BarBacking, Counters, PciDevice, ShmRegion};
 use stats::NicCounters;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -311,12 +311,8 @@ impl PciDevice for PacketNic {
         }
     }
 
-    fn attach(&mut self, ctx: DeviceContext) {
-        self.worker.attach(ctx);
-    }
-
-    fn detach(&mut self) {
-        self.worker.detach();
+    fn lifecycle(&mut self) -> Option<&mut dyn Lifecycle> {
+        Some(&mut self.worker)
     }
 
     fn reset(&mut self) {

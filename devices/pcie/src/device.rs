@@ -1,6 +1,7 @@
 //! The trait a device model implements so any transport can drive it.
 
 use crate::config::ConfigSpace;
+use crate::device_thread::Lifecycle;
 use crate::dma::Dma;
 use crate::irq::IrqSink;
 use crate::shm::ShmRegion;
@@ -64,10 +65,23 @@ pub trait PciDevice: Send {
     fn bar_read(&mut self, index: u8, offset: u64, data: &mut [u8]);
     /// A trapped write of BAR `index` at `offset`.
     fn bar_write(&mut self, index: u8, offset: u64, data: &[u8]);
+    /// The device thread that `attach` starts and `detach` stops, for models built on a
+    /// [`DeviceLoop`](crate::device_thread::DeviceLoop); None (the default) for models that implement both themselves.
+    fn lifecycle(&mut self) -> Option<&mut dyn Lifecycle> {
+        None
+    }
     /// A driver connected: the device may start its threads and use `ctx`.
-    fn attach(&mut self, ctx: DeviceContext);
+    fn attach(&mut self, ctx: DeviceContext) {
+        if let Some(l) = self.lifecycle() {
+            l.attach(ctx);
+        }
+    }
     /// The driver went away or unmapped memory: stop touching DMA before returning.
-    fn detach(&mut self);
+    fn detach(&mut self) {
+        if let Some(l) = self.lifecycle() {
+            l.detach();
+        }
+    }
     /// Function-level reset: registers and queues back to power-on state.
     fn reset(&mut self);
     /// The device's counters.

@@ -99,6 +99,25 @@ impl<S: Send + 'static> Worker<S> {
     }
 }
 
+/// What attaching and detaching a driver does to a model's device thread (see
+/// [`crate::PciDevice::lifecycle`]).
+pub trait Lifecycle {
+    /// A driver connected: (re)start the thread with its context.
+    fn attach(&mut self, ctx: DeviceContext);
+    /// The driver left: stop the thread before returning.
+    fn detach(&mut self);
+}
+
+impl<S: Send + 'static> Lifecycle for DeviceLoop<S> {
+    fn attach(&mut self, ctx: DeviceContext) {
+        DeviceLoop::attach(self, ctx);
+    }
+
+    fn detach(&mut self) {
+        DeviceLoop::detach(self);
+    }
+}
+
 /// The body of a device thread: runs over the state until `stop` is raised, then returns it.
 type Body<S> = Arc<dyn Fn(S, DeviceContext, Arc<AtomicBool>) -> S + Send + Sync>;
 
