@@ -121,12 +121,6 @@ pub fn card_echo(env: &Env, opts: &RunOptions, o: CardEchoOptions) -> Result<Run
     report.check("guest:pipes_from_8191_down", used == want, format!("{used:?}"));
 
     let delta = |name: &str| counter_of(&nic_after, name) - counter_of(&nic_before, name);
-    let mut dropped = serde_json::Map::new();
-    for (name, _) in &nic_after {
-        if name.contains("drop") {
-            dropped.insert((*name).into(), json!(delta(name)));
-        }
-    }
     let mut traffic_pcie = after.since(&before);
     // The program's datapath register writes (pair rx_head and tx_tail, pipe heads, head
     // rewrites): stores into mapped pages. Polled ones the device cannot count; trapped
@@ -138,30 +132,12 @@ pub fn card_echo(env: &Env, opts: &RunOptions, o: CardEchoOptions) -> Result<Run
     let pc = traffic_pcie.counters;
     match traffic {
         Some(t) => {
-            dropped.insert("lost".into(), json!(t.lost));
-            dropped.insert("refused_by_cable".into(), json!(t.refused));
-            let nic_drops: u64 =
-                dropped.iter().filter(|(k, _)| k.contains("drop")).filter_map(|(_, v)| v.as_u64()).sum();
-            report.check(
-                "traffic:all_matched",
-                t.matched == t.sent && t.sent == o.packets,
-                format!(
-                    "sent {}, received {}, matched {} (byte 63 incremented)",
-                    t.sent, t.received, t.matched
-                ),
-            );
-            report.check(
-                "traffic:intact",
-                t.corrupted == 0 && t.reordered == 0 && t.duplicated == 0 && t.late == 0,
-                format!(
-                    "corrupted {}, reordered {}, duplicated {}, late {}",
-                    t.corrupted, t.reordered, t.duplicated, t.late
-                ),
-            );
-            report.check(
-                "traffic:no_drops",
-                nic_drops == 0 && t.lost == 0,
-                format!("NIC drops {nic_drops}, lost {}", t.lost),
+            let dropped = run::generator_checks(
+                &mut report,
+                &t,
+                o.packets,
+                " (byte 63 incremented)",
+                (&nic_before, &nic_after),
             );
             let checks = EnsoChecks::new(setup, (&nic_before, &nic_after), &traffic_pcie, writes, t.matched);
             checks.check(&mut report);
@@ -172,13 +148,7 @@ pub fn card_echo(env: &Env, opts: &RunOptions, o: CardEchoOptions) -> Result<Run
                 refused.iter().all(|(_, v)| *v == 0),
                 refused.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "),
             );
-            if let Some(cycles) = &nic.rtl_cycles {
-                let n = cycles.load(std::sync::atomic::Ordering::Relaxed);
-                report.check("rtl:clocked", n > 0, format!("the RTL queue engine ran {n} clock cycles"));
-                if o.registers == Registers::Mmio {
-                    run::rtl_front_end_check(&mut report, &nic_after);
-                }
-            }
+            run::rtl_checks(&mut report, nic.rtl_cycles.as_deref(), t.matched, o.registers, &nic_after);
             report.traffic = json!({
                 "sent": t.sent,
                 "received": t.received,

@@ -9,6 +9,7 @@
 //! falls into exactly one item: the three devices record into one [`OpTrace`], cut at
 //! every image the NIC writes to the host.
 
+use crate::rig;
 use crate::run::{self, Env, RunOptions, RunReport, VmLock};
 use crate::vm::VmSpec;
 use accel::{crypto, function, ml, Accelerator};
@@ -300,32 +301,6 @@ fn serve<D: PciDevice + 'static>(
     Ok(server.spawn())
 }
 
-/// An accelerator's stream window as the switch delivers to it.
-struct AccelInput(accel::StreamPort);
-impl nagare::Ingress for AccelInput {
-    fn push(&self, offset: u64, data: &[u8]) -> bool {
-        self.0.push(offset, data)
-    }
-    fn window(&self) -> u64 {
-        testbed_regs::accel::STREAM_WINDOW_SIZE
-    }
-}
-
-/// The NIC's TX stream window as the switch delivers to it.
-struct NicTxInput(enso_nic::stream::TxStreamPort);
-impl nagare::Ingress for NicTxInput {
-    fn push(&self, offset: u64, data: &[u8]) -> bool {
-        self.0.push(offset, data)
-    }
-    fn window(&self) -> u64 {
-        testbed_regs::enso::ext::STREAM_TX_WINDOW_SIZE
-    }
-}
-
-fn pci_id(vendor: u16, device: u16) -> u32 {
-    (vendor as u32) << 16 | device as u32
-}
-
 impl ChainRig {
     /// Builds and serves the devices for `o` with sockets in `dir`.
     pub fn new(o: &ChainOptions, dir: &Path) -> Result<ChainRig> {
@@ -357,46 +332,15 @@ impl ChainRig {
             lock(m).trace_to(TraceTap::new(trace.clone(), "ml"));
         }
         // The switch, with every device behind one of its ports.
-        use testbed_regs::{accel as acc, enso as en};
+        use testbed_regs::accel as acc;
         // With the RTL, both co-simulated parts: the NIC's queue engine and the switch's
         // match-action pipeline.
         let rtl_headers =
             (o.model == run::EngineModel::Rtl).then(|| Arc::new(std::sync::atomic::AtomicU64::new(0)));
-        if rtl_headers.is_some() {
-            crate::rtl::ensure()?;
-        }
-        let fabric = match &rtl_headers {
-            Some(h) => nagare::Fabric::with_model(
-                nagare::PipelineConfig::default(),
-                rtl_cosim::nagare_pipeline(Some(h.clone())).map_err(anyhow::Error::msg)?,
-            ),
-            None => nagare::Fabric::new(nagare::PipelineConfig::default()),
-        };
-        let (nic_port, nic_pcie) = {
-            let n = nic.lock().unwrap_or_else(|e| e.into_inner());
-            let credits = n.credit_port();
-            let port = nagare::Port {
-                name: "nic".into(),
-                pci_id: pci_id(en::VENDOR_ID, en::DEVICE_ID),
-                input: Some(Arc::new(NicTxInput(n.tx_stream_port()))),
-                credits: Some(Arc::new(move |pipe, head| credits.set_head(pipe, head))),
-                doorbell: None,
-                counters: Some(PciDevice::counters(&*n)),
-            };
-            (fabric.attach(port), PciDevice::counters(&*n))
-        };
-        let _ = nic_pcie;
+        let fabric = rig::nagare_fabric(o.model, rtl_headers.clone())?;
+        let nic_port = rig::attach_nic(&fabric, &nic.lock().unwrap_or_else(|e| e.into_inner()));
         let accel_port = |d: &Arc<Mutex<Accelerator>>, name: &str, device: u16| {
-            let a = d.lock().unwrap_or_else(|e| e.into_inner());
-            let bell = a.doorbell_port();
-            fabric.attach(nagare::Port {
-                name: name.into(),
-                pci_id: pci_id(acc::VENDOR_ID, device),
-                input: Some(Arc::new(AccelInput(a.stream_port()))),
-                credits: None,
-                doorbell: Some(Arc::new(move |tail| bell.ring(tail))),
-                counters: Some(PciDevice::counters(&*a)),
-            })
+            rig::attach_accel(&fabric, &d.lock().unwrap_or_else(|e| e.into_inner()), name, device)
         };
         let crypto_port = accel_port(&crypto, "crypto", acc::CRYPTO_DEVICE_ID);
         let ml_port = ml.as_ref().map(|m| accel_port(m, "ml", acc::ML_DEVICE_ID));

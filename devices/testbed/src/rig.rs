@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 /// The device models a user can serve.
@@ -480,6 +481,44 @@ impl nagare::Ingress for AccelInput {
     }
 }
 
+/// The switch's fabric: its pipeline in Rust, or with `model` rtl the co-simulated RTL
+/// (counting the headers it rules on into `headers`, when given).
+pub fn nagare_fabric(model: EngineModel, headers: Option<Arc<AtomicU64>>) -> Result<Arc<nagare::Fabric>> {
+    if model != EngineModel::Rtl {
+        return Ok(nagare::Fabric::new(nagare::PipelineConfig::default()));
+    }
+    crate::rtl::ensure()?;
+    let pipeline = rtl_cosim::nagare_pipeline(headers).map_err(anyhow::Error::msg)?;
+    Ok(nagare::Fabric::with_model(nagare::PipelineConfig::default(), pipeline))
+}
+
+/// Puts the Ensō NIC behind a switch port: its TX stream window and head credits.
+pub fn attach_nic(fabric: &nagare::Fabric, nic: &enso_nic::EnsoNic) -> u32 {
+    use testbed_regs::enso as en;
+    let credits = nic.credit_port();
+    fabric.attach(nagare::Port {
+        name: "nic".into(),
+        pci_id: pci_id(en::VENDOR_ID, en::DEVICE_ID),
+        input: Some(Arc::new(NicTxInput(nic.tx_stream_port()))),
+        credits: Some(Arc::new(move |pipe, head| credits.set_head(pipe, head))),
+        doorbell: None,
+        counters: Some(PciDevice::counters(nic)),
+    })
+}
+
+/// Puts an accelerator behind a switch port: its stream window and its doorbell.
+pub fn attach_accel(fabric: &nagare::Fabric, a: &Accelerator, name: &str, device: u16) -> u32 {
+    let bell = a.doorbell_port();
+    fabric.attach(nagare::Port {
+        name: name.into(),
+        pci_id: pci_id(testbed_regs::accel::VENDOR_ID, device),
+        input: Some(Arc::new(AccelInput(a.stream_port()))),
+        credits: None,
+        doorbell: Some(Arc::new(move |tail| bell.ring(tail))),
+        counters: Some(PciDevice::counters(a)),
+    })
+}
+
 /// The switch and the devices behind it.
 struct NagareSet {
     fabric: Arc<nagare::Fabric>,
@@ -508,48 +547,16 @@ fn pci_id(vendor: u16, device: u16) -> u32 {
 
 /// The switch with an Ensō NIC (its port on `port`), the crypto and the ML accelerator.
 fn nagare_set(cfg: &DeviceConfig, port: Box<dyn wire::EthPort>) -> Result<NagareSet> {
-    use testbed_regs::{accel as acc, enso as en};
+    use testbed_regs::accel as acc;
     let (nic, _) = run::enso_nic_config(cfg.model, cfg.enso_config(), port)?;
     let nic = Arc::new(Mutex::new(nic));
     let crypto = Arc::new(Mutex::new(Accelerator::crypto()?));
     let ml = Arc::new(Mutex::new(Accelerator::ml()?));
-    let fabric = if cfg.model == EngineModel::Rtl {
-        crate::rtl::ensure()?;
-        nagare::Fabric::with_model(
-            nagare::PipelineConfig::default(),
-            rtl_cosim::nagare_pipeline(None).map_err(anyhow::Error::msg)?,
-        )
-    } else {
-        nagare::Fabric::new(nagare::PipelineConfig::default())
-    };
-    let nic_port = {
-        let n = lock(&nic);
-        let credits = n.credit_port();
-        fabric.attach(nagare::Port {
-            name: "nic".into(),
-            pci_id: pci_id(en::VENDOR_ID, en::DEVICE_ID),
-            input: Some(Arc::new(NicTxInput(n.tx_stream_port()))),
-            credits: Some(Arc::new(move |pipe, head| credits.set_head(pipe, head))),
-            doorbell: None,
-            counters: Some(PciDevice::counters(&*n)),
-        })
-    };
-    let accel_port = |d: &Arc<Mutex<Accelerator>>, name: &str, device: u16| {
-        let a = lock(d);
-        let bell = a.doorbell_port();
-        fabric.attach(nagare::Port {
-            name: name.into(),
-            pci_id: pci_id(acc::VENDOR_ID, device),
-            input: Some(Arc::new(AccelInput(a.stream_port()))),
-            credits: None,
-            doorbell: Some(Arc::new(move |tail| bell.ring(tail))),
-            counters: Some(PciDevice::counters(&*a)),
-        })
-    };
+    let fabric = nagare_fabric(cfg.model, None)?;
     let ports = [
-        nic_port,
-        accel_port(&crypto, "crypto", acc::CRYPTO_DEVICE_ID),
-        accel_port(&ml, "ml", acc::ML_DEVICE_ID),
+        attach_nic(&fabric, &lock(&nic)),
+        attach_accel(&fabric, &lock(&crypto), "crypto", acc::CRYPTO_DEVICE_ID),
+        attach_accel(&fabric, &lock(&ml), "ml", acc::ML_DEVICE_ID),
     ];
     let switch = Arc::new(Mutex::new(nagare::Switch::new(fabric.clone())?));
     Ok(NagareSet { fabric, switch, nic, crypto, ml, ports })

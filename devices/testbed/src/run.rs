@@ -76,33 +76,19 @@ pub struct RunReport {
 impl RunReport {
     /// A report of a scenario whose driver runs in this process (no guest).
     pub(crate) fn native(scenario: &str, dir: &Path) -> Self {
-        RunReport {
-            scenario: scenario.into(),
-            pass: true,
-            accel: "none (native vfio-user driver)".into(),
-            boot_s: None,
-            duration_s: 0.0,
-            assertions: vec![],
-            devices: Default::default(),
-            servers: Default::default(),
-            guest: Value::Null,
-            restarts: 0,
-            qemu: "-".into(),
-            kernel: "-".into(),
-            logs: dir.display().to_string(),
-            traffic: Value::Null,
-            datapath: Value::Null,
-            modes: Value::Null,
-            convention: Value::Null,
-            pipes_used: Value::Null,
-        }
+        Self::with(scenario, "none (native vfio-user driver)".into(), "-".into(), "-".into(), dir)
     }
 
     pub(crate) fn new(scenario: &str, env: &Env, dir: &Path) -> Self {
+        let qemu = format!("{} ({})", env.qemu.bin.display(), env.qemu.version);
+        Self::with(scenario, env.accel.name().into(), qemu, env.image.kernel_version.clone(), dir)
+    }
+
+    fn with(scenario: &str, accel: String, qemu: String, kernel: String, dir: &Path) -> Self {
         RunReport {
             scenario: scenario.into(),
             pass: true,
-            accel: env.accel.name().into(),
+            accel,
             boot_s: None,
             duration_s: 0.0,
             assertions: vec![],
@@ -110,8 +96,8 @@ impl RunReport {
             servers: Default::default(),
             guest: Value::Null,
             restarts: 0,
-            qemu: format!("{} ({})", env.qemu.bin.display(), env.qemu.version),
-            kernel: env.image.kernel_version.clone(),
+            qemu,
+            kernel,
             logs: dir.display().to_string(),
             traffic: Value::Null,
             datapath: Value::Null,
@@ -795,12 +781,6 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     report.check("guest_ready", ready, "the guest's echo set up its pipes");
 
     let delta = |name: &str| counter_of(&nic_after, name) - counter_of(&nic_before, name);
-    let mut dropped = serde_json::Map::new();
-    for (name, _) in &nic_after {
-        if name.contains("drop") {
-            dropped.insert((*name).into(), json!(delta(name)));
-        }
-    }
     let mut traffic_pcie = after.since(&before);
     // The driver's doorbells: plain stores into pages the device polls, which it cannot
     // count, so the guest reports them (its datapath loop only). In register mode mmio the
@@ -815,42 +795,8 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     let trapped = pc.mmio_reads + pc.mmio_writes;
     match traffic {
         Some(t) => {
-            dropped.insert("lost".into(), json!(t.lost));
-            dropped.insert("refused_by_cable".into(), json!(t.refused));
-            let nic_drops: u64 =
-                dropped.iter().filter(|(k, _)| k.contains("drop")).filter_map(|(_, v)| v.as_u64()).sum();
-            report.check(
-                "traffic:all_matched",
-                t.matched == t.sent && t.sent == p.packets,
-                format!("sent {}, received {}, matched {}", t.sent, t.received, t.matched),
-            );
-            report.check(
-                "traffic:intact",
-                t.corrupted == 0 && t.reordered == 0 && t.duplicated == 0 && t.late == 0,
-                format!(
-                    "corrupted {}, reordered {}, duplicated {}, late {}",
-                    t.corrupted, t.reordered, t.duplicated, t.late
-                ),
-            );
-            report.check(
-                "traffic:no_drops",
-                nic_drops == 0 && t.lost == 0,
-                format!("NIC drops {nic_drops}, lost {}", t.lost),
-            );
-            if let Some(cycles) = &nic.rtl_cycles {
-                let n = cycles.load(std::sync::atomic::Ordering::Relaxed);
-                report.check(
-                    "rtl:clocked",
-                    n > 0,
-                    format!(
-                        "the RTL queue engine ran {n} clock cycles ({:.1} per packet)",
-                        n as f64 / t.matched.max(1) as f64
-                    ),
-                );
-                if p.setup.registers == Registers::Mmio {
-                    rtl_front_end_check(&mut report, &nic_after);
-                }
-            }
+            let dropped = generator_checks(&mut report, &t, p.packets, "", (&nic_before, &nic_after));
+            rtl_checks(&mut report, nic.rtl_cycles.as_deref(), t.matched, p.setup.registers, &nic_after);
             let enso_checks =
                 EnsoChecks::new(p.setup, (&nic_before, &nic_after), &traffic_pcie, doorbells, t.matched);
             if p.nic == NicKind::Enso {
@@ -927,6 +873,74 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     }
     report.finish(&dir, opts.keep, started);
     Ok(report)
+}
+
+/// A device's counters by name.
+type Named<'a> = &'a [(&'static str, u64)];
+
+/// The host generator's verdict over an echo: every packet answered and matched
+/// (`echo` says how a reply matches), nothing corrupted or out of order, and no drop,
+/// neither the NIC's (its `*drop*` counters over the run) nor the wire's. Returns the
+/// report's `dropped` object.
+pub(crate) fn generator_checks(
+    report: &mut RunReport,
+    t: &wire::generator::GenReport,
+    want: u64,
+    echo: &str,
+    (before, after): (Named<'_>, Named<'_>),
+) -> serde_json::Map<String, Value> {
+    let mut dropped = serde_json::Map::new();
+    for (name, v) in after {
+        if name.contains("drop") {
+            dropped.insert((*name).into(), json!(v - counter_of(before, name)));
+        }
+    }
+    let nic_drops: u64 = dropped.values().filter_map(Value::as_u64).sum();
+    dropped.insert("lost".into(), json!(t.lost));
+    dropped.insert("refused_by_cable".into(), json!(t.refused));
+    report.check(
+        "traffic:all_matched",
+        t.matched == t.sent && t.sent == want,
+        format!("sent {}, received {}, matched {}{echo}", t.sent, t.received, t.matched),
+    );
+    report.check(
+        "traffic:intact",
+        t.corrupted == 0 && t.reordered == 0 && t.duplicated == 0 && t.late == 0,
+        format!(
+            "corrupted {}, reordered {}, duplicated {}, late {}",
+            t.corrupted, t.reordered, t.duplicated, t.late
+        ),
+    );
+    report.check(
+        "traffic:no_drops",
+        nic_drops == 0 && t.lost == 0,
+        format!("NIC drops {nic_drops}, lost {}", t.lost),
+    );
+    dropped
+}
+
+/// With the RTL queue engine (`cycles`): it was clocked; in register mode mmio, the queue
+/// pages went through its register front end.
+pub(crate) fn rtl_checks(
+    report: &mut RunReport,
+    cycles: Option<&std::sync::atomic::AtomicU64>,
+    packets: u64,
+    registers: Registers,
+    counters: &[(&'static str, u64)],
+) {
+    let Some(cycles) = cycles else { return };
+    let n = cycles.load(std::sync::atomic::Ordering::Relaxed);
+    report.check(
+        "rtl:clocked",
+        n > 0,
+        format!(
+            "the RTL queue engine ran {n} clock cycles ({:.1} per packet)",
+            n as f64 / packets.max(1) as f64
+        ),
+    );
+    if registers == Registers::Mmio {
+        rtl_front_end_check(report, counters);
+    }
 }
 
 /// With the RTL in register mode mmio: the queue-page accesses went through the RTL's

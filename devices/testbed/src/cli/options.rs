@@ -75,30 +75,7 @@ pub fn model_mpps(s: &str) -> Result<f64, String> {
     float_in(s, MODEL_MIN_MPPS, MODEL_MAX_MPPS, "Mpps")
 }
 
-#[derive(clap::Args, Clone)]
-pub struct VmArgs {
-    /// Accelerator: auto probes KVM once and falls back to TCG.
-    #[arg(long, value_enum, default_value = "auto")]
-    pub accel: AccelChoice,
-    /// Time limit for one guest run, in seconds (boot included; 1..=86400).
-    #[arg(long, allow_negative_numbers = true, default_value_t = 300,
-          value_parser = whole::<u64>(1, MAX_TIMEOUT_S))]
-    pub timeout: u64,
-    /// Keep the run folder (console log, result channel, QEMU log) even on success.
-    #[arg(long)]
-    pub keep: bool,
-    /// Print the guest console after the run.
-    #[arg(long)]
-    pub console: bool,
-}
-
-impl VmArgs {
-    pub fn options(&self) -> run::RunOptions {
-        run::RunOptions { timeout: Duration::from_secs(self.timeout), keep: self.keep, console: self.console }
-    }
-}
-
-/// [`VmArgs`] of the scenarios that do not print a guest console.
+/// The guest of a scenario: accelerator, time limit, and whether to keep its run folder.
 #[derive(clap::Args, Clone)]
 pub struct GuestArgs {
     /// Accelerator: auto probes KVM once and falls back to TCG.
@@ -116,6 +93,30 @@ pub struct GuestArgs {
 impl GuestArgs {
     pub fn options(&self) -> run::RunOptions {
         run::RunOptions { timeout: Duration::from_secs(self.timeout), keep: self.keep, console: false }
+    }
+}
+
+/// [`GuestArgs`] of the scenarios that can also print the guest's console.
+#[derive(clap::Args, Clone)]
+pub struct VmArgs {
+    #[command(flatten)]
+    pub guest: GuestArgs,
+    /// Print the guest console after the run.
+    #[arg(long)]
+    pub console: bool,
+}
+
+impl std::ops::Deref for VmArgs {
+    type Target = GuestArgs;
+
+    fn deref(&self) -> &GuestArgs {
+        &self.guest
+    }
+}
+
+impl VmArgs {
+    pub fn options(&self) -> run::RunOptions {
+        run::RunOptions { console: self.console, ..self.guest.options() }
     }
 }
 
