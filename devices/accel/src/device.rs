@@ -17,7 +17,7 @@
 //!   dropped and counted, and the writer restarts the stream (STREAM_CTRL 0, 1).
 
 use crate::function::Function;
-use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
+use pcie_model::config::{BarSpec, ConfigSpace, ConfigSpaceBuilder};
 use pcie_model::device_counters::{DeviceCounters, LocalCounts};
 use pcie_model::device_thread::{DeviceLoop, Lifecycle};
 use pcie_model::regs::dword;
@@ -162,20 +162,9 @@ impl Accelerator {
         };
         let config = ConfigSpaceBuilder::new(regs::VENDOR_ID, device_id)
             .class(regs::CLASS_CODE)
-            .bar(BarSpec {
-                index: regs::REG_BAR,
-                size: regs::REG_BAR_SIZE,
-                kind: BarKind::Mem32,
-                prefetchable: false,
-            })
-            .bar(BarSpec {
-                index: regs::DB_BAR,
-                size: regs::DB_BAR_SIZE,
-                kind: BarKind::Mem64,
-                prefetchable: false,
-            })
-            .build()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            .bar(BarSpec::mem32(regs::REG_BAR, regs::REG_BAR_SIZE))
+            .bar(BarSpec::mem64(regs::DB_BAR, regs::DB_BAR_SIZE))
+            .build()?;
         let shared = Arc::new(Shared {
             db: Arc::new(ShmRegion::new("accel-db", db::PAGE as usize)?),
             state: Mutex::new(State::default()),

@@ -220,8 +220,7 @@ impl EnsoNic {
                 kind: BarKind::Mem64,
                 prefetchable: true,
             })
-            .build()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            .build()?;
         let bar2_len = regs::nb_page(cfg.num_nb_pairs) as usize;
         let shared = Arc::new(Shared {
             cfg,

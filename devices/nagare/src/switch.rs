@@ -3,7 +3,7 @@
 //! the stream windows, where the CPU pushes (seed §4.5).
 
 use crate::fabric::{Fabric, Hop};
-use pcie_model::config::{BarKind, BarSpec, ConfigSpace, ConfigSpaceBuilder};
+use pcie_model::config::{BarSpec, ConfigSpace, ConfigSpaceBuilder};
 use pcie_model::regs::dword;
 use pcie_model::{BarBacking, Counters, DeviceContext, PciDevice};
 use std::sync::atomic::Ordering;
@@ -24,20 +24,9 @@ impl Switch {
     pub fn new(fabric: Arc<Fabric>) -> std::io::Result<Switch> {
         let config = ConfigSpaceBuilder::new(regs::VENDOR_ID, regs::DEVICE_ID)
             .class(regs::CLASS_CODE)
-            .bar(BarSpec {
-                index: regs::REG_BAR,
-                size: regs::REG_BAR_SIZE,
-                kind: BarKind::Mem32,
-                prefetchable: false,
-            })
-            .bar(BarSpec {
-                index: regs::WINDOW_BAR,
-                size: regs::WINDOW_BAR_SIZE,
-                kind: BarKind::Mem64,
-                prefetchable: false,
-            })
-            .build()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            .bar(BarSpec::mem32(regs::REG_BAR, regs::REG_BAR_SIZE))
+            .bar(BarSpec::mem64(regs::WINDOW_BAR, regs::WINDOW_BAR_SIZE))
+            .build()?;
         Ok(Switch { config, fabric, pcie: Arc::new(Counters::default()), stream_sel: 0, hop_sel: 0 })
     }
 

@@ -126,20 +126,14 @@ impl PacketNic {
         cfg.check()?;
         let config = ConfigSpaceBuilder::new(regs::VENDOR_ID, regs::DEVICE_ID)
             .class(regs::CLASS_CODE)
-            .bar(BarSpec {
-                index: regs::REG_BAR,
-                size: regs::REG_BAR_SIZE,
-                kind: BarKind::Mem32,
-                prefetchable: false,
-            })
+            .bar(BarSpec::mem32(regs::REG_BAR, regs::REG_BAR_SIZE))
             .bar(BarSpec {
                 index: regs::QUEUE_BAR,
                 size: regs::QUEUE_BAR_SIZE,
                 kind: BarKind::Mem64,
                 prefetchable: true,
             })
-            .build()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            .build()?;
         let shared = Arc::new(Shared {
             cfg,
             bar2: Arc::new(ShmRegion::new("packet-nic-bar2", regs::queue_page(cfg.num_queues) as usize)?),

@@ -63,6 +63,18 @@ pub struct BarSpec {
     pub prefetchable: bool,
 }
 
+impl BarSpec {
+    /// A non-prefetchable 32-bit memory BAR.
+    pub fn mem32(index: u8, size: u64) -> BarSpec {
+        BarSpec { index, size, kind: BarKind::Mem32, prefetchable: false }
+    }
+
+    /// A non-prefetchable 64-bit memory BAR.
+    pub fn mem64(index: u8, size: u64) -> BarSpec {
+        BarSpec { index, size, kind: BarKind::Mem64, prefetchable: false }
+    }
+}
+
 /// The MSI-X capability: where its table and pending-bit array live.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MsixSpec {
@@ -91,6 +103,12 @@ pub enum ConfigError {
     BarTooBig(u8, u64),
     #[error("MSI-X: {0}")]
     Msix(String),
+}
+
+impl From<ConfigError> for std::io::Error {
+    fn from(e: ConfigError) -> Self {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, e)
+    }
 }
 
 /// A configuration-space access outside the space.

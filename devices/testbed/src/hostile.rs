@@ -169,29 +169,9 @@ pub fn before_version(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// A small deterministic generator (splitmix64).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-}
+/// The hostile clients' deterministic generator: the seeded splitmix64 stream the ML
+/// model is synthesized from.
+pub use ::accel::ml::SplitMix as Rng;
 
 /// What a garbage client did.
 #[derive(Clone, Debug, Default, serde::Serialize)]

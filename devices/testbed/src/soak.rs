@@ -358,7 +358,7 @@ pub fn run(a: &SoakArgs) -> Result<i32> {
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
     let dir = crate::run::private_dir("soak")?;
     let mut s = Servers::start(&dir)?;
-    let mut rng = Rng::new(a.seed);
+    let mut rng = Rng(a.seed);
     let mut t = Totals::default();
     let started = Instant::now();
     let end = started + Duration::from_secs_f64(a.minutes.max(0.05) * 60.0);

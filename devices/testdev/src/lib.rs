@@ -64,7 +64,7 @@ impl SmokeDevice {
     pub fn new() -> std::io::Result<Self> {
         let config = ConfigSpaceBuilder::new(VENDOR_ID, DEVICE_ID)
             .class(CLASS_CODE)
-            .bar(BarSpec { index: REG_BAR, size: REG_BAR_SIZE, kind: BarKind::Mem32, prefetchable: false })
+            .bar(BarSpec::mem32(REG_BAR, REG_BAR_SIZE))
             .bar(BarSpec {
                 index: DOORBELL_BAR,
                 size: DOORBELL_BAR_SIZE,
@@ -78,8 +78,7 @@ impl SmokeDevice {
                 pba_bar: REG_BAR,
                 pba_offset: MSIX_PBA_OFFSET,
             })
-            .build()
-            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            .build()?;
         Ok(SmokeDevice {
             config,
             shared: Arc::new(Shared {
