@@ -217,6 +217,8 @@ pub fn simulate(p: &Params) -> Outcome {
     let mut latency_sum = 0u128;
 
     while let Some(Reverse((t, _, e))) = q.pop() {
+        // Set by the events after which the NIC sends a notification.
+        let mut notify = false;
         match e {
             Event::Arrive(i) => {
                 let start = t.max(link_free);
@@ -225,14 +227,7 @@ pub fn simulate(p: &Params) -> Outcome {
             }
             Event::DataSent(i) => {
                 sent = sent.max(i + 1);
-                if !gated || armed {
-                    armed = false;
-                    let start = t.max(link_free);
-                    link_free = start + ser_notif;
-                    notified = sent;
-                    notifications += 1;
-                    push(&mut q, link_free + l, Event::NotifLand(sent));
-                }
+                notify = !gated || armed;
             }
             Event::NotifLand(upto) => {
                 landed = landed.max(upto);
@@ -272,16 +267,17 @@ pub fn simulate(p: &Params) -> Outcome {
                 // Caught up: the acknowledged batch covered everything notified.
                 if upto >= notified {
                     armed = true;
-                    if sent > notified {
-                        armed = false;
-                        let start = t.max(link_free);
-                        link_free = start + ser_notif;
-                        notified = sent;
-                        notifications += 1;
-                        push(&mut q, link_free + l, Event::NotifLand(sent));
-                    }
+                    notify = sent > notified;
                 }
             }
+        }
+        if notify {
+            armed = false;
+            let start = t.max(link_free);
+            link_free = start + ser_notif;
+            notified = sent;
+            notifications += 1;
+            push(&mut q, link_free + l, Event::NotifLand(sent));
         }
     }
     let nf = n as f64;

@@ -215,13 +215,7 @@ fn echo_turn(s: &mut Servers, rng: &mut Rng, t: &mut Totals) -> Result<()> {
         drain(&mut nic.gen_end);
         let access = Box::new(VfioUserDevice::connect(&nic.sock)?);
         let before = nic.dev.lock().unwrap_or_else(|e| e.into_inner()).counters();
-        let params = guest_apps::echo::EchoParams {
-            pipes: 1 + rng.below(4) as u32,
-            packets: None,
-            idle: None,
-            start_timeout: None,
-            device: Default::default(),
-        };
+        let params = guest_apps::echo::EchoParams::until_stopped(1 + rng.below(4) as u32);
         let mut echo =
             guest_apps::echo::Echo::setup(access, &params).map_err(|e| anyhow::anyhow!("echo setup: {e}"))?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -331,13 +325,7 @@ fn kill_turn(s: &mut Servers, rng: &mut Rng, t: &mut Totals) -> Result<()> {
 /// The killed client's body: an echo until killed.
 fn client(sock: &Path) -> Result<i32> {
     let access = Box::new(VfioUserDevice::connect(sock)?);
-    let params = guest_apps::echo::EchoParams {
-        pipes: 2,
-        packets: None,
-        idle: None,
-        start_timeout: None,
-        device: Default::default(),
-    };
+    let params = guest_apps::echo::EchoParams::until_stopped(2);
     let mut echo =
         guest_apps::echo::Echo::setup(access, &params).map_err(|e| anyhow::anyhow!("echo setup: {e}"))?;
     let stop = AtomicBool::new(false);

@@ -28,6 +28,13 @@ pub struct EchoParams {
     pub device: enso::DeviceOptions,
 }
 
+impl EchoParams {
+    /// An echo on `pipes` pipes that runs until it is stopped.
+    pub fn until_stopped(pipes: u32) -> Self {
+        EchoParams { pipes, packets: None, idle: None, start_timeout: None, device: Default::default() }
+    }
+}
+
 impl Default for EchoParams {
     fn default() -> Self {
         EchoParams {
