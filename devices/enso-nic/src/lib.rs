@@ -243,7 +243,12 @@ impl EnsoNic {
             "enso-nic",
             state,
             move || Self::unplugged(&sh, &en),
-            move |st, ctx, stop| worker::run(st, sh2.clone(), ctx.dma, stop),
+            // Rounds until stopped, backing off when idle; the state stays across
+            // detach/attach.
+            move |mut st, ctx, stop| {
+                pcie_model::poll::poll_until(&stop, || st.round(&sh2, &ctx.dma, &stop));
+                st
+            },
         );
         Ok(EnsoNic { config, shared, engines, worker })
     }

@@ -201,6 +201,17 @@ pub(crate) fn register_file_read(shared: &Shared, bar: u8, off: u64) -> u32 {
 }
 
 /// The engine's window on the world during a round.
+/// Hands a frame to the port, counting it as sent or as dropped by the wire.
+fn to_wire(port: &mut dyn EthPort, local: &mut LocalCounts, f: Vec<u8>) {
+    let len = f.len() as u64;
+    if port.send(f) {
+        local.add(c::TX_PACKETS, 1);
+        local.add(c::TX_BYTES, len);
+    } else {
+        local.add(c::TX_DROP_WIRE, 1);
+    }
+}
+
 struct Io<'a> {
     shared: &'a Shared,
     dma: &'a Dma,
@@ -273,13 +284,7 @@ impl EngineIo for Io<'_> {
                 std::hint::spin_loop();
             }
         }
-        let len = f.len() as u64;
-        if self.port.send(f) {
-            self.local.add(c::TX_PACKETS, 1);
-            self.local.add(c::TX_BYTES, len);
-        } else {
-            self.local.add(c::TX_DROP_WIRE, 1);
-        }
+        to_wire(self.port, self.local, f);
     }
 
     fn configure(&mut self, n: &[u8; 64]) -> bool {
@@ -995,13 +1000,7 @@ impl DeviceState {
                     tx.frame(&rec, &mut self.tx_frame);
                     f.clear();
                     f.extend_from_slice(&self.tx_frame);
-                    let len = f.len() as u64;
-                    if self.port.send(f) {
-                        self.local.add(c::TX_PACKETS, 1);
-                        self.local.add(c::TX_BYTES, len);
-                    } else {
-                        self.local.add(c::TX_DROP_WIRE, 1);
-                    }
+                    to_wire(&mut *self.port, &mut self.local, f);
                     work = true;
                 }
                 Ok(None) => break,
@@ -1037,16 +1036,4 @@ impl DeviceState {
             },
         )
     }
-}
-
-/// The device thread's body: rounds until `stop`, backing off when idle. Returns the
-/// state so the device can keep it across detach/attach.
-pub fn run(
-    mut st: DeviceState,
-    shared: std::sync::Arc<Shared>,
-    dma: Dma,
-    stop: std::sync::Arc<AtomicBool>,
-) -> DeviceState {
-    pcie_model::poll::poll_until(&stop, || st.round(&shared, &dma, &stop));
-    st
 }

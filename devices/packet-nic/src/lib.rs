@@ -153,7 +153,12 @@ impl PacketNic {
             "packet-nic",
             state,
             move || worker::DeviceState::new(&sh, Box::new(Disconnected)),
-            move |st, ctx, stop| worker::run(st, sh2.clone(), ctx.dma, stop),
+            // Rounds until stopped, backing off when idle; the state stays across
+            // detach/attach.
+            move |mut st, ctx, stop| {
+                pcie_model::poll::poll_until(&stop, || st.round(&sh2, &ctx.dma));
+                st
+            },
         );
         Ok(PacketNic { config, shared, worker, latch: (u64::MAX, 0) })
     }

@@ -8,7 +8,7 @@ use crate::stats::LocalCounts;
 use crate::Shared;
 use pcie_model::{Dma, DmaClass};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use testbed_regs::packetized::reg::counter as c;
 use testbed_regs::packetized::{
     desc, queue, queue_page, reg, BUF_SIZE, DESC_FETCH_MAX, DESC_SIZE, MAX_FRAME, MAX_RING_SIZE,
@@ -513,16 +513,4 @@ fn transmit(
         }
     }
     work
-}
-
-/// The device thread's body: rounds until `stop`, backing off when idle. Returns the
-/// state so the device can keep it across detach/attach.
-pub fn run(
-    mut st: DeviceState,
-    shared: std::sync::Arc<Shared>,
-    dma: Dma,
-    stop: std::sync::Arc<AtomicBool>,
-) -> DeviceState {
-    pcie_model::poll::poll_until(&stop, || st.round(&shared, &dma));
-    st
 }

@@ -7,25 +7,16 @@ use std::process::Command;
 #[test]
 fn bench_echo_reports_both_nics_ratios_and_a_plot() {
     let plot = std::env::temp_dir().join(format!("bench-test-{}.svg", std::process::id()));
-    let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args([
-            "bench",
-            "echo",
-            "--sizes",
-            "64,1500",
-            "--packets",
-            "20000",
-            "--runs",
-            "1",
-            "--json",
-            "--plot",
-        ])
-        .arg(&plot)
-        .output()
-        .expect("run the testbed binary");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = bench_json(&[
+        "--sizes",
+        "64,1500",
+        "--packets",
+        "20000",
+        "--runs",
+        "1",
+        "--plot",
+        &plot.to_string_lossy(),
+    ]);
     let results = v["results"].as_array().expect("results[]");
     assert_eq!(results.len(), 4, "two NICs × two sizes");
     for r in results {
@@ -68,27 +59,18 @@ fn bench_echo_reports_both_nics_ratios_and_a_plot() {
 
 #[test]
 fn bench_echo_notification_modes_trade_notifications_for_latency() {
-    let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args([
-            "bench",
-            "echo",
-            "--nic",
-            "enso",
-            "--notify",
-            "reactive,per-packet,prefetch",
-            "--sizes",
-            "64",
-            "--packets",
-            "20000",
-            "--runs",
-            "1",
-            "--json",
-        ])
-        .output()
-        .expect("run the testbed binary");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = bench_json(&[
+        "--nic",
+        "enso",
+        "--notify",
+        "reactive,per-packet,prefetch",
+        "--sizes",
+        "64",
+        "--packets",
+        "20000",
+        "--runs",
+        "1",
+    ]);
     let results = v["results"].as_array().expect("results[]");
     assert_eq!(results.len(), 3, "one row per mode: {v}");
     let at = |notify: &str| {
@@ -117,25 +99,7 @@ fn bench_echo_notification_modes_trade_notifications_for_latency() {
 
 #[test]
 fn bench_echo_in_guests_compares_both_nics() {
-    let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args([
-            "bench",
-            "echo",
-            "--transport",
-            "vm",
-            "--sizes",
-            "64",
-            "--packets",
-            "20000",
-            "--runs",
-            "1",
-            "--json",
-        ])
-        .output()
-        .expect("run the testbed binary");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let v: Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    let v = bench_json(&["--transport", "vm", "--sizes", "64", "--packets", "20000", "--runs", "1"]);
     let results = v["results"].as_array().expect("results[]");
     assert_eq!(results.len(), 2);
     for r in results {
@@ -193,8 +157,15 @@ fn bench_echo_rejects_bad_options_with_an_error() {
 
 /// Runs `bench echo` on both NICs at 64 B and returns its JSON report.
 fn echo_json(packets: &str, runs: &str) -> Value {
+    bench_json(&["--sizes", "64", "--packets", packets, "--runs", runs])
+}
+
+/// Runs `bench echo ARGS --json`, which must succeed, and returns its JSON report.
+fn bench_json(args: &[&str]) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
-        .args(["bench", "echo", "--sizes", "64", "--packets", packets, "--runs", runs, "--json"])
+        .args(["bench", "echo"])
+        .args(args)
+        .arg("--json")
         .output()
         .expect("run the testbed binary");
     let stderr = String::from_utf8_lossy(&out.stderr);
