@@ -26,6 +26,10 @@ pub struct Panel {
 
 const PANEL_WIDTH: u32 = 520;
 const HEIGHT: u32 = 460;
+/// The plot area's width within a panel (less the y label area and margins), and the
+/// advance of one tick label digit, both in pixels: enough to space x tick labels.
+const PLOT_WIDTH: f64 = 420.0;
+const TICK_CHAR_WIDTH: f64 = 8.0;
 /// Marker shapes, one per series in turn, so series differ in more than colour.
 const MARKERS: usize = 6;
 
@@ -74,6 +78,7 @@ fn draw(backend: SVGBackend, title: &str, x_label: &str, panels: &[Panel]) -> Dr
     };
     let pad = if lmax > lmin { (lmax - lmin) * 0.06 } else { 1.0 };
     let x_range = (lmin - pad).exp2()..(lmax + pad).exp2();
+    let labelled = x_labels_that_fit(&xs, (lmin - pad, lmax + pad));
 
     for (area, panel) in root.split_evenly((1, panels.len().max(1))).iter().zip(panels) {
         let ys = panel.series.iter().flat_map(|s| &s.points).filter(|&&p| valid(p)).map(|p| p.1);
@@ -96,7 +101,7 @@ fn draw(backend: SVGBackend, title: &str, x_label: &str, panels: &[Panel]) -> Dr
             .max_light_lines(0)
             .x_desc(x_label)
             .y_desc(&panel.y_label)
-            .x_label_formatter(&|x| fmt_value(*x))
+            .x_label_formatter(&|x| if labelled.contains(x) { fmt_value(*x) } else { String::new() })
             .y_label_formatter(&|y| format!("{}{percent}", fmt_value(*y)))
             .label_style((FONT, 15))
             .axis_desc_style((FONT, 16))
@@ -128,6 +133,22 @@ fn draw(backend: SVGBackend, title: &str, x_label: &str, panels: &[Panel]) -> Dr
     }
     root.present()?;
     Ok(())
+}
+
+/// The x values whose tick labels do not run into the label on their left, in a plot
+/// area about `PLOT_WIDTH` wide spanning `log2_domain` (the rest keep their tick).
+fn x_labels_that_fit(xs: &[f64], (lo, hi): (f64, f64)) -> Vec<f64> {
+    let mut kept = Vec::new();
+    let mut right_of_last = f64::NEG_INFINITY;
+    for &x in xs {
+        let centre = (x.log2() - lo) / (hi - lo) * PLOT_WIDTH;
+        let half = fmt_value(x).chars().count() as f64 * TICK_CHAR_WIDTH / 2.0;
+        if centre - half > right_of_last + 6.0 {
+            right_of_last = centre + half;
+            kept.push(x);
+        }
+    }
+    kept
 }
 
 /// A point that can be placed: finite coordinates and a positive x (log scale).

@@ -98,8 +98,10 @@ fn lines_show_titles_labels_legends_and_every_point() {
     for name in ["enso", "packetized"] {
         assert_eq!(t.iter().filter(|x| *x == name).count(), 2, "{name} in {t:?}");
     }
-    // A tick label at every size present, in both panels.
-    for size in SIZES {
+    // A tick label at every size present, in both panels, but for 1500: it would run
+    // into 1024's.
+    assert!(!t.iter().any(|x| x == "1500"), "{t:?}");
+    for size in SIZES.into_iter().filter(|&s| s != 1500.0) {
         assert_eq!(t.iter().filter(|x| **x == size.to_string()).count(), 2, "{size} in {t:?}");
     }
     assert!(t.iter().any(|x| x.ends_with('%')), "percent ticks in {t:?}");
