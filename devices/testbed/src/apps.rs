@@ -869,78 +869,27 @@ pub fn render_bench(r: &BenchReport) -> String {
 /// The benchmark as an SVG bar chart: median Mfps per app, Ensō and packetized side by
 /// side, a whisker from the runs' min to max on each bar, the ratio above each pair.
 pub fn plot_bench(r: &BenchReport) -> String {
-    let (w, h, left, bottom, top) = (760.0, 420.0, 70.0, 60.0, 50.0);
-    let max = r.results.iter().map(|x| x.mfps.max(x.spread.mfps.max)).fold(0.0f64, f64::max).max(1e-9) * 1.15;
-    let plot_h = h - bottom - top;
-    let group = (w - left - 20.0) / r.ratios.len().max(1) as f64;
-    let bar = group * 0.3;
-    let y = |v: f64| top + plot_h * (1.0 - v / max);
-    let mut s = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"DejaVu Sans, Arial, sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">The seed's applications, one core: Ensō vs packetized (Mfps, native)</text>\n\
-         <line x1=\"{left}\" y1=\"{top}\" x2=\"{left}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <line x1=\"{left}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n",
-        w / 2.0,
-        h - bottom,
-        h - bottom,
-        w - 20.0,
-        h - bottom
-    );
-    for k in 0..=4 {
-        let v = max * k as f64 / 4.0;
-        s += &format!(
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.2}</text><line x1=\"{left}\" y1=\"{:.1}\" x2=\"{}\" y2=\"{:.1}\" stroke=\"#ddd\"/>\n",
-            left - 6.0,
-            y(v) + 4.0,
-            y(v),
-            w - 20.0,
-            y(v)
-        );
-    }
-    for (i, ratio) in r.ratios.iter().enumerate() {
-        let x0 = left + group * i as f64 + group * 0.2;
-        for (j, (nic, colour)) in [("enso", "#0072B2"), ("packetized", "#D55E00")].iter().enumerate() {
-            let row = r.results.iter().find(|x| x.app == ratio.app && x.nic == *nic);
-            let v = row.map_or(0.0, |x| x.mfps);
-            let sp = row.map_or(Spread::default(), |x| x.spread.mfps);
-            let x = x0 + bar * j as f64;
-            s += &format!(
-                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{bar:.1}\" height=\"{:.1}\" fill=\"{colour}\"><title>{} on {nic}: {v:.3} Mfps (runs {:.3}–{:.3})</title></rect>\n",
-                y(v),
-                (h - bottom) - y(v),
-                ratio.app,
-                sp.min,
-                sp.max
-            );
-            s += &format!(
-                "<line x1=\"{0:.1}\" y1=\"{1:.1}\" x2=\"{0:.1}\" y2=\"{2:.1}\" stroke=\"black\"/>\n",
-                x + bar / 2.0,
-                y(sp.min),
-                y(sp.max)
-            );
-        }
-        s += &format!(
-            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{}</text><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">×{:.2}</text>\n",
-            x0 + bar,
-            h - bottom + 18.0,
-            ratio.app,
-            x0 + bar,
-            top - 6.0,
-            ratio.throughput_ratio
-        );
-    }
-    s += &format!(
-        "<rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"#0072B2\"/><text x=\"{}\" y=\"{}\">Ensō</text>\n\
-         <rect x=\"{}\" y=\"{}\" width=\"12\" height=\"12\" fill=\"#D55E00\"/><text x=\"{}\" y=\"{}\">packetized</text>\n</svg>\n",
-        left + 10.0,
-        h - 24.0,
-        left + 26.0,
-        h - 14.0,
-        left + 90.0,
-        h - 24.0,
-        left + 106.0,
-        h - 14.0
-    );
-    s
+    use testbed_plots::{render_bars, Bar, BarChart, BarGroup};
+    let groups = r
+        .ratios
+        .iter()
+        .map(|ratio| BarGroup {
+            label: ratio.app.clone(),
+            bars: ["enso", "packetized"]
+                .iter()
+                .map(|nic| {
+                    let row = r.results.iter().find(|x| x.app == ratio.app && x.nic == *nic);
+                    let sp = row.map_or(Spread::default(), |x| x.spread.mfps);
+                    Bar { value: row.map_or(0.0, |x| x.mfps), min: sp.min, max: sp.max }
+                })
+                .collect(),
+            note: format!("×{:.2}", ratio.throughput_ratio),
+        })
+        .collect();
+    render_bars(&BarChart {
+        title: "The seed's applications, one core: Ensō vs packetized (Mfps, native)".into(),
+        y_label: "Mfps (median; whisker: min–max of runs)".into(),
+        series: vec!["Ensō".into(), "packetized".into()],
+        groups,
+    })
 }

@@ -997,7 +997,7 @@ fn count_instructions(
 /// The throughput and interface-metadata plot of a report (SVG): one line per NIC
 /// across frame sizes.
 pub fn plot(r: &BenchReport) -> String {
-    use crate::plot::{render_svg, Panel, Series};
+    use testbed_plots::{render_svg, Panel, Series};
     // One line per NIC (and Ensō notification mode other than the default).
     let name = |x: &BenchResult| match x.notify.as_str() {
         "reactive" | DESCRIPTOR => x.nic.clone(),

@@ -14,7 +14,6 @@ pub mod hostile;
 pub mod image;
 pub mod latency;
 pub mod peer;
-pub mod plot;
 pub mod qemu;
 pub mod rig;
 pub mod rtl;

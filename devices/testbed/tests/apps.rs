@@ -70,7 +70,7 @@ fn bench_apps_measures_all_four_on_both_nics() {
     assert!(table.contains("maglev") && table.contains("logmon"));
     assert!(table.contains("median [min–max] of 2 runs"), "{table}");
     let svg = testbed::apps::plot_bench(&r);
-    assert!(svg.starts_with("<svg") && svg.contains("runs "), "whiskers: {svg}");
+    assert!(svg.starts_with("<svg") && svg.contains("whisker: min–max of runs"), "whiskers: {svg}");
     let v = serde_json::to_value(&r).unwrap();
     assert!(v["results"][0]["spread"]["mfps"]["median"].is_f64(), "{v}");
     assert!(v["ratios"][0]["spread"]["cost_ratio"]["max"].is_f64(), "{v}");
