@@ -1,25 +1,26 @@
-//! The testbed: provisioning (QEMU, guest image, accelerator), guests, scenarios and
-//! benchmarks. The `testbed` binary is a thin CLI over this library; integration tests
-//! and benchmarks use it directly.
+//! The testbed: guests, device servers, scenarios and benchmarks over the device models.
+//! The `testbed` binary is a thin CLI ([`cli`]) over this library; integration tests use
+//! it directly. `docs/architecture.md` says where each piece of the workspace lives.
+//!
+//! - [`scenarios`]: `testbed run ...`, the demo and the soak: each drives devices from a
+//!   guest or natively and returns a [`scenarios::run::RunReport`].
+//! - [`report`]: the report and its renderings; the plots are the `testbed-plots` crate.
+//! - [`bench`]: `testbed bench ...` and its latency model.
+//! - [`rig`], [`serve`], [`up`]: device sets, vfio-user servers, long-lived guests.
+//! - [`vm`], [`accel`], [`rtl`]: QEMU guests, KVM/TCG choice, the RTL co-simulation.
+//! - provisioning (QEMU, image, headers, cache): [`cache`], [`image`], [`qemu`], [`steps`].
 
 pub mod accel;
-pub mod apps;
 pub mod bench;
 pub mod cache;
-pub mod cardecho;
-pub mod chain;
 pub mod cli;
-pub mod demo;
-pub mod hostile;
 pub mod image;
-pub mod latency;
-pub mod peer;
 pub mod qemu;
+pub mod report;
 pub mod rig;
 pub mod rtl;
-pub mod run;
+pub mod scenarios;
 pub mod serve;
-pub mod soak;
 pub mod steps;
 pub mod up;
 pub mod vm;

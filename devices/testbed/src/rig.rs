@@ -3,7 +3,7 @@
 //! and served on vfio-user sockets, with the NIC's Ethernet port attached to whatever the
 //! user names. Scenarios build their own rigs; this is the general one.
 
-use crate::run::{self, DriverExtensions, EngineModel, EnsoSetup, Registers};
+use crate::scenarios::run::{self, DriverExtensions, EngineModel, EnsoSetup, Registers};
 use accel::Accelerator;
 use anyhow::{bail, Context, Result};
 use pcie_model::PciDevice;

@@ -2,11 +2,11 @@
 //! the source, and each app's own findings (backend spread, heavy hitters, GET hits, log
 //! counts) checked against what the source knows.
 
-use testbed::apps::{check, run_native, AppOptions};
-use testbed::run::NicKind;
+use testbed::scenarios::apps::{check, run_native, AppOptions};
+use testbed::scenarios::run::NicKind;
 
 fn run(name: &str, nic: NicKind, frames: u64) {
-    let dir = testbed::run::private_dir(&format!("app-{name}")).unwrap();
+    let dir = testbed::scenarios::run::private_dir(&format!("app-{name}")).unwrap();
     let o = AppOptions { name: name.into(), nic, frames, window: 32 };
     let r = run_native(&o, &dir).unwrap();
     for (what, pass, detail) in check(name, frames, &r.source, &r.app) {
@@ -42,7 +42,7 @@ fn logmon_on_both_nics() {
 
 #[test]
 fn bench_apps_measures_all_four_on_both_nics() {
-    let r = testbed::apps::bench(3000, 32, 2).unwrap();
+    let r = testbed::scenarios::apps::bench(3000, 32, 2).unwrap();
     assert_eq!(r.runs, 2);
     assert!(r.failures.is_empty() && r.failure().is_none(), "{:?}", r.failures);
     assert_eq!(r.results.len(), 8);
@@ -66,10 +66,10 @@ fn bench_apps_measures_all_four_on_both_nics() {
         assert!(x.throughput_ratio.is_finite() && x.throughput_ratio > 0.0, "{x:?}");
         assert!(within(&x.spread.throughput_ratio) && within(&x.spread.cost_ratio), "{x:?}");
     }
-    let table = testbed::apps::render_bench(&r);
+    let table = testbed::scenarios::apps::render_bench(&r);
     assert!(table.contains("maglev") && table.contains("logmon"));
     assert!(table.contains("median [min–max] of 2 runs"), "{table}");
-    let svg = testbed::apps::plot_bench(&r);
+    let svg = testbed::scenarios::apps::plot_bench(&r);
     assert!(svg.starts_with("<svg") && svg.contains("whisker: min–max of runs"), "whiskers: {svg}");
     let v = serde_json::to_value(&r).unwrap();
     assert!(v["results"][0]["spread"]["mfps"]["median"].is_f64(), "{v}");

@@ -143,7 +143,7 @@ fn bench_echo_rejects_bad_options_with_an_error() {
         runs: 1,
         pipes: 1,
         flows: 0,
-        nics: vec![testbed::run::NicKind::Enso],
+        nics: vec![testbed::scenarios::run::NicKind::Enso],
         notify: vec![],
         model: testbed::bench::ModelOptions::default(),
         served_pipes: vec![8192],

@@ -3,7 +3,7 @@
 
 use guest_apps::chain::Shape;
 use pcie_model::OpKind;
-use testbed::chain::{run_native, ChainOptions, Mode, NativeRun, Transport};
+use testbed::scenarios::chain::{run_native, ChainOptions, Mode, NativeRun, Transport};
 
 fn opts(items: u64, shape: Shape) -> ChainOptions {
     ChainOptions {
@@ -26,7 +26,7 @@ fn seed_rtt(kind: OpKind) -> f64 {
 }
 
 fn dir(tag: &str) -> std::path::PathBuf {
-    testbed::run::private_dir(tag).unwrap()
+    testbed::scenarios::run::private_dir(tag).unwrap()
 }
 
 #[test]
@@ -49,11 +49,14 @@ fn cpu_chain_is_table_2_and_every_result_is_right() {
 #[test]
 fn the_json_states_its_counting_convention_and_the_counts_follow_it() {
     let o = ChainOptions { mode: Mode::Cpu, ..opts(60, Shape::CryptoMl) };
-    let run_opts =
-        testbed::run::RunOptions { timeout: std::time::Duration::from_secs(60), keep: false, console: false };
-    let r = testbed::chain::run(None, &run_opts, &o).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&testbed::run::json_line(&r)).unwrap();
-    assert_eq!(v["pass"], true, "{}", testbed::run::render(&r));
+    let run_opts = testbed::scenarios::run::RunOptions {
+        timeout: std::time::Duration::from_secs(60),
+        keep: false,
+        console: false,
+    };
+    let r = testbed::scenarios::chain::run(None, &run_opts, &o).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&testbed::scenarios::run::json_line(&r)).unwrap();
+    assert_eq!(v["pass"], true, "{}", testbed::scenarios::run::render(&r));
     let c = &v["convention"];
     assert_eq!(c["read_rtt"], 1.0, "{c}");
     assert_eq!(c["write_rtt"], 0.5, "{c}");
@@ -78,7 +81,7 @@ fn the_json_states_its_counting_convention_and_the_counts_follow_it() {
     assert_eq!(m["rtt_units"].as_f64(), Some(critical.iter().map(|o| weight(o)).sum::<f64>()));
     assert_eq!((m["ops"].as_u64(), m["rtt_units"].as_f64()), (Some(12), Some(9.0)), "seed Table 2");
     assert!(m["trace_items"].as_u64().unwrap() * 2 > m["traced_items"].as_u64().unwrap(), "{m}");
-    assert!(testbed::run::render(&r).contains("a read costs 1 RTT"));
+    assert!(testbed::scenarios::run::render(&r).contains("a read costs 1 RTT"));
 }
 
 #[test]
@@ -95,16 +98,20 @@ fn the_trace_follows_the_chain_crypto_only_is_8_ops() {
 fn nagare_chain_is_table_3_and_a_denied_push_is_dropped_while_it_runs() {
     use testbed_regs::nagare as ng;
     let mut pushes = 0u64;
-    let run =
-        testbed::chain::run_native_with(&opts(400, Shape::CryptoMl), Mode::Nagare, &dir("chain-t3"), |rig| {
+    let run = testbed::scenarios::chain::run_native_with(
+        &opts(400, Shape::CryptoMl),
+        Mode::Nagare,
+        &dir("chain-t3"),
+        |rig| {
             // The CPU is not on the stream's allow list: its pushes are dropped and counted.
             if pushes < 5 {
                 use pcie_model::PciDevice;
                 rig.switch.lock().unwrap().bar_write(ng::WINDOW_BAR, 4096 * pushes, b"not allowed here");
                 pushes += 1;
             }
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     let (m, src) = (&run.mode, &run.source);
     assert_eq!((src.sent, src.matched, src.mismatched, src.lost), (400, 400, 0, 0), "{src:?}");
     assert_eq!((m.ops, m.rtt_units), (3, 1.5), "seed Table 3");
@@ -142,8 +149,8 @@ fn the_cpu_pushes_into_a_stream_and_the_switch_forwards_it() {
     use guest_apps::chain::{ChainParams, Flow, NagareChain};
     let o = opts(0, Shape::CryptoMl);
     let d = dir("chain-push");
-    let rig = testbed::chain::ChainRig::new(&o, &d).unwrap();
-    let c = |i: usize| testbed::chain::connect(&rig.sockets[i]).unwrap();
+    let rig = testbed::scenarios::chain::ChainRig::new(&o, &d).unwrap();
+    let c = |i: usize| testbed::scenarios::chain::connect(&rig.sockets[i]).unwrap();
     let mut chain = NagareChain::setup(
         c(1),
         c(2),
@@ -160,7 +167,7 @@ fn the_cpu_pushes_into_a_stream_and_the_switch_forwards_it() {
     // Three sealed images pushed by the CPU (records on 64-byte boundaries of the stream).
     let mut off = 0u64;
     for seq in 1000..1003u32 {
-        let plain = testbed::chain::image_record(3, seq);
+        let plain = testbed::scenarios::chain::image_record(3, seq);
         let sealed = accel::crypto::seal(&rig.key, seq, 3, accel::crypto::item_nonce(3, seq), &plain[40..]);
         sw.push(s, off, &sealed).unwrap();
         off = (off + sealed.len() as u64).next_multiple_of(64);

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use testbed::hostile;
 use testbed::rig::DeviceKind;
+use testbed::scenarios::hostile;
 
 struct Served {
     child: Child,

@@ -125,8 +125,8 @@ pub fn write_plot(plot: Option<&Path>, svg: impl FnOnce() -> String) -> Option<S
 pub fn handle(b: Bench, json: bool) -> Result<ExitCode> {
     match b {
         Bench::Apps { transport: AppsTransport::Native, frames, window, runs, plot, .. } => {
-            let r = crate::apps::bench(frames, window, runs as usize)?;
-            let plot_error = write_plot(plot.as_deref(), || crate::apps::plot_bench(&r));
+            let r = crate::scenarios::apps::bench(frames, window, runs as usize)?;
+            let plot_error = write_plot(plot.as_deref(), || crate::scenarios::apps::plot_bench(&r));
             // Failed runs and failed checks, then the plot.
             let error = match (r.failure(), plot_error) {
                 (Some(f), Some(p)) => Some(format!("{f}; {p}")),
@@ -134,7 +134,7 @@ pub fn handle(b: Bench, json: bool) -> Result<ExitCode> {
             };
             let pass = error.is_none() && r.results.iter().all(|x| x.correct);
             let line = serde_json::to_string(&Judged { report: &r, pass, error })?;
-            Ok(finish(json, &crate::apps::render_bench(&r), &line, pass))
+            Ok(finish(json, &crate::scenarios::apps::render_bench(&r), &line, pass))
         }
         Bench::Echo {
             transport,

@@ -102,7 +102,7 @@ pub fn check(cli: &Cli, root: &clap::Command, m: &ArgMatches) -> Result<(), clap
         }
         Cmd::Run { scenario: Scenario::Chain { transport, mode, enso, .. } } => {
             c.guest_only(*transport, &["accel", "timeout", "console"])?;
-            if enso.extensions == run::DriverExtensions::None && *mode != crate::chain::Mode::Cpu {
+            if enso.extensions == run::DriverExtensions::None && *mode != crate::scenarios::chain::Mode::Cpu {
                 return Err(c.conflict(
                     "extensions",
                     "'--mode nagare', 'glue' or 'both' (the switch modes use the NIC's stream extension)",
@@ -120,7 +120,7 @@ pub fn check(cli: &Cli, root: &clap::Command, m: &ArgMatches) -> Result<(), clap
             ));
         }
         Cmd::Run { scenario: Scenario::PeerEcho { peer, .. } } => {
-            if peer.link != crate::peer::LinkKind::Udp {
+            if peer.link != crate::scenarios::peer::LinkKind::Udp {
                 if let Some(id) = ["udp_local", "udp_remote", "peer_netns"].into_iter().find(|id| c.given(id))
                 {
                     return Err(c.conflict(id, "'--link vhost-user' (it is a --link udp option)"));

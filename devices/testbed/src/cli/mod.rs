@@ -27,9 +27,10 @@ use std::time::Duration;
 
 use crate::accel::AccelChoice;
 use crate::bench::Notify;
-use crate::run::{EngineModel, NicKind, Transport};
+use crate::scenarios::run;
+use crate::scenarios::run::{EngineModel, NicKind, Transport};
 use crate::up::cli::{self as up, ConsoleArgs, DaemonArgs, DownArgs, ExecArgs, LsArgs, ServeArgs, UpArgs};
-use crate::{cache, image, qemu, run};
+use crate::{cache, image, qemu};
 use bench::Bench;
 use check::*;
 use options::*;
@@ -97,7 +98,7 @@ pub enum Cmd {
     /// Long-lived device servers under turns of echo, chain, garbage and killed clients for
     /// M minutes; checks memory, fds, the traffic's accounting and that every device still
     /// answers a well-behaved client.
-    Soak(crate::soak::SoakArgs),
+    Soak(crate::scenarios::soak::SoakArgs),
 }
 
 impl Cmd {
@@ -170,7 +171,7 @@ fn execute(cmd: Cmd, json: bool) -> Result<ExitCode> {
         Cmd::Console(a) => up::console(&a).map(status),
         Cmd::Down(a) => up::down(&a).map(status),
         Cmd::Daemon(a) => up::daemon(&a).map(status),
-        Cmd::Soak(a) => crate::soak::run(&a).map(status),
+        Cmd::Soak(a) => crate::scenarios::soak::run(&a).map(status),
     }
 }
 
@@ -198,10 +199,10 @@ fn setup(cmd: Cmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The demo (see `crate::demo`): six steps, then a one-screen summary naming the log
+/// The demo (see `crate::scenarios::demo`): six steps, then a one-screen summary naming the log
 /// that holds the full reports.
 fn demo(vm: &VmArgs) -> Result<ExitCode> {
-    let d = run::Env::provision(vm.accel).and_then(|env| crate::demo::run(&env, &vm.options()))?;
+    let d = run::Env::provision(vm.accel).and_then(|env| crate::scenarios::demo::run(&env, &vm.options()))?;
     print!("{}", d.summary());
     Ok(status(i32::from(!d.pass())))
 }

@@ -247,7 +247,7 @@ pub struct PeerArgs {
     /// The peer's virtio-net: on our vhost-user-net backend, or on QEMU's own `-netdev
     /// dgram` to a UDP socket that is the NIC's port (one Ethernet frame per datagram).
     #[arg(long, value_enum, default_value = "vhost-user")]
-    pub link: crate::peer::LinkKind,
+    pub link: crate::scenarios::peer::LinkKind,
     /// --link udp: the address the NIC's UDP port binds here (default 127.0.0.1, any port).
     #[arg(long, value_name = "ADDR:PORT")]
     pub udp_local: Option<std::net::SocketAddr>,
@@ -262,14 +262,14 @@ pub struct PeerArgs {
 }
 
 impl PeerArgs {
-    pub fn options(self) -> crate::peer::PeerOptions {
-        crate::peer::PeerOptions {
+    pub fn options(self) -> crate::scenarios::peer::PeerOptions {
+        crate::scenarios::peer::PeerOptions {
             nic: self.nic,
             arps: self.arps,
             pings: self.pings,
             datagrams: self.datagrams,
             kill_first_peer: self.kill_first_peer,
-            link: crate::peer::PeerLink {
+            link: crate::scenarios::peer::PeerLink {
                 kind: self.link,
                 udp_local: self.udp_local,
                 udp_remote: self.udp_remote,
@@ -297,8 +297,8 @@ pub struct CaptureArgs {
 }
 
 impl CaptureArgs {
-    pub fn options(self) -> crate::peer::PeerOptions {
-        crate::peer::PeerOptions {
+    pub fn options(self) -> crate::scenarios::peer::PeerOptions {
+        crate::scenarios::peer::PeerOptions {
             nic: NicKind::Enso,
             arps: self.arps,
             pings: self.pings,

@@ -24,7 +24,7 @@ pub enum Scenario {
         /// (the switch routes the devices' pushes), glue (the switch drives legacy
         /// accelerators), both (cpu, then nagare).
         #[arg(long, value_enum, default_value = "cpu")]
-        mode: crate::chain::Mode,
+        mode: crate::scenarios::chain::Mode,
         /// The chain's accelerators: crypto,ml or crypto.
         #[arg(long, value_enum, default_value = "crypto,ml")]
         chain: ChainShape,
@@ -35,7 +35,7 @@ pub enum Scenario {
         /// Where the chain's driver runs: in a guest (vm) or in this process (native; then
         /// --accel, --timeout and --console do not apply).
         #[arg(long, value_enum, default_value = "vm")]
-        transport: crate::chain::Transport,
+        transport: crate::scenarios::chain::Transport,
         /// The Ensō NIC's queue engine: the Rust model, or the RTL co-simulated under
         /// Verilator.
         #[arg(long, value_enum, default_value = "rust")]
@@ -68,7 +68,7 @@ pub enum Scenario {
         /// Where the app's driver runs: in a guest (vm) or in this process (native; then
         /// --accel, --timeout and --console do not apply).
         #[arg(long, value_enum, default_value = "vm")]
-        transport: crate::apps::Transport,
+        transport: crate::scenarios::apps::Transport,
         /// Print one JSON object instead of the readable report.
         #[arg(long)]
         json: bool,
@@ -201,7 +201,7 @@ fn report(s: Scenario) -> Result<run::RunReport> {
         }
         Scenario::CardEcho { vm, packets, size, flows, pipes, window, registers, model, viommu, .. } => {
             let env = run::Env::provision(vm.accel)?;
-            let o = crate::cardecho::CardEchoOptions {
+            let o = crate::scenarios::cardecho::CardEchoOptions {
                 packets,
                 size,
                 flows,
@@ -211,19 +211,19 @@ fn report(s: Scenario) -> Result<run::RunReport> {
                 model,
                 viommu,
             };
-            crate::cardecho::card_echo(&env, &vm.options(), o)
+            crate::scenarios::cardecho::card_echo(&env, &vm.options(), o)
         }
         Scenario::PeerEcho { vm, peer, .. } => {
             let env = run::Env::provision(vm.accel)?;
-            crate::peer::peer_echo(&env, &vm.options(), peer.options())
+            crate::scenarios::peer::peer_echo(&env, &vm.options(), peer.options())
         }
         Scenario::PeerCapture { vm, peer, .. } => {
             let env = run::Env::provision(vm.accel)?;
-            crate::peer::peer_capture(&env, &vm.options(), peer.options())
+            crate::scenarios::peer::peer_capture(&env, &vm.options(), peer.options())
         }
         Scenario::GenEcho { vm, packets, size, flows, rate, pcap, transport, enso, .. } => {
             let setup = enso.setup();
-            let o = crate::peer::GenEchoOptions {
+            let o = crate::scenarios::peer::GenEchoOptions {
                 packets,
                 size: size as usize,
                 flows,
@@ -233,10 +233,10 @@ fn report(s: Scenario) -> Result<run::RunReport> {
                 setup,
             };
             let env = provision(transport, vm.accel)?;
-            crate::peer::gen_echo(env.as_ref(), &vm.options(), &o)
+            crate::scenarios::peer::gen_echo(env.as_ref(), &vm.options(), &o)
         }
         Scenario::Chain { vm, mode, chain, items, transport, model, enso, .. } => {
-            let o = crate::chain::ChainOptions {
+            let o = crate::scenarios::chain::ChainOptions {
                 items,
                 shape: chain.shape(),
                 mode,
@@ -246,12 +246,12 @@ fn report(s: Scenario) -> Result<run::RunReport> {
                 setup: enso.setup(),
             };
             let env = provision(transport, vm.accel)?;
-            crate::chain::run(env.as_ref(), &vm.options(), &o)
+            crate::scenarios::chain::run(env.as_ref(), &vm.options(), &o)
         }
         Scenario::App { vm, name, nic, frames, window, transport, .. } => {
-            let o = crate::apps::AppOptions { name: name.name().into(), nic, frames, window };
+            let o = crate::scenarios::apps::AppOptions { name: name.name().into(), nic, frames, window };
             let env = provision(transport, vm.accel)?;
-            crate::apps::run(env.as_ref(), &vm.options(), &o, transport)
+            crate::scenarios::apps::run(env.as_ref(), &vm.options(), &o, transport)
         }
     }
 }

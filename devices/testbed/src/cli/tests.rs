@@ -18,7 +18,7 @@ fn limits_match_the_code_that_consumes_the_values() {
     assert_eq!(guest_apps::ensogen::MIN_SIZE, 60);
     assert_eq!(guest_apps::ensogen::MAX_SIZE, 1514);
     assert_eq!(1024 + (ENSOGEN_MAX_FLOWS - 1), u64::from(u16::MAX));
-    let model = crate::latency::Params::new(crate::latency::Mode::Reactive);
+    let model = crate::bench::latency::Params::new(crate::bench::latency::Mode::Reactive);
     assert_eq!(MODEL_MAX_BATCH as usize, model.packets);
     let names: Vec<&str> = AppName::value_variants().iter().map(|a| a.name()).collect();
     assert_eq!(names, guest_apps::netapp::NAMES);

@@ -4,7 +4,7 @@
 
 use crate::accel::AccelChoice;
 use crate::rig::{DeviceConfig, DeviceKind, PortAttach};
-use crate::run::{EngineModel, EnsoArgs};
+use crate::scenarios::run::{EngineModel, EnsoArgs};
 use anyhow::{bail, Result};
 use std::io::Read;
 use std::path::PathBuf;

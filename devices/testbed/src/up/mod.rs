@@ -15,7 +15,7 @@ pub mod cli;
 pub mod topology;
 
 use crate::rig::{BuiltPort, DeviceKind, Served};
-use crate::run::Env;
+use crate::scenarios::run::Env;
 use crate::vm::{Viommu, Vm, VmExtras, VmSpec};
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;

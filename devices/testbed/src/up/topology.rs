@@ -25,7 +25,7 @@
 //! ```
 
 use crate::rig::{DeviceConfig, DeviceKind, PortAttach};
-use crate::run::{DriverExtensions, EngineModel, EnsoSetup, Registers};
+use crate::scenarios::run::{DriverExtensions, EngineModel, EnsoSetup, Registers};
 use crate::vm::Viommu;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;

@@ -20,8 +20,8 @@
 //! The tap keeps a copy of every frame, so the host checks each exchange from outside both
 //! machines (and writes it as `wire.pcap` next to the logs).
 
-use crate::chain::connect;
-use crate::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
+use crate::scenarios::chain::connect;
+use crate::scenarios::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
 use crate::vm::{DgramNet, VhostNet, Vm, VmExtras, VmOutcome, VmSpec};
 use anyhow::{bail, Context, Result};
 use guest_apps::ensogen;

@@ -10,7 +10,7 @@
 //! every image the NIC writes to the host.
 
 use crate::rig;
-use crate::run::{self, Env, RunOptions, RunReport, VmLock};
+use crate::scenarios::run::{self, Env, RunOptions, RunReport, VmLock};
 use crate::vm::VmSpec;
 use accel::{crypto, function, ml, Accelerator};
 use anyhow::{Context, Result};
@@ -63,7 +63,7 @@ impl Mode {
     }
 }
 
-pub use crate::run::Transport;
+pub use crate::scenarios::run::Transport;
 
 /// Parameters of `testbed run chain`.
 #[derive(Clone, Debug)]

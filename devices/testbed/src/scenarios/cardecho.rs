@@ -6,7 +6,7 @@
 //! checks every reply: byte 63 incremented (upstream's echo), every other byte intact, per
 //! flow in order.
 
-use crate::run::{
+use crate::scenarios::run::{
     self, counter_of, counters_json, finish_guest_checks, private_dir, DriverExtensions, EngineModel,
     EnsoChecks, EnsoSetup, Env, Registers, RunOptions, RunReport, VmLock,
 };

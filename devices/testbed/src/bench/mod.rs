@@ -10,10 +10,10 @@
 //!
 //! `--notify reactive,per-packet,prefetch` runs the Ensō NIC once per notification mode
 //! (one result row each); every row also carries `modeled_latency_ns`, the per-packet
-//! latency the discrete-event model of [`crate::latency`] gives for its mode.
+//! latency the discrete-event model of [`crate::bench::latency`] gives for its mode.
 
-use crate::latency;
-use crate::run::{NicKind, NicUnderTest};
+pub mod latency;
+use crate::scenarios::run::{NicKind, NicUnderTest};
 use anyhow::{bail, Context, Result};
 use device_access::vfio_user::VfioUserDevice;
 use guest_apps::echo::{Echo, EchoParams};
@@ -43,7 +43,7 @@ pub struct BenchOptions {
     /// Notification modes the Ensō NIC runs in (one result row each; the packetized NIC
     /// runs once).
     pub notify: Vec<Notify>,
-    /// Parameters of the latency model ([`crate::latency`]).
+    /// Parameters of the latency model ([`crate::bench::latency`]).
     pub model: ModelOptions,
     /// Pipes the Ensō NIC serves, one result row each (the card's 8192 by default): the
     /// device's polling cost must not grow with them.
@@ -235,7 +235,7 @@ pub struct BenchResult {
     pub packets_per_notification: Option<f64>,
     /// The packet rate at which the modeled PCIe link (Gen3 x16, 256 B MPS) saturates.
     pub modeled_pcie_mpps: Option<f64>,
-    /// Mean per-packet latency from the discrete-event model ([`crate::latency`]) at the
+    /// Mean per-packet latency from the discrete-event model ([`crate::bench::latency`]) at the
     /// size, the offered load and the measured software cost: arrival at the NIC to the
     /// echo's doorbell at the NIC (ns).
     pub modeled_latency_ns: f64,
@@ -444,7 +444,7 @@ fn echo_run(
     let dev = match nic {
         NicKind::Enso => NicUnderTest::enso(
             Box::new(port),
-            crate::run::EngineModel::Rust,
+            crate::scenarios::run::EngineModel::Rust,
             enso_nic::EnsoConfig { num_pipes: served, ..enso_nic::EnsoConfig::default() },
         )?,
         NicKind::Packetized => NicUnderTest::new(nic, Box::new(port))?,
@@ -578,7 +578,7 @@ fn vm_run(vm: &VmBench, o: &BenchOptions, nic: NicKind, notify: Notify, size: us
     if notify != Notify::Reactive {
         anyhow::bail!("--notify modes other than reactive run with --transport native");
     }
-    let p = crate::run::EchoOptions {
+    let p = crate::scenarios::run::EchoOptions {
         packets: o.packets,
         size,
         flows: o.flows,
@@ -586,14 +586,17 @@ fn vm_run(vm: &VmBench, o: &BenchOptions, nic: NicKind, notify: Notify, size: us
         window: window_for(o, size),
         garbage_first: false,
         nic,
-        model: crate::run::EngineModel::Rust,
+        model: crate::scenarios::run::EngineModel::Rust,
         setup: Default::default(),
     };
-    let r = crate::run::echo(vm.env, &vm.options, p)?;
+    let r = crate::scenarios::run::echo(vm.env, &vm.options, p)?;
     let d = &r.datapath;
     let pkts = d["packets"].as_f64().unwrap_or(0.0).max(1.0);
     let pcie: PcieReport = serde_json::from_value(d["pcie"].clone()).map_err(|e| {
-        anyhow::anyhow!("the echo run reported no PCIe summary ({e}): {}", crate::run::json_line(&r))
+        anyhow::anyhow!(
+            "the echo run reported no PCIe summary ({e}): {}",
+            crate::scenarios::run::json_line(&r)
+        )
     })?;
     let notifications =
         d["rx_notifications"].as_f64().unwrap_or(0.0) + d["descriptor_writebacks"].as_f64().unwrap_or(0.0);
@@ -623,8 +626,8 @@ fn vm_run(vm: &VmBench, o: &BenchOptions, nic: NicKind, notify: Notify, size: us
 
 /// What `--transport vm` needs: the provisioned QEMU, image and accelerator.
 pub struct VmBench<'a> {
-    pub env: &'a crate::run::Env,
-    pub options: crate::run::RunOptions,
+    pub env: &'a crate::scenarios::run::Env,
+    pub options: crate::scenarios::run::RunOptions,
 }
 
 /// Runs the benchmark, printing progress on stderr: natively, or in guests with `vm`.
@@ -653,7 +656,7 @@ pub fn echo(o: &BenchOptions, vm: Option<&VmBench>) -> Result<BenchReport> {
     if cfg!(debug_assertions) {
         eprintln!("[testbed] bench: this is a debug build; use `cargo run --release -p testbed -- bench …` for real figures");
     }
-    let dir = crate::run::private_dir("bench")?;
+    let dir = crate::scenarios::run::private_dir("bench")?;
     let mut results = vec![];
     let mut ratios = vec![];
     let mut errors: Vec<String> = vec![];

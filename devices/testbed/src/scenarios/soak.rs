@@ -11,9 +11,9 @@
 //! long-lived servers. A killed client is this program run again as a child
 //! (`--client SOCKET`, hidden), SIGKILLed while its echo runs.
 
-use crate::chain::{self, ChainOptions, Mode, Transport};
-use crate::hostile::{self, Rng};
 use crate::rig::DeviceKind;
+use crate::scenarios::chain::{self, ChainOptions, Mode, Transport};
+use crate::scenarios::hostile::{self, Rng};
 use anyhow::{bail, Context, Result};
 use device_access::vfio_user::VfioUserDevice;
 use serde_json::{json, Value};
@@ -344,7 +344,7 @@ pub fn run(a: &SoakArgs) -> Result<i32> {
     // size after warm-up is flat unless something really leaks.
     // SAFETY: mallopt only sets an allocator parameter; called before any server thread.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
-    let dir = crate::run::private_dir("soak")?;
+    let dir = crate::scenarios::run::private_dir("soak")?;
     let mut s = Servers::start(&dir)?;
     let mut rng = Rng(a.seed);
     let mut t = Totals::default();

@@ -10,7 +10,7 @@
 //! | logmon | a log stream cut into pieces at arbitrary bytes | the acknowledged counts equal the lines and matches in the stream |
 
 use crate::bench::Spread;
-use crate::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
+use crate::scenarios::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
 use crate::vm::VmSpec;
 use anyhow::{Context, Result};
 use device_access::vfio_user::VfioUserDevice;
@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wire::Frame;
 
-pub use crate::run::Transport;
+pub use crate::scenarios::run::Transport;
 
 /// Parameters of one app run.
 #[derive(Clone, Debug)]

@@ -2,8 +2,9 @@
 //! scenario, ending in a one-screen summary: each step, pass or fail, and its key figure. The
 //! full reports go to a log that the summary names.
 
-use crate::run::{self, EchoOptions, EngineModel, Env, NicKind, RunOptions, RunReport};
-use crate::{cache, chain, peer};
+use crate::cache;
+use crate::scenarios::run::{self, EchoOptions, EngineModel, Env, NicKind, RunOptions, RunReport};
+use crate::scenarios::{chain, peer};
 use anyhow::Result;
 use serde_json::Value;
 use std::io::Write;
