@@ -6,6 +6,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use vm_memory::VolatileSlice;
 
 /// Memory shared with the driver side through a file descriptor.
 pub struct ShmRegion {
@@ -87,6 +88,7 @@ impl ShmRegion {
         false
     }
 
+    // Not vm-memory's `get_atomic_ref`: its reference borrows the temporary VolatileSlice.
     #[inline]
     fn atomic32(&self, offset: u64) -> Option<&AtomicU32> {
         if !offset.is_multiple_of(4) || offset.checked_add(4)? > self.len as u64 {
@@ -149,32 +151,26 @@ impl ShmRegion {
         }
     }
 
+    /// The region for volatile access (clients write it concurrently).
+    fn volatile(&self) -> VolatileSlice<'_> {
+        // SAFETY: `ptr` maps `len` readable and writable bytes for the lifetime of `self`,
+        // and a `VolatileSlice` only reaches them through volatile accesses or copies.
+        unsafe { VolatileSlice::new(self.ptr, self.len) }
+    }
+
+    /// `len` bytes at `offset`, if in range.
+    fn range(&self, offset: u64, len: usize) -> Option<VolatileSlice<'_>> {
+        self.volatile().subslice(usize::try_from(offset).ok()?, len).ok()
+    }
+
     /// Copies bytes out (for trapped accesses to a shared page). False when out of range.
     pub fn read_bytes(&self, offset: u64, out: &mut [u8]) -> bool {
-        match offset.checked_add(out.len() as u64) {
-            Some(end) if end <= self.len as u64 => {
-                for (i, b) in out.iter_mut().enumerate() {
-                    // SAFETY: in bounds, checked above.
-                    *b = unsafe { std::ptr::read_volatile(self.ptr.add(offset as usize + i)) };
-                }
-                true
-            }
-            _ => false,
-        }
+        self.range(offset, out.len()).map(|s| s.copy_to(out)).is_some()
     }
 
     /// Copies bytes in (for trapped accesses to a shared page). False when out of range.
     pub fn write_bytes(&self, offset: u64, data: &[u8]) -> bool {
-        match offset.checked_add(data.len() as u64) {
-            Some(end) if end <= self.len as u64 => {
-                for (i, b) in data.iter().enumerate() {
-                    // SAFETY: in bounds, checked above.
-                    unsafe { std::ptr::write_volatile(self.ptr.add(offset as usize + i), *b) };
-                }
-                true
-            }
-            _ => false,
-        }
+        self.range(offset, data.len()).map(|s| s.copy_from(data)).is_some()
     }
 
     /// Zeroes the whole region (device reset).

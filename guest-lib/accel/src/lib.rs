@@ -174,8 +174,8 @@ impl Accel {
         };
         let sq = access.alloc_dma(entries as usize * desc::SIZE, DmaOptions::default())?;
         let cq = access.alloc_dma(entries as usize * cqe::SIZE, DmaOptions::default())?;
-        sq.as_mut_slice().fill(0);
-        cq.as_mut_slice().fill(0);
+        sq.fill(0);
+        cq.fill(0);
         bar0.write32(reg::CTRL, 0)?;
         bar0.write32(reg::SQ_BASE_LO, sq.iova() as u32)?;
         bar0.write32(reg::SQ_BASE_HI, (sq.iova() >> 32) as u32)?;
@@ -262,7 +262,7 @@ impl Accel {
         d[desc::DST_ADDR..desc::DST_ADDR + 8].copy_from_slice(&cmd.dst.to_le_bytes());
         d[desc::STATE..].copy_from_slice(&cmd.state);
         let at = self.tail as usize * desc::SIZE;
-        self.sq.as_mut_slice()[at..at + desc::SIZE].copy_from_slice(&d);
+        self.sq.write_slice(&d, at);
         self.tail = (self.tail + 1) % self.entries;
         self.in_flight += 1;
         Ok(tag)
@@ -290,15 +290,14 @@ impl Accel {
             return None;
         }
         let at = self.cq_head as usize * cqe::SIZE;
-        let p = self.cq.as_slice()[at..].as_ptr();
-        // SAFETY: `p + PHASE` is inside the completion ring we own; the device writes it,
-        // so it is read with a volatile load.
-        let phase = unsafe { std::ptr::read_volatile(p.add(cqe::PHASE)) };
+        // The device writes the phase byte: a volatile load.
+        let phase: u8 = self.cq.read_obj(at + cqe::PHASE);
         if phase != self.phase {
             return None;
         }
         fence(Ordering::Acquire);
-        let e = &self.cq.as_slice()[at..at + cqe::SIZE];
+        let mut e = [0u8; cqe::SIZE];
+        self.cq.read_slice(&mut e, at);
         let u32_at = |o: usize| u32::from_le_bytes([e[o], e[o + 1], e[o + 2], e[o + 3]]);
         let c = Completion {
             tag: u32_at(cqe::TAG),

@@ -32,7 +32,7 @@ fn crypto_commands_errors_and_a_full_ring() {
     let (src, dst) = (buf.iova(), buf.iova() + 32768);
     let key = crypto::stream_key(4);
     let sealed = crypto::seal(&key, 11, 4, crypto::item_nonce(4, 11), &[9u8; 784]);
-    buf.as_mut_slice()[..sealed.len()].copy_from_slice(&sealed);
+    buf.write_slice(&sealed, 0);
 
     // Fill the ring (entries − 1 commands) before ringing once: the next post is refused.
     let cmd = Command::decrypt(src, sealed.len() as u32, dst, 4096, key);
@@ -43,7 +43,7 @@ fn crypto_commands_errors_and_a_full_ring() {
         let c = a.wait(T).unwrap();
         assert_eq!((c.tag, c.status, c.out_len), (t, status::OK, sealed.len() as u32));
     }
-    let out = &buf.as_slice()[32768..32768 + sealed.len()];
+    let out = &buf.to_vec(32768, sealed.len())[..];
     assert_eq!(Header::parse(out).unwrap().kind, record::KIND_IMAGE);
     assert_eq!(&out[record::HEADER..], &[9u8; 784][..]);
 
@@ -78,13 +78,13 @@ fn inference_through_the_driver_matches_the_reference() {
         }
         .write(&mut rec);
         rec[record::HEADER..].copy_from_slice(&img);
-        buf.as_mut_slice()[..rec.len()].copy_from_slice(&rec);
+        buf.write_slice(&rec, 0);
         a.submit(&Command::infer(buf.iova(), rec.len() as u32, buf.iova() + 8192, 256, ml::MODEL_ID))
             .unwrap();
         let c = a.wait(T).unwrap();
         assert!(c.ok(), "{}", c.status_name());
         let want = function::expected_result(&rec).unwrap();
-        assert_eq!(&buf.as_slice()[8192..8192 + c.out_len as usize], &want[..]);
+        assert_eq!(buf.to_vec(8192, c.out_len as usize), want);
     }
     drop(a);
     server.stop();

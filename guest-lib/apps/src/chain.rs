@@ -129,8 +129,15 @@ const SLOT: usize = 16 << 10;
 
 /// The chain set up on its devices.
 pub struct Chain {
-    dev: Device,
     rx: RxPipe,
+    /// The rest, apart from `rx`: a received batch borrowed from `rx` stays valid while
+    /// its items go through the stages.
+    stages: Stages,
+}
+
+/// What handling one item uses besides the receive pipe.
+struct Stages {
+    dev: Device,
     tx: TxPipe,
     crypto: Accel,
     ml: Option<Accel>,
@@ -215,9 +222,68 @@ impl Chain {
         let rx = dev.alloc_rx_pipe()?;
         let tx = dev.alloc_tx_pipe()?;
         dev.configure_fallback_queues(1, false)?;
-        Ok(Chain { dev, rx, tx, crypto, ml, mid, params })
+        Ok(Chain { rx, stages: Stages { dev, tx, crypto, ml, mid, params } })
     }
 
+    /// Runs until `items` items, idleness, or `stop`.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<ChainStats, ChainError> {
+        let mut s = ChainStats::default();
+        let start = Instant::now();
+        let mut last = start;
+        let mut first: Option<(Instant, u64)> = None;
+        let mut end = (start, 0u64);
+        let mut polls = 0u32;
+        let limit = self.stages.params.items.unwrap_or(u64::MAX);
+        while s.items < limit {
+            if self.stages.dev.next_rx_pipe_to_recv().is_none() {
+                polls = polls.wrapping_add(1);
+                if polls.is_multiple_of(256) {
+                    let now = Instant::now();
+                    let idle = if first.is_some() {
+                        self.stages.params.idle
+                    } else {
+                        self.stages.params.start_timeout
+                    };
+                    let since = if first.is_some() { last } else { start };
+                    if stop.load(Ordering::Relaxed) || idle.is_some_and(|d| now - since >= d) {
+                        break;
+                    }
+                    self.stages.dev.process_completions();
+                }
+                if polls.is_multiple_of(16) {
+                    std::thread::yield_now();
+                }
+                continue;
+            }
+            if first.is_none() {
+                first = Some((Instant::now(), thread_cpu_ns()));
+            }
+            // Peek, handle every frame in place, then consume and free the bytes.
+            // The batch stays borrowed from `rx` (the pipe hands the bytes out until
+            // `confirm_bytes` frees them) while the stages handle its items.
+            let batch = self.rx.peek(usize::MAX);
+            let len = batch.len();
+            for frame in PacketIter::new(batch) {
+                self.stages.item(&self.rx, frame, &mut s)?;
+            }
+            let _ = self.rx.recv(len);
+            self.rx.confirm_bytes(len)?;
+            last = Instant::now();
+            end = (last, thread_cpu_ns());
+        }
+        if let Some((t0, c0)) = first {
+            let n = s.items.max(1) as f64;
+            s.cpu_ns_per_item = end.1.saturating_sub(c0) as f64 / n;
+            s.wall_ns_per_item = (end.0 - t0).as_nanos() as f64 / n;
+        }
+        let _ = self.stages.dev.wait_tx_idle(Duration::from_secs(2));
+        s.accel_doorbells =
+            self.stages.crypto.doorbells() + self.stages.ml.as_ref().map_or(0, |m| m.doorbells());
+        Ok(s)
+    }
+}
+
+impl Stages {
     /// Runs one accelerator command and waits for it; the completion's output length on
     /// success, None (counted) when the device refused the item.
     fn step(
@@ -240,7 +306,7 @@ impl Chain {
     }
 
     /// Handles one received frame: the whole chain, then the reply.
-    fn item(&mut self, frame: &[u8], s: &mut ChainStats) -> Result<(), ChainError> {
+    fn item(&mut self, rx: &RxPipe, frame: &[u8], s: &mut ChainStats) -> Result<(), ChainError> {
         let Some(rec) = frame_record(frame) else {
             s.bad_frames += 1;
             return Ok(());
@@ -251,11 +317,11 @@ impl Chain {
         let to = p.accel_timeout;
         // The record in place (the crypto device reads it from the RX ring), or a copy
         // when it wraps the ring's end.
-        let src = match self.rx.iova_of(rec) {
+        let src = match rx.iova_of(rec) {
             Some(a) => a,
             None => {
                 s.bounced += 1;
-                self.mid.as_mut_slice()[SLOT..SLOT + rec.len()].copy_from_slice(rec);
+                self.mid.write_slice(rec, SLOT);
                 self.mid.iova() + SLOT as u64
             }
         };
@@ -291,7 +357,7 @@ impl Chain {
         let n = n as usize;
         let bounce = if direct.is_none() {
             s.bounced += 1;
-            Some(self.mid.as_slice()[SLOT..SLOT + n].to_vec())
+            Some(self.mid.to_vec(SLOT, n))
         } else {
             None
         };
@@ -303,60 +369,6 @@ impl Chain {
         self.tx.send_and_free(&mut self.dev, FRAME_HEADER + n)?;
         s.items += 1;
         Ok(())
-    }
-
-    /// Runs until `items` items, idleness, or `stop`.
-    pub fn run(&mut self, stop: &AtomicBool) -> Result<ChainStats, ChainError> {
-        let mut s = ChainStats::default();
-        let start = Instant::now();
-        let mut last = start;
-        let mut first: Option<(Instant, u64)> = None;
-        let mut end = (start, 0u64);
-        let mut polls = 0u32;
-        let limit = self.params.items.unwrap_or(u64::MAX);
-        while s.items < limit {
-            if self.dev.next_rx_pipe_to_recv().is_none() {
-                polls = polls.wrapping_add(1);
-                if polls.is_multiple_of(256) {
-                    let now = Instant::now();
-                    let idle = if first.is_some() { self.params.idle } else { self.params.start_timeout };
-                    let since = if first.is_some() { last } else { start };
-                    if stop.load(Ordering::Relaxed) || idle.is_some_and(|d| now - since >= d) {
-                        break;
-                    }
-                    self.dev.process_completions();
-                }
-                if polls.is_multiple_of(16) {
-                    std::thread::yield_now();
-                }
-                continue;
-            }
-            if first.is_none() {
-                first = Some((Instant::now(), thread_cpu_ns()));
-            }
-            // Peek, handle every frame in place, then consume and free the bytes.
-            let batch = self.rx.peek(usize::MAX);
-            let len = batch.len();
-            // SAFETY: the bytes stay valid and unchanged until `confirm_bytes` below
-            // frees them (the device never writes between head and announced tail); the
-            // copy of the slice lets `item` use the pipe and the devices meanwhile.
-            let batch: &[u8] = unsafe { std::slice::from_raw_parts(batch.as_ptr(), len) };
-            for frame in PacketIter::new(batch) {
-                self.item(frame, &mut s)?;
-            }
-            let _ = self.rx.recv(len);
-            self.rx.confirm_bytes(len)?;
-            last = Instant::now();
-            end = (last, thread_cpu_ns());
-        }
-        if let Some((t0, c0)) = first {
-            let n = s.items.max(1) as f64;
-            s.cpu_ns_per_item = end.1.saturating_sub(c0) as f64 / n;
-            s.wall_ns_per_item = (end.0 - t0).as_nanos() as f64 / n;
-        }
-        let _ = self.dev.wait_tx_idle(Duration::from_secs(2));
-        s.accel_doorbells = self.crypto.doorbells() + self.ml.as_ref().map_or(0, |m| m.doorbells());
-        Ok(s)
     }
 }
 

@@ -57,13 +57,15 @@ fn scribble(dev: &mut dyn DeviceAccess, seed: u64, r: &mut Report) -> Result<(),
     bar2.write32(nb + queue::RX_HEAD, 0).map_err(e)?;
     bar2.write32(nb + queue::TX_TAIL, 0).map_err(e)?;
     let (rx, tx) = (ram.iova(), ram.iova() + enso::NOTIF_RING_BYTES as u64);
-    for (i, w) in ram.as_mut_slice()[enso::NOTIF_RING_BYTES..][..64 * 512].chunks_mut(4).enumerate() {
+    let mut notes = vec![0u8; 64 * 512];
+    for (i, w) in notes.chunks_mut(4).enumerate() {
         let v = match i % 16 {
             0 => [1, 2, 3, 0xdead][g.next_u32() as usize % 4],
             _ => g.next_u32(),
         };
         w.copy_from_slice(&v.to_le_bytes());
     }
+    ram.write_slice(&notes, enso::NOTIF_RING_BYTES);
     bar2.write32(nb + queue::TX_MEM_HIGH, (tx >> 32) as u32).map_err(e)?;
     bar2.write32(nb + queue::TX_MEM_LOW, tx as u32).map_err(e)?;
     bar2.write32(nb + queue::RX_MEM_HIGH, (rx >> 32) as u32).map_err(e)?;

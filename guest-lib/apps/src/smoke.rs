@@ -106,12 +106,12 @@ fn steps(dev: &mut dyn DeviceAccess, p: SmokeParams, r: &mut Report) -> Result<(
 
     // Device → memory.
     let (off, len) = (100usize, 12345usize);
-    buf.as_mut_slice().fill(0);
+    buf.fill(0);
     let (st, _) = db.run(OP_WRITE_PATTERN, buf.iova() + off as u64, len as u32, p.seed, VECTOR)?;
-    let got = &buf.as_slice()[off..off + len];
+    let mem = buf.to_vec(0, buf.len());
+    let got = &mem[off..off + len];
     let bad = got.iter().enumerate().filter(|(i, b)| **b != pattern_byte(p.seed, *i)).count();
-    let untouched =
-        buf.as_slice()[..off].iter().all(|b| *b == 0) && buf.as_slice()[off + len..].iter().all(|b| *b == 0);
+    let untouched = mem[..off].iter().all(|b| *b == 0) && mem[off + len..].iter().all(|b| *b == 0);
     r.check(
         "dma_to_memory",
         st == CMD_OK && bad == 0 && untouched,
@@ -129,7 +129,7 @@ fn steps(dev: &mut dyn DeviceAccess, p: SmokeParams, r: &mut Report) -> Result<(
     // Memory → device.
     let data: Vec<u8> =
         (0..40_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8 ^ p.seed as u8).collect();
-    buf.as_mut_slice()[..data.len()].copy_from_slice(&data);
+    buf.write_slice(&data, 0);
     fence(Ordering::Release);
     let (st, sum) = db.run(OP_READ_CHECKSUM, buf.iova(), data.len() as u32, 0, NO_VECTOR)?;
     let want = fnv1a32(&data);

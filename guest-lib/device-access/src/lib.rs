@@ -18,6 +18,8 @@ pub mod vfio_user;
 pub use bar::Bar;
 pub use irq::Interrupt;
 pub use mem::{DmaBuffer, DmaMapper, SharedMem};
+/// The volatile accessors [`SharedMem::volatile`] hands out.
+pub use vm_memory;
 
 use std::io;
 

@@ -3,6 +3,7 @@
 
 use crate::{DmaOptions, Error, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use vm_memory::{ByteValued, Bytes, VolatileSlice};
 
 /// 2 MiB: the huge page size and the alignment of huge buffers.
 pub const HUGE_PAGE: usize = 2 << 20;
@@ -170,20 +171,123 @@ impl SharedMem {
         self.mirrored
     }
 
-    /// The memory as a byte slice (the first copy).
-    ///
-    /// The device may write it at any time: callers that race with the device should use
-    /// volatile accesses through [`SharedMem::as_ptr`] instead.
-    pub fn as_slice(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` bytes for the lifetime of `self`.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    /// The memory (the first copy) for volatile access: every read and write through it is
+    /// a volatile access, which stays sound while the device reads or writes the same bytes.
+    pub fn volatile(&self) -> VolatileSlice<'_> {
+        // SAFETY: `ptr` maps `len` readable and writable bytes for the lifetime of `self`,
+        // and a `VolatileSlice` only ever reaches them through volatile accesses or copies.
+        unsafe { VolatileSlice::new(self.ptr, self.len) }
     }
 
-    /// The memory as a mutable byte slice (the first copy).
-    #[allow(clippy::mut_from_ref)]
-    pub fn as_mut_slice(&self) -> &mut [u8] {
-        // SAFETY: as above; the buffer is DMA memory shared with a device by design.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    /// Writes `buf` at byte offset `off` (volatile).
+    ///
+    /// # Panics
+    /// When the range lies outside the memory, as slice indexing does.
+    pub fn write_slice(&self, buf: &[u8], off: usize) {
+        self.range(off, buf.len()).copy_from(buf);
+    }
+
+    /// Reads `buf.len()` bytes at byte offset `off` into `buf` (volatile).
+    ///
+    /// # Panics
+    /// When the range lies outside the memory.
+    pub fn read_slice(&self, buf: &mut [u8], off: usize) {
+        self.range(off, buf.len()).copy_to(buf);
+    }
+
+    /// A copy of the `len` bytes at byte offset `off`.
+    ///
+    /// # Panics
+    /// When the range lies outside the memory.
+    pub fn to_vec(&self, off: usize, len: usize) -> Vec<u8> {
+        let mut v = vec![0; len];
+        self.read_slice(&mut v, off);
+        v
+    }
+
+    /// One value at byte offset `off`, read volatile (a single load for naturally aligned
+    /// values of up to 8 bytes).
+    ///
+    /// # Panics
+    /// When the value lies outside the memory.
+    pub fn read_obj<T: ByteValued>(&self, off: usize) -> T {
+        match self.volatile().read_obj(off) {
+            Ok(v) => v,
+            Err(e) => panic!("read of {} bytes at {off:#x}: {e}", std::mem::size_of::<T>()),
+        }
+    }
+
+    /// Sets every byte (of the first copy) to `byte`.
+    pub fn fill(&self, byte: u8) {
+        // Page-sized copies: far fewer calls than byte stores, each byte still written once.
+        let chunk = [byte; PAGE];
+        let mut off = 0;
+        while off < self.len {
+            let n = PAGE.min(self.len - off);
+            self.range(off, n).copy_from(&chunk[..n]);
+            off += n;
+        }
+    }
+
+    fn range(&self, off: usize, len: usize) -> VolatileSlice<'_> {
+        match self.volatile().subslice(off, len) {
+            Ok(s) => s,
+            Err(e) => panic!("{len} bytes at {off:#x} of {} bytes of DMA memory: {e}", self.len),
+        }
+    }
+
+    /// The bytes `[off, off + len)` as a plain slice, for software that owns them under
+    /// the device protocol (zero copy). In mirrored memory the range may reach into the
+    /// second copy (`off + len <= 2 * len()`), which is how a ring's wrapped contents read
+    /// as one slice.
+    ///
+    /// # Safety
+    /// The hand-over rule: while the slice lives, nobody writes these bytes. The device
+    /// does not, because the protocol has handed them to software (received data between
+    /// the device's announcement and the head write that gives them back; transmit space
+    /// between its completion and the send that posts it); and this process does not
+    /// either (no [`SharedMem::owned_mut`] or volatile write over them). In mirrored
+    /// memory the bytes at `off` and `off ± len()` are the same bytes.
+    ///
+    /// # Panics
+    /// When the range lies outside the mapping.
+    pub unsafe fn owned(&self, off: usize, len: usize) -> &[u8] {
+        let p = self.owned_ptr(off, len);
+        // SAFETY: `p..p + len` lies in our mapping (checked by `owned_ptr`), which lives
+        // as long as `self`; no one writes it meanwhile (the caller's promise).
+        unsafe { std::slice::from_raw_parts(p, len) }
+    }
+
+    /// As [`SharedMem::owned`], writable.
+    ///
+    /// The caller picks the lifetime `'a`, as with [`std::slice::from_raw_parts_mut`]:
+    /// typically that of its own `&mut self`, the handle through which the protocol gave
+    /// it the bytes (a pipe, an mbuf), never that of a shared borrow of the memory.
+    ///
+    /// # Safety
+    /// The hand-over rule of [`SharedMem::owned`], and more: for `'a`, nobody else reads
+    /// or writes these bytes (not the device, not another slice or volatile access of
+    /// this process), and `self` outlives `'a`.
+    ///
+    /// # Panics
+    /// When the range lies outside the mapping.
+    pub unsafe fn owned_mut<'a>(&self, off: usize, len: usize) -> &'a mut [u8] {
+        let p = self.owned_ptr(off, len);
+        // SAFETY: `p..p + len` lies in our mapping (checked by `owned_ptr`); it stays
+        // mapped and unaliased for `'a` (the caller's promise).
+        unsafe { std::slice::from_raw_parts_mut(p, len) }
+    }
+
+    /// The start of `[off, off + len)`, checked against the whole mapping (both copies).
+    #[inline]
+    fn owned_ptr(&self, off: usize, len: usize) -> *mut u8 {
+        let span = if self.mirrored { 2 * self.len } else { self.len };
+        assert!(
+            off <= span && len <= span - off,
+            "{len} bytes at {off:#x} lie outside {span} bytes of DMA memory"
+        );
+        // SAFETY: `off <= span`, within (or one past) the mapping.
+        unsafe { self.ptr.add(off) }
     }
 }
 
@@ -311,14 +415,14 @@ mod tests {
                     for i in 0..60u8 {
                         let opts = DmaOptions { huge: i % 2 == 0, mirrored: true, iova_align: 0 };
                         let m = SharedMem::new(64 << 10, opts).unwrap();
-                        m.as_mut_slice().fill(t ^ i);
+                        m.fill(t ^ i);
                         keep.push((m, t ^ i));
                         for (m, v) in &keep {
                             // The mirror shows the same bytes.
                             // SAFETY: the second copy of a mirrored mapping is `len` bytes
                             // right after the first.
-                            let mirror = unsafe { *m.as_ptr().add(m.len()) };
-                            assert!(m.as_slice().iter().all(|b| b == v) && mirror == *v);
+                            let mirror = unsafe { std::ptr::read_volatile(m.as_ptr().add(m.len())) };
+                            assert!(m.to_vec(0, m.len()).iter().all(|b| b == v) && mirror == *v);
                         }
                         if keep.len() > 8 {
                             keep.remove(0);
@@ -344,7 +448,32 @@ mod tests {
         );
         // SAFETY: tries to shrink our own memfd.
         assert_ne!(unsafe { libc::ftruncate(m.fd(), 0) }, 0);
-        m.as_mut_slice().fill(3);
+        m.fill(3);
+    }
+
+    /// The typed accessors and the owned view agree, the owned view reaches into the
+    /// mirror, and nothing reaches past the mapping.
+    #[test]
+    fn accessors_and_owned_views() {
+        let m = SharedMem::new(PAGE, DmaOptions { huge: false, mirrored: true, iova_align: 0 }).unwrap();
+        m.fill(0);
+        m.write_slice(&[1, 2], PAGE - 2);
+        m.write_slice(&[3, 4], 0);
+        assert_eq!(m.to_vec(PAGE - 4, 4), [0, 0, 1, 2]);
+        assert_eq!(m.read_obj::<u16>(0), u16::from_le_bytes([3, 4]));
+        // SAFETY: no device and no other access touch `m` while the slice lives.
+        assert_eq!(unsafe { m.owned(PAGE - 2, 4) }, [1, 2, 3, 4]);
+        // SAFETY: as above, and the slice is the only access meanwhile.
+        let last = unsafe { m.owned_mut(2 * PAGE - 1, 1) };
+        last[0] = 9;
+        assert_eq!(m.read_obj::<u8>(PAGE - 1), 9);
+        let past = std::panic::catch_unwind(|| {
+            // SAFETY: never returns: the range is refused.
+            unsafe { m.owned(2 * PAGE - 1, 2) }.len()
+        });
+        assert!(past.is_err());
+        // The typed accessors cover the first copy only.
+        assert!(std::panic::catch_unwind(|| m.to_vec(PAGE - 1, 2)).is_err());
     }
 
     #[test]

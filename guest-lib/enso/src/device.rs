@@ -274,7 +274,7 @@ impl Device {
             2 * NOTIF_RING_BYTES,
             DmaOptions { huge: true, mirrored: false, iova_align: 0 },
         )?;
-        nb_buf.as_mut_slice().fill(0);
+        nb_buf.fill(0);
         let nb_regs = RegWindow::queue(&queues, nb_page(opts.nb_id), opts.allow_trapped_datapath)?;
         let rx_addr = nb_buf.iova();
         let tx_addr = rx_addr + NOTIF_RING_BYTES as u64;

@@ -174,41 +174,44 @@ impl RxCore {
         self.shared.ring.distance(self.read, self.shared.tail()) as usize * FLIT
     }
 
-    /// (pointer, length) of up to `max` bytes (rounded down to flits) at the read cursor;
-    /// advances the cursor when `advance`.
+    /// (ring offset, length) of up to `max` bytes (rounded down to flits) at the read
+    /// cursor; advances the cursor when `advance`. The offset is below the ring size and
+    /// the length at most the ring size: inside the mirrored mapping.
     #[inline]
-    fn take(&mut self, max: usize, advance: bool) -> (*mut u8, usize) {
+    fn take(&mut self, max: usize, advance: bool) -> (usize, usize) {
         let len = self.available().min(max / FLIT * FLIT);
-        // SAFETY: `read` < ring size, and the buffer is mapped twice back to back, so
-        // `read * 64 + len` <= 2 * ring bytes stays inside the mapping.
-        let ptr = unsafe { self.shared.buf.as_ptr().add(self.read as usize * FLIT) };
+        let off = self.read as usize * FLIT;
         if advance {
             self.read = self.shared.ring.add(self.read, (len / FLIT) as u32);
         }
-        (ptr, len)
+        (off, len)
     }
 
     /// Up to `max` bytes at the read cursor, consumed.
     fn recv(&mut self, max: usize) -> &[u8] {
-        let (p, len) = self.take(max, true);
-        // SAFETY: `p..p+len` lies in the (mirrored) pipe mapping owned by `shared`, holds
-        // data the device announced (Acquire on the tail) and will not rewrite before
-        // the application frees it.
-        unsafe { std::slice::from_raw_parts(p, len) }
+        let (off, len) = self.take(max, true);
+        // SAFETY: the hand-over rule: these bytes were announced by the device (Acquire on
+        // the tail) and it does not write them again before the application frees them
+        // (`confirm_bytes` moves the head past them), which needs `&mut self`, so not
+        // while the slice lives.
+        unsafe { self.shared.buf.owned(off, len) }
     }
 
     /// As [`RxCore::recv`], mutable.
     fn recv_mut(&mut self, max: usize) -> &mut [u8] {
-        let (p, len) = self.take(max, true);
-        // SAFETY: as in `recv`; `&mut self` makes the slice unique on our side.
-        unsafe { std::slice::from_raw_parts_mut(p, len) }
+        let (off, len) = self.take(max, true);
+        // SAFETY: as in `recv`; the slice lives as long as `&mut self` (which keeps the
+        // memory through `shared`), and that makes it the only access on our side (the
+        // device only reads received bytes when the application sends them, which also
+        // needs `&mut self`).
+        unsafe { self.shared.buf.owned_mut(off, len) }
     }
 
     /// As [`RxCore::recv`] without consuming.
     fn peek(&self, max: usize) -> &[u8] {
-        let len = self.available().min(max / FLIT * FLIT);
-        // SAFETY: as in `recv` (the same range `take` would return).
-        unsafe { std::slice::from_raw_parts(self.shared.buf.as_ptr().add(self.read as usize * FLIT), len) }
+        let (off, len) = (self.read as usize * FLIT, self.available().min(max / FLIT * FLIT));
+        // SAFETY: as in `recv` (the same range `take` would return); freeing needs `&mut self`.
+        unsafe { self.shared.buf.owned(off, len) }
     }
 
     /// The device address of `data`, a slice this pipe handed out, when its bytes are
@@ -524,9 +527,12 @@ impl TxPipe {
             }
         }
         self.allocated = len;
-        // SAFETY: `begin` < BYTES and `len` <= BYTES: inside the mirrored mapping; the
-        // bytes are free (their earlier sends completed), so the device does not read them.
-        Ok(unsafe { std::slice::from_raw_parts_mut(self.shared.buf.as_ptr().add(self.begin), len) })
+        // SAFETY: the hand-over rule: the bytes are free (their earlier sends completed),
+        // so the device neither reads nor writes them until `send_and_free` posts them,
+        // which needs `&mut self` and so ends the slice first (the slice lives as long as
+        // `&mut self`, which keeps the memory through `shared`). (`begin` < BYTES and
+        // `len` <= BYTES: inside the mirrored mapping.)
+        Ok(unsafe { self.shared.buf.owned_mut(self.begin, len) })
     }
 
     /// The device address (IOVA) of the space the next [`TxPipe::allocate_buf`] of `len`

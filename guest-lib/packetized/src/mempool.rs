@@ -54,10 +54,10 @@ impl PoolInner {
         self.mem.iova() + i as u64 * BUF_SIZE as u64
     }
 
-    fn ptr(&self, i: u32) -> *mut u8 {
+    /// The byte offset of buffer `i` in the region.
+    fn offset(&self, i: u32) -> usize {
         debug_assert!(i < self.count);
-        // SAFETY: `i < count` and the region holds `count` buffers of BUF_SIZE bytes.
-        unsafe { self.mem.as_ptr().add(i as usize * BUF_SIZE) }
+        i as usize * BUF_SIZE
     }
 }
 
@@ -219,9 +219,9 @@ impl Mbuf {
         if i >= self.nsegs as usize {
             return &[];
         }
-        // SAFETY: the buffer belongs to this mbuf alone (not posted to the device, not in
-        // the free list) and is BUF_SIZE >= seg_len bytes long.
-        unsafe { std::slice::from_raw_parts(self.pool.ptr(self.segs[i]), self.seg_len(i)) }
+        // SAFETY: the hand-over rule: the buffer belongs to this mbuf alone (not posted to
+        // the device, not in the free list), and writing it needs `&mut self`.
+        unsafe { self.pool.mem.owned(self.pool.offset(self.segs[i]), self.seg_len(i)) }
     }
 
     /// The bytes of segment `i`, writable.
@@ -229,8 +229,9 @@ impl Mbuf {
         if i >= self.nsegs as usize {
             return &mut [];
         }
-        // SAFETY: as in `segment`; `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.pool.ptr(self.segs[i]), self.seg_len(i)) }
+        // SAFETY: as in `segment`; the slice lives as long as `&mut self` (which keeps the
+        // pool's memory through `pool`) and that makes the access exclusive.
+        unsafe { self.pool.mem.owned_mut(self.pool.offset(self.segs[i]), self.seg_len(i)) }
     }
 
     /// The frame's first segment (the whole frame unless it is over [`BUF_SIZE`]), as

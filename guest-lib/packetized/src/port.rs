@@ -158,7 +158,7 @@ impl DescRing {
         if mem.iova() & (RING_ALIGN - 1) != 0 {
             return Err(Error::Misaligned { iova: mem.iova(), align: RING_ALIGN });
         }
-        mem.as_mut_slice().fill(0);
+        mem.fill(0);
         Ok(DescRing { mem, size })
     }
 
