@@ -466,7 +466,13 @@ impl NagareChain {
         let pipe = dev.enable_stream_pipe(pipe_id, window)?;
         let ip = |a: [u8; 4]| u32::from_be_bytes(a);
         // Ensō keys UDP flows on the destination only.
-        dev.insert_flow_entry(flow.local.2, 0, ip(flow.local.1), 0, 17, pipe.id())?;
+        let steer = enso::Flow {
+            dst_port: flow.local.2,
+            dst_ip: ip(flow.local.1),
+            protocol: 17,
+            ..Default::default()
+        };
+        dev.insert_flow_entry(steer, pipe.id())?;
         dev.start_tx_stream(&flow.reply_template())?;
         let ring = acc::STREAM_WINDOW_SIZE as u32;
         let mut crypto = Accel::open(crypto, 2)?;

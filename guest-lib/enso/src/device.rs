@@ -196,6 +196,17 @@ pub(crate) enum Completion {
     Tx(Arc<TxShared>, u64),
 }
 
+/// A flow the device steers by: ports and IPv4 addresses in host byte order, and the IP
+/// protocol number. Named fields, so no two of them can be swapped unnoticed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flow {
+    pub dst_port: u16,
+    pub src_port: u16,
+    pub dst_ip: u32,
+    pub src_ip: u32,
+    pub protocol: u32,
+}
+
 /// One notification-buffer pair and everything that goes through it.
 pub struct Device {
     // Field order matters on drop: rings and pipes go before the access handle.
@@ -810,16 +821,9 @@ impl Device {
         }
     }
 
-    /// Steers the flow {dst_port, src_port, dst_ip, src_ip} (host byte order) to `pipe_id`.
-    pub fn insert_flow_entry(
-        &mut self,
-        dst_port: u16,
-        src_port: u16,
-        dst_ip: u32,
-        src_ip: u32,
-        protocol: u32,
-        pipe_id: u32,
-    ) -> Result<()> {
+    /// Steers `flow` to `pipe_id`.
+    pub fn insert_flow_entry(&mut self, flow: Flow, pipe_id: u32) -> Result<()> {
+        let Flow { dst_port, src_port, dst_ip, src_ip, protocol } = flow;
         if pipe_id >= self.info.num_pipes {
             return Err(Error::BadPipeId { id: pipe_id, available: self.info.num_pipes });
         }

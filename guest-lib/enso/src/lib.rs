@@ -38,7 +38,7 @@ mod regs;
 pub mod ring;
 
 pub use device::{
-    Counters, Device, DeviceInfo, DeviceOptions, DeviceStats, Extensions, NotificationMode, StreamPipe,
+    Counters, Device, DeviceInfo, DeviceOptions, DeviceStats, Extensions, Flow, NotificationMode, StreamPipe,
 };
 pub use packet::{frame_len, PacketIter, PacketIterMut};
 pub use pipe::{RxPipe, RxTxPipe, TxPipe};

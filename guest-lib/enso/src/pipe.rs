@@ -2,7 +2,7 @@
 //! application fills and the device sends), [`RxTxPipe`] (zero-copy echo: RX data sent
 //! straight back out of the RX ring, freed when the send completes).
 
-use crate::device::{Completion, Device};
+use crate::device::{Completion, Device, Flow};
 use crate::packet::{PacketIter, PacketIterMut};
 use crate::regs::{wait_state, Doorbells, RegWindow};
 use crate::ring::{bytes_to_flits, Ring, TxChunks};
@@ -278,17 +278,9 @@ impl RxPipe {
         self.core.shared.id
     }
 
-    /// Steers the flow {dst_port, src_port, dst_ip, src_ip} (host byte order) here.
-    pub fn bind(
-        &self,
-        dev: &mut Device,
-        dst_port: u16,
-        src_port: u16,
-        dst_ip: u32,
-        src_ip: u32,
-        protocol: u32,
-    ) -> Result<()> {
-        dev.insert_flow_entry(dst_port, src_port, dst_ip, src_ip, protocol, self.id())
+    /// Steers `flow` here.
+    pub fn bind(&self, dev: &mut Device, flow: Flow) -> Result<()> {
+        dev.insert_flow_entry(flow, self.id())
     }
 
     /// Bytes announced by the device and not yet received.
@@ -381,16 +373,8 @@ impl RxTxPipe {
     }
 
     /// As [`RxPipe::bind`].
-    pub fn bind(
-        &self,
-        dev: &mut Device,
-        dst_port: u16,
-        src_port: u16,
-        dst_ip: u32,
-        src_ip: u32,
-        protocol: u32,
-    ) -> Result<()> {
-        dev.insert_flow_entry(dst_port, src_port, dst_ip, src_ip, protocol, self.id())
+    pub fn bind(&self, dev: &mut Device, flow: Flow) -> Result<()> {
+        dev.insert_flow_entry(flow, self.id())
     }
 
     /// Bytes announced and not yet received.

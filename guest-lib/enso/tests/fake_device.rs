@@ -499,7 +499,9 @@ fn configuration_notifications() {
     dev.configure_fallback_queues(3, false).unwrap();
     dev.enable_round_robin().unwrap();
     let pipe = dev.alloc_rx_pipe().unwrap();
-    pipe.bind(&mut dev, 80, 1234, 0x0a00_0001, 0x0a00_0002, 17).unwrap();
+    let flow =
+        enso::Flow { dst_port: 80, src_port: 1234, dst_ip: 0x0a00_0001, src_ip: 0x0a00_0002, protocol: 17 };
+    pipe.bind(&mut dev, flow).unwrap();
     dev.enable_timestamp(None).unwrap();
     dev.enable_rate_limit(3, 10).unwrap();
     assert!(matches!(dev.enable_rate_limit(0, 10), Err(Error::Invalid(_))));
