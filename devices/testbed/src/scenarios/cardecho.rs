@@ -132,12 +132,23 @@ pub fn card_echo(env: &Env, opts: &RunOptions, o: CardEchoOptions) -> Result<Run
     let pc = traffic_pcie.counters;
     match traffic {
         Some(t) => {
-            let dropped = run::generator_checks(
+            let traffic = run::generator_checks(
                 &mut report,
                 &t,
                 o.packets,
                 " (byte 63 incremented)",
                 (&nic_before, &nic_after),
+                json!({
+                    "size": o.size,
+                    "flows": o.flows,
+                    "model": o.model,
+                    "registers": o.registers,
+                    "extensions": DriverExtensions::None,
+                    "viommu": o.viommu,
+                    "window": o.window,
+                    "touch_offset": guest_apps::cardecho::MARK,
+                    "destination": ip.to_string(),
+                }),
             );
             let checks = EnsoChecks::new(setup, (&nic_before, &nic_after), &traffic_pcie, writes, t.matched);
             checks.check(&mut report);
@@ -149,25 +160,7 @@ pub fn card_echo(env: &Env, opts: &RunOptions, o: CardEchoOptions) -> Result<Run
                 refused.iter().map(|(n, v)| format!("{n} {v}")).collect::<Vec<_>>().join(", "),
             );
             run::rtl_checks(&mut report, nic.rtl_cycles.as_deref(), t.matched, o.registers, &nic_after);
-            report.traffic = json!({
-                "sent": t.sent,
-                "received": t.received,
-                "matched": t.matched,
-                "corrupted": t.corrupted,
-                "reordered": t.reordered,
-                "dropped": dropped,
-                "size": o.size,
-                "flows": o.flows,
-                "model": o.model,
-                "registers": o.registers,
-                "extensions": DriverExtensions::None,
-                "viommu": o.viommu,
-                "window": o.window,
-                "touch_offset": guest_apps::cardecho::MARK,
-                "destination": ip.to_string(),
-                "mpps": t.rx_mpps,
-                "latency_us": {"p50": t.latency_p50_us, "p99": t.latency_p99_us, "max": t.latency_max_us},
-            });
+            report.traffic = traffic;
             let rx_notif = delta("rx_notifications");
             report.datapath = json!({
                 "packets": t.matched,

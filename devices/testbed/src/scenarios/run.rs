@@ -689,7 +689,21 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     let trapped = pc.mmio_reads + pc.mmio_writes;
     match traffic {
         Some(t) => {
-            let dropped = generator_checks(&mut report, &t, p.packets, "", (&nic_before, &nic_after));
+            let traffic = generator_checks(
+                &mut report,
+                &t,
+                p.packets,
+                "",
+                (&nic_before, &nic_after),
+                json!({
+                    "size": p.size,
+                    "flows": p.flows,
+                    "model": p.model,
+                    "registers": p.setup.registers,
+                    "extensions": p.setup.extensions,
+                    "window": p.window,
+                }),
+            );
             rtl_checks(&mut report, nic.rtl_cycles.as_deref(), t.matched, p.setup.registers, &nic_after);
             let enso_checks =
                 EnsoChecks::new(p.setup, (&nic_before, &nic_after), &traffic_pcie, doorbells, t.matched);
@@ -711,22 +725,7 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
                     ),
                 );
             }
-            report.traffic = json!({
-                "sent": t.sent,
-                "received": t.received,
-                "matched": t.matched,
-                "corrupted": t.corrupted,
-                "reordered": t.reordered,
-                "dropped": dropped,
-                "size": p.size,
-                "flows": p.flows,
-                "model": p.model,
-                "registers": p.setup.registers,
-                "extensions": p.setup.extensions,
-                "window": p.window,
-                "mpps": t.rx_mpps,
-                "latency_us": {"p50": t.latency_p50_us, "p99": t.latency_p99_us, "max": t.latency_max_us},
-            });
+            report.traffic = traffic;
             // Ensō's notifications; the packetized NIC's equivalent is its descriptor
             // write-backs (reported apart).
             let rx_notif = delta("rx_notifications");
@@ -775,14 +774,16 @@ type Named<'a> = &'a [(&'static str, u64)];
 /// The host generator's verdict over an echo: every packet answered and matched
 /// (`echo` says how a reply matches), nothing corrupted or out of order, and no drop,
 /// neither the NIC's (its `*drop*` counters over the run) nor the wire's. Returns the
-/// report's `dropped` object.
+/// report's `traffic` object with what the generator saw (counts, `dropped`, rate and
+/// latency) and the scenario's own fields from `more`.
 pub(crate) fn generator_checks(
     report: &mut RunReport,
     t: &wire::generator::GenReport,
     want: u64,
     echo: &str,
     (before, after): (Named<'_>, Named<'_>),
-) -> serde_json::Map<String, Value> {
+    more: Value,
+) -> Value {
     let mut dropped = serde_json::Map::new();
     for (name, v) in after {
         if name.contains("drop") {
@@ -810,7 +811,20 @@ pub(crate) fn generator_checks(
         nic_drops == 0 && t.lost == 0,
         format!("NIC drops {nic_drops}, lost {}", t.lost),
     );
-    dropped
+    let mut traffic = json!({
+        "sent": t.sent,
+        "received": t.received,
+        "matched": t.matched,
+        "corrupted": t.corrupted,
+        "reordered": t.reordered,
+        "dropped": dropped,
+        "mpps": t.rx_mpps,
+        "latency_us": {"p50": t.latency_p50_us, "p99": t.latency_p99_us, "max": t.latency_max_us},
+    });
+    if let (Value::Object(t), Value::Object(m)) = (&mut traffic, more) {
+        t.extend(m);
+    }
+    traffic
 }
 
 /// With the RTL queue engine (`cycles`): it was clocked; in register mode mmio, the queue
