@@ -3,8 +3,9 @@
 //! full reports go to a log that the summary names.
 
 use crate::run::{self, EchoOptions, EngineModel, Env, NicKind, RunOptions, RunReport};
-use crate::{cache, chain, peer};
+use crate::{chain, peer};
 use anyhow::Result;
+use provision::cache;
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;

@@ -11,6 +11,7 @@ use anyhow::Result;
 use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use provision::{cache, qemu};
 use serde::Serialize;
 use std::ffi::OsString;
 use std::fmt::Display;
@@ -18,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use testbed::accel::AccelChoice;
 use testbed::bench::Notify;
+use testbed::run;
 use testbed::run::{EngineModel, NicKind, Transport};
 use testbed::up::cli::{ConsoleArgs, DaemonArgs, DownArgs, ExecArgs, LsArgs, ServeArgs, UpArgs};
-use testbed::{cache, image, qemu, run};
 
 // The limits of the options, from the code that consumes each value (the unit tests below
 // tie them to the libraries' own constants).
@@ -1137,11 +1138,11 @@ fn execute(cmd: Cmd) -> Result<Outcome> {
         }
         Cmd::Image { headers } => {
             let img = cache::workspace_root()
-                .and_then(|root| image::build_guest_binary(&root))
-                .and_then(|g| image::ensure_image(&g))?;
+                .and_then(|root| guest_image::build_guest_binary(&root))
+                .and_then(|g| guest_image::ensure_image(&g))?;
             let mut out = format!("{}\n{}\n", img.kernel.display(), img.initrd.display());
             if headers {
-                out += &format!("{}\n", image::ensure_headers(&img)?.display());
+                out += &format!("{}\n", guest_image::ensure_headers(&img)?.display());
             }
             Outcome::text(out)
         }
