@@ -3,11 +3,11 @@
 //! TCG, saying so once. (On machines whose /dev/kvm is itself nested or paravirtual,
 //! stock kernels can crash under KVM; TCG always works, only slower.)
 
-use crate::cache::{self, KeyHasher};
-use crate::image::Image;
-use crate::qemu::Qemu;
 use crate::vm::{Accel, Vm, VmSpec};
 use anyhow::{bail, Result};
+use guest_image::Image;
+use provision::cache::{self, KeyHasher};
+use provision::qemu::Qemu;
 use std::time::Duration;
 
 /// The `--accel` choice.

@@ -3,8 +3,8 @@
 //! is installed when missing, then `rtl_cosim` verilates and compiles the model into the
 //! cache and loads it.
 
-use crate::cache;
 use anyhow::{bail, Result};
+use provision::cache;
 use std::process::Command;
 use std::time::Instant;
 

@@ -1,9 +1,9 @@
 //! `testbed serve DEVICE`: one device set served in the foreground for a QEMU the user starts
 //! by hand, until SIGINT or SIGTERM; then its counters as one JSON object.
 
-use crate::cache;
 use crate::rig::{self, DeviceConfig, DeviceKind, PortAttach, Served};
 use anyhow::{Context, Result};
+use provision::cache;
 use std::path::PathBuf;
 
 /// Where sockets go by default: `$XDG_RUNTIME_DIR/enso-testbed`, else `run/` under the

@@ -3,9 +3,9 @@
 //! The guest reports on its second serial port (ttyS1), which QEMU writes to a file: JSON
 //! lines only, so the host never scrapes console text. The console (ttyS0) goes to a log.
 
-use crate::image::Image;
-use crate::qemu::Qemu;
 use anyhow::{Context, Result};
+use guest_image::Image;
+use provision::qemu::Qemu;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -282,7 +282,7 @@ impl Vm {
             image.initrd.clone()
         } else {
             let p = spec.dir.join(format!("{}.initrd.gz", spec.name));
-            crate::image::initrd_with_files(image, &spec.files, &p)?;
+            guest_image::initrd_with_files(image, &spec.files, &p)?;
             p
         };
         let mut cmd = spec.command(qemu, image, &initrd, &console, &result, x);

@@ -220,8 +220,8 @@ fn two_cabled_guests_come_up_echo_from_host_answers_ensogen_and_down_leaves_noth
     let (state, share) = (dir.join("state"), dir.join("share"));
     std::fs::create_dir_all(&share).unwrap();
     // Our guest program, built on the host, run from /host in one guest.
-    let root = testbed::cache::workspace_root().unwrap();
-    let guest_bin = testbed::image::build_guest_binary(&root).unwrap();
+    let root = provision::cache::workspace_root().unwrap();
+    let guest_bin = guest_image::build_guest_binary(&root).unwrap();
     std::fs::copy(&guest_bin, share.join("testbed-guest")).unwrap();
     std::fs::write(dir.join("two.toml"), TWO_GUESTS).unwrap();
     let huge_before = hugepages_free();

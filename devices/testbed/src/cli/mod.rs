@@ -30,10 +30,11 @@ use crate::bench::Notify;
 use crate::scenarios::run;
 use crate::scenarios::run::{EngineModel, NicKind, Transport};
 use crate::up::cli::{self as up, ConsoleArgs, DaemonArgs, DownArgs, ExecArgs, LsArgs, ServeArgs, UpArgs};
-use crate::{cache, image, qemu};
 use bench::Bench;
 use check::*;
+use guest_image as image;
 use options::*;
+use provision::{cache, qemu};
 use scenario::Scenario;
 
 #[derive(Parser)]

@@ -2,10 +2,10 @@
 //! scenario, ending in a one-screen summary: each step, pass or fail, and its key figure. The
 //! full reports go to a log that the summary names.
 
-use crate::cache;
 use crate::scenarios::run::{self, EchoOptions, EngineModel, Env, NicKind, RunOptions, RunReport};
 use crate::scenarios::{chain, peer};
 use anyhow::Result;
+use provision::cache;
 use serde_json::Value;
 use std::io::Write;
 use std::path::PathBuf;

@@ -2,13 +2,13 @@
 //! both sides, and one report.
 
 use crate::accel::{self, AccelChoice};
-use crate::image::{self, Image};
-use crate::qemu::{self, Qemu};
 pub(crate) use crate::report::{counter_of, counters_json, nonzero_drops};
 pub use crate::report::{json_line, render, Assertion, RunReport};
 use crate::vm::{self, Accel, Vm, VmOutcome, VmSpec};
 use anyhow::{Context, Result};
+use guest_image::Image;
 use pcie_model::{CountersSnapshot, PciDevice};
+use provision::qemu::{self, Qemu};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::os::unix::fs::PermissionsExt;
@@ -49,10 +49,10 @@ pub struct Env {
 impl Env {
     /// Finds or builds QEMU, the guest program and the image; picks the accelerator.
     pub fn provision(choice: AccelChoice) -> Result<Env> {
-        let root = crate::cache::workspace_root()?;
+        let root = provision::cache::workspace_root()?;
         let qemu = qemu::ensure_qemu(&root)?;
-        let guest = image::build_guest_binary(&root)?;
-        let image = image::ensure_image(&guest)?;
+        let guest = guest_image::build_guest_binary(&root)?;
+        let image = guest_image::ensure_image(&guest)?;
         let accel = accel::resolve(choice, &qemu, &image)?;
         Ok(Env { qemu, image, accel })
     }
@@ -74,8 +74,8 @@ pub struct VmLock(#[allow(dead_code)] std::fs::File);
 impl VmLock {
     pub fn acquire() -> Result<VmLock> {
         use std::os::fd::AsRawFd;
-        let path = crate::cache::root().join("vm.lock");
-        std::fs::create_dir_all(crate::cache::root())?;
+        let path = provision::cache::root().join("vm.lock");
+        std::fs::create_dir_all(provision::cache::root())?;
         let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
         // SAFETY: flock on a file we own.
         if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
