@@ -40,13 +40,15 @@ for tb in "${benches[@]}"; do
     [ -n "$src" ] || { echo "error: no RTL for bench $tb" >&2; exit 1; }
     # The design's folder holds the modules it instantiates.
     srcs=("$(dirname "$src")"/*.sv)
+    # `include files: the design's folder and the benches' (tb/*.svh).
+    incs=("-I$(dirname "$src")" -Itb)
     echo "== $tb"
     rm -rf "$out/$tb"
     # Lint the design on its own first: warnings there are errors (index widths aside:
     # the tables are indexed by fields wider than their depth, bounded by construction).
-    verilator --lint-only -Wall -Wno-WIDTH "${srcs[@]}" --top-module "$dut"
+    verilator --lint-only -Wall -Wno-WIDTH "${incs[@]}" "${srcs[@]}" --top-module "$dut"
     verilator --binary --timing -Wno-fatal -Wno-WIDTH -Wno-UNUSEDSIGNAL -Wno-TIMESCALEMOD \
-        --top-module "$tb" -Mdir "$out/$tb" "${srcs[@]}" "tb/$tb.sv" -o "$tb" > "$out/$tb.build.log" 2>&1 \
+        --top-module "$tb" -Mdir "$out/$tb" "${incs[@]}" "${srcs[@]}" "tb/$tb.sv" -o "$tb" > "$out/$tb.build.log" 2>&1 \
         || { tail -30 "$out/$tb.build.log"; exit 1; }
     "$out/$tb/$tb" "${args[@]}"
 done

@@ -12,15 +12,7 @@ module enso_queue_engine_diff_tb;
     logic [3:0] cmd_op = 0;
     logic [31:0] cmd_q = 0, cmd_b = 0, cmd_c = 0, cmd_d = 0;
     logic [63:0] cmd_a = 0;
-    logic io_valid;
-    logic io_ready = 1;
-    logic [3:0] io_kind;
-    logic [31:0] io_q, io_b, io_c, io_d, io_e;
-    logic [63:0] io_a;
-    logic resp_valid = 0, resp_ok = 0;
-    logic [31:0] resp_value = 0;
-    logic ent_valid = 0;
-    logic [63:0] ent_signal = 0, ent_addr = 0, ent_len = 0;
+`include "enso_io_bench.svh"
 
     enso_queue_engine #(.NPIPES(8), .NNB(4), .PIPE_LOG2(6), .ENTRIES_LOG2(4), .TX_BATCH(256)) dut (.*);
 
@@ -28,10 +20,7 @@ module enso_queue_engine_diff_tb;
 
     typedef struct packed {
         logic [31:0] call;
-        logic [3:0] kind;
-        logic [31:0] q;
-        logic [63:0] a;
-        logic [31:0] b, c, d, e;
+        io_t io;
     } event_t;
     typedef struct packed {
         logic [3:0] op;
@@ -44,15 +33,9 @@ module enso_queue_engine_diff_tb;
     string call_text[$];
     event_t expected[$];
     logic [32:0] answers[$];            // {ok, value}
-    logic [191:0] entries[$];           // {signal, addr, len}
     int next_call = 0, done_calls = 0, checked = 0;
     logic busy = 0;
-    logic [191:0] ent_tmp;
     logic [32:0] ans_tmp;
-
-    function automatic string show(event_t e);
-        return $sformatf("kind %0d q %0h a %0h b %0h c %0h d %0h e %0h", e.kind, e.q, e.a, e.b, e.c, e.d, e.e);
-    endfunction
 
     initial begin
         string path, line;
@@ -75,8 +58,8 @@ module enso_queue_engine_diff_tb;
             end else if (tag == "O") begin
                 event_t e;
                 n = $sscanf(line, "O %h %h %h %h %h %h %h", f[0], f[1], f[2], f[3], f[4], f[5], f[6]);
-                e.call = calls.size() - 1; e.kind = f[0][3:0]; e.q = f[1][31:0]; e.a = f[2];
-                e.b = f[3][31:0]; e.c = f[4][31:0]; e.d = f[5][31:0]; e.e = f[6][31:0];
+                e.call = calls.size() - 1;
+                e.io = '{f[0][3:0], f[1][31:0], f[2], f[3][31:0], f[4][31:0], f[5][31:0], f[6][31:0]};
                 expected.push_back(e);
             end else if (tag == "R") begin
                 n = $sscanf(line, "R %h %h", f[0], f[1]);
@@ -121,21 +104,20 @@ module enso_queue_engine_diff_tb;
                 ent_valid <= 1;
             end else begin
                 event_t got, want;
-                got.call = next_call - 1; got.kind = io_kind; got.q = io_q; got.a = io_a;
-                got.b = io_b; got.c = io_c; got.d = io_d; got.e = io_e;
-                if (expected.size() == 0) $fatal(1, "RTL event after the model's last: %s", show(got));
+                got.call = next_call - 1;
+                got.io = io_now();
+                if (expected.size() == 0) $fatal(1, "RTL event after the model's last: %s", show(got.io));
                 want = expected.pop_front();
-                if (want.call != got.call || want.kind != got.kind || want.q != got.q || want.a != got.a
-                    || want.b != got.b || want.c != got.c || want.d != got.d || want.e != got.e) begin
+                if (want != got) begin
                     $display("FIRST DIFFERENCE after %0d identical events, in call %0d: %s", checked, got.call,
                              call_text[got.call]);
-                    $display("  model: %s (call %0d)", show(want), want.call);
-                    $display("  RTL:   %s", show(got));
+                    $display("  model: %s (call %0d)", show(want.io), want.call);
+                    $display("  RTL:   %s", show(got.io));
                     $fatal(1, "enso_queue_engine differs from the Rust model");
                 end
                 checked++;
                 if (io_kind == 4'd1 || io_kind == 4'd2 || io_kind == 4'd4) begin : answer
-                    if (answers.size() == 0) $fatal(1, "no answer left for %s", show(got));
+                    if (answers.size() == 0) $fatal(1, "no answer left for %s", show(got.io));
                     ans_tmp = answers.pop_front();
                     {resp_ok, resp_value} <= ans_tmp;
                     resp_valid <= 1;

@@ -17,15 +17,7 @@ module enso_queue_regs_tb;
     logic [13:0] rd_queue = 0;
     logic [5:0] rd_reg = 0;
     logic [31:0] rd_data;
-    logic io_valid;
-    logic io_ready = 1;
-    logic [3:0] io_kind;
-    logic [31:0] io_q, io_b, io_c, io_d, io_e;
-    logic [63:0] io_a;
-    logic resp_valid = 0, resp_ok = 0;
-    logic [31:0] resp_value = 0;
-    logic ent_valid = 0;
-    logic [63:0] ent_signal = 0, ent_addr = 0, ent_len = 0;
+`include "enso_io_bench.svh"
     logic [31:0] bad_writes;
 
     enso_queue_regs #(.NPIPES(8), .NNB(4), .PIPE_LOG2(6), .ENTRIES_LOG2(4)) dut (.*);
@@ -37,15 +29,10 @@ module enso_queue_regs_tb;
     localparam logic [63:0] PIPE_BASE = 64'h1_0040_0000, RX_RING = 64'h2_0000_0000, TX_RING = 64'h2_0010_0000;
 
     typedef struct packed {
-        logic [3:0] kind;
-        logic [31:0] q;
-        logic [63:0] a;
-        logic [31:0] b, c, d, e;
-        logic ok;
+        io_t io;
+        logic ok;          // the answer to a DMA
     } ev_t;
     ev_t expected[$];
-    logic [191:0] entries[$];
-    logic [191:0] ent_tmp;
     int seen = 0;
 
     always @(posedge clk) begin
@@ -53,14 +40,9 @@ module enso_queue_regs_tb;
         ent_valid <= 0;
         if (!rst && io_valid && io_ready) begin
             ev_t w;
-            if (expected.size() == 0)
-                $fatal(1, "unexpected event kind %0d q %0h a %0h b %0h c %0h d %0h e %0h", io_kind, io_q, io_a,
-                       io_b, io_c, io_d, io_e);
+            if (expected.size() == 0) $fatal(1, "unexpected event %s", show(io_now()));
             w = expected.pop_front();
-            if (w.kind != io_kind || w.q != io_q || w.a != io_a || w.b != io_b || w.c != io_c || w.d != io_d
-                || w.e != io_e)
-                $fatal(1, "event %0d: expected kind %0d q %0h a %0h b %0h c %0h d %0h e %0h, got kind %0d q %0h a %0h b %0h c %0h d %0h e %0h",
-                       seen, w.kind, w.q, w.a, w.b, w.c, w.d, w.e, io_kind, io_q, io_a, io_b, io_c, io_d, io_e);
+            if (w.io != io_now()) $fatal(1, "event %0d: expected %s, got %s", seen, show(w.io), show(io_now()));
             seen++;
             if (io_kind == 1 || io_kind == 2) begin
                 resp_ok <= w.ok;
@@ -78,8 +60,28 @@ module enso_queue_regs_tb;
                              input logic [31:0] c, input logic [31:0] d = 0, input logic [31:0] e = 0,
                              input logic ok = 1);
         ev_t x;
-        x.kind = kind; x.q = q; x.a = a; x.b = b; x.c = c; x.d = d; x.e = e; x.ok = ok;
+        x.io = '{kind, q, a, b, c, d, e};
+        x.ok = ok;
         expected.push_back(x);
+    endtask
+
+    // A frame of `len` bytes written at `addr` of pipe `pipe`, the pipe's tail published.
+    task automatic expect_frame(input logic [63:0] addr, input int len, input int pipe, input int tail);
+        expect_ev(1, 0, addr, len, 0, 0, 0);
+        expect_ev(3, pipe, 0, tail, 0);
+    endtask
+
+    // Pipe `pipe`'s notification of `tail` in pair 1's slot `n - 1`: the body, the signal,
+    // the pair's tail `n` published, counted.
+    task automatic expect_notification(input int pipe, input int tail, input int n);
+        expect_ev(1, 0, RX_RING + 64 * (n - 1) + 8, 56, 1, pipe, tail);
+        expect_ev(1, 0, RX_RING + 64 * (n - 1), 8, 1, 1, 0);
+        expect_ev(3, 1, 0, n, 1);
+        expect_count(4);
+    endtask
+
+    task automatic expect_count(input int counter);
+        expect_ev(5, 0, 0, 1, counter);
     endtask
 
     task automatic write(input int q, input logic [5:0] r, input logic [31:0] v);
@@ -142,40 +144,32 @@ module enso_queue_regs_tb;
         check_reg(NB1, 6'h30, 1, "pair 1 live");
 
         // A 100-byte frame: the data, the tail, a notification (body, then signal).
-        expect_ev(1, 0, PIPE_BASE, 100, 0, 0, 0);
-        expect_ev(3, 3, 0, 2, 0);
-        expect_ev(1, 0, RX_RING + 8, 56, 1, 3, 2);
-        expect_ev(1, 0, RX_RING, 8, 1, 1, 0);
-        expect_ev(3, 1, 0, 1, 1);
-        expect_ev(5, 0, 0, 1, 4);
+        expect_frame(PIPE_BASE, 100, 3, 2);
+        expect_notification(3, 2, 1);
         packet(3, 100);
         settle("a frame is written and notified");
         check_reg(3, 6'h00, 2, "pipe 3 rx_tail");
         check_reg(NB1, 6'h00, 1, "pair 1 rx_tail");
 
         // A second frame: no notification while one is outstanding (reactive rule).
-        expect_ev(1, 0, PIPE_BASE + 128, 64, 0, 0, 0);
-        expect_ev(3, 3, 0, 3, 0);
+        expect_frame(PIPE_BASE + 128, 64, 3, 3);
         packet(3, 64);
         settle("the second frame waits for software (one notification outstanding)");
 
         // Software consumed the first: the head write brings the next notification.
-        expect_ev(5, 0, 0, 1, 7);
-        expect_ev(1, 0, RX_RING + 64 + 8, 56, 1, 3, 3);
-        expect_ev(1, 0, RX_RING + 64, 8, 1, 1, 0);
-        expect_ev(3, 1, 0, 2, 1);
-        expect_ev(5, 0, 0, 1, 4);
+        expect_count(7);
+        expect_notification(3, 3, 2);
         write(3, 6'h04, 2);
         settle("a head write with data left notifies with the tail");
 
         // A head past the tail is refused and counted.
-        expect_ev(5, 0, 0, 1, 7);
-        expect_ev(5, 0, 0, 1, 14);
+        expect_count(7);
+        expect_count(14);
         write(3, 6'h04, 40);
         settle("a bad head is counted");
 
         // Caught up: no notification; prefetch with nothing new sends none either.
-        expect_ev(5, 0, 0, 1, 7);
+        expect_count(7);
         write(3, 6'h04, 3);
         write(0, 6'h20, 3);
         settle("caught up: the head write and the prefetch notify nothing");
@@ -190,7 +184,7 @@ module enso_queue_regs_tb;
         expect_ev(2, 0, 64'h3_0000_0000, 128, 0);
         expect_ev(8, 1, 0, 128, 0);
         expect_ev(1, 0, TX_RING, 8, 1, 0, 0);
-        expect_ev(5, 0, 0, 1, 5);
+        expect_count(5);
         expect_ev(3, 1, 0, 1, 2);
         write(NB1, 6'h10, 1);
         settle("a TX request is fetched, read, framed and completed");
@@ -198,45 +192,33 @@ module enso_queue_regs_tb;
 
         // A data DMA that fails drops the frame (counted), the tail unchanged.
         expect_ev(1, 0, PIPE_BASE + 192, 60, 0, 0, 0, 0);
-        expect_ev(5, 0, 0, 1, 12);
+        expect_count(12);
         packet(3, 60);
         settle("a failed DMA drops the frame");
         check_reg(3, 6'h00, 3, "pipe 3 rx_tail after the failed DMA");
 
         // The card's prefetch: with a notification outstanding and data behind it, a write
         // of the unchanged head notifies with the current tail.
-        expect_ev(1, 0, PIPE_BASE + 192, 64, 0, 0, 0);
-        expect_ev(3, 3, 0, 4, 0);
-        expect_ev(1, 0, RX_RING + 128 + 8, 56, 1, 3, 4);
-        expect_ev(1, 0, RX_RING + 128, 8, 1, 1, 0);
-        expect_ev(3, 1, 0, 3, 1);
-        expect_ev(5, 0, 0, 1, 4);
+        expect_frame(PIPE_BASE + 192, 64, 3, 4);
+        expect_notification(3, 4, 3);
         packet(3, 64);
-        expect_ev(1, 0, PIPE_BASE + 256, 64, 0, 0, 0);
-        expect_ev(3, 3, 0, 5, 0);
+        expect_frame(PIPE_BASE + 256, 64, 3, 5);
         packet(3, 64);
         settle("one notification outstanding, data behind it");
-        expect_ev(5, 0, 0, 1, 7);
-        expect_ev(1, 0, RX_RING + 192 + 8, 56, 1, 3, 5);
-        expect_ev(1, 0, RX_RING + 192, 8, 1, 1, 0);
-        expect_ev(3, 1, 0, 4, 1);
-        expect_ev(5, 0, 0, 1, 4);
+        expect_count(7);
+        expect_notification(3, 5, 4);
         write(3, 6'h04, 3);
         settle("a same-value head write is a prefetch");
 
         // Software sets the device's tail (a register the device owns): the pipe restarts
         // there and the next frame lands at flit 8.
-        expect_ev(5, 0, 0, 1, 7);
+        expect_count(7);
         write(3, 6'h04, 5);
         write(3, 6'h00, 8);
         settle("caught up, then the tail set by software");
         check_reg(3, 6'h00, 8, "pipe 3 rx_tail as software set it");
-        expect_ev(1, 0, PIPE_BASE + 512, 64, 0, 0, 0);
-        expect_ev(3, 3, 0, 9, 0);
-        expect_ev(1, 0, RX_RING + 256 + 8, 56, 1, 3, 9);
-        expect_ev(1, 0, RX_RING + 256, 8, 1, 1, 0);
-        expect_ev(3, 1, 0, 5, 1);
-        expect_ev(5, 0, 0, 1, 4);
+        expect_frame(PIPE_BASE + 512, 64, 3, 9);
+        expect_notification(3, 9, 5);
         packet(3, 64);
         settle("the next frame lands at the tail software set");
 
@@ -246,13 +228,13 @@ module enso_queue_regs_tb;
         check_reg(3, 6'h30, 1, "pipe 3 still live on its high half");
         write(3, 6'h0c, 0);
         check_reg(3, 6'h30, 0, "pipe 3 stopped");
-        expect_ev(5, 0, 0, 1, 9);
+        expect_count(9);
         packet(3, 80);
         settle("a stopped pipe drops frames");
 
         // A pipe naming a pair that does not exist is refused.
         write(4, 6'h08, 32'h0040_0000 | 7);
-        expect_ev(5, 0, 0, 1, 9);
+        expect_count(9);
         packet(4, 80);
         settle("an enable naming a missing pair is refused");
         if (bad_writes != 2) $fatal(1, "bad_writes %0d, expected 2", bad_writes);
@@ -263,12 +245,8 @@ module enso_queue_regs_tb;
         write(5, 6'h08, 32'h0040_0000 | 1);
         check_reg(5, 6'h30, 0, "without bit 20 the pipe is not live under the extension");
         write(5, 6'h08, 32'h0040_0000 | ENABLE | 1);
-        expect_ev(1, 0, PIPE_BASE, 64, 0, 0, 0);
-        expect_ev(3, 5, 0, 1, 0);
-        expect_ev(1, 0, RX_RING + 320 + 8, 56, 1, 5, 1);
-        expect_ev(1, 0, RX_RING + 320, 8, 1, 1, 0);
-        expect_ev(3, 1, 0, 6, 1);
-        expect_ev(5, 0, 0, 1, 4);
+        expect_frame(PIPE_BASE, 64, 5, 1);
+        expect_notification(5, 1, 6);
         packet(5, 64);
         settle("the ENABLE-bit extension");
 

@@ -4,29 +4,8 @@
 // exactly STAGES cycles. Exits non-zero (via $fatal) on the first mismatch.
 `timescale 1ns / 1ps
 module nagare_pipeline_tb;
-    localparam int STAGES = 10;
-    localparam int STREAMS = 8;
-    localparam int MAX_HOPS = 6;
+`include "nagare_pipeline_bench.svh"
     localparam longint BASE = 64'h40_0000_0000;
-
-    logic clk = 0, rst = 1;
-    logic cfg_we = 0;
-    logic [11:0] cfg_addr = 0;
-    logic [31:0] cfg_wdata = 0;
-    logic in_valid = 0;
-    logic [3:0] in_src = 0;
-    logic [63:0] in_addr = 0;
-    logic [15:0] in_len = 0;
-    logic out_valid, out_egress, out_glue, out_credit;
-    logic [1:0] out_verdict;
-    logic [3:0] out_reason, out_stream, out_dest_port;
-    logic [20:0] out_dest_offset;
-    logic [15:0] out_credit_pipe;
-    logic [14:0] out_credit_head;
-
-    nagare_pipeline #(.STREAMS(STREAMS), .MAX_HOPS(MAX_HOPS), .PORTS(8), .STAGES(STAGES)) dut (.*);
-
-    always #1 clk = ~clk;
 
     // ---- the reference (the Rust model's rules) ---------------------------------------
     logic        r_open [STREAMS];
@@ -37,21 +16,8 @@ module nagare_pipeline_tb;
     int          r_pipe [STREAMS][MAX_HOPS];
     int          r_win [8];
 
-    typedef struct packed {
-        logic [1:0]  verdict;
-        logic [3:0]  reason;
-        logic [3:0]  stream;
-        logic [3:0]  dest_port;
-        logic [20:0] dest_offset;
-        logic        egress;
-        logic        glue;
-        logic        credit;
-        logic [15:0] credit_pipe;
-        logic [14:0] credit_head;
-    } expect_t;
-
-    function automatic expect_t reference(int src, longint addr, int len);
-        expect_t e = '0;
+    function automatic ruling_t reference(int src, longint addr, int len);
+        ruling_t e = '0;
         longint rel = addr - BASE;
         int s, off, last, node;
         bit found = 0;
@@ -87,15 +53,6 @@ module nagare_pipeline_tb;
         return e;
     endfunction
 
-    task automatic cfg(input int addr, input int data);
-        @(negedge clk);
-        cfg_we = 1;
-        cfg_addr = 12'(addr);
-        cfg_wdata = data;
-        @(negedge clk);
-        cfg_we = 0;
-    endtask
-
     task automatic node(input int s, input int h, input int port, input int kind, input int pipe);
         cfg(32'h110 + 64 * s + 4 * h, port | (kind << 4) | (pipe << 16));
         r_port[s][h] = port;
@@ -112,40 +69,8 @@ module nagare_pipeline_tb;
         r_open[s] = open[0];
     endtask
 
-    // Requests in flight (sent, awaiting their verdict) and the cycle each was sent.
-    expect_t queue[$];
-    int sent_at[$];
-    int cycle = 0;
-    int checked = 0;
-
-    always @(posedge clk) cycle <= cycle + 1;
-
-    always @(negedge clk) begin
-        if (!rst && out_valid) begin
-            expect_t e = queue.pop_front();
-            int t = sent_at.pop_front();
-            if (cycle - t != STAGES + 1)
-                $fatal(1, "latency %0d cycles, expected %0d", cycle - t, STAGES + 1);
-            if (out_verdict != e.verdict || (e.verdict == 2 && out_reason != e.reason)
-                || (e.verdict == 1 && (out_dest_port != e.dest_port || out_dest_offset != e.dest_offset
-                    || out_egress != e.egress || out_glue != e.glue || out_credit != e.credit
-                    || (e.credit && (out_credit_pipe != e.credit_pipe || out_credit_head != e.credit_head)))))
-                $fatal(1, "TLP %0d: got verdict %0d reason %0d port %0d offset %0h egress %0d glue %0d credit %0d/%0d/%0d; expected %0d %0d %0d %0h %0d %0d %0d/%0d/%0d",
-                       checked, out_verdict, out_reason, out_dest_port, out_dest_offset, out_egress, out_glue,
-                       out_credit, out_credit_pipe, out_credit_head, e.verdict, e.reason, e.dest_port,
-                       e.dest_offset, e.egress, e.glue, e.credit, e.credit_pipe, e.credit_head);
-            checked++;
-        end
-    end
-
     task automatic send(input int src, input longint addr, input int len);
-        @(negedge clk);
-        in_valid = 1;
-        in_src = 4'(src);
-        in_addr = addr;
-        in_len = 16'(len);
-        queue.push_back(reference(src, addr, len));
-        sent_at.push_back(cycle);
+        send_header(src, addr, len, reference(src, addr, len));
         @(negedge clk);
         in_valid = 0;
     endtask
@@ -165,16 +90,8 @@ module nagare_pipeline_tb;
             x = x * 1103515245 + 12345;
             addr = BASE + longint'(s) * 2097152 + ((x >>> 4) & 32'h1f_ffff);
             if (((x >>> 20) & 15) == 0) addr = 64'h1000 + (x & 16'hffff);
-            @(negedge clk);
-            in_valid = 1;
-            in_src = 4'(src);
-            in_addr = addr;
-            in_len = 16'(len);
-            queue.push_back(reference(src, addr, len));
-            sent_at.push_back(cycle);
+            send_header(src, addr, len, reference(src, addr, len));
         end
-        @(negedge clk);
-        in_valid = 0;
     endtask
 
     initial begin
@@ -207,8 +124,7 @@ module nagare_pipeline_tb;
         repeat (STAGES + 4) @(negedge clk);
         // Random, back to back.
         burst(100000, 7);
-        repeat (STAGES + 4) @(negedge clk);
-        if (queue.size() != 0) $fatal(1, "%0d verdicts never came out", queue.size());
+        drain();
         $display("nagare_pipeline: %0d TLP verdicts match the reference", checked);
         $finish;
     end

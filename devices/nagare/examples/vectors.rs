@@ -5,39 +5,21 @@
 //!
 //! Usage: `cargo run -p nagare --example vectors -- OUT [COUNT] [SEED]`.
 
-use nagare::fabric::{Ingress, Port};
 use nagare::pipeline::{rtl_registers, Phv, Pipeline, PipelineConfig, Verdict};
+use nagare::workload::{port, Rng, BASE};
 use nagare::{Fabric, Hop};
 use std::io::Write;
-use std::sync::Arc;
-use testbed_regs::nagare::{self as regs, reg};
-
-struct Window(u64);
-impl Ingress for Window {
-    fn push(&self, _: u64, _: &[u8]) -> bool {
-        true
-    }
-    fn window(&self) -> u64 {
-        self.0
-    }
-}
-
-const BASE: u64 = 0x40_0000_0000;
+use testbed_regs::nagare::reg;
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let out = args.first().map(String::as_str).unwrap_or("nagare_vectors.txt");
     let count: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(100_000);
-    let mut x: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0x5eed);
+    let mut rng = Rng(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0x5eed));
     let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
 
     // Ports 1 NIC (TX window 32 KiB), 2 crypto and 3 ML (64 KiB), 4 a legacy device.
     let fabric = Fabric::new(PipelineConfig::default());
-    let port = |name: &str, win: Option<u64>| Port {
-        name: name.into(),
-        input: win.map(|w| Arc::new(Window(w)) as Arc<dyn Ingress>),
-        ..Port::default()
-    };
     for (name, win) in
         [("nic", Some(1 << 15)), ("crypto", Some(1 << 16)), ("ml", Some(1 << 16)), ("legacy", None)]
     {
@@ -68,21 +50,8 @@ fn main() -> std::io::Result<()> {
 
     let t = fabric.tables().clone();
     let pipeline = Pipeline::new(PipelineConfig::default());
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
     for _ in 0..count {
-        let r = next();
-        let src = (r & 7) as u32;
-        let stream = (r >> 3) % (regs::STREAMS as u64 + 2);
-        let len = 1 + ((r >> 8) & 2047) as usize;
-        let mut addr = BASE + stream * regs::WINDOW_SIZE + ((r >> 20) & 0x1f_ffff);
-        if (r >> 44) & 15 == 0 {
-            addr = 0x1000 + ((r >> 48) & 0xffff);
-        }
+        let (src, addr, len) = rng.header();
         let mut p = Phv::new(src, addr, len);
         pipeline.run(&t, &mut p);
         let (verdict, reason) = match p.verdict {

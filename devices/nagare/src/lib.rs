@@ -19,6 +19,7 @@
 pub mod fabric;
 pub mod pipeline;
 pub mod switch;
+pub mod workload;
 
 #[cfg(test)]
 mod tests;

@@ -29,7 +29,7 @@ pub const PIPE_FLITS: u32 = 1 << 15;
 pub const NOTIF_ENTRIES: u32 = 1 << 14;
 
 mod model;
-pub use model::{available, provision};
+pub use model::{available, default_cache_root, provision, provisioned_for_tests};
 
 /// The small instance, for the differential workload (`enso_nic::engine::workload`).
 pub fn small_config() -> EnsoConfig {
@@ -76,10 +76,10 @@ pub fn nagare_pipeline(
 }
 
 mod pipeline {
+    use crate::model::Instance;
     use nagare::fabric::Tables;
     use nagare::pipeline::{Phv, PipelineModel, Verdict};
     use std::collections::HashMap;
-    use std::ffi::c_void;
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::{Arc, Mutex};
     use testbed_regs::nagare as regs;
@@ -109,30 +109,16 @@ mod pipeline {
         out_credit: u8,
     }
 
-    struct Model(*mut c_void, &'static crate::model::Library);
-
-    // SAFETY: a plain C++ object without thread affinity, used under the Mutex below.
-    unsafe impl Send for Model {}
-
-    impl Drop for Model {
-        fn drop(&mut self) {
-            // SAFETY: from npl_new, freed once here.
-            unsafe { (self.1.npl_free)(self.0) }
+    impl crate::model::Pins for Pins {
+        fn rst(&mut self) -> &mut u8 {
+            &mut self.rst
         }
     }
 
     struct Sim {
-        model: Model,
-        pins: Pins,
+        rtl: Instance<Pins>,
         /// The configuration registers as last written.
         regs: HashMap<u16, u32>,
-    }
-
-    impl Sim {
-        fn cycle(&mut self) {
-            // SAFETY: live model; `pins` is laid out as NplPins.
-            unsafe { (self.model.1.npl_cycle)(self.model.0, (&mut self.pins as *mut Pins).cast()) }
-        }
     }
 
     /// The verilated Nagare pipeline behind [`PipelineModel`]: the fabric's tables are
@@ -147,42 +133,38 @@ mod pipeline {
         /// A fresh pipeline, reset; an error when the model is not loaded ([`crate::provision`]).
         pub fn new(headers: Option<Arc<AtomicU64>>) -> Result<Self, String> {
             let lib = crate::model::library()?;
-            // SAFETY: npl_new has no preconditions; the result is owned by `Model`.
-            let model = Model(unsafe { (lib.npl_new)() }, lib);
-            let mut sim = Sim { model, pins: Pins { rst: 1, ..Pins::default() }, regs: HashMap::new() };
-            sim.cycle();
-            sim.cycle();
-            sim.pins.rst = 0;
-            sim.cycle();
-            Ok(RtlPipeline { sim: Mutex::new(sim), headers })
+            // SAFETY: npl_new's instance is clocked with NplPins, laid out as `Pins`.
+            let rtl = unsafe { Instance::new(lib, || (lib.npl_new)(), Pins::default()) };
+            Ok(RtlPipeline { sim: Mutex::new(Sim { rtl, regs: HashMap::new() }), headers })
         }
     }
 
     impl PipelineModel for RtlPipeline {
         fn run(&self, t: &Tables, phv: &mut Phv) {
-            let mut sim = self.sim.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.sim.lock().unwrap_or_else(|e| e.into_inner());
+            let Sim { rtl, regs } = &mut *guard;
             for (addr, value) in nagare::pipeline::rtl_registers(t) {
-                if sim.regs.get(&addr) != Some(&value) {
-                    (sim.pins.cfg_we, sim.pins.cfg_addr, sim.pins.cfg_wdata) = (1, addr, value);
-                    sim.cycle();
-                    sim.regs.insert(addr, value);
+                if regs.get(&addr) != Some(&value) {
+                    (rtl.pins.cfg_we, rtl.pins.cfg_addr, rtl.pins.cfg_wdata) = (1, addr, value);
+                    rtl.cycle();
+                    regs.insert(addr, value);
                 }
             }
-            sim.pins.cfg_we = 0;
-            (sim.pins.in_valid, sim.pins.in_src, sim.pins.in_addr, sim.pins.in_len) =
+            rtl.pins.cfg_we = 0;
+            (rtl.pins.in_valid, rtl.pins.in_src, rtl.pins.in_addr, rtl.pins.in_len) =
                 (1, phv.src as u8, phv.addr, phv.len.min(u16::MAX as usize) as u16);
-            sim.cycle();
-            sim.pins.in_valid = 0;
+            rtl.cycle();
+            rtl.pins.in_valid = 0;
             let mut waited = 0;
-            while sim.pins.out_valid == 0 {
-                sim.cycle();
+            while rtl.pins.out_valid == 0 {
+                rtl.cycle();
                 waited += 1;
                 assert!(waited < 1000, "the RTL pipeline gave no verdict");
             }
             if let Some(h) = &self.headers {
                 h.fetch_add(1, Ordering::Relaxed);
             }
-            let p = sim.pins;
+            let p = rtl.pins;
             phv.verdict = match p.out_verdict {
                 0 => Verdict::Memory,
                 1 => Verdict::Forward,
@@ -218,56 +200,56 @@ mod pipeline {
 
 mod sim {
     use super::*;
+    use crate::model::Instance;
     use enso_nic::engine::{
         EngineIo, NbSetup, PipeSetup, Published, QueueEngine, RegisterFrontEnd, RxOutcome, TxFramer,
     };
     use pcie_model::DmaClass;
-    use std::ffi::c_void;
     use testbed_regs::enso::ext::counter as c;
     use testbed_regs::enso::{MAX_NB_PAIRS, MAX_PIPES, NOTIFICATION_SIZE};
 
-    /// The pins, as csrc/engine.cpp lays them out.
+    /// The answers to the engine's io events, the same inputs on the engine and on its
+    /// front end (csrc/engine.cpp's Answers).
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
-    struct Pins {
-        cmd_a: u64,
+    struct Answers {
         ent_signal: u64,
         ent_addr: u64,
         ent_len: u64,
-        cmd_q: u32,
-        cmd_b: u32,
-        cmd_c: u32,
-        cmd_d: u32,
         resp_value: u32,
-        rst: u8,
-        cmd_valid: u8,
-        cmd_op: u8,
         io_ready: u8,
         resp_valid: u8,
         resp_ok: u8,
         ent_valid: u8,
+    }
+
+    /// The engine's pins (csrc/engine.cpp's EqePins).
+    #[repr(C)]
+    #[derive(Debug, Default, Clone, Copy)]
+    struct Pins {
+        ans: Answers,
+        cmd_a: u64,
+        cmd_q: u32,
+        cmd_b: u32,
+        cmd_c: u32,
+        cmd_d: u32,
+        rst: u8,
+        cmd_valid: u8,
+        cmd_op: u8,
         cmd_ready: u8,
-        io_valid: u8,
-        io_kind: u8,
-        io_a: u64,
-        io_q: u32,
-        io_b: u32,
-        io_c: u32,
-        io_d: u32,
-        io_e: u32,
+        io: Event,
     }
 
     /// The pins of the register front end (csrc/engine.cpp's EqrPins).
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
     struct RegsPins {
-        ent_signal: u64,
-        ent_addr: u64,
-        ent_len: u64,
+        ans: Answers,
         wr_data: u32,
         rx_pipe: u32,
         rx_len: u32,
-        resp_value: u32,
+        rd_data: u32,
+        bad_writes: u32,
         wr_queue: u16,
         rd_queue: u16,
         rst: u8,
@@ -275,50 +257,36 @@ mod sim {
         wr_reg: u8,
         rx_valid: u8,
         rd_reg: u8,
-        io_ready: u8,
-        resp_valid: u8,
-        resp_ok: u8,
-        ent_valid: u8,
         wr_ready: u8,
         rx_ready: u8,
-        io_valid: u8,
-        io_kind: u8,
-        rd_data: u32,
-        bad_writes: u32,
-        io_a: u64,
-        io_q: u32,
-        io_b: u32,
-        io_c: u32,
-        io_d: u32,
-        io_e: u32,
+        io: Event,
     }
 
-    /// The C++ model object, which instance it is, and the library it lives in.
-    struct Model(*mut c_void, i32, &'static crate::model::Library);
-
-    // SAFETY: the model is a plain C++ object with no thread affinity; `RtlEngine` owns it
-    // alone and uses it from one thread at a time (`&mut self`).
-    unsafe impl Send for Model {}
-
-    impl Drop for Model {
-        fn drop(&mut self) {
-            // SAFETY: the pointer came from eqe_new and is freed once, here.
-            unsafe { (self.2.eqe_free)(self.0, self.1) }
-        }
+    /// The pins of an instance with the engine's io port: the answers in, the events out.
+    trait EnginePins: crate::model::Pins {
+        fn answers(&mut self) -> &mut Answers;
+        fn io(&self) -> Event;
     }
 
-    /// The verilated register front end (with its engine).
-    struct RegsModel(*mut c_void, &'static crate::model::Library);
-
-    // SAFETY: as for `Model`: one owner, used from one thread at a time.
-    unsafe impl Send for RegsModel {}
-
-    impl Drop for RegsModel {
-        fn drop(&mut self) {
-            // SAFETY: the pointer came from eqr_new and is freed once, here.
-            unsafe { (self.1.eqr_free)(self.0) }
-        }
+    /// The two engine instances' pins: the reset, the answers and the io port by name.
+    macro_rules! engine_pins {
+        ($($t:ty),*) => {$(
+            impl crate::model::Pins for $t {
+                fn rst(&mut self) -> &mut u8 {
+                    &mut self.rst
+                }
+            }
+            impl EnginePins for $t {
+                fn answers(&mut self) -> &mut Answers {
+                    &mut self.ans
+                }
+                fn io(&self) -> Event {
+                    self.io
+                }
+            }
+        )*};
     }
+    engine_pins!(Pins, RegsPins);
 
     // Commands and io events: see the header of rtl/enso/enso_queue_engine.sv.
     const OP_ENABLE_PIPE: u8 = 1;
@@ -403,16 +371,18 @@ mod sim {
         }
     }
 
-    /// One io event the RTL put out.
-    #[derive(Clone, Copy, Debug)]
+    /// The io port: one event the RTL put out, while `valid` (csrc/engine.cpp's IoPort).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
     struct Event {
-        kind: u8,
-        q: u32,
         a: u64,
+        q: u32,
         b: u32,
         c: u32,
         d: u32,
         e: u32,
+        valid: u8,
+        kind: u8,
     }
 
     /// What an io event needs back.
@@ -444,6 +414,19 @@ mod sim {
     }
 
     impl IoSide {
+        /// For `nbs` pairs; `slots`: see the field.
+        fn new(nbs: u32, slots: Option<Slots>) -> Self {
+            IoSide {
+                framer: TxFramer::new(nbs),
+                fetch: Vec::new(),
+                data: Vec::new(),
+                entry: 0,
+                slots,
+                rx_drop: None,
+                fetching: false,
+            }
+        }
+
         fn pipe_id(&self, slot: u32) -> u32 {
             self.slots.as_ref().map_or(slot, |s| s.pipe_of(slot))
         }
@@ -453,7 +436,7 @@ mod sim {
         }
 
         fn serve(&mut self, ev: Event, frame: &[u8], io: &mut dyn EngineIo) -> Reply {
-            let Event { kind, q, a, b, c, d, e } = ev;
+            let Event { kind, q, a, b, c, d, e, .. } = ev;
             let class = if c == 0 { DmaClass::Data } else { DmaClass::Metadata };
             let fetch = kind == IO_DMA_READ && class == DmaClass::Metadata;
             if fetch && !self.fetching {
@@ -540,16 +523,65 @@ mod sim {
         }
     }
 
-    /// The verilated engine behind the [`QueueEngine`] seam.
-    pub struct RtlEngine {
-        model: Model,
-        pins: Pins,
+    /// What both instances share: the verilated instance, the Rust side of its io port,
+    /// and where the cycles of each call are added (shared by a NIC's engines).
+    struct Core<P> {
+        rtl: Instance<P>,
         side: IoSide,
-        /// Clock cycles so far.
-        pub cycles: u64,
-        /// Where the cycles of each call are added (shared by a NIC's engines).
         cycles_sink: Option<Arc<AtomicU64>>,
     }
+
+    impl<P: EnginePins> Core<P> {
+        /// Serves the events the RTL puts on its io port, for a call that began at cycle
+        /// `start`, until it reports the call done (its result), or until `idle` holds with
+        /// no event waiting (None). The call's cycles are added to the sink. Panics with
+        /// `hung()` when the call runs past [`CYCLE_LIMIT`] cycles.
+        fn serve(
+            &mut self,
+            start: u64,
+            frame: &[u8],
+            io: &mut dyn EngineIo,
+            idle: impl Fn(&P) -> bool,
+            hung: impl Fn() -> String,
+        ) -> Option<u32> {
+            let result = loop {
+                let ev = self.rtl.pins.io();
+                if ev.valid == 0 {
+                    if idle(&self.rtl.pins) {
+                        break None;
+                    }
+                    self.rtl.cycle();
+                    assert!(self.rtl.cycles - start < CYCLE_LIMIT, "{}", hung());
+                    continue;
+                }
+                // The event is taken on the next edge (io_ready is always high).
+                self.rtl.cycle();
+                match self.side.serve(ev, frame, io) {
+                    Reply::None => {}
+                    Reply::Answer(ok, v) => {
+                        let ans = self.rtl.pins.answers();
+                        (ans.resp_valid, ans.resp_ok, ans.resp_value) = (1, ok as u8, v);
+                        self.rtl.cycle();
+                        self.rtl.pins.answers().resp_valid = 0;
+                    }
+                    Reply::Entry(s, a, l) => {
+                        let ans = self.rtl.pins.answers();
+                        (ans.ent_valid, ans.ent_signal, ans.ent_addr, ans.ent_len) = (1, s, a, l);
+                        self.rtl.cycle();
+                        self.rtl.pins.answers().ent_valid = 0;
+                    }
+                    Reply::Done(b) => break Some(b),
+                }
+            };
+            if let Some(sink) = &self.cycles_sink {
+                sink.fetch_add(self.rtl.cycles - start, std::sync::atomic::Ordering::Relaxed);
+            }
+            result
+        }
+    }
+
+    /// The verilated engine behind the [`QueueEngine`] seam.
+    pub struct RtlEngine(Core<Pins>);
 
     impl RtlEngine {
         /// A fresh engine (held in reset for two cycles) for `cfg`, which must fit the RTL
@@ -560,30 +592,17 @@ mod sim {
             }
             let lib = crate::model::library()?;
             let small = i32::from(is_small(cfg));
-            // SAFETY: eqe_new has no preconditions; the result is owned by `Model`.
-            let model = Model(unsafe { (lib.eqe_new)(small) }, small, lib);
+            let pins = Pins { ans: Answers { io_ready: 1, ..Answers::default() }, ..Pins::default() };
+            // SAFETY: eqe_new's instances are clocked with EqePins, laid out as `Pins`.
+            let rtl = unsafe { Instance::new(lib, || (lib.eqe_new)(small), pins) };
             let slots = (small == 0).then(Slots::new);
             let nbs = if small == 1 { cfg.num_nb_pairs } else { NB_PAIRS };
-            let mut e = RtlEngine {
-                model,
-                pins: Pins { rst: 1, io_ready: 1, ..Pins::default() },
-                side: IoSide {
-                    framer: TxFramer::new(nbs),
-                    fetch: Vec::new(),
-                    data: Vec::new(),
-                    entry: 0,
-                    slots,
-                    rx_drop: None,
-                    fetching: false,
-                },
-                cycles: 0,
-                cycles_sink: None,
-            };
-            e.cycle();
-            e.cycle();
-            e.pins.rst = 0;
-            e.cycle();
-            Ok(e)
+            Ok(RtlEngine(Core { rtl, side: IoSide::new(nbs, slots), cycles_sink: None }))
+        }
+
+        /// Clock cycles so far.
+        pub fn cycles(&self) -> u64 {
+            self.0.rtl.cycles
         }
 
         /// Engines for a NIC configured as `cfg` ([`enso_nic::EnsoNic::with_engines`]): a
@@ -600,31 +619,14 @@ mod sim {
                 // The NIC's configuration does not change after it is made: checked above.
                 if cfg.registers == enso_nic::RegisterMode::Mmio && !is_small(cfg) {
                     let mut e = RtlRegsEngine::new().expect("the model is loaded");
-                    e.cycles_sink = cycles.clone();
+                    e.0.cycles_sink = cycles.clone();
                     Box::new(e)
                 } else {
                     let mut e = RtlEngine::new(cfg).expect("the NIC's configuration fits the RTL instance");
-                    e.cycles_sink = cycles.clone();
+                    e.0.cycles_sink = cycles.clone();
                     Box::new(e)
                 }
             }))
-        }
-
-        fn cycle(&mut self) {
-            // SAFETY: the model pointer is live (owned by self.model) and `pins` is a
-            // repr(C) struct laid out as csrc/engine.cpp's EqePins.
-            unsafe {
-                (self.model.2.eqe_cycle)(self.model.0, self.model.1, (&mut self.pins as *mut Pins).cast())
-            };
-            self.cycles += 1;
-        }
-
-        fn answer(&mut self, ok: bool, value: u32) {
-            self.pins.resp_valid = 1;
-            self.pins.resp_ok = ok as u8;
-            self.pins.resp_value = value;
-            self.cycle();
-            self.pins.resp_valid = 0;
         }
 
         /// One call: the command, then every io event until DONE; returns its result.
@@ -640,65 +642,27 @@ mod sim {
             frame: &[u8],
             io: &mut dyn EngineIo,
         ) -> u32 {
-            let p = &mut self.pins;
+            let rtl = &mut self.0.rtl;
+            let p = &mut rtl.pins;
             (p.cmd_valid, p.cmd_op, p.cmd_q, p.cmd_a, p.cmd_b, p.cmd_c, p.cmd_d) = (1, op, q, a, b, c, d);
-            let start = self.cycles;
+            let start = rtl.cycles;
             // The engine takes a command on an edge where it is idle (cmd_ready).
-            loop {
-                let ready = self.pins.cmd_ready == 1;
-                self.cycle();
-                if ready {
-                    break;
-                }
-                assert!(self.cycles - start < CYCLE_LIMIT, "RTL queue engine never took command {op}");
-            }
-            self.pins.cmd_valid = 0;
-            loop {
-                if self.pins.io_valid == 0 {
-                    self.cycle();
-                    assert!(self.cycles - start < CYCLE_LIMIT, "RTL queue engine hung in command {op}");
-                    continue;
-                }
-                let p = self.pins;
-                let ev = Event {
-                    kind: p.io_kind,
-                    q: p.io_q,
-                    a: p.io_a,
-                    b: p.io_b,
-                    c: p.io_c,
-                    d: p.io_d,
-                    e: p.io_e,
-                };
-                // The event is taken on the next edge (io_ready is always high).
-                self.cycle();
-                match self.side.serve(ev, frame, io) {
-                    Reply::None => {}
-                    Reply::Answer(ok, v) => self.answer(ok, v),
-                    Reply::Entry(s, a, l) => {
-                        self.pins.ent_valid = 1;
-                        (self.pins.ent_signal, self.pins.ent_addr, self.pins.ent_len) = (s, a, l);
-                        self.cycle();
-                        self.pins.ent_valid = 0;
-                    }
-                    Reply::Done(b) => {
-                        if let Some(sink) = &self.cycles_sink {
-                            sink.fetch_add(self.cycles - start, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        return b;
-                    }
-                }
-            }
+            let never = || format!("RTL queue engine never took command {op}");
+            rtl.offer(|p| p.cmd_ready == 1, start, CYCLE_LIMIT, never);
+            rtl.pins.cmd_valid = 0;
+            let hung = || format!("RTL queue engine hung in command {op}");
+            self.0.serve(start, frame, io, |_| false, hung).expect("the engine's calls end with DONE")
         }
 
         fn pipe_slot(&mut self, pipe: u32, alloc: bool) -> Option<u32> {
-            match &mut self.side.slots {
+            match &mut self.0.side.slots {
                 Some(s) => s.pipe(pipe, alloc),
                 None => Some(pipe),
             }
         }
 
         fn nb_slot(&mut self, nb: u32, alloc: bool) -> Option<u32> {
-            match &mut self.side.slots {
+            match &mut self.0.side.slots {
                 Some(s) => s.nb(nb, alloc),
                 None => Some(nb),
             }
@@ -722,12 +686,12 @@ mod sim {
             let Some(slot) = self.nb_slot(nb, true) else { return };
             self.call(OP_NB_TX_RING, slot, s.tx_ring, 0, 0, 0, &[], &mut NoIo);
             self.call(OP_ENABLE_NB, slot, s.rx_ring, s.rx_head, s.rx_tail, s.tx_head, &[], &mut NoIo);
-            self.side.framer.reset(slot);
+            self.0.side.framer.reset(slot);
         }
         fn disable_nb(&mut self, nb: u32) {
             if let Some(slot) = self.nb_slot(nb, false) {
                 self.call(OP_DISABLE_NB, slot, 0, 0, 0, 0, &[], &mut NoIo);
-                self.side.framer.reset(slot);
+                self.0.side.framer.reset(slot);
             }
         }
         fn set_per_packet(&mut self, per_packet: bool) {
@@ -762,7 +726,7 @@ mod sim {
         }
         fn tx_tail(&mut self, nb: u32, tail: u32, io: &mut dyn EngineIo) -> bool {
             let Some(slot) = self.nb_slot(nb, false) else { return true };
-            self.side.fetch.clear();
+            self.0.side.fetch.clear();
             self.call(OP_TX_TAIL, slot, 0, tail, 0, 0, &[], io) == 1
         }
     }
@@ -771,113 +735,52 @@ mod sim {
     /// behind it: in register mode mmio the NIC's device thread hands it every queue-page
     /// access ([`RegisterFrontEnd`]), so the register decode the FPGA would carry is what
     /// the guest's driver talks to. Frames still come in through [`QueueEngine::rx_packet`].
-    pub struct RtlRegsEngine {
-        model: RegsModel,
-        pins: RegsPins,
-        side: IoSide,
-        /// Clock cycles so far.
-        pub cycles: u64,
-        cycles_sink: Option<Arc<AtomicU64>>,
-    }
+    pub struct RtlRegsEngine(Core<RegsPins>);
 
     impl RtlRegsEngine {
         /// A fresh front end (held in reset for two cycles), the card's ID space mapped onto
         /// its slots.
         pub fn new() -> Result<RtlRegsEngine, String> {
             let lib = crate::model::library()?;
-            // SAFETY: eqr_new has no preconditions; the result is owned by `RegsModel`.
-            let model = RegsModel(unsafe { (lib.eqr_new)() }, lib);
-            let mut e = RtlRegsEngine {
-                model,
-                pins: RegsPins { rst: 1, io_ready: 1, ..RegsPins::default() },
-                side: IoSide {
-                    framer: TxFramer::new(NB_PAIRS),
-                    fetch: Vec::new(),
-                    data: Vec::new(),
-                    entry: 0,
-                    slots: Some(Slots::new()),
-                    rx_drop: None,
-                    fetching: false,
-                },
-                cycles: 0,
+            let pins = RegsPins { ans: Answers { io_ready: 1, ..Answers::default() }, ..RegsPins::default() };
+            // SAFETY: eqr_new's instance is clocked with EqrPins, laid out as `RegsPins`.
+            let rtl = unsafe { Instance::new(lib, || (lib.eqr_new)(), pins) };
+            Ok(RtlRegsEngine(Core {
+                rtl,
+                side: IoSide::new(NB_PAIRS, Some(Slots::new())),
                 cycles_sink: None,
-            };
-            e.cycle();
-            e.cycle();
-            e.pins.rst = 0;
-            e.cycle();
-            Ok(e)
+            }))
         }
 
-        fn cycle(&mut self) {
-            // SAFETY: the model pointer is live (owned by self.model) and `pins` is a repr(C)
-            // struct laid out as csrc/engine.cpp's EqrPins.
-            unsafe { (self.model.1.eqr_cycle)(self.model.0, (&mut self.pins as *mut RegsPins).cast()) };
-            self.cycles += 1;
+        /// Clock cycles so far.
+        pub fn cycles(&self) -> u64 {
+            self.0.rtl.cycles
         }
 
-        /// Serves io events until the front end is idle again.
-        fn run(&mut self, start: u64, frame: &[u8], io: &mut dyn EngineIo) {
-            loop {
-                if self.pins.io_valid == 0 {
-                    if self.pins.wr_ready == 1 {
-                        break;
-                    }
-                    self.cycle();
-                    assert!(self.cycles - start < CYCLE_LIMIT, "RTL register front end hung");
-                    continue;
-                }
-                let p = self.pins;
-                let ev = Event {
-                    kind: p.io_kind,
-                    q: p.io_q,
-                    a: p.io_a,
-                    b: p.io_b,
-                    c: p.io_c,
-                    d: p.io_d,
-                    e: p.io_e,
-                };
-                self.cycle();
-                match self.side.serve(ev, frame, io) {
-                    Reply::None | Reply::Done(_) => {}
-                    Reply::Answer(ok, v) => {
-                        (self.pins.resp_valid, self.pins.resp_ok, self.pins.resp_value) = (1, ok as u8, v);
-                        self.cycle();
-                        self.pins.resp_valid = 0;
-                    }
-                    Reply::Entry(s, a, l) => {
-                        self.pins.ent_valid = 1;
-                        (self.pins.ent_signal, self.pins.ent_addr, self.pins.ent_len) = (s, a, l);
-                        self.cycle();
-                        self.pins.ent_valid = 0;
-                    }
-                }
-            }
-            if let Some(sink) = &self.cycles_sink {
-                sink.fetch_add(self.cycles - start, std::sync::atomic::Ordering::Relaxed);
-            }
+        /// Holds the write or frame offered in the pins until the front end takes it, then
+        /// serves io events until it is idle again. It takes an offer on an edge where it is
+        /// idle and no write is offered: rx_ready as sampled last cycle may still see the
+        /// write before, so wr_ready is what tells.
+        fn offer(&mut self, start: u64, what: &str, frame: &[u8], io: &mut dyn EngineIo) {
+            let never = || format!("RTL register front end never took {what}");
+            self.0.rtl.offer(|p| p.wr_ready == 1, start, CYCLE_LIMIT, never);
+            (self.0.rtl.pins.wr_valid, self.0.rtl.pins.rx_valid) = (0, 0);
+            let hung = || "RTL register front end hung".to_string();
+            // The front end keeps DONE to itself: it is idle again when it takes writes.
+            self.0.serve(start, frame, io, |p| p.wr_ready == 1, hung);
         }
 
         /// One register write at the front end's port (a queue slot or one of our codes).
         fn write_port(&mut self, queue: u32, reg: u8, value: u32, io: &mut dyn EngineIo) {
-            let start = self.cycles;
-            (self.pins.wr_valid, self.pins.wr_queue, self.pins.wr_reg, self.pins.wr_data) =
-                (1, queue as u16, reg, value);
-            loop {
-                let ready = self.pins.wr_ready == 1;
-                self.cycle();
-                if ready {
-                    break;
-                }
-                assert!(self.cycles - start < CYCLE_LIMIT, "RTL register front end never took a write");
-            }
-            self.pins.wr_valid = 0;
-            self.run(start, &[], io);
+            let start = self.0.rtl.cycles;
+            let p = &mut self.0.rtl.pins;
+            (p.wr_valid, p.wr_queue, p.wr_reg, p.wr_data) = (1, queue as u16, reg, value);
+            self.offer(start, "a write", &[], io);
         }
 
         /// The front end's queue index (pipe slot, or 8192 + pair slot) for queue `queue`.
         fn slot_of(&mut self, queue: u32, alloc: bool) -> Option<u32> {
-            let slots = self.side.slots.as_mut()?;
+            let slots = self.0.side.slots.as_mut()?;
             if queue < MAX_PIPES {
                 slots.pipe(queue, alloc)
             } else {
@@ -886,9 +789,10 @@ mod sim {
         }
 
         fn read_port(&mut self, queue: u32, reg: u8) -> u32 {
-            (self.pins.rd_queue, self.pins.rd_reg) = (queue as u16, reg);
-            self.cycle();
-            self.pins.rd_data
+            let rtl = &mut self.0.rtl;
+            (rtl.pins.rd_queue, rtl.pins.rd_reg) = (queue as u16, reg);
+            rtl.cycle();
+            rtl.pins.rd_data
         }
     }
 
@@ -900,7 +804,7 @@ mod sim {
                 let nb = value & testbed_regs::enso::queue::NB_ID_MASK;
                 let live = value != 0 || self.read(queue, testbed_regs::enso::queue::RX_MEM_HIGH) != 0;
                 if live {
-                    let slot = self.side.slots.as_mut().and_then(|s| s.nb(nb, true)).unwrap_or(NB_PAIRS);
+                    let slot = self.0.side.slots.as_mut().and_then(|s| s.nb(nb, true)).unwrap_or(NB_PAIRS);
                     value = (value & !testbed_regs::enso::queue::NB_ID_MASK) | slot;
                 }
             }
@@ -915,7 +819,7 @@ mod sim {
             let v = self.read_port(q, reg as u8);
             if queue < MAX_PIPES && reg == testbed_regs::enso::queue::RX_MEM_LOW {
                 // Back from the pair's slot to its ID.
-                let nb = self.side.nb_id(v & testbed_regs::enso::queue::NB_ID_MASK);
+                let nb = self.0.side.nb_id(v & testbed_regs::enso::queue::NB_ID_MASK);
                 return (v & !testbed_regs::enso::queue::NB_ID_MASK) | nb;
             }
             v
@@ -929,7 +833,7 @@ mod sim {
         }
 
         fn live_queues(&mut self) -> Vec<u32> {
-            let Some(s) = &self.side.slots else { return vec![] };
+            let Some(s) = &self.0.side.slots else { return vec![] };
             let ids: Vec<u32> =
                 s.pipe_id.iter().copied().chain(s.nb_id.iter().map(|j| MAX_PIPES + j)).collect();
             ids.into_iter().filter(|&q| self.live(q)).collect()
@@ -977,23 +881,13 @@ mod sim {
                 io.count(c::RX_DROP_PIPE_DISABLED, 1);
                 return RxOutcome::PipeDisabled;
             };
-            let start = self.cycles;
-            self.side.rx_drop = None;
-            (self.pins.rx_valid, self.pins.rx_pipe, self.pins.rx_len) = (1, slot, frame.len() as u32);
-            loop {
-                // Idle, and no write offered (rx_ready as sampled last cycle may still see
-                // the write before, so it is not used here).
-                let ready = self.pins.wr_ready == 1;
-                self.cycle();
-                if ready {
-                    break;
-                }
-                assert!(self.cycles - start < CYCLE_LIMIT, "RTL register front end never took a frame");
-            }
-            self.pins.rx_valid = 0;
-            self.run(start, frame, io);
+            let start = self.0.rtl.cycles;
+            self.0.side.rx_drop = None;
+            let p = &mut self.0.rtl.pins;
+            (p.rx_valid, p.rx_pipe, p.rx_len) = (1, slot, frame.len() as u32);
+            self.offer(start, "a frame", frame, io);
             // The front end keeps the call's result to itself; its drop counters tell it.
-            match self.side.rx_drop.take() {
+            match self.0.side.rx_drop.take() {
                 None => RxOutcome::Delivered,
                 Some(c::RX_DROP_PIPE_DISABLED) => RxOutcome::PipeDisabled,
                 Some(c::RX_DROP_PIPE_FULL) => RxOutcome::PipeFull,
@@ -1026,26 +920,9 @@ mod sim {
     }
 }
 
-/// Provisions the model for a test (the testbed's cache: `$TESTBED_CACHE`, else the user's
-/// cache folder), failing loudly when it cannot: the co-simulation is part of the test suite,
-/// and the differential tests must never vanish because Verilator is missing.
-#[cfg(test)]
-fn provisioned() {
-    let root = std::env::var_os("TESTBED_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(std::path::PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(|| "/tmp".into())
-            .join("enso-testbed")
-    });
-    if let Err(e) = provision(&root, &|step| eprintln!("rtl-cosim: {step}")) {
-        panic!("the RTL co-simulation model could not be provisioned: {e}");
-    }
-}
-
 #[test]
 fn the_verilated_model_is_built() {
-    provisioned();
+    provisioned_for_tests();
     assert!(available());
     assert!(RtlEngine::new(&small_config()).is_ok());
     assert!(nagare_pipeline(None).is_ok());
@@ -1060,7 +937,7 @@ mod tests {
     /// record (events in order, answers, TX entries acted on) must be identical.
     #[test]
     fn rtl_engine_matches_the_rust_engine_on_100k_random_calls() {
-        provisioned();
+        provisioned_for_tests();
         let mut rust = Workload::engine();
         let mut rtl = RtlEngine::new(&small_config()).expect("small instance");
         let (mut a, mut b) = (Workload::new(0x0e15_0e15), Workload::new(0x0e15_0e15));
@@ -1077,12 +954,12 @@ mod tests {
             events += x.text.lines().filter(|l| l.starts_with('O')).count();
         }
         assert!(events > 400_000, "{events} events compared");
-        assert!(rtl.cycles > 1_000_000, "{} cycles", rtl.cycles);
+        assert!(rtl.cycles() > 1_000_000, "{} cycles", rtl.cycles());
     }
 
     #[test]
     fn configurations_the_instances_do_not_have_are_refused() {
-        provisioned();
+        provisioned_for_tests();
         assert!(unsupported(&EnsoConfig::default()).is_none(), "the card's ID space maps onto the slots");
         assert!(unsupported(&small_config()).is_none());
         let odd = EnsoConfig { pipe_flits: 1024, ..EnsoConfig::default() };
@@ -1094,19 +971,10 @@ mod tests {
 #[cfg(test)]
 mod pipeline_tests {
     use super::*;
-    use nagare::fabric::{Hop, Ingress, Port, StreamEntry, Tables};
+    use nagare::fabric::{Hop, StreamEntry, Tables};
     use nagare::pipeline::{Phv, Pipeline, PipelineConfig, PipelineModel};
+    use nagare::workload::{port, Rng, BASE};
     use testbed_regs::nagare::{self as regs, reg};
-
-    struct Window(u64);
-    impl Ingress for Window {
-        fn push(&self, _: u64, _: &[u8]) -> bool {
-            true
-        }
-        fn window(&self) -> u64 {
-            self.0
-        }
-    }
 
     /// What the fabric uses of a ruling: the verdict; for a drop, the stream (its denied
     /// count); for a forward, the destination, egress, glue and credit too.
@@ -1126,20 +994,8 @@ mod pipeline_tests {
     /// them; every ruling must be the same.
     #[test]
     fn rtl_pipeline_matches_the_rust_pipeline_under_table_updates() {
-        provisioned();
-        let mut x: u64 = 0x5eed_1234;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        const BASE: u64 = 0x40_0000_0000;
-        let port = |name: &str, win: Option<u64>| Port {
-            name: name.into(),
-            input: win.map(|w| Arc::new(Window(w)) as Arc<dyn Ingress>),
-            ..Port::default()
-        };
+        provisioned_for_tests();
+        let mut rng = Rng(0x5eed_1234);
         let mut t = Tables {
             base: BASE,
             streams: vec![StreamEntry::default(); regs::STREAMS as usize],
@@ -1159,29 +1015,25 @@ mod pipeline_tests {
             if i % 500 == 0 {
                 // Rewrite a few streams: graphs of 2..=6 nodes, allow lists, open or not.
                 for _ in 0..3 {
-                    let r = next();
+                    let r = rng.next();
                     let s = (r % u64::from(regs::STREAMS)) as usize;
                     let n = 2 + (r >> 8) as usize % 5;
                     let hops = (0..n)
                         .map(|k| Hop {
-                            port: (next() % 5) as u32,
-                            kind: if k == 0 { reg::HOP_INGRESS } else { kinds[(next() % 4) as usize] },
-                            pipe: (next() % 64) as u32,
+                            port: (rng.next() % 5) as u32,
+                            kind: if k == 0 { reg::HOP_INGRESS } else { kinds[(rng.next() % 4) as usize] },
+                            pipe: (rng.next() % 64) as u32,
                             ..Hop::default()
                         })
                         .collect();
-                    t.streams[s] =
-                        StreamEntry { open: (r >> 20) % 5 != 0, hops, acl: (r >> 24) as u32 & 0x1f };
+                    t.streams[s] = StreamEntry {
+                        open: !(r >> 20).is_multiple_of(5),
+                        hops,
+                        acl: (r >> 24) as u32 & 0x1f,
+                    };
                 }
             }
-            let r = next();
-            let src = (r & 7) as u32;
-            let stream = (r >> 3) % (u64::from(regs::STREAMS) + 2);
-            let len = 1 + ((r >> 8) & 2047) as usize;
-            let mut addr = BASE + stream * regs::WINDOW_SIZE + ((r >> 20) & 0x1f_ffff);
-            if (r >> 44) & 15 == 0 {
-                addr = 0x1000 + ((r >> 48) & 0xffff);
-            }
+            let (src, addr, len) = rng.header();
             let (mut a, mut b) = (Phv::new(src, addr, len), Phv::new(src, addr, len));
             rust.run(&t, &mut a);
             PipelineModel::run(&rtl, &t, &mut b);

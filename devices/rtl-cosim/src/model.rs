@@ -26,20 +26,80 @@ const SOURCES: [(&str, &str); 4] = [
 /// The file name of the built library inside its cache folder.
 const LIB_NAME: &str = "libenso_cosim.so";
 
-/// The C ABI of csrc/engine.cpp. Pin structs are passed as untyped pointers here; the
-/// modules that own each struct cast them.
+/// The C ABI of csrc/engine.cpp. Pin structs are passed as untyped pointers here; an
+/// [`Instance`] casts its own.
 pub(crate) struct Library {
     pub eqe_new: unsafe extern "C" fn(i32) -> *mut c_void,
-    pub eqe_free: unsafe extern "C" fn(*mut c_void, i32),
-    pub eqe_cycle: unsafe extern "C" fn(*mut c_void, i32, *mut c_void),
-    pub npl_new: unsafe extern "C" fn() -> *mut c_void,
-    pub npl_free: unsafe extern "C" fn(*mut c_void),
-    pub npl_cycle: unsafe extern "C" fn(*mut c_void, *mut c_void),
     pub eqr_new: unsafe extern "C" fn() -> *mut c_void,
-    pub eqr_free: unsafe extern "C" fn(*mut c_void),
-    pub eqr_cycle: unsafe extern "C" fn(*mut c_void, *mut c_void),
+    pub npl_new: unsafe extern "C" fn() -> *mut c_void,
+    model_cycle: unsafe extern "C" fn(*mut c_void, *mut c_void),
+    model_free: unsafe extern "C" fn(*mut c_void),
     /// Keeps the code above mapped for the life of the process.
     _lib: libloading::Library,
+}
+
+/// The pins a verilated instance is clocked with: a repr(C) struct laid out as its pin
+/// struct in csrc/engine.cpp.
+pub(crate) trait Pins: Copy {
+    /// The reset input.
+    fn rst(&mut self) -> &mut u8;
+}
+
+/// One verilated instance: the C++ object, its pins, and the clock cycles it ran.
+pub(crate) struct Instance<P> {
+    obj: *mut c_void,
+    lib: &'static Library,
+    pub pins: P,
+    pub cycles: u64,
+}
+
+// SAFETY: the C++ object has no thread affinity; its one owner uses it from one thread at a
+// time (`&mut self`).
+unsafe impl<P: Send> Send for Instance<P> {}
+
+impl<P: Pins> Instance<P> {
+    /// The object `make` creates, starting from `pins`, held in reset for two cycles.
+    ///
+    /// # Safety
+    /// `make` is one of the library's `*_new` functions whose instance is clocked with pins
+    /// laid out as `P`.
+    pub unsafe fn new(lib: &'static Library, make: impl FnOnce() -> *mut c_void, pins: P) -> Self {
+        let mut i = Instance { obj: make(), lib, pins, cycles: 0 };
+        *i.pins.rst() = 1;
+        i.cycle();
+        i.cycle();
+        *i.pins.rst() = 0;
+        i.cycle();
+        i
+    }
+
+    /// One clock cycle: the pins' inputs applied, its outputs read back after the edge.
+    pub fn cycle(&mut self) {
+        // SAFETY: the object is live (owned by self) and `pins` is laid out as its pin
+        // struct (the contract of `new`).
+        unsafe { (self.lib.model_cycle)(self.obj, (&mut self.pins as *mut P).cast()) };
+        self.cycles += 1;
+    }
+
+    /// Clocks an offer set in the pins until the instance takes it: on the edge after
+    /// `ready` was seen. Panics with `hung()` when `limit` cycles since `start` pass first.
+    pub fn offer(&mut self, ready: impl Fn(&P) -> bool, start: u64, limit: u64, hung: impl Fn() -> String) {
+        loop {
+            let taken = ready(&self.pins);
+            self.cycle();
+            if taken {
+                return;
+            }
+            assert!(self.cycles - start < limit, "{}", hung());
+        }
+    }
+}
+
+impl<P> Drop for Instance<P> {
+    fn drop(&mut self) {
+        // SAFETY: the object came from one of the library's `*_new` and is freed once, here.
+        unsafe { (self.lib.model_free)(self.obj) }
+    }
 }
 
 static LOADED: OnceLock<Library> = OnceLock::new();
@@ -223,7 +283,7 @@ pub fn provision(cache_root: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<
     Ok(lib)
 }
 
-/// Loads the library and looks up the shim's nine functions.
+/// Loads the library and looks up the shim's five functions.
 fn load(path: &Path) -> Result<Library, String> {
     let err = |e: libloading::Error| format!("load {}: {e}", path.display());
     // SAFETY: the library is the one `build` made from csrc/engine.cpp: its initializers are
@@ -234,25 +294,32 @@ fn load(path: &Path) -> Result<Library, String> {
     // signatures are exactly the types they are read as.
     unsafe {
         let eqe_new = *lib.get(b"eqe_new\0").map_err(err)?;
-        let eqe_free = *lib.get(b"eqe_free\0").map_err(err)?;
-        let eqe_cycle = *lib.get(b"eqe_cycle\0").map_err(err)?;
-        let npl_new = *lib.get(b"npl_new\0").map_err(err)?;
-        let npl_free = *lib.get(b"npl_free\0").map_err(err)?;
-        let npl_cycle = *lib.get(b"npl_cycle\0").map_err(err)?;
         let eqr_new = *lib.get(b"eqr_new\0").map_err(err)?;
-        let eqr_free = *lib.get(b"eqr_free\0").map_err(err)?;
-        let eqr_cycle = *lib.get(b"eqr_cycle\0").map_err(err)?;
-        Ok(Library {
-            eqe_new,
-            eqe_free,
-            eqe_cycle,
-            npl_new,
-            npl_free,
-            npl_cycle,
-            eqr_new,
-            eqr_free,
-            eqr_cycle,
-            _lib: lib,
-        })
+        let npl_new = *lib.get(b"npl_new\0").map_err(err)?;
+        let model_cycle = *lib.get(b"model_cycle\0").map_err(err)?;
+        let model_free = *lib.get(b"model_free\0").map_err(err)?;
+        Ok(Library { eqe_new, eqr_new, npl_new, model_cycle, model_free, _lib: lib })
+    }
+}
+
+/// The testbed's cache folder: `$TESTBED_CACHE`, else `enso-testbed` in the user's cache
+/// folder (`$XDG_CACHE_HOME`, else `~/.cache`, else `/tmp`).
+pub fn default_cache_root() -> PathBuf {
+    std::env::var_os("TESTBED_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .unwrap_or_else(|| "/tmp".into())
+            .join("enso-testbed")
+    })
+}
+
+/// Provisions the model for a test in [`default_cache_root`], failing loudly when it
+/// cannot: the co-simulation is part of the test suite, and the differential tests must
+/// never vanish because Verilator is missing.
+#[doc(hidden)]
+pub fn provisioned_for_tests() {
+    if let Err(e) = provision(&default_cache_root(), &|step| eprintln!("rtl-cosim: {step}")) {
+        panic!("the RTL co-simulation model could not be provisioned: {e}");
     }
 }

@@ -19,17 +19,6 @@ const PAIR: u64 = RAM;
 const TX: u64 = RAM + MIB;
 const PIPES: [(u32, u64); 2] = [(8191, RAM + 2 * MIB), (8190, RAM + 4 * MIB)];
 
-fn provisioned() {
-    let root = std::env::var_os("TESTBED_CACHE").map(std::path::PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(std::path::PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(|| "/tmp".into())
-            .join("enso-testbed")
-    });
-    rtl_cosim::provision(&root, &|step| eprintln!("rtl-cosim: {step}")).expect("the RTL model");
-}
-
 struct Card {
     nic: EnsoNic,
     ram: ShmRegion,
@@ -74,7 +63,7 @@ fn udp(dport: u16, tag: u8) -> Vec<u8> {
 
 #[test]
 fn card_software_through_the_rtl_register_front_end() {
-    provisioned();
+    rtl_cosim::provisioned_for_tests();
     let cfg =
         EnsoConfig { registers: RegisterMode::Mmio, map_extension_pages: false, ..EnsoConfig::default() };
     let cycles = Arc::new(std::sync::atomic::AtomicU64::new(0));
