@@ -878,8 +878,9 @@ pub const INSTRUCTION_PACKETS: u64 = 20_000;
 const UNDER_CALLGRIND: &str = "TESTBED_BENCH_UNDER_CALLGRIND";
 /// Counted: the drivers' per-batch work (not inlined, so that it has a name) ...
 const DRIVER_FNS: [&str; 2] = ["guest_apps::echo::echo_batch", "packetized::echo::echo_burst"];
-/// ... and the NIC models' polling threads.
-const DEVICE_FNS: [&str; 2] = ["enso_nic::worker::run", "packet_nic::worker::run"];
+/// ... and the NIC models' polling rounds (not inlined either).
+const DEVICE_FNS: [&str; 2] =
+    ["enso_nic::worker::DeviceState::round", "packet_nic::worker::DeviceState::round"];
 
 /// Why instructions are not to be counted, if they are not: this is the counted run
 /// itself, or `TESTBED_BENCH_INSTRUCTIONS=0`.
