@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::packet::build::{ipv4, udp};
-use pcie_model::testing::{garbage, garbage_frames, scribble, settle, wait, GuestRam};
+use pcie_model::testing::{garbage, garbage_round, read32, settle, wait, write32, GuestRam};
 use regs::ext::counter as c;
 use regs::{config, nb_page, notif, pipe_page, prefetch, queue, state};
 use std::time::{Duration, Instant};
@@ -105,25 +105,15 @@ fn fallback(n: u32, mask: u32, rr: bool) -> [u8; 64] {
 }
 
 impl Rig {
-    fn ram_write(&self, addr: u64, data: &[u8]) {
-        assert!(self.ram.ram.write_bytes(addr - RAM, data));
-    }
-    fn ram_read(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut b = vec![0; len];
-        assert!(self.ram.ram.read_bytes(addr - RAM, &mut b));
-        b
-    }
     fn ram64(&self, addr: u64) -> u64 {
         self.ram.ram.read64(addr - RAM)
     }
 
     fn ext(&mut self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.nic.bar_read(0, off, &mut b);
-        u32::from_le_bytes(b)
+        read32(&mut self.nic, 0, off)
     }
     fn set_ext(&mut self, off: u64, v: u32) {
-        self.nic.bar_write(0, off, &v.to_le_bytes());
+        write32(&mut self.nic, 0, off, v);
     }
 
     fn enable_nb_at(&self, j: u32, rx: u64, tx: u64) {
@@ -168,7 +158,7 @@ impl Rig {
         let n = self.nic.enso_config().notif_entries;
         for e in entries {
             let t = self.tx_tail[j as usize];
-            self.ram_write(tx_ring(j) + 64 * t as u64, e);
+            self.ram.write(tx_ring(j) + 64 * t as u64, e);
             self.tx_tail[j as usize] = (t + 1) % n;
         }
         let tail = self.tx_tail[j as usize];
@@ -218,10 +208,7 @@ impl Rig {
     }
 
     fn inject(&mut self, frames: &[Vec<u8>]) {
-        for f in frames {
-            self.wire.send(f.clone());
-        }
-        self.wire.flush();
+        self.wire.send_all(frames);
     }
 
     fn prefetch(&mut self, j: u32, pipe: u32) {
@@ -236,13 +223,7 @@ impl Rig {
     }
 
     fn received(&mut self, n: usize) -> Vec<Vec<u8>> {
-        let mut out = vec![];
-        let t = Instant::now();
-        while out.len() < n && t.elapsed() < Duration::from_secs(10) {
-            let want = n - out.len();
-            self.wire.recv_timeout(&mut out, want, Duration::from_millis(10));
-        }
-        out
+        self.wire.recv_n(n, Duration::from_secs(10))
     }
 
     /// Pair 0 + pipe 0, every frame to pipe 0 through a single fallback queue.
@@ -354,14 +335,14 @@ fn ring_wraps_and_never_overwrites() {
     let wrapped = f(1000, 4);
     r.inject(std::slice::from_ref(&wrapped));
     wait("wrapped to 8", || r.pipe_tail(0) == 8);
-    let mut got = r.ram_read(pipe_base(0) + 56 * 64, 512);
-    got.extend(r.ram_read(pipe_base(0), 1000 - 512));
+    let mut got = r.ram.read(pipe_base(0) + 56 * 64, 512);
+    got.extend(r.ram.read(pipe_base(0), 1000 - 512));
     assert_eq!(got, wrapped, "split across the end of the ring");
     r.set_head(0, 56);
     r.inject(&[f(1000, 5), f(1000, 6), f(1000, 7)]);
     r.wait_counter(c::RX_DROP_PIPE_FULL, 1);
     assert_eq!(r.pipe_tail(0), 40);
-    assert_eq!(r.ram_read(pipe_base(0) + 56 * 64, 1), vec![wrapped[0]], "unread data intact");
+    assert_eq!(r.ram.read(pipe_base(0) + 56 * 64, 1), vec![wrapped[0]], "unread data intact");
     // Free everything and keep going.
     r.set_head(0, 40);
     r.inject(&[f(1000, 8)]);
@@ -481,14 +462,14 @@ fn tx_splits_frames_and_completes_in_order() {
     let frames = [udp(60, 1, 1), udp(100, 2, 2), udp(1500, 3, 3)];
     let mut off = 0u64;
     for f in &frames {
-        r.ram_write(TXBUF + off, f);
+        r.ram.write(TXBUF + off, f);
         off += (f.len() as u64).next_multiple_of(64);
     }
     assert_eq!(off, 192 + 1536);
     let len = 192 + 1500; // frames at 0, 64 and 192; the last one unpadded
     let single = udp(200, 4, 4);
-    r.ram_write(TXBUF + 4096, &single);
-    r.ram_write(TXBUF + 2 * MIB - 64, &udp(128, 1, 1));
+    r.ram.write(TXBUF + 4096, &single);
+    r.ram.write(TXBUF + 2 * MIB - 64, &udp(128, 1, 1));
     let before = r.nic.counter(c::TX_COMPLETIONS);
     r.post(
         0,
@@ -516,7 +497,7 @@ fn timestamps_and_rate_limit() {
     r.basic();
     r.post(0, &[config_notif(config::TIMESTAMP, &[(config::TS_ENABLE, &1u64.to_le_bytes())])]);
     // TX: the device clock, big-endian at byte 18.
-    r.ram_write(TXBUF, &udp(64, 1, 1));
+    r.ram.write(TXBUF, &udp(64, 1, 1));
     let t0 = r.nic.ticks() as u32;
     r.post(0, &[send_notif(TXBUF, 64)]);
     let t1 = r.nic.ticks() as u32;
@@ -529,7 +510,7 @@ fn timestamps_and_rate_limit() {
     f[18..22].copy_from_slice(&sent.to_be_bytes());
     r.inject(&[f]);
     wait("rx", || r.pipe_tail(0) == 1);
-    let rtt = u32::from_be_bytes(r.ram_read(pipe_base(0) + 18, 4).try_into().unwrap());
+    let rtt = u32::from_be_bytes(r.ram.read(pipe_base(0) + 18, 4).try_into().unwrap());
     assert!((1000..1000 + 200_000_000).contains(&rtt), "rtt {rtt}");
     // Rate limit: 1 flit per 2000 cycles (10 µs) → 20 one-flit frames take ≥ ~200 µs.
     r.post(
@@ -590,7 +571,7 @@ fn every_error_is_counted_and_the_device_keeps_serving() {
     assert_eq!(r.pipe_tail(0), 9, "data still delivered");
 
     // TX: unknown signal, zero length, oversized, unmapped data, garbage frame, bad config.
-    r.ram_write(TXBUF, &[0xee; 256]);
+    r.ram.write(TXBUF, &[0xee; 256]);
     let mut odd = [0u8; 64];
     odd[0] = 7;
     r.post(
@@ -620,7 +601,7 @@ fn every_error_is_counted_and_the_device_keeps_serving() {
     r.wait_counter(c::TX_DROP_STREAM, 1);
     // Unplugged wire.
     let port = r.nic.take_port();
-    r.ram_write(TXBUF, &udp(64, 1, 1));
+    r.ram.write(TXBUF, &udp(64, 1, 1));
     r.post(0, &[send_notif(TXBUF, 64)]);
     r.wait_counter(c::TX_DROP_WIRE, 1);
     r.nic.replace_port(port);
@@ -669,9 +650,7 @@ fn garbage_everywhere_then_reset() {
         for off in (0..64 * 8).step_by(4) {
             r.ram.ram.write32(tx_ring(0) - RAM + off, garbage(&mut seed));
         }
-        scribble(&mut r.nic, 0, 0x1000, &mut seed, 8);
-        r.inject(&garbage_frames(&mut seed, 8));
-        std::thread::sleep(Duration::from_millis(2));
+        garbage_round(&mut r.nic, &mut seed, |f| r.wire.send_all(f));
     }
     settle();
     // Reset: power-on state, then serve again.
@@ -807,8 +786,8 @@ fn notification_trace_snapshot() {
     r.consume(0, 1);
     r.set_head(0, 3);
     r.wait_counter(c::HEAD_UPDATES, 2);
-    r.ram_write(TXBUF, &udp(64, 2, 2));
-    r.ram_write(TXBUF + 64, &udp(64, 3, 3));
+    r.ram.write(TXBUF, &udp(64, 2, 2));
+    r.ram.write(TXBUF + 64, &udp(64, 3, 3));
     r.post(0, &[send_notif(TXBUF, 128)]);
     assert_eq!(r.received(2).len(), 2);
     settle();
@@ -885,8 +864,8 @@ fn tx_is_a_stream_frames_continue_across_transfers() {
     // One 1500-byte frame cut in three transfers (the header itself split), then a whole one.
     let big = udp(1500, 9, 9);
     let small = udp(100, 8, 8);
-    r.ram_write(TXBUF, &big);
-    r.ram_write(TXBUF + 4096, &small);
+    r.ram.write(TXBUF, &big);
+    r.ram.write(TXBUF + 4096, &small);
     r.post(0, &[send_notif(TXBUF, 10), send_notif(TXBUF + 10, 1000), send_notif(TXBUF + 1010, 490)]);
     r.post(0, &[send_notif(TXBUF + 4096, 100)]);
     let got = r.received(2);
@@ -951,10 +930,10 @@ fn card_software_runs_in_both_modes_without_any_extension() {
         wait("two notifications", || r.nb_rx_tail(0) == 2);
         assert_eq!(r.rx_notif(0, 0), (1, 0, 1), "{mode:?}");
         assert_eq!(r.rx_notif(0, 1), (1, 1, 1), "{mode:?}");
-        assert_eq!(r.ram_read(pipe_base(1) + MIB, 64), udp(64, 9, 81), "{mode:?}: bit 20 moved the DMA");
-        assert_eq!(r.ram_read(pipe_base(1), 64), vec![0; 64], "{mode:?}");
+        assert_eq!(r.ram.read(pipe_base(1) + MIB, 64), udp(64, 9, 81), "{mode:?}: bit 20 moved the DMA");
+        assert_eq!(r.ram.read(pipe_base(1), 64), vec![0; 64], "{mode:?}");
         // TX through the same pair.
-        r.ram_write(TXBUF, &udp(64, 1, 1));
+        r.ram.write(TXBUF, &udp(64, 1, 1));
         r.post(0, &[send_notif(TXBUF, 64)]);
         assert_eq!(r.received(1), vec![udp(64, 1, 1)], "{mode:?}");
         assert_eq!(r.nic.counter(c::EXTENSION_ACCESSES), 0, "{mode:?}: card software never touches BAR0");
@@ -970,7 +949,7 @@ fn either_write_order_and_a_late_tx_ring() {
         // High half first, TX ring before RX ring, tail posted before the TX ring is set.
         let page = nb_page(0);
         r.card_reset(page);
-        r.ram_write(tx_ring(0), &fallback(1, 0, false));
+        r.ram.write(tx_ring(0), &fallback(1, 0, false));
         r.w(page + queue::TX_TAIL, 1);
         r.tx_tail[0] = 1;
         r.w(page + queue::RX_MEM_HIGH, (rx_ring(0) >> 32) as u32);
@@ -1016,7 +995,7 @@ fn a_torn_address_is_used_as_written_and_dma_outside_memory_is_refused() {
         settle();
         r.inject(&[udp(64, 1, 1)]);
         wait("rx", || r.nb_rx_tail(0) == 1);
-        assert_eq!(r.ram_read(pipe_base(0), 64), udp(64, 1, 1), "{mode:?}");
+        assert_eq!(r.ram.read(pipe_base(0), 64), udp(64, 1, 1), "{mode:?}");
         assert_eq!(r.nic.counter(c::RX_DROP_DMA), 1, "{mode:?}");
         assert!(PciDevice::counters(&r.nic).snapshot().dma_errors >= 1, "{mode:?}");
     }
@@ -1040,11 +1019,11 @@ fn software_writes_of_device_owned_registers_and_reset_by_read_back() {
         tagged[100] = 0xab;
         r.inject(std::slice::from_ref(&tagged));
         wait("tail 3 again", || r.r(pipe_page(0) + queue::RX_TAIL) == 3);
-        assert_eq!(r.ram_read(pipe_base(0) + 64, 128), tagged, "{mode:?}: written at the tail software set");
+        assert_eq!(r.ram.read(pipe_base(0) + 64, 128), tagged, "{mode:?}: written at the tail software set");
         // The pair's tx_head: software declares every posted entry done.
         let page = nb_page(0);
         let t = r.tx_tail[0];
-        r.ram_write(tx_ring(0) + 64 * t as u64, &send_notif(TXBUF, 0));
+        r.ram.write(tx_ring(0) + 64 * t as u64, &send_notif(TXBUF, 0));
         r.w(page + queue::TX_HEAD, t + 1);
         r.w(page + queue::TX_TAIL, t + 1);
         r.tx_tail[0] = t + 1;
@@ -1163,7 +1142,7 @@ fn extensions_are_off_until_opted_in_and_every_bar0_access_is_counted() {
     settle();
     r.inject(&[udp(64, 1, 1)]);
     wait("rx", || r.nb_rx_tail(0) == 1);
-    assert_eq!(r.ram_read(pipe_base(0) + MIB, 64), udp(64, 1, 1));
+    assert_eq!(r.ram.read(pipe_base(0) + MIB, 64), udp(64, 1, 1));
     // The prefetch doorbell does nothing, and the access is seen.
     r.inject(&[udp(64, 1, 1)]);
     wait("second packet", || r.pipe_tail(0) == 2);

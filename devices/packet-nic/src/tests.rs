@@ -2,7 +2,7 @@
 //! BAR0 registers, over fake guest RAM (a memfd behind `GuestMemory`) and a cable as the wire.
 
 use super::*;
-use pcie_model::testing::{garbage, garbage_frames, scribble, settle, wait, GuestRam};
+use pcie_model::testing::{garbage, garbage_round, read32, settle, wait, write32, GuestRam};
 use regs::reg::counter as c;
 use regs::{desc, queue, queue_page, rss_input, rss_queue, toeplitz, BUF_SIZE, RSS_KEY_DEFAULT};
 use std::time::{Duration, Instant};
@@ -100,22 +100,11 @@ fn rig() -> Rig {
 }
 
 impl Rig {
-    fn ram_write(&self, addr: u64, data: &[u8]) {
-        assert!(self.ram.ram.write_bytes(addr - RAM, data));
-    }
-    fn ram_read(&self, addr: u64, len: usize) -> Vec<u8> {
-        let mut b = vec![0; len];
-        assert!(self.ram.ram.read_bytes(addr - RAM, &mut b));
-        b
-    }
-
     fn reg(&mut self, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        self.nic.bar_read(0, off, &mut b);
-        u32::from_le_bytes(b)
+        read32(&mut self.nic, 0, off)
     }
     fn set_reg(&mut self, off: u64, v: u32) {
-        self.nic.bar_write(0, off, &v.to_le_bytes());
+        write32(&mut self.nic, 0, off, v);
     }
     fn q(&self, q: u32, off: u64) -> u32 {
         self.bar2.read32(queue_page(q) + off)
@@ -161,7 +150,7 @@ impl Rig {
             let t = self.rx_tail[q as usize];
             let mut d = [0u8; 16];
             d[..8].copy_from_slice(&a.to_le_bytes());
-            self.ram_write(rx_ring(q) + 16 * t as u64, &d);
+            self.ram.write(rx_ring(q) + 16 * t as u64, &d);
             self.rx_tail[q as usize] = (t + 1) % size;
         }
         self.set_q(q, queue::RX_TAIL, self.rx_tail[q as usize]);
@@ -175,7 +164,7 @@ impl Rig {
     }
     /// RX descriptor `i` of queue `q`: (addr, len, flags, rss_hash).
     fn rx_desc(&self, q: u32, i: u32) -> (u64, u16, u16, u32) {
-        let d = self.ram_read(rx_ring(q) + 16 * i as u64, 16);
+        let d = self.ram.read(rx_ring(q) + 16 * i as u64, 16);
         (
             u64::from_le_bytes(d[0..8].try_into().unwrap()),
             u16::from_le_bytes([d[8], d[9]]),
@@ -184,7 +173,7 @@ impl Rig {
         )
     }
     fn tx_desc_flags(&self, q: u32, i: u32) -> u16 {
-        let d = self.ram_read(tx_ring(q) + 16 * i as u64 + desc::FLAGS as u64, 2);
+        let d = self.ram.read(tx_ring(q) + 16 * i as u64 + desc::FLAGS as u64, 2);
         u16::from_le_bytes([d[0], d[1]])
     }
 
@@ -197,7 +186,7 @@ impl Rig {
             d[..8].copy_from_slice(&a.to_le_bytes());
             d[8..10].copy_from_slice(&l.to_le_bytes());
             d[10..12].copy_from_slice(&f.to_le_bytes());
-            self.ram_write(tx_ring(q) + 16 * t as u64, &d);
+            self.ram.write(tx_ring(q) + 16 * t as u64, &d);
             self.tx_tail[q as usize] = (t + 1) % size;
         }
         self.set_q(q, queue::TX_TAIL, self.tx_tail[q as usize]);
@@ -208,10 +197,7 @@ impl Rig {
     }
 
     fn inject(&mut self, frames: &[Vec<u8>]) {
-        for f in frames {
-            self.wire.send(f.clone());
-        }
-        self.wire.flush();
+        self.wire.send_all(frames);
     }
 
     fn wait_counter(&self, idx: u32, v: u64) {
@@ -221,13 +207,7 @@ impl Rig {
     }
 
     fn received(&mut self, n: usize) -> Vec<Vec<u8>> {
-        let mut out = vec![];
-        let t = Instant::now();
-        while out.len() < n && t.elapsed() < Duration::from_secs(10) {
-            let want = n - out.len();
-            self.wire.recv_timeout(&mut out, want, Duration::from_millis(10));
-        }
-        out
+        self.wire.recv_n(n, Duration::from_secs(10))
     }
 }
 
@@ -301,7 +281,7 @@ fn rx_descriptors_ring_wrap_and_no_buffer() {
             (addr, len as usize, flags, hash),
             (rx_buf(0, i as u32), f.len(), desc::DD | desc::EOP, ref_hash(f))
         );
-        assert_eq!(&r.ram_read(addr, f.len()), f);
+        assert_eq!(&r.ram.read(addr, f.len()), f);
     }
     // Ring full: an eighth frame has no descriptor.
     r.inject(&[udp(64, 1, 2, 99)]);
@@ -316,7 +296,7 @@ fn rx_descriptors_ring_wrap_and_no_buffer() {
         let slot = (7 + k as u32) % 8;
         let (addr, len, flags, _) = r.rx_desc(0, slot);
         assert_eq!((addr, len as usize, flags), (rx_buf(0, slot), f.len(), desc::DD | desc::EOP));
-        assert_eq!(&r.ram_read(addr, f.len()), f);
+        assert_eq!(&r.ram.read(addr, f.len()), f);
     }
     r.wait_counter(c::RX_PACKETS, 14);
     assert_eq!(r.nic.counter(c::RX_BYTES), (60..=120).step_by(10).sum::<u64>() + 700);
@@ -348,7 +328,7 @@ fn buffer_recycling_long_run() {
         for f in &frames {
             let (addr, len, flags, _) = r.rx_desc(0, head);
             assert_eq!((len as usize, flags), (f.len(), desc::DD | desc::EOP), "frame {seq}");
-            assert_eq!(&r.ram_read(addr, f.len()), f, "frame {seq}");
+            assert_eq!(&r.ram.read(addr, f.len()), f, "frame {seq}");
             done.push(addr);
             head = (head + 1) % 16;
             seq += 1;
@@ -387,7 +367,7 @@ fn rss_spreads_flows_and_keeps_each_on_one_queue() {
     for q in 0..4 {
         for i in 0..expect[q as usize] {
             let (addr, _, flags, hash) = r.rx_desc(q, i);
-            let got = r.ram_read(addr, 64);
+            let got = r.ram.read(addr, 64);
             assert_eq!(flags, desc::DD | desc::EOP);
             assert_eq!(hash, ref_hash(&got), "descriptor carries the RSS hash");
             assert_eq!(rss_queue(hash, 4), q, "flow on its queue");
@@ -432,7 +412,7 @@ fn jumbo_frames_chain_descriptors() {
     {
         let (addr, len, flags, _) = r.rx_desc(0, i as u32);
         assert_eq!((len, flags), want);
-        got.extend(r.ram_read(addr, len as usize));
+        got.extend(r.ram.read(addr, len as usize));
     }
     assert_eq!(got, big);
     // TX: a 9000-byte frame over five descriptors plus a small one.
@@ -441,11 +421,11 @@ fn jumbo_frames_chain_descriptors() {
     let mut descs = vec![];
     for (k, chunk) in jumbo.chunks(BUF_SIZE).enumerate() {
         let a = TXBUF + 4096 * k as u64;
-        r.ram_write(a, chunk);
+        r.ram.write(a, chunk);
         descs.push((a, chunk.len() as u16, if k == 4 { desc::EOP } else { 0 }));
     }
     let small = udp(64, 4, 4, 6);
-    r.ram_write(TXBUF + 64 * KIB, &small);
+    r.ram.write(TXBUF + 64 * KIB, &small);
     descs.push((TXBUF + 64 * KIB, 64, desc::EOP));
     r.post_tx(0, &descs);
     assert_eq!(r.received(2), vec![jumbo, small]);
@@ -465,7 +445,7 @@ fn tx_several_frames_with_wrap_and_write_back() {
         let mut descs = vec![];
         for (k, f) in frames.iter().enumerate() {
             let a = TXBUF + 4096 * (round as u64 * 8 + k as u64);
-            r.ram_write(a, f);
+            r.ram.write(a, f);
             descs.push((a, f.len() as u16, desc::EOP));
         }
         r.post_tx(0, &descs);
@@ -522,10 +502,10 @@ fn dma_trace_snapshot() {
     r.inject(&vec![udp(64, 1, 1, 0); 6]);
     wait("rx", || r.q(0, queue::RX_HEAD) == 6);
     let big = udp(3000, 2, 2, 1);
-    r.ram_write(TXBUF, &big[..2048]);
-    r.ram_write(TXBUF + 4096, &big[2048..]);
-    r.ram_write(TXBUF + 8192, &udp(64, 3, 3, 2));
-    r.ram_write(TXBUF + 12288, &udp(100, 4, 4, 3));
+    r.ram.write(TXBUF, &big[..2048]);
+    r.ram.write(TXBUF + 4096, &big[2048..]);
+    r.ram.write(TXBUF + 8192, &udp(64, 3, 3, 2));
+    r.ram.write(TXBUF + 12288, &udp(100, 4, 4, 3));
     r.post_tx(
         0,
         &[
@@ -603,7 +583,7 @@ fn every_error_is_counted_and_the_device_keeps_serving() {
 
     // TX: zero length, oversized, a frame under 14 bytes, a chain with no EOP, unmapped data.
     r.enable_tx(0, 32);
-    r.ram_write(TXBUF, &udp(64, 1, 1, 0));
+    r.ram.write(TXBUF, &udp(64, 1, 1, 0));
     let chain = [(TXBUF, 64u16, 0u16); regs::MAX_TX_CHAIN];
     let mut bad = vec![(TXBUF, 0, desc::EOP), (TXBUF, 3000, desc::EOP), (TXBUF, 10, desc::EOP)];
     bad.extend(chain);
@@ -674,9 +654,7 @@ fn garbage_everywhere_then_reset() {
             r.ram.ram.write32(rx_ring(0) - RAM + off, garbage(&mut seed));
             r.ram.ram.write32(tx_ring(0) - RAM + off, garbage(&mut seed));
         }
-        scribble(&mut r.nic, 0, 0x1000, &mut seed, 8);
-        r.inject(&garbage_frames(&mut seed, 8));
-        std::thread::sleep(Duration::from_millis(2));
+        garbage_round(&mut r.nic, &mut seed, |f| r.wire.send_all(f));
     }
     settle();
     // Reset: power-on state, then serve again.
@@ -696,8 +674,8 @@ fn garbage_everywhere_then_reset() {
     let f = udp(200, 5, 5, 5);
     r.inject(std::slice::from_ref(&f));
     wait("rx after reset", || r.q(0, queue::RX_HEAD) == 1);
-    assert_eq!(r.ram_read(rx_buf(0, 0), 200), f);
-    r.ram_write(TXBUF, &f);
+    assert_eq!(r.ram.read(rx_buf(0, 0), 200), f);
+    r.ram.write(TXBUF, &f);
     r.post_tx(0, &[(TXBUF, 200, desc::EOP)]);
     assert_eq!(r.received(1), vec![f.clone()]);
     // Detach/attach keeps queue state.
@@ -724,7 +702,7 @@ fn rx_throughput() {
     r.enable_rx(0, size);
     r.post_rx_slots(0, size - 1);
     // The last slot gets its buffer too: the ring is re-posted in place below.
-    r.ram_write(rx_ring(0) + 16 * (size - 1) as u64, &rx_buf(0, size - 1).to_le_bytes());
+    r.ram.write(rx_ring(0) + 16 * (size - 1) as u64, &rx_buf(0, size - 1).to_le_bytes());
     let n = 2_000_000u64;
     let frame = udp(64, 1, 1, 0);
     let t = Instant::now();

@@ -106,6 +106,26 @@ pub fn garbage(seed: &mut u64) -> u32 {
     *seed as u32
 }
 
+/// A 32-bit register read at `off` of BAR `bar`, as a trapped access.
+pub fn read32(dev: &mut dyn PciDevice, bar: u8, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    dev.bar_read(bar, off, &mut b);
+    u32::from_le_bytes(b)
+}
+
+/// A 32-bit register write at `off` of BAR `bar`, as a trapped access.
+pub fn write32(dev: &mut dyn PciDevice, bar: u8, off: u64, v: u32) {
+    dev.bar_write(bar, off, &v.to_le_bytes());
+}
+
+/// One round of a garbage storm: scribbles over the first page of BAR 0, hands `inject`
+/// a burst of garbage frames for the wire, and lets the device thread run.
+pub fn garbage_round(dev: &mut dyn PciDevice, seed: &mut u64, inject: impl FnOnce(&[Vec<u8>])) {
+    scribble(dev, 0, 0x1000, seed, 8);
+    inject(&garbage_frames(seed, 8));
+    std::thread::sleep(Duration::from_millis(2));
+}
+
 /// `n` garbage 32-bit writes at aligned offsets below `span` of BAR `bar`.
 pub fn scribble(dev: &mut dyn PciDevice, bar: u8, span: u64, seed: &mut u64, n: usize) {
     for _ in 0..n {

@@ -50,6 +50,25 @@ impl CableEnd {
         self.recv(out, max)
     }
 
+    /// Sends copies of `frames` and flushes them to the other end.
+    pub fn send_all(&mut self, frames: &[Frame]) {
+        for f in frames {
+            self.send(f.clone());
+        }
+        self.flush();
+    }
+
+    /// Receives until `n` frames have come or `timeout` has passed; returns what came.
+    pub fn recv_n(&mut self, n: usize, timeout: std::time::Duration) -> Vec<Frame> {
+        let mut out = vec![];
+        let t = std::time::Instant::now();
+        while out.len() < n && t.elapsed() < timeout {
+            let want = n - out.len();
+            self.recv_timeout(&mut out, want, std::time::Duration::from_millis(10));
+        }
+        out
+    }
+
     /// True once a send (its frames then count as dropped) or a blocking receive found the
     /// other end dropped.
     pub fn peer_gone(&self) -> bool {
