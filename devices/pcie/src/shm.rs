@@ -4,25 +4,28 @@
 //! guest's BAR; a native client mmaps it), so driver register writes are plain memory
 //! stores that a device thread polls.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use vm_memory::VolatileSlice;
+use vm_memory::{FileOffset, MmapRegion, VolatileSlice};
 
-/// Memory shared with the driver side through a file descriptor.
+/// Memory shared with the driver side through a file descriptor: a sealed memfd mapped by
+/// vm-memory's `MmapRegion` (which owns the fd and unmaps on drop).
 pub struct ShmRegion {
-    fd: OwnedFd,
+    region: MmapRegion,
     ptr: *mut u8,
     len: usize,
 }
 
-// SAFETY: all access goes through atomics on the mapping, which lives as long as `self`.
+// SAFETY: all access goes through atomics or volatile copies on the mapping, which lives as
+// long as `self`.
 unsafe impl Send for ShmRegion {}
 // SAFETY: as above.
 unsafe impl Sync for ShmRegion {}
 
 impl std::fmt::Debug for ShmRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ShmRegion").field("fd", &self.fd.as_raw_fd()).field("len", &self.len).finish()
+        f.debug_struct("ShmRegion").field("fd", &self.fd()).field("len", &self.len).finish()
     }
 }
 
@@ -37,45 +40,39 @@ impl ShmRegion {
             return Err(std::io::Error::last_os_error());
         }
         // SAFETY: `fd` is fresh and owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: resizes our own memfd.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(len as u64)?;
         // The fd goes to clients (REGION_INFO, peers' DMA maps): sealed, so that no client
         // can shrink it under our mapping (SIGBUS) or grow it, and no one can seal it
         // against the writable mappings later clients need.
         let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
         // SAFETY: adds seals to our own memfd; the result is checked.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
-        // SAFETY: maps our own memfd; the result is checked.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(ShmRegion { fd, ptr: ptr.cast(), len })
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let region = MmapRegion::build(Some(FileOffset::new(file, 0)), len, prot, libc::MAP_SHARED)
+            .map_err(std::io::Error::other)?;
+        Ok(ShmRegion { ptr: region.as_ptr(), region, len })
+    }
+
+    fn file(&self) -> &File {
+        self.region.file_offset().expect("a file mapping").file()
     }
 
     /// The file descriptor to share.
     pub fn fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        self.file().as_raw_fd()
     }
 
     /// A duplicate of the file descriptor (to hand to a DMA map, or to send).
     pub fn dup_fd(&self) -> std::io::Result<OwnedFd> {
-        use std::os::fd::AsFd;
-        self.fd.as_fd().try_clone_to_owned()
+        self.file().as_fd().try_clone_to_owned()
+    }
+
+    /// The file descriptor, borrowed (to map it again).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file().as_fd()
     }
 
     /// Size in bytes.
@@ -178,13 +175,6 @@ impl ShmRegion {
         for off in (0..self.len as u64).step_by(8) {
             self.write64(off, 0);
         }
-    }
-}
-
-impl Drop for ShmRegion {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the mapping made in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 

@@ -1,7 +1,10 @@
 //! A device BAR as the driver sees it.
 
 use crate::{Error, Result};
+use std::fs::File;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use vm_memory::{FileOffset, MmapRegion};
 
 /// Trapped register access, provided by a transport (VFIO: pread/pwrite on the device fd;
 /// vfio-user: REGION_READ/REGION_WRITE messages).
@@ -12,44 +15,29 @@ pub trait RegionIo: Send + Sync {
     fn write(&self, index: u32, offset: u64, data: &[u8]) -> Result<()>;
 }
 
-/// A memory mapping owned by a [`Bar`]; unmapped on drop.
+/// A memory mapping owned by a [`Bar`]; unmapped on drop (vm-memory's `MmapRegion`, which
+/// holds its own duplicate of the fd).
 pub struct Mapping {
-    ptr: *mut u8,
-    len: usize,
+    region: MmapRegion,
 }
-
-// SAFETY: the mapping is device memory shared by design; access goes through volatile
-// reads/writes and the pointer is never freed before the owner drops.
-unsafe impl Send for Mapping {}
-// SAFETY: as above; concurrent volatile accesses to device registers are what hardware sees.
-unsafe impl Sync for Mapping {}
 
 impl Mapping {
     /// Maps `len` bytes of `fd` at `offset` shared, read-write.
-    pub fn new(fd: i32, offset: u64, len: usize) -> Result<Self> {
-        // SAFETY: a fresh shared mapping of a file the caller owns; the kernel checks the
-        // arguments and we check the result.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                offset as libc::off_t,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::last_os("mmap BAR"));
-        }
-        Ok(Mapping { ptr: ptr.cast(), len })
+    pub fn new(fd: BorrowedFd<'_>, offset: u64, len: usize) -> Result<Self> {
+        let file = fd.try_clone_to_owned().map_err(|e| Error::os("dup BAR fd", e))?;
+        let at = FileOffset::new(File::from(file), offset);
+        let prot = libc::PROT_READ | libc::PROT_WRITE;
+        let region = MmapRegion::build(Some(at), len, prot, libc::MAP_SHARED)
+            .map_err(|e| Error::os("mmap BAR", std::io::Error::other(e)))?;
+        Ok(Mapping { region })
     }
-}
 
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping created in `new`.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    fn len(&self) -> usize {
+        self.region.size()
+    }
+
+    fn ptr(&self) -> *mut u8 {
+        self.region.as_ptr()
     }
 }
 
@@ -89,10 +77,10 @@ impl Bar {
     /// A pointer to `len` bytes at `offset`, if that range is memory-mapped.
     pub fn mapped_ptr(&self, offset: u64, len: usize) -> Option<*mut u8> {
         self.mapped.iter().find_map(|(start, m)| {
-            let end = start + m.len as u64;
+            let end = start + m.len() as u64;
             (offset >= *start && offset.checked_add(len as u64)? <= end)
                 // SAFETY: offset - start < m.len, checked just above.
-                .then(|| unsafe { m.ptr.add((offset - start) as usize) })
+                .then(|| unsafe { m.ptr().add((offset - start) as usize) })
         })
     }
 

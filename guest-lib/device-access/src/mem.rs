@@ -2,7 +2,7 @@
 //! to a vfio-user server as a file descriptor.
 
 use crate::{DmaOptions, Error, Result};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use vm_memory::{ByteValued, Bytes, VolatileSlice};
 
 /// 2 MiB: the huge page size and the alignment of huge buffers.
@@ -144,6 +144,11 @@ impl SharedMem {
     /// The memfd backing the memory.
     pub fn fd(&self) -> i32 {
         self.fd.as_raw_fd()
+    }
+
+    /// The memfd, borrowed (to map it again).
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     /// Start of the (first) mapping.

@@ -22,7 +22,7 @@ use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::mem::{offset_of, size_of};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::raw::{c_int, c_ulong};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -902,7 +902,7 @@ impl VfioDevice {
         for (off, len) in region.mmap_areas() {
             match usize::try_from(len)
                 .map_err(|_| Error::Bar { index, why: "area too large".into() })
-                .and_then(|l| Mapping::new(self.device.as_raw_fd(), region.offset + off, l))
+                .and_then(|l| Mapping::new(self.device.as_fd(), region.offset + off, l))
             {
                 Ok(m) => mapped.push((off, Arc::new(m))),
                 Err(e) => eprintln!(

@@ -5,7 +5,7 @@
 use crate::bar::{Bar, Mapping, RegionIo};
 use crate::mem::{DmaBuffer, DmaMapper, DmaUnmap, SharedMem, HUGE_PAGE, PAGE};
 use crate::{DeviceAccess, DmaOptions, Error, Interrupt, Result};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use vfio_bindings::bindings::vfio::*;
@@ -98,7 +98,7 @@ impl DeviceAccess for VfioUserDevice {
             if region.flags & VFIO_REGION_INFO_FLAG_MMAP != 0 {
                 if let Some(fo) = &region.file_offset {
                     for a in &region.sparse_areas {
-                        let m = Mapping::new(fo.file().as_raw_fd(), fo.start() + a.offset, a.size as usize)?;
+                        let m = Mapping::new(fo.file().as_fd(), fo.start() + a.offset, a.size as usize)?;
                         mapped.push((a.offset, Arc::new(m)));
                     }
                 }

@@ -130,11 +130,11 @@ impl DeviceAccess for FakeAccess {
         let io: Arc<dyn RegionIo> = self.mem.clone();
         Ok(match index {
             0 => {
-                let m = Mapping::new(self.mem.prefetch.fd(), 0, 0x2000)?;
+                let m = Mapping::new(self.mem.prefetch.as_fd(), 0, 0x2000)?;
                 Bar::new(0, 0, EXT_BAR_SIZE, vec![(prefetch::PAGE, Arc::new(m))], io)
             }
             2 => {
-                let m = Mapping::new(self.mem.bar2.fd(), 0, BAR2_MAPPED)?;
+                let m = Mapping::new(self.mem.bar2.as_fd(), 0, BAR2_MAPPED)?;
                 Bar::new(2, 2, QUEUE_BAR_SIZE, vec![(0, Arc::new(m))], io)
             }
             _ => return Err(device_access::Error::Bar { index, why: "none".into() }),
