@@ -41,7 +41,7 @@ pub use device::{
     Counters, Device, DeviceInfo, DeviceOptions, DeviceStats, Extensions, Flow, NotificationMode, StreamPipe,
 };
 pub use packet::{frame_len, PacketIter, PacketIterMut};
-pub use pipe::{RxPipe, RxTxPipe, TxPipe};
+pub use pipe::{RxPipe, RxRing, RxTxPipe, TxPipe};
 
 use std::time::Duration;
 

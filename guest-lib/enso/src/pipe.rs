@@ -156,21 +156,38 @@ impl RxShared {
     }
 }
 
-/// The receive side shared by [`RxPipe`] and [`RxTxPipe`].
-struct RxCore {
+/// The receive side that [`RxPipe`] and [`RxTxPipe`] share (both dereference to it): the
+/// application's read cursor over a pipe's ring. The pipes differ in how received bytes
+/// are freed: [`RxPipe::confirm_bytes`], or [`RxTxPipe::send_and_free`] when the send completes.
+pub struct RxRing {
     shared: Arc<RxShared>,
     /// Flits handed to the application by `recv`.
     read: u32,
 }
 
-impl RxCore {
+impl RxRing {
+    /// The pipe ID (the queue the device steers to).
+    pub fn id(&self) -> u32 {
+        self.shared.id
+    }
+
+    /// Steers `flow` here.
+    pub fn bind(&self, dev: &mut Device, flow: Flow) -> Result<()> {
+        dev.insert_flow_entry(flow, self.id())
+    }
+
+    /// Size of the ring in bytes.
+    pub fn capacity(&self) -> usize {
+        self.ring_bytes()
+    }
+
     fn ring_bytes(&self) -> usize {
         self.shared.ring.size() as usize * FLIT
     }
 
-    /// Bytes announced and not yet received.
+    /// Bytes announced by the device and not yet received.
     #[inline]
-    fn available(&self) -> usize {
+    pub fn available(&self) -> usize {
         self.shared.ring.distance(self.read, self.shared.tail()) as usize * FLIT
     }
 
@@ -187,8 +204,9 @@ impl RxCore {
         (off, len)
     }
 
-    /// Up to `max` bytes at the read cursor, consumed.
-    fn recv(&mut self, max: usize) -> &[u8] {
+    /// Receives up to `max` bytes (rounded down to whole flits): a contiguous slice of
+    /// whole packets, each on a 64-byte boundary. Empty when nothing new was announced.
+    pub fn recv(&mut self, max: usize) -> &[u8] {
         let (off, len) = self.take(max, true);
         // SAFETY: the hand-over rule: these bytes were announced by the device (Acquire on
         // the tail) and it does not write them again before the application frees them
@@ -197,8 +215,8 @@ impl RxCore {
         unsafe { self.shared.buf.owned(off, len) }
     }
 
-    /// As [`RxCore::recv`], mutable.
-    fn recv_mut(&mut self, max: usize) -> &mut [u8] {
+    /// As [`RxRing::recv`], mutable (e.g. to edit packets before forwarding them).
+    pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
         let (off, len) = self.take(max, true);
         // SAFETY: as in `recv`; the slice lives as long as `&mut self` (which keeps the
         // memory through `shared`), and that makes it the only access on our side (the
@@ -207,17 +225,17 @@ impl RxCore {
         unsafe { self.shared.buf.owned_mut(off, len) }
     }
 
-    /// As [`RxCore::recv`] without consuming.
-    fn peek(&self, max: usize) -> &[u8] {
+    /// As [`RxRing::recv`] without consuming: the next recv returns the same bytes.
+    pub fn peek(&self, max: usize) -> &[u8] {
         let (off, len) = (self.read as usize * FLIT, self.available().min(max / FLIT * FLIT));
         // SAFETY: as in `recv` (the same range `take` would return); freeing needs `&mut self`.
         unsafe { self.shared.buf.owned(off, len) }
     }
 
-    /// The device address of `data`, a slice this pipe handed out, when its bytes are
-    /// contiguous in the device's view too (None when it wraps the ring's end or is not
-    /// this pipe's memory).
-    fn iova_of(&self, data: &[u8]) -> Option<u64> {
+    /// The device address (IOVA) of `data`, part of a slice this pipe returned, so
+    /// another device can read it in place; None when the bytes wrap the ring's end (the
+    /// application copies those) or are not from this pipe.
+    pub fn iova_of(&self, data: &[u8]) -> Option<u64> {
         let ring = self.ring_bytes();
         let off = (data.as_ptr() as usize).checked_sub(self.shared.buf.as_ptr() as usize)?;
         if off >= 2 * ring || off % ring + data.len() > ring {
@@ -230,7 +248,7 @@ impl RxCore {
     /// pipe ID, then a new sequence number) or, in card mode, upstream's rewrite of the
     /// unchanged `rx_head` (one write; a poller cannot see it, the card and the emulator's
     /// mmio mode can). Counted in [`crate::DeviceStats`].
-    fn prefetch(&self) {
+    pub fn prefetch(&self) {
         let s = &self.shared;
         let d = &s.doorbells;
         match &s.prefetch {
@@ -253,7 +271,7 @@ impl RxCore {
     }
 }
 
-impl Drop for RxCore {
+impl Drop for RxRing {
     fn drop(&mut self) {
         self.shared.disable();
     }
@@ -261,59 +279,21 @@ impl Drop for RxCore {
 
 /// A receive pipe: the device writes packets for its flows back to back into a 2 MiB
 /// ring; the application receives contiguous slices (the ring is mapped twice) and frees
-/// them with [`RxPipe::confirm_bytes`].
+/// them with [`RxPipe::confirm_bytes`]. Receiving is [`RxRing`]'s (through `Deref`).
 pub struct RxPipe {
-    core: RxCore,
+    core: RxRing,
 }
 
 // Slices returned by recv/peek borrow `self`; they stay valid because the device never
 // writes between the head and the announced tail.
 impl RxPipe {
     pub(crate) fn new(shared: Arc<RxShared>) -> Self {
-        RxPipe { core: RxCore { shared, read: 0 } }
-    }
-
-    /// The pipe ID (the queue the device steers to).
-    pub fn id(&self) -> u32 {
-        self.core.shared.id
-    }
-
-    /// Steers `flow` here.
-    pub fn bind(&self, dev: &mut Device, flow: Flow) -> Result<()> {
-        dev.insert_flow_entry(flow, self.id())
-    }
-
-    /// Bytes announced by the device and not yet received.
-    pub fn available(&self) -> usize {
-        self.core.available()
-    }
-
-    /// Receives up to `max` bytes (rounded down to whole flits): a contiguous slice of
-    /// whole packets, each on a 64-byte boundary. Empty when nothing new was announced.
-    pub fn recv(&mut self, max: usize) -> &[u8] {
-        self.core.recv(max)
-    }
-
-    /// As [`RxPipe::recv`], mutable (e.g. to edit packets before forwarding them).
-    pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
-        self.core.recv_mut(max)
-    }
-
-    /// As [`RxPipe::recv`] without consuming: the next recv returns the same bytes.
-    pub fn peek(&self, max: usize) -> &[u8] {
-        self.core.peek(max)
+        RxPipe { core: RxRing { shared, read: 0 } }
     }
 
     /// Receives up to `max` bytes and iterates over their packets.
     pub fn recv_packets(&mut self, max: usize) -> PacketIter<'_> {
         PacketIter::new(self.recv(max))
-    }
-
-    /// The device address (IOVA) of `data`, part of a slice this pipe returned, so
-    /// another device can read it in place; None when the bytes wrap the ring's end (the
-    /// application copies those) or are not from this pipe.
-    pub fn iova_of(&self, data: &[u8]) -> Option<u64> {
-        self.core.iova_of(data)
     }
 
     /// Bytes received and not yet confirmed.
@@ -342,64 +322,38 @@ impl RxPipe {
         self.core.read = tail;
         self.core.shared.write_head(tail);
     }
+}
 
-    /// Asks the device for this pipe's notification now (prefetch doorbell).
-    pub fn prefetch(&self) {
-        self.core.prefetch();
+impl std::ops::Deref for RxPipe {
+    type Target = RxRing;
+    fn deref(&self) -> &RxRing {
+        &self.core
     }
+}
 
-    /// Size of the ring in bytes.
-    pub fn capacity(&self) -> usize {
-        self.core.ring_bytes()
+impl std::ops::DerefMut for RxPipe {
+    fn deref_mut(&mut self) -> &mut RxRing {
+        &mut self.core
     }
 }
 
 /// A pipe that sends received data straight back out of its RX ring (zero-copy echo). RX
-/// space is freed only when the device reports the send complete.
+/// space is freed only when the device reports the send complete. Receiving is [`RxRing`]'s
+/// (through `Deref`).
 pub struct RxTxPipe {
-    core: RxCore,
+    core: RxRing,
     /// Flits sent (or queued to send); between the head and the read cursor.
     sent: u32,
 }
 
 impl RxTxPipe {
     pub(crate) fn new(shared: Arc<RxShared>) -> Self {
-        RxTxPipe { core: RxCore { shared, read: 0 }, sent: 0 }
-    }
-
-    /// The pipe ID.
-    pub fn id(&self) -> u32 {
-        self.core.shared.id
-    }
-
-    /// As [`RxPipe::bind`].
-    pub fn bind(&self, dev: &mut Device, flow: Flow) -> Result<()> {
-        dev.insert_flow_entry(flow, self.id())
-    }
-
-    /// Bytes announced and not yet received.
-    pub fn available(&self) -> usize {
-        self.core.available()
-    }
-
-    /// As [`RxPipe::recv`].
-    pub fn recv(&mut self, max: usize) -> &[u8] {
-        self.core.recv(max)
-    }
-
-    /// As [`RxPipe::recv_mut`]: edit packets in place, then send them back.
-    pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
-        self.core.recv_mut(max)
+        RxTxPipe { core: RxRing { shared, read: 0 }, sent: 0 }
     }
 
     /// Receives up to `max` bytes and iterates mutably over their packets.
     pub fn recv_packets_mut(&mut self, max: usize) -> PacketIterMut<'_> {
         PacketIterMut::new(self.recv_mut(max))
-    }
-
-    /// As [`RxPipe::peek`].
-    pub fn peek(&self, max: usize) -> &[u8] {
-        self.core.peek(max)
     }
 
     /// Bytes received and not yet sent.
@@ -440,15 +394,18 @@ impl RxTxPipe {
         }
         Ok(())
     }
+}
 
-    /// As [`RxPipe::prefetch`].
-    pub fn prefetch(&self) {
-        self.core.prefetch();
+impl std::ops::Deref for RxTxPipe {
+    type Target = RxRing;
+    fn deref(&self) -> &RxRing {
+        &self.core
     }
+}
 
-    /// Size of the ring in bytes.
-    pub fn capacity(&self) -> usize {
-        self.core.ring_bytes()
+impl std::ops::DerefMut for RxTxPipe {
+    fn deref_mut(&mut self) -> &mut RxRing {
+        &mut self.core
     }
 }
 
