@@ -65,6 +65,10 @@ pub struct ChainParams {
     /// How the NIC driver opens the device in CPU mode (pair 0): its extensions, trapped
     /// doorbells. (The switch modes need the stream extension.)
     pub device: enso::DeviceOptions,
+    /// On the switch ([`NagareChain`]): use the accelerators as legacy-only devices (the
+    /// switch writes their descriptors and rings their doorbells) instead of streaming.
+    /// The CPU chain ignores it.
+    pub glue: bool,
 }
 
 impl ChainParams {
@@ -79,6 +83,7 @@ impl ChainParams {
             start_timeout: None,
             accel_timeout: Duration::from_secs(5),
             device: enso::DeviceOptions::default(),
+            glue: false,
         }
     }
 }
@@ -425,9 +430,9 @@ pub struct NagareChain {
 impl NagareChain {
     /// Sets up stream 0: the NIC's stream pipe fills the stream's window, each
     /// accelerator's stream interface pushes its output back into it, and the switch
-    /// forwards along `params.shape` to the NIC's TX stream window. With `glue`, the
-    /// accelerators are used as legacy-only devices: the switch writes their descriptors
-    /// and rings their doorbells (their rings live in the switch's memory).
+    /// forwards along `params.shape` to the NIC's TX stream window. With `params.glue`,
+    /// the accelerators are used as legacy-only devices: the switch writes their
+    /// descriptors and rings their doorbells (their rings live in the switch's memory).
     pub fn setup(
         nic: Box<dyn DeviceAccess>,
         crypto: Box<dyn DeviceAccess>,
@@ -436,19 +441,7 @@ impl NagareChain {
         params: ChainParams,
         flow: Flow,
     ) -> Result<NagareChain, ChainError> {
-        Self::setup_with(nic, crypto, ml, switch, params, flow, false)
-    }
-
-    /// As [`NagareChain::setup`], choosing streaming (`glue` false) or legacy glue.
-    pub fn setup_with(
-        nic: Box<dyn DeviceAccess>,
-        crypto: Box<dyn DeviceAccess>,
-        ml: Option<Box<dyn DeviceAccess>>,
-        switch: Box<dyn DeviceAccess>,
-        params: ChainParams,
-        flow: Flow,
-        glue: bool,
-    ) -> Result<NagareChain, ChainError> {
+        let glue = params.glue;
         use testbed_regs::{accel as acc, enso as en};
         if (params.shape == Shape::CryptoMl) != ml.is_some() {
             return Err(ChainError::Setup(format!(
@@ -560,21 +553,20 @@ impl NagareChain {
     }
 }
 
-/// The `chain` scenario on the switch (`mode=nagare`, or `mode=glue` with `glue`).
+/// The `chain` scenario on the switch (`mode=nagare`, or `mode=glue` with `params.glue`).
 pub fn run_nagare(
     nic: Box<dyn DeviceAccess>,
     crypto: Box<dyn DeviceAccess>,
     ml: Option<Box<dyn DeviceAccess>>,
     switch: Box<dyn DeviceAccess>,
     params: ChainParams,
-    glue: bool,
 ) -> Report {
     let mut r = Report::new("chain", nic.transport());
     r.value("shape", params.shape.name());
-    r.value("mode", if glue { "glue" } else { "nagare" });
+    r.value("mode", if params.glue { "glue" } else { "nagare" });
     let want = params.items;
     let shape = params.shape;
-    let setup = NagareChain::setup_with(nic, crypto, ml, switch, params, Flow::default(), glue);
+    let setup = NagareChain::setup(nic, crypto, ml, switch, params, Flow::default());
     let result = setup.and_then(|mut c| {
         println!("{}", serde_json::json!({"event": "ready", "scenario": "chain", "chain": shape.name()}));
         use std::io::Write;

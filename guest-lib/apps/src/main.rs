@@ -116,7 +116,13 @@ fn chain_scenario(args: &HashMap<String, String>) -> Report {
         mode @ ("nagare" | "glue") => {
             use testbed_regs::nagare as ng;
             match open_at(args, "switch_socket", ng::VENDOR_ID, ng::DEVICE_ID) {
-                Ok(sw) => chain::run_nagare(nic, crypto, ml, sw, params, mode == "glue"),
+                Ok(sw) => chain::run_nagare(
+                    nic,
+                    crypto,
+                    ml,
+                    sw,
+                    chain::ChainParams { glue: mode == "glue", ..params },
+                ),
                 Err(e) => open_failed("chain", args, e),
             }
         }

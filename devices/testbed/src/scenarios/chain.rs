@@ -545,8 +545,8 @@ impl Driver {
             _ => {
                 let sw = connect(&rig.sockets[0])?;
                 let flow = guest_apps::chain::Flow::default();
-                let glue = mode == Mode::Glue;
-                let c = guest_apps::chain::NagareChain::setup_with(nic, cr, ml, sw, params, flow, glue);
+                params.glue = mode == Mode::Glue;
+                let c = guest_apps::chain::NagareChain::setup(nic, cr, ml, sw, params, flow);
                 Driver::Nagare(c.map_err(e)?)
             }
         })
