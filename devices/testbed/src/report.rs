@@ -118,6 +118,50 @@ pub(crate) fn counter_of(c: &[(&'static str, u64)], name: &str) -> u64 {
 }
 
 /// A human-readable rendering of a report.
+/// What a request/reply source counted (the app and chain sources; flattened into their
+/// JSON reports, so the fields read as the source's own).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Tally {
+    /// Requests sent.
+    pub sent: u64,
+    /// Replies received.
+    pub received: u64,
+    /// Replies that passed the check.
+    pub matched: u64,
+    /// Replies that failed it or answered a request not in flight.
+    pub mismatched: u64,
+    /// Requests written off (no reply within the loss timeout).
+    pub lost: u64,
+    /// The first mismatch, described.
+    pub first_mismatch: Option<String>,
+}
+
+impl Tally {
+    /// Counts a mismatch; the first one's description is kept.
+    pub fn mismatch(&mut self, why: impl Into<String>) {
+        self.mismatched += 1;
+        self.first_mismatch.get_or_insert_with(|| why.into());
+    }
+
+    /// Every one of `n` requests matched, none mismatched or lost.
+    pub fn all_matched(&self, n: u64) -> bool {
+        self.matched == n && self.mismatched == 0 && self.lost == 0
+    }
+
+    /// The counts in a line, for a check's detail.
+    pub fn summary(&self) -> String {
+        format!(
+            "sent {}, received {}, matched {}, mismatched {}, lost {}{}",
+            self.sent,
+            self.received,
+            self.matched,
+            self.mismatched,
+            self.lost,
+            self.first_mismatch.as_ref().map_or(String::new(), |w| format!(" (first: {w})"))
+        )
+    }
+}
+
 pub fn render(r: &RunReport) -> String {
     let mut s = String::new();
     let verdict = if r.pass { "PASS" } else { "FAIL" };

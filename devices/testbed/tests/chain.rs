@@ -33,7 +33,11 @@ fn dir(tag: &str) -> std::path::PathBuf {
 fn cpu_chain_is_table_2_and_every_result_is_right() {
     let NativeRun { mode: m, source: src, stats, rig } =
         run_native(&opts(500, Shape::CryptoMl), Mode::Cpu, &dir("chain-t2")).unwrap();
-    assert_eq!((src.sent, src.matched, src.mismatched, src.lost), (500, 500, 0, 0), "{src:?}");
+    assert_eq!(
+        (src.tally.sent, src.tally.matched, src.tally.mismatched, src.tally.lost),
+        (500, 500, 0, 0),
+        "{src:?}"
+    );
     assert_eq!(stats.items, 500);
     assert_eq!((stats.auth_failures, stats.accel_errors, stats.bad_frames), (0, 0, 0));
     assert_eq!((m.ops, m.rtt_units), (12, 9.0), "seed Table 2");
@@ -88,7 +92,7 @@ fn the_json_states_its_counting_convention_and_the_counts_follow_it() {
 fn the_trace_follows_the_chain_crypto_only_is_8_ops() {
     let NativeRun { mode: m, source: src, rig, .. } =
         run_native(&opts(300, Shape::Crypto), Mode::Cpu, &dir("chain-crypto")).unwrap();
-    assert_eq!((src.matched, src.mismatched, src.lost), (300, 0, 0), "{src:?}");
+    assert_eq!((src.tally.matched, src.tally.mismatched, src.tally.lost), (300, 0, 0), "{src:?}");
     assert_eq!((m.ops, m.rtt_units), (8, 6.0));
     assert!(!m.trace.iter().any(|o| o.dir.contains("ml")), "no ML device in this chain");
     rig.stop();
@@ -113,7 +117,11 @@ fn nagare_chain_is_table_3_and_a_denied_push_is_dropped_while_it_runs() {
     )
     .unwrap();
     let (m, src) = (&run.mode, &run.source);
-    assert_eq!((src.sent, src.matched, src.mismatched, src.lost), (400, 400, 0, 0), "{src:?}");
+    assert_eq!(
+        (src.tally.sent, src.tally.matched, src.tally.mismatched, src.tally.lost),
+        (400, 400, 0, 0),
+        "{src:?}"
+    );
     assert_eq!((m.ops, m.rtt_units), (3, 1.5), "seed Table 3");
     assert!(
         m.trace.iter().filter(|o| o.critical).all(|o| o.switched),
@@ -139,7 +147,7 @@ fn nagare_chain_is_table_3_and_a_denied_push_is_dropped_while_it_runs() {
 #[test]
 fn nagare_crypto_only_is_2_ops() {
     let run = run_native(&opts(300, Shape::Crypto), Mode::Nagare, &dir("chain-t3c")).unwrap();
-    assert_eq!((run.source.matched, run.source.lost), (300, 0));
+    assert_eq!((run.source.tally.matched, run.source.tally.lost), (300, 0));
     assert_eq!((run.mode.ops, run.mode.rtt_units), (2, 1.0));
     run.rig.stop();
 }
@@ -177,7 +185,7 @@ fn the_cpu_pushes_into_a_stream_and_the_switch_forwards_it() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     let src = rig.source();
-    assert_eq!((src.unsolicited, src.mismatched), (3, 0), "the NIC sent the right results: {src:?}");
+    assert_eq!((src.unsolicited, src.tally.mismatched), (3, 0), "the NIC sent the right results: {src:?}");
     assert_eq!(sw.counter("cpu_pushes").unwrap(), 3);
     assert_eq!(sw.egress(s).unwrap(), 3);
     // Off the list again: the next push is denied and visible to the CPU.
@@ -193,7 +201,7 @@ fn the_cpu_pushes_into_a_stream_and_the_switch_forwards_it() {
 fn legacy_glue_drives_unmodified_accelerators() {
     let run = run_native(&opts(300, Shape::CryptoMl), Mode::Glue, &dir("chain-glue")).unwrap();
     let (m, src) = (&run.mode, &run.source);
-    assert_eq!((src.matched, src.mismatched, src.lost), (300, 0, 0), "{src:?}");
+    assert_eq!((src.tally.matched, src.tally.mismatched, src.tally.lost), (300, 0, 0), "{src:?}");
     // Each glued device: doorbell ½ + descriptor 1 + input 1 + output ½, plus the NIC's write.
     assert_eq!((m.ops, m.rtt_units), (9, 6.5));
     assert!(m.trace.iter().any(|o| o.dir == "nagare->crypto" && o.role == pcie_model::OpRole::Doorbell));

@@ -10,6 +10,7 @@
 //! | logmon | a log stream cut into pieces at arbitrary bytes | the acknowledged counts equal the lines and matches in the stream |
 
 use crate::bench::Spread;
+use crate::report::Tally;
 use crate::scenarios::run::{self, Env, NicKind, NicUnderTest, RunOptions, RunReport, VmLock};
 use crate::vm::VmSpec;
 use anyhow::{Context, Result};
@@ -43,16 +44,11 @@ pub struct AppOptions {
 /// What the source saw.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SourceReport {
-    pub sent: u64,
-    pub received: u64,
-    /// Replies that passed the app's check.
-    pub matched: u64,
-    pub mismatched: u64,
-    pub lost: u64,
+    /// Requests and replies (a reply matches when it passes the app's check).
+    #[serde(flatten)]
+    pub tally: Tally,
     /// Frames per second from the first send to the last reply (Mfps).
     pub mfps: f64,
-    /// The first failed check, described.
-    pub first_mismatch: Option<String>,
     /// App-specific findings (backend spread, GET misses, expected counts, ...).
     pub app: Value,
 }
@@ -355,7 +351,7 @@ impl wire::source::Source for Source {
         let now = Instant::now();
         while self.in_flight.front().is_some_and(|&(_, t)| now - t > self.loss_timeout) {
             self.in_flight.pop_front();
-            self.report.lost += 1;
+            self.report.tally.lost += 1;
         }
         while self.in_flight.len() < self.window && self.sent < self.frames {
             let f = self.traffic.frame(self.sent);
@@ -364,23 +360,18 @@ impl wire::source::Source for Source {
             self.first.get_or_insert(now);
             self.sent += 1;
         }
-        self.report.sent = self.sent;
+        self.report.tally.sent = self.sent;
     }
 
     fn check(&mut self, f: &[u8]) {
-        self.report.received += 1;
+        self.report.tally.received += 1;
         // The app answers in order (one queue): the reply is for the oldest request.
         let Some((seq, _)) = self.in_flight.pop_front() else {
-            self.report.mismatched += 1;
-            self.report.first_mismatch.get_or_insert("a reply with nothing in flight".into());
-            return;
+            return self.report.tally.mismatch("a reply with nothing in flight");
         };
         match self.traffic.check(seq, f) {
-            Ok(()) => self.report.matched += 1,
-            Err(e) => {
-                self.report.mismatched += 1;
-                self.report.first_mismatch.get_or_insert(e);
-            }
+            Ok(()) => self.report.tally.matched += 1,
+            Err(e) => self.report.tally.mismatch(e),
         }
         self.last = Instant::now();
     }
@@ -394,7 +385,7 @@ impl Source {
     fn report(&self) -> SourceReport {
         let mut r = self.report.clone();
         let t = self.first.map_or(0.0, |f| (self.last - f).as_secs_f64());
-        r.mfps = if t > 0.0 { r.matched as f64 / t / 1e6 } else { 0.0 };
+        r.mfps = if t > 0.0 { r.tally.matched as f64 / t / 1e6 } else { 0.0 };
         r.app = self.traffic.summary();
         r
     }
@@ -492,7 +483,7 @@ pub fn run_native(o: &AppOptions, dir: &std::path::Path) -> Result<NativeApp> {
         let (mut seen, mut last_progress) = (0u64, Instant::now());
         while !rig.done() && !driver.is_finished() && last_progress.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(2));
-            let received = rig.src.lock().report.received;
+            let received = rig.src.lock().report.tally.received;
             if received != seen {
                 (seen, last_progress) = (received, Instant::now());
             }
@@ -517,19 +508,7 @@ pub fn check(
     src: &SourceReport,
     app: &serde_json::Map<String, Value>,
 ) -> Vec<(String, bool, String)> {
-    let mut c = vec![(
-        "all_matched".to_string(),
-        src.matched == frames && src.mismatched == 0 && src.lost == 0,
-        format!(
-            "sent {}, received {}, matched {}, mismatched {}, lost {}{}",
-            src.sent,
-            src.received,
-            src.matched,
-            src.mismatched,
-            src.lost,
-            src.first_mismatch.as_ref().map_or(String::new(), |w| format!(" (first: {w})"))
-        ),
-    )];
+    let mut c = vec![("all_matched".to_string(), src.tally.all_matched(frames), src.tally.summary())];
     match name {
         "maglev" => {
             let used = src.app["backends_used"].as_u64().unwrap_or(0);
@@ -892,4 +871,28 @@ pub fn plot_bench(r: &BenchReport) -> String {
         series: vec!["Ensō".into(), "packetized".into()],
         groups,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tally is flattened: the report's JSON has the source's fields at the top level.
+    #[test]
+    fn source_report_json_fields() {
+        let mut r = SourceReport { mfps: 1.5, app: json!({"gets": 2}), ..Default::default() };
+        r.tally.sent = 3;
+        r.tally.mismatch("first");
+        r.tally.mismatch("second");
+        let v = serde_json::to_value(&r).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["app", "first_mismatch", "lost", "matched", "mfps", "mismatched", "received", "sent"]
+        );
+        assert_eq!((v["sent"].as_u64(), v["mismatched"].as_u64()), (Some(3), Some(2)));
+        assert_eq!(v["first_mismatch"], "first");
+        assert!(!r.tally.all_matched(3));
+        assert_eq!(r.tally.summary(), "sent 3, received 0, matched 0, mismatched 2, lost 0 (first: first)");
+    }
 }

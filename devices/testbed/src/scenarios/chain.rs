@@ -9,6 +9,7 @@
 //! falls into exactly one item: the three devices record into one [`OpTrace`], cut at
 //! every image the NIC writes to the host.
 
+use crate::report::Tally;
 use crate::rig;
 use crate::scenarios::run::{self, Env, RunOptions, RunReport, VmLock};
 use crate::vm::VmSpec;
@@ -102,22 +103,14 @@ impl Default for ChainOptions {
 /// The source's view of a run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SourceReport {
-    /// Items sent.
-    pub sent: u64,
-    /// Replies received.
-    pub received: u64,
-    /// Replies that were exactly the expected result.
-    pub matched: u64,
-    /// Replies that differed (bytes, length, addressing) or named an item not in flight.
-    pub mismatched: u64,
-    /// Items written off (no reply within the loss timeout).
-    pub lost: u64,
+    /// Items and replies (a reply matches when it is exactly the expected result; it
+    /// mismatches when bytes, length or addressing differ or it names an item not in flight).
+    #[serde(flatten)]
+    pub tally: Tally,
     /// Round-trip time per item, median (µs).
     pub latency_p50_us: f64,
     /// 99th percentile (µs).
     pub latency_p99_us: f64,
-    /// The first mismatch, described.
-    pub first_mismatch: Option<String>,
     /// Correct results for items the source did not send (the CPU pushed them).
     pub unsolicited: u64,
 }
@@ -185,12 +178,11 @@ impl Source {
     }
 
     fn mismatch(&mut self, why: String) {
-        self.report.mismatched += 1;
-        self.report.first_mismatch.get_or_insert(why);
+        self.report.tally.mismatch(why);
     }
 
     fn check_reply(&mut self, f: &[u8]) {
-        self.report.received += 1;
+        self.report.tally.received += 1;
         let rec = f.get(FRAME_HEADER..).and_then(|r| Header::parse(r).map(|h| (h, r)));
         let Some((h, rec)) = rec else {
             return self.mismatch(format!("a {}-byte reply without a record", f.len()));
@@ -209,7 +201,7 @@ impl Source {
         if rec.get(..want.len()) != Some(&want[..]) || h.record_len() != want.len() || port != SRC_PORT {
             return self.mismatch(format!("item {seq}: reply differs from the reference result"));
         }
-        self.report.matched += 1;
+        self.report.tally.matched += 1;
         self.rtts.push(t0.elapsed().as_nanos() as u64);
     }
 
@@ -218,7 +210,7 @@ impl Source {
         let now = Instant::now();
         while self.in_flight.front().is_some_and(|&(_, t)| now - t > self.loss_timeout) {
             self.in_flight.pop_front();
-            self.report.lost += 1;
+            self.report.tally.lost += 1;
         }
         if self.in_flight.is_empty() && self.sent < self.items {
             let seq = self.sent as u32;
@@ -233,7 +225,7 @@ impl Source {
             to_nic.push_back(frame(&sealed));
             self.in_flight.push_back((seq, Instant::now()));
             self.sent += 1;
-            self.report.sent = self.sent;
+            self.report.tally.sent = self.sent;
         }
     }
 
@@ -491,8 +483,8 @@ pub fn mode_report(trace: &OpTrace, src: &SourceReport, cpu_ns_per_item: f64) ->
     let switch_ns = nagare::PipelineConfig::default().latency_ns();
     let cost = trace::cost(&typical, &LinkConfig::default(), switch_ns);
     ModeReport {
-        items: src.sent,
-        matched: src.matched,
+        items: src.tally.sent,
+        matched: src.tally.matched,
         trace: typical,
         trace_items: n,
         traced_items: items.len(),
@@ -603,16 +595,8 @@ pub fn run_native(o: &ChainOptions, mode: Mode, dir: &Path) -> Result<NativeRun>
 fn check_mode(report: &mut RunReport, name: &str, o: &ChainOptions, m: &ModeReport, src: &SourceReport) {
     report.check(
         &format!("{name}:all_matched"),
-        src.matched == o.items && src.mismatched == 0 && src.lost == 0 && src.unsolicited == 0,
-        format!(
-            "sent {}, received {}, matched {}, mismatched {}, lost {}{}",
-            src.sent,
-            src.received,
-            src.matched,
-            src.mismatched,
-            src.lost,
-            src.first_mismatch.as_ref().map_or(String::new(), |w| format!(" (first: {w})"))
-        ),
+        src.tally.all_matched(o.items) && src.unsolicited == 0,
+        src.tally.summary(),
     );
     report.check(
         &format!("{name}:traced"),

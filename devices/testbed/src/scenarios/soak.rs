@@ -250,7 +250,7 @@ fn chain_turn(dir: &Path, rng: &mut Rng, t: &mut Totals) -> Result<()> {
     let sub = dir.join(format!("chain-{}", t.turns));
     std::fs::create_dir_all(&sub)?;
     let r = chain::run_native(&o, mode, &sub)?;
-    let src = &r.source;
+    let src = &r.source.tally;
     r.rig.stop();
     let _ = std::fs::remove_dir_all(&sub);
     t.chain_turns += 1;
