@@ -2,7 +2,7 @@
 //! producer with in-order completion tracking, and the configuration calls.
 
 use crate::dma::alloc_aligned;
-use crate::pipe::{PipeIds, RxPipe, RxShared, RxTxPipe, TxPipe, TxShared};
+use crate::pipe::{PipeContext, PipeIds, RxPipe, RxShared, RxTxPipe, TxPipe, TxShared};
 use crate::regs::{state_is_set, wait_state, Doorbells, RegWindow};
 use crate::ring::{fallback_mask, Ring};
 use crate::{Error, Result};
@@ -554,10 +554,12 @@ impl Device {
             regs,
             prefetch_slot,
             buf,
-            self.ext.clone(),
-            self.ids.clone(),
-            self.opts.ack_timeout,
-            self.doorbells.clone(),
+            PipeContext {
+                ext: self.ext.clone(),
+                ids: self.ids.clone(),
+                ack_timeout: self.opts.ack_timeout,
+                doorbells: self.doorbells.clone(),
+            },
         ));
         if let Some(ext) = &self.ext {
             if let Err(e) = wait_state(ext, state::pipe_bit(id), true, self.opts.ack_timeout, "pipe", id) {

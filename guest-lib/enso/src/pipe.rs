@@ -62,41 +62,33 @@ pub(crate) struct RxShared {
     /// The prefetch doorbell slot; None in card mode (a prefetch rewrites the head).
     prefetch: Option<RegWindow>,
     buf: DmaBuffer,
-    /// BAR0 (the queue-state page); None in card mode.
-    ext: Option<Bar>,
-    ids: Arc<Mutex<PipeIds>>,
-    ack_timeout: Duration,
+    dev: PipeContext,
+}
+
+/// What every RX pipe shares with its [`Device`].
+#[derive(Clone)]
+pub(crate) struct PipeContext {
+    /// BAR0 (the queue-state page, to see a disable acknowledged); None in card mode.
+    pub ext: Option<Bar>,
+    /// The pipe ID pool (a dropped pipe returns its ID).
+    pub ids: Arc<Mutex<PipeIds>>,
+    pub ack_timeout: Duration,
     /// The device's datapath doorbell counts.
-    doorbells: Arc<Doorbells>,
+    pub doorbells: Arc<Doorbells>,
 }
 
 impl RxShared {
-    #[allow(clippy::too_many_arguments)]
+    /// Pipe `id` over `buf`: its queue registers `regs`, its prefetch doorbell slot.
     pub(crate) fn new(
         id: u32,
         ring: Ring,
         regs: RegWindow,
         prefetch: Option<RegWindow>,
         buf: DmaBuffer,
-        ext: Option<Bar>,
-        ids: Arc<Mutex<PipeIds>>,
-        ack_timeout: Duration,
-        doorbells: Arc<Doorbells>,
+        dev: PipeContext,
     ) -> Self {
-        RxShared {
-            id,
-            ring,
-            head: AtomicU32::new(0),
-            tail: AtomicU32::new(0),
-            alive: AtomicBool::new(true),
-            regs,
-            prefetch,
-            buf,
-            ext,
-            ids,
-            ack_timeout,
-            doorbells,
-        }
+        let (head, tail, alive) = (AtomicU32::new(0), AtomicU32::new(0), AtomicBool::new(true));
+        RxShared { id, ring, head, tail, alive, regs, prefetch, buf, dev }
     }
 
     #[inline]
@@ -127,8 +119,8 @@ impl RxShared {
         if self.is_alive() {
             fence(Ordering::Release);
             self.regs.write(queue::RX_HEAD, head);
-            self.doorbells.pipe_heads.fetch_add(1, Ordering::Relaxed);
-            self.doorbells.wrote(&self.regs, 1);
+            self.dev.doorbells.pipe_heads.fetch_add(1, Ordering::Relaxed);
+            self.dev.doorbells.wrote(&self.regs, 1);
         }
     }
 
@@ -141,17 +133,23 @@ impl RxShared {
     /// Disables the pipe and waits until the device stopped writing to it; frees its ID.
     pub(crate) fn disable(&self) {
         if self.alive.swap(false, Ordering::AcqRel) {
-            match &self.ext {
+            match &self.dev.ext {
                 Some(ext) => {
                     self.regs.disable_queue();
-                    let _ =
-                        wait_state(ext, state::pipe_bit(self.id), false, self.ack_timeout, "pipe", self.id);
+                    let _ = wait_state(
+                        ext,
+                        state::pipe_bit(self.id),
+                        false,
+                        self.dev.ack_timeout,
+                        "pipe",
+                        self.id,
+                    );
                 }
                 None => {
-                    let _ = self.regs.card_disable(self.ack_timeout, "pipe", self.id);
+                    let _ = self.regs.card_disable(self.dev.ack_timeout, "pipe", self.id);
                 }
             }
-            self.ids.lock().unwrap_or_else(|e| e.into_inner()).free(self.id);
+            self.dev.ids.lock().unwrap_or_else(|e| e.into_inner()).free(self.id);
         }
     }
 }
@@ -250,7 +248,7 @@ impl RxRing {
     /// mmio mode can). Counted in [`crate::DeviceStats`].
     pub fn prefetch(&self) {
         let s = &self.shared;
-        let d = &s.doorbells;
+        let d = &s.dev.doorbells;
         match &s.prefetch {
             Some(slot) => {
                 let seq = slot.read(prefetch::SEQ).wrapping_add(1);
