@@ -154,15 +154,13 @@ fn nagare_crypto_only_is_2_ops() {
 
 #[test]
 fn the_cpu_pushes_into_a_stream_and_the_switch_forwards_it() {
-    use guest_apps::chain::{ChainParams, Flow, NagareChain};
+    use guest_apps::chain::{ChainDevices, ChainParams, Flow, NagareChain};
     let o = opts(0, Shape::CryptoMl);
     let d = dir("chain-push");
     let rig = testbed::scenarios::chain::ChainRig::new(&o, &d).unwrap();
     let c = |i: usize| testbed::scenarios::chain::connect(&rig.sockets[i]).unwrap();
     let mut chain = NagareChain::setup(
-        c(1),
-        c(2),
-        Some(c(3)),
+        ChainDevices { nic: c(1), crypto: c(2), ml: Some(c(3)) },
         c(0),
         ChainParams::new(Shape::CryptoMl, rig.key),
         Flow::default(),

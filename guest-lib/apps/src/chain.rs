@@ -184,23 +184,38 @@ fn frame_record(f: &[u8]) -> Option<&[u8]> {
     f.get(FRAME_HEADER..FRAME_HEADER + h.record_len())
 }
 
+/// The chain's NIC and accelerators, as the caller opened them.
+pub struct ChainDevices {
+    pub nic: Box<dyn DeviceAccess>,
+    pub crypto: Box<dyn DeviceAccess>,
+    /// The ML accelerator: there exactly when the shape is [`Shape::CryptoMl`].
+    pub ml: Option<Box<dyn DeviceAccess>>,
+}
+
+impl ChainDevices {
+    /// The devices fit `shape` (an ML device exactly for crypto,ml).
+    fn check(&self, shape: Shape) -> Result<(), ChainError> {
+        if (shape == Shape::CryptoMl) == self.ml.is_some() {
+            return Ok(());
+        }
+        let need = if self.ml.is_some() { "no" } else { "an" };
+        Err(ChainError::Setup(format!("chain '{}' needs {need} ML device", shape.name())))
+    }
+}
+
+/// Tells the host the chain is up: its source starts on this line.
+fn announce_ready(shape: Shape) {
+    println!("{}", serde_json::json!({"event": "ready", "scenario": "chain", "chain": shape.name()}));
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
 impl Chain {
     /// Sets the devices up: one DMA view shared by all three, NIC pair 0 with one RX pipe
     /// as the fallback queue and one TX pipe, and a ring on each accelerator.
-    pub fn setup(
-        mut nic: Box<dyn DeviceAccess>,
-        mut crypto: Box<dyn DeviceAccess>,
-        ml: Option<Box<dyn DeviceAccess>>,
-        params: ChainParams,
-    ) -> Result<Chain, ChainError> {
-        let mut ml = ml;
-        if (params.shape == Shape::CryptoMl) != ml.is_some() {
-            return Err(ChainError::Setup(format!(
-                "chain '{}' needs {} ML device",
-                params.shape.name(),
-                if ml.is_some() { "no" } else { "an" }
-            )));
-        }
+    pub fn setup(devices: ChainDevices, params: ChainParams) -> Result<Chain, ChainError> {
+        devices.check(params.shape)?;
+        let ChainDevices { mut nic, mut crypto, mut ml } = devices;
         {
             let mut devs: Vec<&mut dyn DeviceAccess> = vec![nic.as_mut(), crypto.as_mut()];
             if let Some(m) = ml.as_mut() {
@@ -434,21 +449,15 @@ impl NagareChain {
     /// the accelerators are used as legacy-only devices: the switch writes their
     /// descriptors and rings their doorbells (their rings live in the switch's memory).
     pub fn setup(
-        nic: Box<dyn DeviceAccess>,
-        crypto: Box<dyn DeviceAccess>,
-        ml: Option<Box<dyn DeviceAccess>>,
+        devices: ChainDevices,
         switch: Box<dyn DeviceAccess>,
         params: ChainParams,
         flow: Flow,
     ) -> Result<NagareChain, ChainError> {
         let glue = params.glue;
         use testbed_regs::{accel as acc, enso as en};
-        if (params.shape == Shape::CryptoMl) != ml.is_some() {
-            return Err(ChainError::Setup(format!(
-                "chain '{}' and the devices given differ",
-                params.shape.name()
-            )));
-        }
+        devices.check(params.shape)?;
+        let ChainDevices { nic, crypto, ml } = devices;
         let mut sw = nagare_client::Switch::open(switch)?;
         let stream = 0;
         let window = sw.window(stream);
@@ -554,23 +563,15 @@ impl NagareChain {
 }
 
 /// The `chain` scenario on the switch (`mode=nagare`, or `mode=glue` with `params.glue`).
-pub fn run_nagare(
-    nic: Box<dyn DeviceAccess>,
-    crypto: Box<dyn DeviceAccess>,
-    ml: Option<Box<dyn DeviceAccess>>,
-    switch: Box<dyn DeviceAccess>,
-    params: ChainParams,
-) -> Report {
-    let mut r = Report::new("chain", nic.transport());
+pub fn run_nagare(devices: ChainDevices, switch: Box<dyn DeviceAccess>, params: ChainParams) -> Report {
+    let mut r = Report::new("chain", devices.nic.transport());
     r.value("shape", params.shape.name());
     r.value("mode", if params.glue { "glue" } else { "nagare" });
     let want = params.items;
     let shape = params.shape;
-    let setup = NagareChain::setup(nic, crypto, ml, switch, params, Flow::default());
+    let setup = NagareChain::setup(devices, switch, params, Flow::default());
     let result = setup.and_then(|mut c| {
-        println!("{}", serde_json::json!({"event": "ready", "scenario": "chain", "chain": shape.name()}));
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        announce_ready(shape);
         let base = c.switch().base();
         let s = c.run(&AtomicBool::new(false))?;
         println!("{}", serde_json::json!({"event": "switch", "window_base": format!("{base:#x}")}));
@@ -593,33 +594,14 @@ pub fn run_nagare(
     r
 }
 
-/// Sets the chain up and runs it until `params` or `stop` say so.
-pub fn run_for(
-    nic: Box<dyn DeviceAccess>,
-    crypto: Box<dyn DeviceAccess>,
-    ml: Option<Box<dyn DeviceAccess>>,
-    params: ChainParams,
-    stop: &AtomicBool,
-) -> Result<ChainStats, ChainError> {
-    Chain::setup(nic, crypto, ml, params)?.run(stop)
-}
-
 /// The `chain` scenario: runs the chain and reports what it did.
-pub fn run(
-    nic: Box<dyn DeviceAccess>,
-    crypto: Box<dyn DeviceAccess>,
-    ml: Option<Box<dyn DeviceAccess>>,
-    params: ChainParams,
-) -> Report {
-    let mut r = Report::new("chain", nic.transport());
+pub fn run(devices: ChainDevices, params: ChainParams) -> Report {
+    let mut r = Report::new("chain", devices.nic.transport());
     r.value("shape", params.shape.name());
     let want = params.items;
     let shape = params.shape;
-    let result = Chain::setup(nic, crypto, ml, params).and_then(|mut c| {
-        // Tell the host the chain is up: its source starts on this line.
-        println!("{}", serde_json::json!({"event": "ready", "scenario": "chain", "chain": shape.name()}));
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+    let result = Chain::setup(devices, params).and_then(|mut c| {
+        announce_ready(shape);
         c.run(&AtomicBool::new(false))
     });
     match result {

@@ -107,22 +107,18 @@ fn chain_scenario(args: &HashMap<String, String>) -> Report {
         chain::Shape::CryptoMl => open_at(args, "ml_socket", acc::VENDOR_ID, acc::ML_DEVICE_ID).map(Some),
         chain::Shape::Crypto => Ok(None),
     };
-    let (nic, crypto, ml) = match (nic, crypto, ml) {
-        (Ok(n), Ok(c), Ok(m)) => (n, c, m),
+    let devices = match (nic, crypto, ml) {
+        (Ok(nic), Ok(crypto), Ok(ml)) => chain::ChainDevices { nic, crypto, ml },
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return open_failed("chain", args, e),
     };
     match args.get("mode").map_or("cpu", |m| m.as_str()) {
-        "cpu" => chain::run(nic, crypto, ml, params),
+        "cpu" => chain::run(devices, params),
         mode @ ("nagare" | "glue") => {
             use testbed_regs::nagare as ng;
             match open_at(args, "switch_socket", ng::VENDOR_ID, ng::DEVICE_ID) {
-                Ok(sw) => chain::run_nagare(
-                    nic,
-                    crypto,
-                    ml,
-                    sw,
-                    chain::ChainParams { glue: mode == "glue", ..params },
-                ),
+                Ok(sw) => {
+                    chain::run_nagare(devices, sw, chain::ChainParams { glue: mode == "glue", ..params })
+                }
                 Err(e) => open_failed("chain", args, e),
             }
         }

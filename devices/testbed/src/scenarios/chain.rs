@@ -16,7 +16,7 @@ use crate::vm::VmSpec;
 use accel::{crypto, function, ml, Accelerator};
 use anyhow::{Context, Result};
 use device_access::vfio_user::VfioUserDevice;
-use guest_apps::chain::{ChainParams, ChainStats, Shape};
+use guest_apps::chain::{Chain, ChainDevices, ChainParams, ChainStats, NagareChain, Shape};
 use pcie_accounting::trace::{self, Op, OpKind, OpRole, OpTrace, TraceTap};
 use pcie_model::{LinkConfig, PciDevice};
 use serde::Serialize;
@@ -522,7 +522,7 @@ enum Driver {
 impl Driver {
     fn setup(rig: &ChainRig, o: &ChainOptions, mode: Mode) -> Result<Driver> {
         let nic = connect(&rig.sockets[1])?;
-        let cr = connect(&rig.sockets[2])?;
+        let crypto = connect(&rig.sockets[2])?;
         let ml = match o.shape {
             Shape::CryptoMl => Some(connect(&rig.sockets[3])?),
             Shape::Crypto => None,
@@ -533,12 +533,12 @@ impl Driver {
         params.idle = Some(Duration::from_secs(15));
         let e = |e: guest_apps::chain::ChainError| anyhow::anyhow!("chain setup: {e}");
         Ok(match mode {
-            Mode::Cpu => Driver::Cpu(guest_apps::chain::Chain::setup(nic, cr, ml, params).map_err(e)?),
+            Mode::Cpu => Driver::Cpu(Chain::setup(ChainDevices { nic, crypto, ml }, params).map_err(e)?),
             _ => {
                 let sw = connect(&rig.sockets[0])?;
                 let flow = guest_apps::chain::Flow::default();
                 params.glue = mode == Mode::Glue;
-                let c = guest_apps::chain::NagareChain::setup(nic, cr, ml, sw, params, flow);
+                let c = NagareChain::setup(ChainDevices { nic, crypto, ml }, sw, params, flow);
                 Driver::Nagare(c.map_err(e)?)
             }
         })
