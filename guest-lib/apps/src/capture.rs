@@ -63,7 +63,7 @@ pub fn run_for(
         index[p.id() as usize] = i;
     }
     dev.configure_fallback_queues(n, false).map_err(|e| e.to_string())?;
-    println!("{}", serde_json::json!({"event": "ready", "scenario": "capture"}));
+    crate::report::announce(serde_json::json!({"event": "ready", "scenario": "capture"}));
 
     let mut s = CaptureStats::default();
     let start = Instant::now();
@@ -137,11 +137,7 @@ pub fn run(access: Box<dyn DeviceAccess>, params: CaptureParams) -> Report {
     let stop = AtomicBool::new(false);
     match run_for(access, &params, &stop) {
         Ok(s) => {
-            let ok = match params.packets {
-                Some(n) => s.packets >= n,
-                None => s.packets > 0,
-            };
-            r.check("captured", ok, format!("{} packets", s.packets));
+            r.check_count("captured", s.packets, params.packets, format!("{} packets", s.packets));
             r.value("packets", s.packets);
             r.value("bytes", s.bytes);
             r.value("malformed_bytes", s.malformed_bytes);

@@ -22,7 +22,6 @@
 use crate::report::Report;
 use std::collections::VecDeque;
 use std::fs::OpenOptions;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, Ordering};
@@ -603,8 +602,9 @@ pub fn run(p: CardEchoParams) -> Report {
         entries += 1;
     }
     r.check("flow_entries", true, format!("{entries} flow entries to pipes {pipe_ids:?}"));
-    println!("{}", serde_json::json!({"event": "ready", "scenario": "card-echo", "pipes": pipe_ids}));
-    let _ = std::io::stdout().flush();
+    crate::report::announce(
+        serde_json::json!({"event": "ready", "scenario": "card-echo", "pipes": pipe_ids}),
+    );
 
     let start = Instant::now();
     let mut last = start;

@@ -263,19 +263,15 @@ pub fn run(access: Box<dyn DeviceAccess>, params: EchoParams) -> Report {
     let stop = AtomicBool::new(false);
     let result = Echo::setup(access, &params).and_then(|mut echo| {
         // Tell the host the pipes are up: its generator starts on this line.
-        println!("{}", serde_json::json!({"event": "ready", "scenario": "echo", "pipes": params.pipes}));
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        crate::report::announce(
+            serde_json::json!({"event": "ready", "scenario": "echo", "pipes": params.pipes}),
+        );
         echo.run(&params, &stop)
     });
     match result {
         Ok((s, reason)) => {
             r.check("setup", true, format!("{} pipes", params.pipes));
-            let ok = match params.packets {
-                Some(n) => s.packets >= n,
-                None => s.packets > 0,
-            };
-            r.check("echoed", ok, format!("{} packets ({reason:?})", s.packets));
+            r.check_count("echoed", s.packets, params.packets, format!("{} packets ({reason:?})", s.packets));
             fill_values(&mut r, &s);
             r.value("stop", format!("{reason:?}"));
         }
@@ -319,19 +315,15 @@ pub fn run_packetized(access: Box<dyn DeviceAccess>, params: EchoParams) -> Repo
         start_timeout: params.start_timeout,
     };
     let result = packetized::Port::new(access, cfg).and_then(|mut port| {
-        println!("{}", serde_json::json!({"event": "ready", "scenario": "echo", "nic": "packetized"}));
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
+        crate::report::announce(
+            serde_json::json!({"event": "ready", "scenario": "echo", "nic": "packetized"}),
+        );
         packetized::echo::echo_until(&mut port, &stop, limits)
     });
     match result {
         Ok(s) => {
             r.check("setup", true, format!("{} queues", params.pipes));
-            let ok = match params.packets {
-                Some(n) => s.packets >= n,
-                None => s.packets > 0,
-            };
-            r.check("echoed", ok, format!("{} packets", s.packets));
+            r.check_count("echoed", s.packets, params.packets, format!("{} packets", s.packets));
             r.value("packets", s.packets);
             r.value("bytes", s.bytes);
             r.value("bursts", s.bursts);

@@ -226,7 +226,9 @@ impl Receiver {
 
 /// Runs EnsōGen on an Ensō NIC; prints the `ready` event when its pipes are set up.
 pub fn run(access: Box<dyn DeviceAccess>, params: GenParams) -> Report {
-    run_with(access, params, || println!("{}", serde_json::json!({"event": "ready", "scenario": "ensogen"})))
+    run_with(access, params, || {
+        crate::report::announce(serde_json::json!({"event": "ready", "scenario": "ensogen"}))
+    })
 }
 
 /// As [`run`], calling `ready` instead of printing (for a caller in the same process).

@@ -370,11 +370,8 @@ pub fn run(access: Box<dyn DeviceAccess>, name: &str, nic: &str, limits: IoLimit
         }
     };
     let stop = AtomicBool::new(false);
-    let ready = || {
-        println!("{}", json!({"event": "ready", "scenario": "app", "app": name, "nic": nic}));
-        use std::io::Write;
-        let _ = std::io::stdout().flush();
-    };
+    let ready =
+        || crate::report::announce(json!({"event": "ready", "scenario": "app", "app": name, "nic": nic}));
     let res = serve_on(nic, access, &mut app, limits, &stop, ready);
     match res {
         Ok(s) => {

@@ -51,6 +51,18 @@ impl Report {
         pass
     }
 
+    /// Records a count check: at least `want`, or any at all when `want` is None.
+    pub fn check_count(
+        &mut self,
+        name: &str,
+        got: u64,
+        want: Option<u64>,
+        detail: impl Into<String>,
+    ) -> bool {
+        let pass = want.map_or(got > 0, |n| got >= n);
+        self.check(name, pass, detail)
+    }
+
     /// Records a failure that stopped the run.
     pub fn fail(&mut self, name: &str, err: impl std::fmt::Display) {
         self.check(name, false, err.to_string());
@@ -65,5 +77,29 @@ impl Report {
     pub fn to_json_line(&self) -> String {
         serde_json::to_string(self)
             .unwrap_or_else(|e| format!("{{\"event\":\"result\",\"pass\":false,\"error\":\"{e}\"}}"))
+    }
+}
+
+/// Prints a progress event (`{"event": ...}`) as one JSON line and flushes it: the host
+/// watches the guest's output for these (a scenario's source starts on "ready").
+pub fn announce(event: serde_json::Value) {
+    println!("{event}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_checks() {
+        let mut r = Report::new("t", "vfio-user");
+        assert!(r.check_count("any", 1, None, ""));
+        assert!(r.check_count("enough", 5, Some(5), ""));
+        assert!(r.pass);
+        assert!(!r.check_count("none", 0, None, ""));
+        assert!(!r.pass);
+        assert!(!r.check_count("short", 4, Some(5), ""));
     }
 }

@@ -279,8 +279,7 @@ pub fn run(access: Box<dyn DeviceAccess>, params: ResponderParams, nic: &str) ->
     let mut app = Responder::new(params.me);
     let limits = IoLimits { frames: None, idle: Some(params.limit), start_timeout: Some(params.limit) };
     let ready = || {
-        println!("{}", serde_json::json!({"event": "ready", "scenario": "responder", "nic": nic}));
-        let _ = std::io::Write::flush(&mut std::io::stdout());
+        crate::report::announce(serde_json::json!({"event": "ready", "scenario": "responder", "nic": nic}));
     };
     // The app's own flag is the loop's stop flag: "done" ends the run once the NIC is idle.
     let stop = app.done.clone();
