@@ -21,7 +21,7 @@ row() {
     [ -z "$pins" ] || ptop=${top}_pins
     mkdir -p "$dir"
     # Generic: cells, flip-flops, memories, logic depth (longest path in gates).
-    yosys -q -p "read_verilog -sv $src; ${full:+chparam $full $top;} synth -top $top; tee -o $dir/generic.stat stat; tee -o $dir/generic.ltp ltp -noff" > /dev/null
+    yosys -q -p "read_verilog -sv -Ienso $src; ${full:+chparam $full $top;} synth -top $top; tee -o $dir/generic.stat stat; tee -o $dir/generic.ltp ltp -noff" > /dev/null
     local cells ffs mems depth lcs rams fmax
     cells=$(awk '/Number of cells/ {n=$4} END {print n}' "$dir/generic.stat")
     ffs=$(awk '/\$_[A-Z]*DFF/ {n+=$2} END {print n}' "$dir/generic.stat")
@@ -31,7 +31,7 @@ row() {
         echo "| $top | $what | $cells | $ffs | $mems | $depth | - | - | - |"
         return 0
     fi
-    yosys -q -p "read_verilog -sv $src $pins; ${small:+chparam $small $ptop;} synth_ice40 -top $ptop -json $dir/ice40.json" > /dev/null
+    yosys -q -p "read_verilog -sv -Ienso $src $pins; ${small:+chparam $small $ptop;} synth_ice40 -top $ptop -json $dir/ice40.json" > /dev/null
     nextpnr-ice40 --hx8k --package ct256 --json "$dir/ice40.json" --pcf-allow-unconstrained --freq 12 --seed 1 \
         > "$dir/ice40.log" 2>&1 || { tail -5 "$dir/ice40.log" >&2; return 1; }
     lcs=$(grep -o 'ICESTORM_LC: *[0-9]*' "$dir/ice40.log" | tail -1 | grep -o '[0-9]*$')

@@ -44,22 +44,7 @@ module enso_queue_engine #(
     input  logic [31:0] cmd_b,
     input  logic [31:0] cmd_c,
     input  logic [31:0] cmd_d,
-    output logic        io_valid,
-    input  logic        io_ready,
-    output logic [3:0]  io_kind,
-    output logic [31:0] io_q,
-    output logic [63:0] io_a,
-    output logic [31:0] io_b,
-    output logic [31:0] io_c,
-    output logic [31:0] io_d,
-    output logic [31:0] io_e,
-    input  logic        resp_valid,
-    input  logic        resp_ok,
-    input  logic [31:0] resp_value,
-    input  logic        ent_valid,
-    input  logic [63:0] ent_signal,
-    input  logic [63:0] ent_addr,
-    input  logic [63:0] ent_len
+`include "enso_io_ports.svh"
 );
     localparam int PW = PIPE_LOG2;
     localparam int EW = ENTRIES_LOG2;

@@ -50,25 +50,11 @@ module enso_queue_regs #(
     input  logic [13:0] rd_queue,
     input  logic [5:0]  rd_reg,
     output logic [31:0] rd_data,
+    // Writes the engine could not take.
+    output logic [31:0] bad_writes,
     // The engine's events and their answers, as enso_queue_engine's (minus NB_RX_HEAD and
     // DONE, handled here).
-    output logic        io_valid,
-    input  logic        io_ready,
-    output logic [3:0]  io_kind,
-    output logic [31:0] io_q,
-    output logic [63:0] io_a,
-    output logic [31:0] io_b,
-    output logic [31:0] io_c,
-    output logic [31:0] io_d,
-    output logic [31:0] io_e,
-    input  logic        resp_valid,
-    input  logic        resp_ok,
-    input  logic [31:0] resp_value,
-    input  logic        ent_valid,
-    input  logic [63:0] ent_signal,
-    input  logic [63:0] ent_addr,
-    input  logic [63:0] ent_len,
-    output logic [31:0] bad_writes
+`include "enso_io_ports.svh"
 );
     localparam logic [31:0] ENABLE = 32'h0010_0000, NB_ID_MASK = 32'h3ff;
     localparam logic [5:0] R_RX_TAIL = 6'h00, R_RX_HEAD = 6'h04, R_RX_MEM_LOW = 6'h08,

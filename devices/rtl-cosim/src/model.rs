@@ -16,8 +16,9 @@ use std::sync::{Mutex, OnceLock};
 
 /// What the library is built from: the RTL and the C ABI shim, compiled into the binary so a
 /// `testbed` binary provisions its own model wherever it runs.
-const SOURCES: [(&str, &str); 4] = [
+const SOURCES: [(&str, &str); 5] = [
     ("enso_queue_engine.sv", include_str!("../../../rtl/enso/enso_queue_engine.sv")),
+    ("enso_io_ports.svh", include_str!("../../../rtl/enso/enso_io_ports.svh")),
     ("enso_queue_regs.sv", include_str!("../../../rtl/enso/enso_queue_regs.sv")),
     ("nagare_pipeline.sv", include_str!("../../../rtl/nagare/nagare_pipeline.sv")),
     ("engine.cpp", include_str!("../csrc/engine.cpp")),
@@ -189,6 +190,8 @@ fn build(dir: &Path, verilator: &Path, gxx: &Path, progress: &(dyn Fn(&str) + Sy
         run(Command::new(verilator)
             .args(["--cc", "--top-module", top, "-Wno-fatal", "-Wno-WIDTH", "--prefix", prefix])
             .args(params)
+            // `include files (enso_io_ports.svh) sit next to the sources.
+            .arg(format!("-I{}", work.display()))
             .arg("-Mdir")
             .arg(work.join(prefix))
             .args(svs.iter().map(|sv| work.join(sv))))?;
