@@ -125,25 +125,49 @@ impl IoStats {
 /// A shared progress counter (frames handled) a harness can watch.
 pub type Progress = std::sync::Arc<AtomicU64>;
 
-struct Loop {
+/// How long a serve loop runs, and who watches it: the same for every NIC.
+pub struct Serve<'a> {
+    pub limits: IoLimits,
+    /// Set by another thread to end the loop (seen on idle polls).
+    pub stop: &'a AtomicBool,
+    /// Frames handled so far, for a harness to watch.
+    pub progress: Option<&'a Progress>,
+}
+
+impl<'a> Serve<'a> {
+    /// Until `limits` or `stop` say so, unwatched.
+    pub fn new(limits: IoLimits, stop: &'a AtomicBool) -> Self {
+        Serve { limits, stop, progress: None }
+    }
+}
+
+/// A serve loop's clock: when to stop, what to report.
+struct Loop<'a> {
+    serve: Serve<'a>,
     start: Instant,
     first: Option<Instant>,
     last: Instant,
     polls: u32,
 }
 
-impl Loop {
-    fn new() -> Loop {
+impl<'a> Loop<'a> {
+    fn new(serve: Serve<'a>) -> Self {
         let now = Instant::now();
-        Loop { start: now, first: None, last: now, polls: 0 }
+        Loop { serve, start: now, first: None, last: now, polls: 0 }
+    }
+
+    /// The frame limit (u64::MAX for none).
+    fn limit(&self) -> u64 {
+        self.serve.limits.frames.unwrap_or(u64::MAX)
     }
 
     /// An idle poll: true when it is time to stop.
-    fn idle(&mut self, s: &IoStats, limits: &IoLimits, stop: &AtomicBool) -> bool {
+    fn idle(&mut self, s: &IoStats) -> bool {
+        let limits = &self.serve.limits;
         self.polls = self.polls.wrapping_add(1);
         if self.polls.is_multiple_of(256) {
             let now = Instant::now();
-            if stop.load(Ordering::Relaxed)
+            if self.serve.stop.load(Ordering::Relaxed)
                 || (s.frames > 0 && limits.idle.is_some_and(|d| now - self.last >= d))
                 || (s.frames == 0 && limits.start_timeout.is_some_and(|d| now - self.start >= d))
             {
@@ -156,11 +180,20 @@ impl Loop {
         false
     }
 
-    fn worked(&mut self) {
+    /// Frames were handled: publishes the count and restarts the idle clock.
+    fn worked(&mut self, s: &IoStats) {
+        if let Some(p) = self.serve.progress {
+            p.store(s.frames, Ordering::Relaxed);
+        }
         let now = Instant::now();
         self.first.get_or_insert(now);
         self.last = now;
         self.polls = 0;
+    }
+
+    /// Time from the first frame to the last.
+    fn active(&self) -> Duration {
+        self.first.map_or(Duration::ZERO, |f| self.last - f)
     }
 }
 
@@ -169,9 +202,7 @@ pub fn serve_enso(
     access: Box<dyn DeviceAccess>,
     pipes: u32,
     app: &mut dyn PacketApp,
-    limits: IoLimits,
-    stop: &AtomicBool,
-    progress: Option<&Progress>,
+    serve: Serve<'_>,
     ready: impl FnOnce(),
 ) -> Result<IoStats, enso::Error> {
     let mut dev = enso::Device::new(access, 0)?;
@@ -185,16 +216,16 @@ pub fn serve_enso(
     dev.configure_fallback_queues(n, false)?;
     ready();
     let mut s = IoStats::default();
-    let mut lp = Loop::new();
+    let mut lp = Loop::new(serve);
     let mut out = Vec::new();
     // (action, bytes the frame occupies in the ring) of the batch in hand, and replies.
     let mut plan: Vec<(Action, usize)> = Vec::new();
     // The batch's replies, back to back on flit boundaries (the TX stream's layout).
     let mut replies: Vec<u8> = Vec::new();
-    let limit = limits.frames.unwrap_or(u64::MAX);
+    let limit = lp.limit();
     while s.frames < limit {
         let Some(id) = dev.next_rx_pipe_to_recv() else {
-            if lp.idle(&s, &limits, stop) {
+            if lp.idle(&s) {
                 break;
             }
             continue;
@@ -256,14 +287,11 @@ pub fn serve_enso(
             tx.send_and_free(&mut dev, replies.len())?;
         }
         s.frames += plan.len() as u64;
-        if let Some(p) = progress {
-            p.store(s.frames, Ordering::Relaxed);
-        }
         s.busy += t0.elapsed();
-        lp.worked();
+        lp.worked(&s);
     }
     let _ = dev.wait_tx_idle(Duration::from_secs(2));
-    s.active = lp.first.map_or(Duration::ZERO, |f| lp.last - f);
+    s.active = lp.active();
     Ok(s)
 }
 
@@ -272,9 +300,7 @@ pub fn serve_packetized(
     access: Box<dyn DeviceAccess>,
     queues: u32,
     app: &mut dyn PacketApp,
-    limits: IoLimits,
-    stop: &AtomicBool,
-    progress: Option<&Progress>,
+    serve: Serve<'_>,
     ready: impl FnOnce(),
 ) -> Result<IoStats, packetized::Error> {
     let cfg =
@@ -282,12 +308,12 @@ pub fn serve_packetized(
     let mut port = packetized::Port::new(access, cfg)?;
     ready();
     let mut s = IoStats::default();
-    let mut lp = Loop::new();
+    let mut lp = Loop::new(serve);
     let mut pkts = Vec::new();
     let mut send = Vec::new();
     let mut out = Vec::new();
     let (nrx, ntx) = (port.rx_queues(), port.tx_queues());
-    let limit = limits.frames.unwrap_or(u64::MAX);
+    let limit = lp.limit();
     while s.frames < limit {
         let mut any = false;
         for q in 0..nrx {
@@ -327,16 +353,13 @@ pub fn serve_packetized(
             s.busy += t0.elapsed();
         }
         if any {
-            if let Some(p) = progress {
-                p.store(s.frames, Ordering::Relaxed);
-            }
-            lp.worked();
-        } else if lp.idle(&s, &limits, stop) {
+            lp.worked(&s);
+        } else if lp.idle(&s) {
             break;
         }
     }
     port.wait_tx_idle(Duration::from_secs(2))?;
-    s.active = lp.first.map_or(Duration::ZERO, |f| lp.last - f);
+    s.active = lp.active();
     Ok(s)
 }
 
@@ -345,15 +368,12 @@ pub fn serve_on(
     nic: &str,
     access: Box<dyn DeviceAccess>,
     app: &mut dyn PacketApp,
-    limits: IoLimits,
-    stop: &AtomicBool,
+    serve: Serve<'_>,
     ready: impl FnOnce(),
 ) -> Result<IoStats, String> {
     match nic {
-        "packetized" => {
-            serve_packetized(access, 1, app, limits, stop, None, ready).map_err(|e| e.to_string())
-        }
-        _ => serve_enso(access, 1, app, limits, stop, None, ready).map_err(|e| e.to_string()),
+        "packetized" => serve_packetized(access, 1, app, serve, ready).map_err(|e| e.to_string()),
+        _ => serve_enso(access, 1, app, serve, ready).map_err(|e| e.to_string()),
     }
 }
 
@@ -372,11 +392,10 @@ pub fn run(access: Box<dyn DeviceAccess>, name: &str, nic: &str, limits: IoLimit
     let stop = AtomicBool::new(false);
     let ready =
         || crate::report::announce(json!({"event": "ready", "scenario": "app", "app": name, "nic": nic}));
-    let res = serve_on(nic, access, &mut app, limits, &stop, ready);
+    let res = serve_on(nic, access, &mut app, Serve::new(limits, &stop), ready);
     match res {
         Ok(s) => {
-            let ok = limits.frames.map_or(s.frames > 0, |n| s.frames >= n);
-            r.check("frames", ok, format!("{} frames handled", s.frames));
+            r.check_count("frames", s.frames, limits.frames, format!("{} frames handled", s.frames));
             r.value("frames", s.frames);
             r.value("forwarded", s.forwarded);
             r.value("replied", s.replied);

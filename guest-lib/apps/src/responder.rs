@@ -7,7 +7,7 @@
 //! [`PacketApp`], which [`run`] serves on the Ensō NIC (the peer scenarios) or the
 //! packetized one.
 
-use crate::netapp::{serve_on, IoLimits};
+use crate::netapp::{serve_on, IoLimits, Serve};
 use crate::report::Report;
 use device_access::DeviceAccess;
 use netapps::{Action, PacketApp};
@@ -283,7 +283,7 @@ pub fn run(access: Box<dyn DeviceAccess>, params: ResponderParams, nic: &str) ->
     };
     // The app's own flag is the loop's stop flag: "done" ends the run once the NIC is idle.
     let stop = app.done.clone();
-    let res = serve_on(nic, access, &mut app, limits, &stop, ready);
+    let res = serve_on(nic, access, &mut app, Serve::new(limits, &stop), ready);
     let s = &app.stats;
     match res {
         Ok(_) => {

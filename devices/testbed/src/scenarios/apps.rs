@@ -465,14 +465,8 @@ pub fn run_native(o: &AppOptions, dir: &std::path::Path) -> Result<NativeApp> {
         let ready = move || {
             let _ = ready_tx.send(());
         };
-        let io = match nic {
-            NicKind::Enso => netapp::serve_enso(Box::new(access), 1, &mut app, limits, &s2, Some(&p2), ready)
-                .map_err(|e| e.to_string())?,
-            NicKind::Packetized => {
-                netapp::serve_packetized(Box::new(access), 1, &mut app, limits, &s2, Some(&p2), ready)
-                    .map_err(|e| e.to_string())?
-            }
-        };
+        let serve = netapp::Serve { limits, stop: &s2, progress: Some(&p2) };
+        let io = netapp::serve_on(nic.name(), Box::new(access), &mut app, serve, ready)?;
         Ok::<_, String>((io, app.values()))
     })?;
     let ready = ready_rx.recv_timeout(Duration::from_secs(30)).is_ok();
