@@ -6,7 +6,7 @@
 //! Usage: `cargo run -p nagare --example vectors -- OUT [COUNT] [SEED]`.
 
 use nagare::pipeline::{rtl_registers, Phv, Pipeline, PipelineConfig, Verdict};
-use nagare::workload::{port, Rng, BASE};
+use nagare::workload::{self, Rng, BASE};
 use nagare::{Fabric, Hop};
 use std::io::Write;
 use testbed_regs::nagare::reg;
@@ -18,12 +18,9 @@ fn main() -> std::io::Result<()> {
     let mut rng = Rng(args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0x5eed));
     let mut f = std::io::BufWriter::new(std::fs::File::create(out)?);
 
-    // Ports 1 NIC (TX window 32 KiB), 2 crypto and 3 ML (64 KiB), 4 a legacy device.
     let fabric = Fabric::new(PipelineConfig::default());
-    for (name, win) in
-        [("nic", Some(1 << 15)), ("crypto", Some(1 << 16)), ("ml", Some(1 << 16)), ("legacy", None)]
-    {
-        fabric.attach(port(name, win));
+    for p in workload::ports() {
+        fabric.attach(p);
     }
     let h = |port, kind, pipe| Hop { port, kind, pipe, ..Hop::default() };
     let (i, s, e, g) = (reg::HOP_INGRESS, reg::HOP_STREAM, reg::HOP_EGRESS, reg::HOP_GLUE);

@@ -8,7 +8,7 @@ use pcie_model::{DmaSpace, GuestMemory, PciDevice, ShmRegion};
 use std::sync::{Arc, Mutex};
 use testbed_regs::nagare::{self as regs, reg, reg::counter as c};
 
-const BASE: u64 = 0x40_0000_0000;
+use crate::workload::{Rng, BASE};
 
 /// An input that records what it was given.
 #[derive(Default)]
@@ -407,11 +407,9 @@ fn legacy_glue_writes_descriptors_rings_doorbells_and_reaps_completions() {
 #[test]
 fn garbage_register_writes_and_pushes_never_break_the_switch() {
     let mut r = rig();
-    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
     for _ in 0..20_000 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let x = rng.next();
         let off = ((x >> 8) % regs::REG_BAR_SIZE) & !3;
         match x % 4 {
             0 | 1 => r.w(off, (x >> 32) as u32),

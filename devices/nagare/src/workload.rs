@@ -26,6 +26,15 @@ pub fn port(name: &str, win: Option<u64>) -> Port {
     Port { name: name.into(), input: win.map(|w| Arc::new(Window(w)) as Arc<dyn Ingress>), ..Port::default() }
 }
 
+/// The workload's device ports, 1 to 4 behind the CPU's port 0: the NIC (TX window
+/// 32 KiB), crypto and ML (64 KiB), and a legacy device (no window).
+pub fn ports() -> Vec<Port> {
+    [("nic", Some(1 << 15)), ("crypto", Some(1 << 16)), ("ml", Some(1 << 16)), ("legacy", None)]
+        .into_iter()
+        .map(|(name, win)| port(name, win))
+        .collect()
+}
+
 /// The workload's random source (xorshift64), seeded with a non-zero value.
 pub struct Rng(pub u64);
 

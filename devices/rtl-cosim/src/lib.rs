@@ -29,7 +29,7 @@ pub const PIPE_FLITS: u32 = 1 << 15;
 pub const NOTIF_ENTRIES: u32 = 1 << 14;
 
 mod model;
-pub use model::{available, default_cache_root, provision, provisioned_for_tests};
+pub use model::{available, provision, provisioned_for_tests};
 
 /// The small instance, for the differential workload (`enso_nic::engine::workload`).
 pub fn small_config() -> EnsoConfig {
@@ -973,7 +973,7 @@ mod pipeline_tests {
     use super::*;
     use nagare::fabric::{Hop, StreamEntry, Tables};
     use nagare::pipeline::{Phv, Pipeline, PipelineConfig, PipelineModel};
-    use nagare::workload::{port, Rng, BASE};
+    use nagare::workload::{self, port, Rng, BASE};
     use testbed_regs::nagare::{self as regs, reg};
 
     /// What the fabric uses of a ruling: the verdict; for a drop, the stream (its denied
@@ -999,13 +999,7 @@ mod pipeline_tests {
         let mut t = Tables {
             base: BASE,
             streams: vec![StreamEntry::default(); regs::STREAMS as usize],
-            ports: vec![
-                port("cpu", None),
-                port("nic", Some(1 << 15)),
-                port("crypto", Some(1 << 16)),
-                port("ml", Some(1 << 16)),
-                port("legacy", None),
-            ],
+            ports: std::iter::once(port("cpu", None)).chain(workload::ports()).collect(),
         };
         let rust = Pipeline::new(PipelineConfig::default());
         let rtl = RtlPipeline::new(None).expect("the model is loaded");

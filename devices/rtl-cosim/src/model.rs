@@ -8,7 +8,7 @@
 //! first use, with progress, in a cache folder keyed by the RTL sources, the C++ shim and the
 //! Verilator and g++ versions. The crate itself builds with no system package at all.
 
-use sha2::{Digest, Sha256};
+use ::provision::cache::KeyHasher;
 use std::ffi::c_void;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -35,6 +35,8 @@ pub(crate) struct Library {
     pub npl_new: unsafe extern "C" fn() -> *mut c_void,
     model_cycle: unsafe extern "C" fn(*mut c_void, *mut c_void),
     model_free: unsafe extern "C" fn(*mut c_void),
+    /// Where it was loaded from.
+    path: PathBuf,
     /// Keeps the code above mapped for the life of the process.
     _lib: libloading::Library,
 }
@@ -137,17 +139,13 @@ fn tool_version(tool: &Path) -> String {
 
 /// The cache folder of the model for this build's sources and the installed tools.
 fn model_dir(cache_root: &Path, verilator: &Path, gxx: &Path) -> PathBuf {
-    let mut h = Sha256::new();
+    let mut h = KeyHasher::default();
     for (name, text) in SOURCES {
-        h.update((name.len() as u64).to_le_bytes());
-        h.update(name.as_bytes());
-        h.update((text.len() as u64).to_le_bytes());
-        h.update(text.as_bytes());
+        h.add(name, text.as_bytes());
     }
-    h.update(tool_version(verilator).as_bytes());
-    h.update(tool_version(gxx).as_bytes());
-    let key: String = h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
-    cache_root.join("rtl-cosim").join(key)
+    h.add("verilator", tool_version(verilator).as_bytes());
+    h.add("g++", tool_version(gxx).as_bytes());
+    cache_root.join("rtl-cosim").join(h.hex16())
 }
 
 /// Runs a tool, returning its combined output as the error when it fails.
@@ -268,6 +266,9 @@ fn build(dir: &Path, verilator: &Path, gxx: &Path, progress: &(dyn Fn(&str) + Sy
 /// hears each step of a build. Fails with what is missing when Verilator or g++ is absent.
 pub fn provision(cache_root: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<PathBuf, String> {
     let _guard = PROVISIONING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(loaded) = LOADED.get() {
+        return Ok(loaded.path.clone());
+    }
     let verilator = which("verilator").ok_or(
         "Verilator is not installed: the RTL co-simulation needs Debian's verilator, g++ and make \
          (`testbed rtl` installs them)",
@@ -275,9 +276,6 @@ pub fn provision(cache_root: &Path, progress: &(dyn Fn(&str) + Sync)) -> Result<
     let gxx = which("g++").ok_or("g++ is not installed: the RTL co-simulation compiles the model with it")?;
     let dir = model_dir(cache_root, &verilator, &gxx);
     let lib = dir.join(LIB_NAME);
-    if LOADED.get().is_some() {
-        return Ok(lib);
-    }
     if !lib.is_file() {
         build(&dir, &verilator, &gxx, progress)?;
     }
@@ -301,28 +299,24 @@ fn load(path: &Path) -> Result<Library, String> {
         let npl_new = *lib.get(b"npl_new\0").map_err(err)?;
         let model_cycle = *lib.get(b"model_cycle\0").map_err(err)?;
         let model_free = *lib.get(b"model_free\0").map_err(err)?;
-        Ok(Library { eqe_new, eqr_new, npl_new, model_cycle, model_free, _lib: lib })
+        Ok(Library {
+            eqe_new,
+            eqr_new,
+            npl_new,
+            model_cycle,
+            model_free,
+            path: path.to_path_buf(),
+            _lib: lib,
+        })
     }
 }
 
-/// The testbed's cache folder: `$TESTBED_CACHE`, else `enso-testbed` in the user's cache
-/// folder (`$XDG_CACHE_HOME`, else `~/.cache`, else `/tmp`).
-pub fn default_cache_root() -> PathBuf {
-    std::env::var_os("TESTBED_CACHE").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .unwrap_or_else(|| "/tmp".into())
-            .join("enso-testbed")
-    })
-}
-
-/// Provisions the model for a test in [`default_cache_root`], failing loudly when it
-/// cannot: the co-simulation is part of the test suite, and the differential tests must
-/// never vanish because Verilator is missing.
+/// Provisions the model for a test in the testbed's cache ([`::provision::cache::root`]),
+/// failing loudly when it cannot: the co-simulation is part of the test suite, and the
+/// differential tests must never vanish because Verilator is missing.
 #[doc(hidden)]
 pub fn provisioned_for_tests() {
-    if let Err(e) = provision(&default_cache_root(), &|step| eprintln!("rtl-cosim: {step}")) {
+    if let Err(e) = provision(&::provision::cache::root(), &|step| eprintln!("rtl-cosim: {step}")) {
         panic!("the RTL co-simulation model could not be provisioned: {e}");
     }
 }
