@@ -3,8 +3,9 @@
 
 use serde::Serialize;
 use serde_json::{json, Value};
+use std::collections::VecDeque;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One assertion of a scenario.
 #[derive(Clone, Debug, Serialize)]
@@ -117,7 +118,6 @@ pub(crate) fn counter_of(c: &[(&'static str, u64)], name: &str) -> u64 {
     c.iter().find(|(n, _)| *n == name).map_or(0, |(_, v)| *v)
 }
 
-/// A human-readable rendering of a report.
 /// What a request/reply source counted (the app and chain sources; flattened into their
 /// JSON reports, so the fields read as the source's own).
 #[derive(Clone, Debug, Default, Serialize)]
@@ -143,6 +143,16 @@ impl Tally {
         self.first_mismatch.get_or_insert_with(|| why.into());
     }
 
+    /// Writes off the requests at the front of `in_flight` (oldest first, with their send
+    /// time) that have waited longer than `timeout`.
+    pub fn expire<T>(&mut self, in_flight: &mut VecDeque<(T, Instant)>, timeout: Duration) {
+        let now = Instant::now();
+        while in_flight.front().is_some_and(|(_, t)| now - *t > timeout) {
+            in_flight.pop_front();
+            self.lost += 1;
+        }
+    }
+
     /// Every one of `n` requests matched, none mismatched or lost.
     pub fn all_matched(&self, n: u64) -> bool {
         self.matched == n && self.mismatched == 0 && self.lost == 0
@@ -162,6 +172,7 @@ impl Tally {
     }
 }
 
+/// A human-readable rendering of a report.
 pub fn render(r: &RunReport) -> String {
     let mut s = String::new();
     let verdict = if r.pass { "PASS" } else { "FAIL" };

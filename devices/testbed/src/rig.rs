@@ -289,7 +289,9 @@ pub fn private_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("chmod 0700 {}", dir.display()))
 }
 
-fn spawn_server(
+/// Serves `dev` on `sock` (a new socket, owner only); behind the switch's port `port` when
+/// given.
+pub(crate) fn spawn_server(
     dev: Arc<Mutex<dyn PciDevice>>,
     sock: &Path,
     behind: Option<(&Arc<nagare::Fabric>, u32)>,
@@ -313,7 +315,8 @@ fn named(names: &[&str], values: &[u64]) -> Value {
     names.iter().zip(values).map(|(n, v)| ((*n).to_string(), json!(v))).collect()
 }
 
-fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+/// Locks a served device (a poisoned lock still holds a usable device).
+pub(crate) fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 

@@ -70,7 +70,12 @@ fn bench_apps_measures_all_four_on_both_nics() {
     assert!(table.contains("maglev") && table.contains("logmon"));
     assert!(table.contains("median [min–max] of 2 runs"), "{table}");
     let svg = testbed::scenarios::apps::plot_bench(&r);
-    assert!(svg.starts_with("<svg") && svg.contains("whisker: min–max of runs"), "whiskers: {svg}");
+    assert!(svg.starts_with("<svg") && svg.contains("whisker: min–max of runs"), "{svg}");
+    // A whisker per bar (four apps, two NICs), and each app's ratio above its pair.
+    assert_eq!(svg.matches("stroke=\"#444444\"").count(), 8, "whiskers: {svg}");
+    for x in &r.ratios {
+        assert!(svg.contains(&format!("×{:.2}", x.throughput_ratio)), "{x:?} in {svg}");
+    }
     let v = serde_json::to_value(&r).unwrap();
     assert!(v["results"][0]["spread"]["mfps"]["median"].is_f64(), "{v}");
     assert!(v["ratios"][0]["spread"]["cost_ratio"]["max"].is_f64(), "{v}");

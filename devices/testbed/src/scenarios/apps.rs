@@ -338,7 +338,6 @@ struct Source {
     traffic: Box<dyn Traffic>,
     frames: u64,
     window: usize,
-    sent: u64,
     in_flight: VecDeque<(u64, Instant)>,
     report: SourceReport,
     first: Option<Instant>,
@@ -348,19 +347,15 @@ struct Source {
 
 impl wire::source::Source for Source {
     fn step(&mut self, to_nic: &mut VecDeque<Frame>) {
+        let tally = &mut self.report.tally;
+        tally.expire(&mut self.in_flight, self.loss_timeout);
         let now = Instant::now();
-        while self.in_flight.front().is_some_and(|&(_, t)| now - t > self.loss_timeout) {
-            self.in_flight.pop_front();
-            self.report.tally.lost += 1;
-        }
-        while self.in_flight.len() < self.window && self.sent < self.frames {
-            let f = self.traffic.frame(self.sent);
-            to_nic.push_back(f);
-            self.in_flight.push_back((self.sent, now));
+        while self.in_flight.len() < self.window && tally.sent < self.frames {
+            to_nic.push_back(self.traffic.frame(tally.sent));
+            self.in_flight.push_back((tally.sent, now));
             self.first.get_or_insert(now);
-            self.sent += 1;
+            tally.sent += 1;
         }
-        self.report.tally.sent = self.sent;
     }
 
     fn check(&mut self, f: &[u8]) {
@@ -379,7 +374,7 @@ impl wire::source::Source for Source {
 
 impl Source {
     fn done(&self) -> bool {
-        self.sent == self.frames && self.in_flight.is_empty()
+        self.report.tally.sent == self.frames && self.in_flight.is_empty()
     }
 
     fn report(&self) -> SourceReport {
@@ -407,7 +402,6 @@ impl AppRig {
             traffic,
             frames: o.frames,
             window: o.window.max(1),
-            sent: 0,
             in_flight: VecDeque::new(),
             report: SourceReport::default(),
             first: None,

@@ -120,7 +120,6 @@ struct Source {
     shape: Shape,
     stream: u8,
     key: crypto::Key,
-    sent: u64,
     in_flight: VecDeque<(u32, Instant)>,
     report: SourceReport,
     rtts: Vec<u64>,
@@ -177,15 +176,11 @@ impl Source {
         }
     }
 
-    fn mismatch(&mut self, why: String) {
-        self.report.tally.mismatch(why);
-    }
-
     fn check_reply(&mut self, f: &[u8]) {
         self.report.tally.received += 1;
         let rec = f.get(FRAME_HEADER..).and_then(|r| Header::parse(r).map(|h| (h, r)));
         let Some((h, rec)) = rec else {
-            return self.mismatch(format!("a {}-byte reply without a record", f.len()));
+            return self.report.tally.mismatch(format!("a {}-byte reply without a record", f.len()));
         };
         let Some(pos) = self.in_flight.iter().position(|&(s, _)| s == h.seq) else {
             let want = self.expected(h.seq);
@@ -193,13 +188,16 @@ impl Source {
                 self.report.unsolicited += 1;
                 return;
             }
-            return self.mismatch(format!("a reply for item {}, which is not in flight", h.seq));
+            return self.report.tally.mismatch(format!("a reply for item {}, which is not in flight", h.seq));
         };
         let (seq, t0) = self.in_flight.remove(pos).unwrap_or((h.seq, Instant::now()));
         let want = self.expected(seq);
         let port = u16::from_be_bytes([f[36], f[37]]);
         if rec.get(..want.len()) != Some(&want[..]) || h.record_len() != want.len() || port != SRC_PORT {
-            return self.mismatch(format!("item {seq}: reply differs from the reference result"));
+            return self
+                .report
+                .tally
+                .mismatch(format!("item {seq}: reply differs from the reference result"));
         }
         self.report.tally.matched += 1;
         self.rtts.push(t0.elapsed().as_nanos() as u64);
@@ -207,13 +205,9 @@ impl Source {
 
     /// One step: write off late items, send the next one when none is in flight.
     fn next(&mut self, to_nic: &mut VecDeque<Frame>) {
-        let now = Instant::now();
-        while self.in_flight.front().is_some_and(|&(_, t)| now - t > self.loss_timeout) {
-            self.in_flight.pop_front();
-            self.report.tally.lost += 1;
-        }
-        if self.in_flight.is_empty() && self.sent < self.items {
-            let seq = self.sent as u32;
+        self.report.tally.expire(&mut self.in_flight, self.loss_timeout);
+        if self.in_flight.is_empty() && self.report.tally.sent < self.items {
+            let seq = self.report.tally.sent as u32;
             let plain = image_record(self.stream, seq);
             let sealed = crypto::seal(
                 &self.key,
@@ -224,13 +218,12 @@ impl Source {
             );
             to_nic.push_back(frame(&sealed));
             self.in_flight.push_back((seq, Instant::now()));
-            self.sent += 1;
-            self.report.tally.sent = self.sent;
+            self.report.tally.sent += 1;
         }
     }
 
     fn done(&self) -> bool {
-        self.sent == self.items && self.in_flight.is_empty()
+        self.report.tally.sent == self.items && self.in_flight.is_empty()
     }
 
     fn report(&self) -> SourceReport {
@@ -275,24 +268,6 @@ pub struct ChainRig {
     pub key: crypto::Key,
 }
 
-/// Serves `dev` on `sock`; behind the switch's port `port` when given.
-fn serve<D: PciDevice + 'static>(
-    dev: &Arc<Mutex<D>>,
-    sock: &Path,
-    behind: Option<(&Arc<nagare::Fabric>, u32)>,
-) -> Result<vfio_server::ServerHandle> {
-    let shared: Arc<Mutex<dyn PciDevice>> = dev.clone();
-    let mut server =
-        vfio_server::Server::bind(sock, shared).with_context(|| format!("bind {}", sock.display()))?;
-    if let Some((fabric, port)) = behind {
-        let fabric = fabric.clone();
-        server = server.with_upstream(Arc::new(move |mem: Arc<pcie_model::GuestMemory>| {
-            Arc::new(nagare::FabricSpace::new(fabric.clone(), port, mem)) as Arc<dyn pcie_model::DmaSpace>
-        }));
-    }
-    Ok(server.spawn())
-}
-
 impl ChainRig {
     /// Builds and serves the devices for `o` with sockets in `dir`.
     pub fn new(o: &ChainOptions, dir: &Path) -> Result<ChainRig> {
@@ -302,7 +277,6 @@ impl ChainRig {
             shape: o.shape,
             stream: o.stream,
             key,
-            sent: 0,
             in_flight: VecDeque::new(),
             report: SourceReport::default(),
             rtts: Vec::new(),
@@ -316,12 +290,10 @@ impl ChainRig {
             Shape::Crypto => None,
         };
         let trace = OpTrace::new();
-        let lock = |d: &Arc<Mutex<Accelerator>>| d.lock().unwrap_or_else(|e| e.into_inner()).counters();
-        PciDevice::counters(&*nic.lock().unwrap_or_else(|e| e.into_inner()))
-            .trace_to(TraceTap::new(trace.clone(), "nic"));
-        lock(&crypto).trace_to(TraceTap::new(trace.clone(), "crypto"));
+        PciDevice::counters(&*rig::lock(&nic)).trace_to(TraceTap::new(trace.clone(), "nic"));
+        rig::lock(&crypto).counters().trace_to(TraceTap::new(trace.clone(), "crypto"));
         if let Some(m) = &ml {
-            lock(m).trace_to(TraceTap::new(trace.clone(), "ml"));
+            rig::lock(m).counters().trace_to(TraceTap::new(trace.clone(), "ml"));
         }
         // The switch, with every device behind one of its ports.
         use testbed_regs::accel as acc;
@@ -330,20 +302,18 @@ impl ChainRig {
         let rtl_headers =
             (o.model == run::EngineModel::Rtl).then(|| Arc::new(std::sync::atomic::AtomicU64::new(0)));
         let fabric = rig::nagare_fabric(o.model, rtl_headers.clone())?;
-        let nic_port = rig::attach_nic(&fabric, &nic.lock().unwrap_or_else(|e| e.into_inner()));
-        let accel_port = |d: &Arc<Mutex<Accelerator>>, name: &str, device: u16| {
-            rig::attach_accel(&fabric, &d.lock().unwrap_or_else(|e| e.into_inner()), name, device)
-        };
-        let crypto_port = accel_port(&crypto, "crypto", acc::CRYPTO_DEVICE_ID);
-        let ml_port = ml.as_ref().map(|m| accel_port(m, "ml", acc::ML_DEVICE_ID));
+        let nic_port = rig::attach_nic(&fabric, &rig::lock(&nic));
+        let crypto_port = rig::attach_accel(&fabric, &rig::lock(&crypto), "crypto", acc::CRYPTO_DEVICE_ID);
+        let ml_port = ml.as_ref().map(|m| rig::attach_accel(&fabric, &rig::lock(m), "ml", acc::ML_DEVICE_ID));
         let switch = Arc::new(Mutex::new(nagare::Switch::new(fabric.clone())?));
         let mut sockets = vec![dir.join("nagare.sock"), dir.join("nic.sock"), dir.join("crypto.sock")];
-        let mut servers = vec![("nagare".to_string(), serve(&switch, &sockets[0], None)?)];
-        servers.push(("nic".into(), serve(&nic, &sockets[1], Some((&fabric, nic_port)))?));
-        servers.push(("crypto".into(), serve(&crypto, &sockets[2], Some((&fabric, crypto_port)))?));
+        let serve = rig::spawn_server;
+        let mut servers = vec![("nagare".to_string(), serve(switch.clone(), &sockets[0], None)?)];
+        servers.push(("nic".into(), serve(nic.clone(), &sockets[1], Some((&fabric, nic_port)))?));
+        servers.push(("crypto".into(), serve(crypto.clone(), &sockets[2], Some((&fabric, crypto_port)))?));
         if let (Some(m), Some(port)) = (&ml, ml_port) {
             sockets.push(dir.join("ml.sock"));
-            servers.push(("ml".into(), serve(m, &sockets[3], Some((&fabric, port)))?));
+            servers.push(("ml".into(), serve(m.clone(), &sockets[3], Some((&fabric, port)))?));
         }
         Ok(ChainRig {
             fabric,

@@ -768,9 +768,6 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
     Ok(report)
 }
 
-/// A device's counters by name.
-type Named<'a> = &'a [(&'static str, u64)];
-
 /// The host generator's verdict over an echo: every packet answered and matched
 /// (`echo` says how a reply matches), nothing corrupted or out of order, and no drop,
 /// neither the NIC's (its `*drop*` counters over the run) nor the wire's. Returns the
@@ -781,7 +778,7 @@ pub(crate) fn generator_checks(
     t: &wire::generator::GenReport,
     want: u64,
     echo: &str,
-    (before, after): (Named<'_>, Named<'_>),
+    (before, after): (&NamedCounters, &NamedCounters),
     more: Value,
 ) -> Value {
     let mut dropped = serde_json::Map::new();
@@ -834,7 +831,7 @@ pub(crate) fn rtl_checks(
     cycles: Option<&std::sync::atomic::AtomicU64>,
     packets: u64,
     registers: Registers,
-    counters: &[(&'static str, u64)],
+    counters: &NamedCounters,
 ) {
     let Some(cycles) = cycles else { return };
     let n = cycles.load(std::sync::atomic::Ordering::Relaxed);
@@ -853,7 +850,7 @@ pub(crate) fn rtl_checks(
 
 /// With the RTL in register mode mmio: the queue-page accesses went through the RTL's
 /// register front end (`rtl_register_accesses`), not the Rust decode.
-pub(crate) fn rtl_front_end_check(report: &mut RunReport, counters: &[(&'static str, u64)]) {
+fn rtl_front_end_check(report: &mut RunReport, counters: &NamedCounters) {
     let n = counter_of(counters, "rtl_register_accesses");
     report.check(
         "rtl:register_front_end",
