@@ -7,8 +7,8 @@
 //! flow in order.
 
 use crate::scenarios::run::{
-    self, counter_of, counters_json, finish_guest_checks, private_dir, DriverExtensions, EngineModel,
-    EnsoChecks, EnsoSetup, Env, Registers, RunOptions, RunReport, VmLock,
+    self, counter_of, finish_guest_checks, private_dir, DriverExtensions, EngineModel, EnsoChecks, EnsoSetup,
+    Env, Registers, RunOptions, RunReport, VmLock,
 };
 use crate::vm::{Viommu, Vm, VmExtras, VmSpec};
 use anyhow::{bail, Result};
@@ -161,31 +161,21 @@ pub fn card_echo(env: &Env, opts: &RunOptions, o: CardEchoOptions) -> Result<Run
             );
             run::rtl_checks(&mut report, nic.rtl_cycles.as_deref(), t.matched, o.registers, &nic_after);
             report.traffic = traffic;
-            let rx_notif = delta("rx_notifications");
-            report.datapath = json!({
-                "packets": t.matched,
-                "trapped_mmio": pc.mmio_reads + pc.mmio_writes,
-                "trapped_writes": pc.mmio_writes,
-                "trapped_writes_per_packet": pc.mmio_writes as f64 / t.matched.max(1) as f64,
-                "device_doorbells": checks.device_doorbells,
-                "rx_notifications": rx_notif,
-                "tx_notifications": delta("tx_completions"),
-                "notifications_per_packet": rx_notif as f64 / t.matched.max(1) as f64,
-                "packets_per_notification": (rx_notif > 0).then(|| t.matched as f64 / rx_notif as f64),
-                "prefetches": delta("prefetches"),
-                "doorbell_writes": writes,
-                "register_writes_per_packet": report.guest["values"]["register_writes_per_packet"],
-                "dma_read_bytes": pc.dma_read_bytes,
-                "dma_write_bytes": pc.dma_write_bytes,
-                "dma_metadata_bytes": pc.dma_read_meta_bytes + pc.dma_write_meta_bytes,
-                "pcie": pcie_model::LinkConfig::default().report(&traffic_pcie.summary(), t.matched, Some(t.rx_mpps)),
-            });
+            report.datapath = run::datapath_json(
+                &t,
+                &traffic_pcie,
+                &delta,
+                (checks.device_doorbells, writes),
+                true,
+                json!({
+                    "prefetches": delta("prefetches"),
+                    "register_writes_per_packet": report.guest["values"]["register_writes_per_packet"],
+                }),
+            );
         }
         None => report.check("traffic:all_matched", false, "no traffic: the program never became ready"),
     }
-    report.devices.insert("enso".into(), Value::Object(counters_json(&nic_after)));
-    report.devices.insert("enso_pcie".into(), serde_json::to_value(pc)?);
-    report.servers.insert("enso".into(), serde_json::to_value(server.stats())?);
+    run::file_nic(&mut report, "enso", &nic_after, pc, &server)?;
     server.stop();
     if opts.console {
         eprintln!("----- guest console -----\n{}", std::fs::read_to_string(&console).unwrap_or_default());

@@ -726,40 +726,23 @@ pub fn echo(env: &Env, opts: &RunOptions, p: EchoOptions) -> Result<RunReport> {
                 );
             }
             report.traffic = traffic;
-            // Ensō's notifications; the packetized NIC's equivalent is its descriptor
-            // write-backs (reported apart).
-            let rx_notif = delta("rx_notifications");
-            // The Ensō metadata share depends on it (and it on how fast the emulation
-            // runs); per-packet descriptors have no such figure.
-            let packets_per_notification =
-                (p.nic == NicKind::Enso && rx_notif > 0).then(|| t.matched as f64 / rx_notif as f64);
-            report.datapath = json!({
-                "packets": t.matched,
-                "trapped_mmio": trapped,
-                "rx_notifications": rx_notif,
-                "tx_notifications": delta("tx_completions"),
-                "descriptor_writebacks": delta("descriptor_writebacks"),
-                "descriptor_fetches": delta("descriptor_fetches"),
-                "notifications_per_packet": rx_notif as f64 / t.matched.max(1) as f64,
-                "packets_per_notification": packets_per_notification,
-                "doorbell_writes": doorbells,
-                "trapped_writes": pc.mmio_writes,
-                "trapped_writes_per_packet": pc.mmio_writes as f64 / t.matched.max(1) as f64,
-                "device_doorbells": enso_checks.device_doorbells,
-                "dma_read_bytes": pc.dma_read_bytes,
-                "dma_write_bytes": pc.dma_write_bytes,
-                "dma_metadata_bytes": pc.dma_read_meta_bytes + pc.dma_write_meta_bytes,
-                // The device's DMA, MMIO and interrupts plus the driver's doorbells.
-                "pcie": pcie_model::LinkConfig::default().report(&traffic_pcie.summary(), t.matched, Some(t.rx_mpps)),
-            });
+            // The packetized NIC's notifications are its descriptor write-backs; the
+            // per-packet figure is Ensō's only.
+            report.datapath = datapath_json(
+                &t,
+                &traffic_pcie,
+                &delta,
+                (enso_checks.device_doorbells, doorbells),
+                p.nic == NicKind::Enso,
+                json!({
+                    "descriptor_writebacks": delta("descriptor_writebacks"),
+                    "descriptor_fetches": delta("descriptor_fetches"),
+                }),
+            );
         }
         None => report.check("traffic:all_matched", false, "no traffic: the guest never became ready"),
     }
-    let nic_counters = counters_json(&nic_after);
-    let name = p.nic.name();
-    report.devices.insert(name.into(), Value::Object(nic_counters));
-    report.devices.insert(format!("{name}_pcie"), serde_json::to_value(pc)?);
-    report.servers.insert(name.into(), serde_json::to_value(server.stats())?);
+    file_nic(&mut report, p.nic.name(), &nic_after, pc, &server)?;
     server.stop();
     if opts.console {
         eprintln!("----- guest console -----\n{}", std::fs::read_to_string(&console).unwrap_or_default());
@@ -822,6 +805,60 @@ pub(crate) fn generator_checks(
         t.extend(m);
     }
     traffic
+}
+
+/// The report's `datapath` object of an echo: what the `t.matched` packets cost in trapped
+/// MMIO (`pcie`), notifications (`delta` of the NIC counters), doorbells (the device's, the
+/// driver's) and DMA bytes, and the modeled PCIe link. `per_notification` adds packets per
+/// RX notification (what Ensō's metadata share depends on, and it on how fast the
+/// emulation runs); `more` adds the scenario's own fields.
+pub(crate) fn datapath_json(
+    t: &wire::generator::GenReport,
+    pcie: &pcie_model::TrafficSnapshot,
+    delta: &dyn Fn(&str) -> u64,
+    (device_doorbells, doorbells): (u64, Option<u64>),
+    per_notification: bool,
+    more: Value,
+) -> Value {
+    let pc = &pcie.counters;
+    let per_packet = |n: u64| n as f64 / t.matched.max(1) as f64;
+    let rx_notif = delta("rx_notifications");
+    let mut d = json!({
+        "packets": t.matched,
+        "trapped_mmio": pc.mmio_reads + pc.mmio_writes,
+        "trapped_writes": pc.mmio_writes,
+        "trapped_writes_per_packet": per_packet(pc.mmio_writes),
+        "device_doorbells": device_doorbells,
+        "doorbell_writes": doorbells,
+        "rx_notifications": rx_notif,
+        "tx_notifications": delta("tx_completions"),
+        "notifications_per_packet": per_packet(rx_notif),
+        "packets_per_notification": (per_notification && rx_notif > 0).then(|| t.matched as f64 / rx_notif as f64),
+        "dma_read_bytes": pc.dma_read_bytes,
+        "dma_write_bytes": pc.dma_write_bytes,
+        "dma_metadata_bytes": pc.dma_read_meta_bytes + pc.dma_write_meta_bytes,
+        // The device's DMA, MMIO and interrupts plus the driver's doorbells.
+        "pcie": pcie_model::LinkConfig::default().report(&pcie.summary(), t.matched, Some(t.rx_mpps)),
+    });
+    if let (Value::Object(d), Value::Object(m)) = (&mut d, more) {
+        d.extend(m);
+    }
+    d
+}
+
+/// Files a NIC's counters (`name`), its PCIe counters (`name_pcie`) and its server's
+/// statistics into the report.
+pub(crate) fn file_nic(
+    report: &mut RunReport,
+    name: &str,
+    counters: &NamedCounters,
+    pcie: CountersSnapshot,
+    server: &vfio_server::ServerHandle,
+) -> Result<()> {
+    report.devices.insert(name.into(), Value::Object(counters_json(counters)));
+    report.devices.insert(format!("{name}_pcie"), serde_json::to_value(pcie)?);
+    report.servers.insert(name.into(), serde_json::to_value(server.stats())?);
+    Ok(())
 }
 
 /// With the RTL queue engine (`cycles`): it was clocked; in register mode mmio, the queue
