@@ -49,14 +49,14 @@ pub fn render_bars(chart: &BarChart) -> String {
 fn draw(backend: SVGBackend, c: &BarChart) -> Result<(), Box<dyn std::error::Error>> {
     let root = backend.into_drawing_area();
     root.fill(&WHITE)?;
-    let top = c
+    // Each group's highest point (bar or whisker; a non-finite value draws at 0): its
+    // note goes above it, and the y axis spans the highest.
+    let highs: Vec<f64> = c
         .groups
         .iter()
-        .flat_map(|g| &g.bars)
-        .map(|b| b.value.max(b.max))
-        .filter(|v| v.is_finite())
-        .fold(0.0f64, f64::max)
-        .max(1e-9);
+        .map(|g| g.bars.iter().map(|b| finite(b.value).max(finite(b.max))).fold(0.0, f64::max))
+        .collect();
+    let top = highs.iter().copied().fold(0.0f64, f64::max).max(1e-9);
     let n = c.groups.len().max(1);
     // Group i spans x in [i, i + 1); its label sits at the middle.
     let centres: Vec<f64> = (0..n).map(|i| i as f64 + 0.5).collect();
@@ -101,8 +101,7 @@ fn draw(backend: SVGBackend, c: &BarChart) -> Result<(), Box<dyn std::error::Err
         }))?;
     }
     let note_style = TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
-    chart.draw_series(c.groups.iter().enumerate().map(|(i, g)| {
-        let high = g.bars.iter().map(|b| finite(b.value).max(finite(b.max))).fold(0.0, f64::max);
+    chart.draw_series(c.groups.iter().zip(&highs).enumerate().map(|(i, (g, &high))| {
         EmptyElement::at((i as f64 + 0.5, high)) + Text::new(g.note.clone(), (0, -10), note_style.clone())
     }))?;
     chart

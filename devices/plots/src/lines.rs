@@ -26,9 +26,12 @@ pub struct Panel {
 
 const PANEL_WIDTH: u32 = 520;
 const HEIGHT: u32 = 460;
-/// The plot area's width within a panel (less the y label area and margins), and the
-/// advance of one tick label digit, both in pixels: enough to space x tick labels.
-const PLOT_WIDTH: f64 = 420.0;
+/// A panel's margin and y label area (pixels).
+const MARGIN: u32 = 12;
+const Y_LABEL_AREA: u32 = 72;
+/// The plot area's width within a panel, and the advance of one tick label digit (pixels):
+/// enough to space x tick labels.
+const PLOT_WIDTH: f64 = (PANEL_WIDTH - 2 * MARGIN - Y_LABEL_AREA) as f64;
 const TICK_CHAR_WIDTH: f64 = 8.0;
 /// Marker shapes, one per series in turn, so series differ in more than colour.
 const MARKERS: usize = 6;
@@ -86,9 +89,9 @@ fn draw(backend: SVGBackend, title: &str, x_label: &str, panels: &[Panel]) -> Dr
         let span = if ymax > ymin { ymax - ymin } else { 1.0 };
         let mut chart = ChartBuilder::on(area)
             .caption(&panel.title, (FONT, 19).into_font().style(FontStyle::Bold))
-            .margin(12)
+            .margin(MARGIN)
             .x_label_area_size(48)
-            .y_label_area_size(72)
+            .y_label_area_size(Y_LABEL_AREA)
             .build_cartesian_2d(
                 x_range.clone().log_scale().base(2.0).with_key_points(xs.clone()),
                 ymin..ymin + span * 1.1,
