@@ -163,7 +163,7 @@ fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
     download(&[KERNEL_META, BUSYBOX_PKG])?;
     let meta_deb = find_deb(&dl, KERNEL_META)?;
     let depends = deb::field(&meta_deb, "Depends")?;
-    let kernel_package = kernel_package_from_depends(&depends)
+    let (kernel_package, wanted_version) = kernel_from_depends(&depends)
         .ok_or_else(|| anyhow!("{KERNEL_META}'s Depends has no linux-image-*-amd64 package: {depends:?}"))?;
     let busybox_deb = find_deb(&dl, BUSYBOX_PKG)?;
     let busybox_version = deb::field(&busybox_deb, "Version")?;
@@ -177,7 +177,6 @@ fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
         tools.push(ToolDeb { package: pkg.to_string(), version, deb: file_name(&deb) });
     }
     // The kernel .deb is ~70 MB: keep the one we have when the metapackage still wants it.
-    let wanted_version = depends_version(&depends, &kernel_package);
     let (kernel_deb, kernel_package_version) = match old {
         Some(o)
             if o.kernel_package == kernel_package
@@ -237,24 +236,21 @@ pub(crate) fn find_deb(dir: &Path, package: &str) -> Result<PathBuf> {
     bail!("apt-get download did not produce {package}_*.deb in {}", dir.display())
 }
 
-// Two look-ups in one Depends field: the relation parsers on crates.io bring a syntax-tree
+// One look-up in one Depends field: the relation parsers on crates.io bring a syntax-tree
 // library for it.
 
-/// `linux-image-6.1.0-28-amd64 (= 6.1.119-1)` → `linux-image-6.1.0-28-amd64`.
-fn kernel_package_from_depends(depends: &str) -> Option<String> {
-    depends
-        .split([',', '|'])
-        .map(|d| d.split_whitespace().next().unwrap_or(""))
-        .find(|n| n.starts_with("linux-image-") && n.ends_with("-amd64") && *n != KERNEL_META)
-        .map(str::to_string)
-}
-
-/// The version in `PACKAGE (= VERSION)` of a Depends field.
-fn depends_version(depends: &str, package: &str) -> Option<String> {
+/// The kernel package a metapackage's Depends names, with the version it pins:
+/// `linux-image-6.1.0-28-amd64 (= 6.1.119-1)` → (`linux-image-6.1.0-28-amd64`, `6.1.119-1`).
+fn kernel_from_depends(depends: &str) -> Option<(String, Option<String>)> {
     depends.split([',', '|']).find_map(|d| {
-        let (name, rest) = d.trim().split_once(' ')?;
-        let v = rest.trim().strip_prefix("(=")?.strip_suffix(')')?;
-        (name == package).then(|| v.trim().to_string())
+        let mut words = d.split_whitespace();
+        let name = words.next()?;
+        if !(name.starts_with("linux-image-") && name.ends_with("-amd64") && name != KERNEL_META) {
+            return None;
+        }
+        let rest = words.collect::<Vec<_>>().join(" ");
+        let version = rest.strip_prefix("(=").and_then(|v| v.strip_suffix(')')).map(|v| v.trim().to_string());
+        Some((name.to_string(), version))
     })
 }
 
@@ -313,15 +309,19 @@ mod tests {
 
     #[test]
     fn kernel_package_from_metapackage_depends() {
+        let pinned = |p: &str, v: &str| Some((p.to_string(), Some(v.to_string())));
         assert_eq!(
-            kernel_package_from_depends("linux-image-6.1.0-28-amd64 (= 6.1.119-1)").as_deref(),
-            Some("linux-image-6.1.0-28-amd64")
+            kernel_from_depends("linux-image-6.1.0-28-amd64 (= 6.1.119-1)"),
+            pinned("linux-image-6.1.0-28-amd64", "6.1.119-1")
         );
-        assert_eq!(kernel_package_from_depends("foo, bar"), None);
+        assert_eq!(kernel_from_depends("foo, bar"), None);
         assert_eq!(
-            depends_version("linux-image-6.1.0-28-amd64 (= 6.1.119-1)", "linux-image-6.1.0-28-amd64")
-                .as_deref(),
-            Some("6.1.119-1")
+            kernel_from_depends("foo (>= 1), linux-image-6.1.0-57-amd64 (= 6.1.158-1) | bar"),
+            pinned("linux-image-6.1.0-57-amd64", "6.1.158-1")
+        );
+        assert_eq!(
+            kernel_from_depends("linux-image-6.1.0-57-amd64"),
+            Some(("linux-image-6.1.0-57-amd64".to_string(), None))
         );
     }
 
