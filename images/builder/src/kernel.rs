@@ -200,13 +200,7 @@ fn extract_vmlinux(bz: &[u8]) -> Result<Vec<u8>> {
             Some(&bz[at..])
         })
         .ok_or_else(|| anyhow!("no XZ or gzip payload found"))?;
-    let elf = if payload.starts_with(XZ_MAGIC) {
-        unxz(payload).context("decompress the XZ payload")?
-    } else if payload.starts_with(GZIP_MAGIC) {
-        let mut out = vec![];
-        flate2::read::GzDecoder::new(payload).read_to_end(&mut out).context("gunzip the payload")?;
-        out
-    } else {
+    let Some(elf) = decompress(payload).context("decompress the payload")? else {
         bail!(
             "the payload's compression is not XZ or gzip (magic {:02x?})",
             &payload[..payload.len().min(6)]
@@ -242,6 +236,19 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 
 /// Decompresses one XZ stream, ignoring what follows it (the kernel appends its size).
 /// Drives liblzma's stream decoder directly: xz2's readers fail on bytes after the stream.
+/// Decompresses XZ or gzip data, told apart by their magic; None when it is neither.
+fn decompress(data: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+    if data.starts_with(XZ_MAGIC) {
+        return unxz(data).map(Some);
+    }
+    if !data.starts_with(GZIP_MAGIC) {
+        return Ok(None);
+    }
+    let mut out = vec![];
+    flate2::read::GzDecoder::new(data).read_to_end(&mut out)?;
+    Ok(Some(out))
+}
+
 fn unxz(data: &[u8]) -> std::io::Result<Vec<u8>> {
     use xz2::stream::{Action, Status, Stream};
     let mut stream = Stream::new_stream_decoder(u64::MAX, 0)?;
@@ -263,14 +270,12 @@ fn unxz(data: &[u8]) -> std::io::Result<Vec<u8>> {
 fn read_module(path: &Path) -> Result<Vec<u8>> {
     let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
     let name = path.to_string_lossy();
-    let ko = if name.ends_with(".ko.xz") {
-        unxz(&bytes).with_context(|| format!("decompress {}", path.display()))?
-    } else if name.ends_with(".ko.gz") {
-        let mut out = vec![];
-        flate2::read::GzDecoder::new(&bytes[..]).read_to_end(&mut out)?;
-        out
-    } else if name.ends_with(".ko") {
+    let ko = if name.ends_with(".ko") {
         bytes
+    } else if name.ends_with(".ko.xz") || name.ends_with(".ko.gz") {
+        decompress(&bytes)
+            .with_context(|| format!("decompress {}", path.display()))?
+            .ok_or_else(|| anyhow!("{}: not XZ or gzip data", path.display()))?
     } else {
         bail!("{}: unsupported module compression", path.display());
     };

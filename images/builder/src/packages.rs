@@ -70,8 +70,12 @@ pub(crate) fn resolve(debs: &Path) -> Result<Resolved> {
         }
     }
     // A record made for another tool list still tells which kernel .deb we have (~70 MB).
-    let looked_up = lookup_packages(debs, recorded.as_ref());
-    let _ = std::fs::remove_dir_all(debs.join(format!(".download-{}", std::process::id())));
+    // apt-get downloads into a folder of this process's, removed whatever happens.
+    let dl = debs.join(format!(".download-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dl);
+    std::fs::create_dir_all(&dl)?;
+    let looked_up = lookup_packages(debs, &dl, recorded.as_ref());
+    let _ = std::fs::remove_dir_all(&dl);
     match looked_up {
         Ok(r) => {
             std::fs::write(&record, serde_json::to_vec_pretty(&r)?)?;
@@ -147,31 +151,28 @@ pub(crate) fn apt_update(debs: &Path, force: bool) -> Result<bool> {
     Ok(true)
 }
 
-fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
+fn lookup_packages(debs: &Path, dl: &Path, old: Option<&Resolved>) -> Result<Resolved> {
     let apt = debs.join("apt");
     let log = debs.join("apt.log");
     apt_update(debs, false)?;
 
-    let dl = debs.join(format!(".download-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dl);
-    std::fs::create_dir_all(&dl)?;
     let download = |pkgs: &[&str]| -> Result<()> {
         let mut cmd = apt_command(&apt, "apt-get");
-        cmd.current_dir(&dl).arg("download").args(pkgs);
+        cmd.current_dir(dl).arg("download").args(pkgs);
         run_logged(&format!("download {}", pkgs.join(" ")), cmd, &log)
     };
     download(&[KERNEL_META, BUSYBOX_PKG])?;
-    let meta_deb = find_deb(&dl, KERNEL_META)?;
+    let meta_deb = find_deb(dl, KERNEL_META)?;
     let depends = deb::field(&meta_deb, "Depends")?;
     let (kernel_package, wanted_version) = kernel_from_depends(&depends)
         .ok_or_else(|| anyhow!("{KERNEL_META}'s Depends has no linux-image-*-amd64 package: {depends:?}"))?;
-    let busybox_deb = find_deb(&dl, BUSYBOX_PKG)?;
+    let busybox_deb = find_deb(dl, BUSYBOX_PKG)?;
     let busybox_version = deb::field(&busybox_deb, "Version")?;
     std::fs::rename(&busybox_deb, debs.join(file_name(&busybox_deb)))?;
     download(TOOL_PKGS)?;
     let mut tools = vec![];
     for pkg in TOOL_PKGS {
-        let deb = find_deb(&dl, pkg)?;
+        let deb = find_deb(dl, pkg)?;
         let version = deb::field(&deb, "Version")?;
         std::fs::rename(&deb, debs.join(file_name(&deb)))?;
         tools.push(ToolDeb { package: pkg.to_string(), version, deb: file_name(&deb) });
@@ -187,7 +188,7 @@ fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
         }
         _ => {
             download(&[&kernel_package])?;
-            let deb = find_deb(&dl, &kernel_package)?;
+            let deb = find_deb(dl, &kernel_package)?;
             let version = deb::field(&deb, "Version")?;
             std::fs::rename(&deb, debs.join(file_name(&deb)))?;
             (file_name(&deb), version)
@@ -203,7 +204,6 @@ fn lookup_packages(debs: &Path, old: Option<&Resolved>) -> Result<Resolved> {
         busybox_deb: file_name(&busybox_deb),
         tools,
     };
-    let _ = std::fs::remove_dir_all(&dl);
     Ok(r)
 }
 
