@@ -30,3 +30,12 @@
     // Fetched TX entries, {signal, addr, len}, handed out in order for ENTRY_REQ.
     logic [191:0] entries[$];
     logic [191:0] ent_tmp;
+
+    // Answers an ENTRY_REQ with the next fetched entry (from a clocked block); `where`
+    // says which request, should there be none.
+    task automatic give_entry(input string where);
+        if (entries.size() == 0) $fatal(1, "the RTL asked for a TX entry none was fetched for (%s)", where);
+        ent_tmp = entries.pop_front();
+        {ent_signal, ent_addr, ent_len} <= ent_tmp;
+        ent_valid <= 1;
+    endtask
