@@ -204,7 +204,7 @@ impl RxRing {
 
     /// Receives up to `max` bytes (rounded down to whole flits): a contiguous slice of
     /// whole packets, each on a 64-byte boundary. Empty when nothing new was announced.
-    pub fn recv(&mut self, max: usize) -> &[u8] {
+    pub(crate) fn recv(&mut self, max: usize) -> &[u8] {
         let (off, len) = self.take(max, true);
         // SAFETY: the hand-over rule: these bytes were announced by the device (Acquire on
         // the tail) and it does not write them again before the application frees them
@@ -214,7 +214,7 @@ impl RxRing {
     }
 
     /// As [`RxRing::recv`], mutable (e.g. to edit packets before forwarding them).
-    pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
+    pub(crate) fn recv_mut(&mut self, max: usize) -> &mut [u8] {
         let (off, len) = self.take(max, true);
         // SAFETY: as in `recv`; the slice lives as long as `&mut self` (which keeps the
         // memory through `shared`), and that makes it the only access on our side (the
@@ -223,7 +223,7 @@ impl RxRing {
         unsafe { self.shared.buf.owned_mut(off, len) }
     }
 
-    /// As [`RxRing::recv`] without consuming: the next recv returns the same bytes.
+    /// As [`RxPipe::recv`] without consuming: the next recv returns the same bytes.
     pub fn peek(&self, max: usize) -> &[u8] {
         let (off, len) = (self.read as usize * FLIT, self.available().min(max / FLIT * FLIT));
         // SAFETY: as in `recv` (the same range `take` would return); freeing needs `&mut self`.
@@ -277,7 +277,8 @@ impl Drop for RxRing {
 
 /// A receive pipe: the device writes packets for its flows back to back into a 2 MiB
 /// ring; the application receives contiguous slices (the ring is mapped twice) and frees
-/// them with [`RxPipe::confirm_bytes`]. Receiving is [`RxRing`]'s (through `Deref`).
+/// them with [`RxPipe::confirm_bytes`]. The rest of receiving is [`RxRing`]'s (through
+/// `Deref`; not `DerefMut`, so no caller can swap a pipe's ring for another's).
 pub struct RxPipe {
     core: RxRing,
 }
@@ -287,6 +288,17 @@ pub struct RxPipe {
 impl RxPipe {
     pub(crate) fn new(shared: Arc<RxShared>) -> Self {
         RxPipe { core: RxRing { shared, read: 0 } }
+    }
+
+    /// Receives up to `max` bytes (rounded down to whole flits): a contiguous slice of
+    /// whole packets, each on a 64-byte boundary. Empty when nothing new was announced.
+    pub fn recv(&mut self, max: usize) -> &[u8] {
+        self.core.recv(max)
+    }
+
+    /// As `recv`, mutable (e.g. to edit packets before forwarding them).
+    pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
+        self.core.recv_mut(max)
     }
 
     /// Receives up to `max` bytes and iterates over their packets.
@@ -329,15 +341,9 @@ impl std::ops::Deref for RxPipe {
     }
 }
 
-impl std::ops::DerefMut for RxPipe {
-    fn deref_mut(&mut self) -> &mut RxRing {
-        &mut self.core
-    }
-}
-
 /// A pipe that sends received data straight back out of its RX ring (zero-copy echo). RX
-/// space is freed only when the device reports the send complete. Receiving is [`RxRing`]'s
-/// (through `Deref`).
+/// space is freed only when the device reports the send complete. The rest of receiving is
+/// [`RxRing`]'s (through `Deref` only, as for [`RxPipe`]).
 pub struct RxTxPipe {
     core: RxRing,
     /// Flits sent (or queued to send); between the head and the read cursor.
@@ -347,6 +353,17 @@ pub struct RxTxPipe {
 impl RxTxPipe {
     pub(crate) fn new(shared: Arc<RxShared>) -> Self {
         RxTxPipe { core: RxRing { shared, read: 0 }, sent: 0 }
+    }
+
+    /// Receives up to `max` bytes (rounded down to whole flits): a contiguous slice of
+    /// whole packets, each on a 64-byte boundary. Empty when nothing new was announced.
+    pub fn recv(&mut self, max: usize) -> &[u8] {
+        self.core.recv(max)
+    }
+
+    /// As `recv`, mutable (e.g. to edit packets before forwarding them).
+    pub fn recv_mut(&mut self, max: usize) -> &mut [u8] {
+        self.core.recv_mut(max)
     }
 
     /// Receives up to `max` bytes and iterates mutably over their packets.
@@ -398,12 +415,6 @@ impl std::ops::Deref for RxTxPipe {
     type Target = RxRing;
     fn deref(&self) -> &RxRing {
         &self.core
-    }
-}
-
-impl std::ops::DerefMut for RxTxPipe {
-    fn deref_mut(&mut self) -> &mut RxRing {
-        &mut self.core
     }
 }
 
