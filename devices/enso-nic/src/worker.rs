@@ -200,7 +200,6 @@ pub(crate) fn register_file_read(shared: &Shared, bar: u8, off: u64) -> u32 {
     }
 }
 
-/// The engine's window on the world during a round.
 /// Hands a frame to the port, counting it as sent or as dropped by the wire.
 fn to_wire(port: &mut dyn EthPort, local: &mut LocalCounts, f: Vec<u8>) {
     let len = f.len() as u64;
@@ -212,6 +211,7 @@ fn to_wire(port: &mut dyn EthPort, local: &mut LocalCounts, f: Vec<u8>) {
     }
 }
 
+/// The engine's window on the world during a round.
 struct Io<'a> {
     shared: &'a Shared,
     dma: &'a Dma,

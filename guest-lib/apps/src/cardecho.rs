@@ -646,8 +646,7 @@ pub fn run(p: CardEchoParams) -> Report {
     match failed {
         Some(e) => r.fail("echo", e),
         None => {
-            let ok = p.packets.map_or(s.packets > 0, |n| s.packets >= n);
-            r.check("echoed", ok, format!("{} frames", s.packets));
+            r.check_count("echoed", s.packets, p.packets, format!("{} frames", s.packets));
         }
     }
     r.check("frames_at_least_64_bytes", s.short == 0, format!("{} shorter frames", s.short));
